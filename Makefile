@@ -1,0 +1,66 @@
+# mammoflow — the two commands of the README are `make run` and `make test`; both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+SYSTEM_STAMP := $(VENV)/.system-installed
+# Where `make run` writes; DATA selects the input (default: built-in phantoms).
+RUN_DIR ?= runs/demo
+DATA ?=
+PYTEST_ARGS ?=
+# Debian packages the tests start for real: a Prometheus server and Pushgateway, Chromium for the HTML report.
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway chromium
+
+.PHONY: install system-deps run test lint bench bench-real images clean help
+
+help:
+	@echo "make install   create $(VENV) from requirements.lock and install mammoflow into it"
+	@echo "make run       run the main job end to end on built-in phantom data (DATA=... for real data)"
+	@echo "make test      run the test suite (installs what it needs first)"
+	@echo "make lint      ruff, hadolint on images/, kustomize render + schema validation of k8s/"
+	@echo "make bench     benchmarks: throughput next to the bare operations they build on"
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.lock
+	$(PIP) install --quiet --no-deps -e .
+	@touch $@
+
+install: $(STAMP)
+
+# Installs the Debian packages when missing (root or sudo); skipped with a message when impossible:
+# the tests that need them then skip with the reason.
+$(SYSTEM_STAMP): $(STAMP)
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else SUDO="none"; fi; \
+	  if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null; then \
+	    echo "cannot install$$missing (needs apt-get as root): tests that need them will skip"; \
+	  else \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	  fi; \
+	fi
+	@touch $@
+
+system-deps: $(SYSTEM_STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/mammoflow demo-run --out $(RUN_DIR) $(if $(DATA),--data $(DATA),)
+
+test: $(STAMP) $(SYSTEM_STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) || { rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc; }
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests components pipelines
+	$(VENV)/bin/hadolint images/Dockerfile*
+	$(PY) -m mammoflow.devtools.validate_k8s k8s
+
+bench: $(STAMP)
+	$(PY) -m tests.benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

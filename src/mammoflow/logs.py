@@ -1,0 +1,32 @@
+"""Logging set-up and progress bars for long loops."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def setup_logging(level: str | int = "INFO") -> None:
+    """Configure the root logger once (idempotent): time, level, module, message on stderr."""
+    root = logging.getLogger()
+    if getattr(root, "_mammoflow_configured", False):
+        root.setLevel(level)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root._mammoflow_configured = True  # type: ignore[attr-defined]
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """A tqdm progress bar on stderr, silent when not attached to a terminal or in CI."""
+    from tqdm.auto import tqdm
+
+    disable = os.environ.get("CI") == "true" or not sys.stderr.isatty()
+    yield from tqdm(items, desc=desc, total=total, unit=unit, disable=disable, leave=False)

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real data folder (skipped with a reason when absent) and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Real data lives beside the checkout in ../shared/data; MAMMOFLOW_DATA overrides the location.
+SHARED_DATA = Path(os.environ.get("MAMMOFLOW_DATA", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set MAMMOFLOW_DATA to the shared/data folder to run this)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def mias_info(shared_data: Path) -> Path:
+    return _need(shared_data / "mias" / "Info.txt")
+
+
+@pytest.fixture(scope="session")
+def mias_rois_zip(shared_data: Path) -> Path:
+    return _need(shared_data / "mias_rois" / "MIAS_ROIs.zip")
+
+
+@pytest.fixture(scope="session")
+def cbis_csvs(shared_data: Path) -> list[Path]:
+    folder = _need(shared_data / "cbis_ddsm")
+    files = sorted(folder.glob("*_case_description_*_set.csv"))
+    if len(files) != 4:
+        pytest.skip(f"expected the 4 official CBIS-DDSM CSVs in {folder}, found {len(files)}")
+    return files

@@ -1,0 +1,1 @@
+"""Dataset building: ROIs, splits, shards and the tf.data input pipeline."""

@@ -1,0 +1,1 @@
+"""Developer tools (manifest validation, etc.)."""

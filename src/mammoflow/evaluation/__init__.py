@@ -1,0 +1,1 @@
+"""Evaluation: voting, metrics with bootstrap CIs, calibration, CAMs, reports."""

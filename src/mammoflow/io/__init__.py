@@ -1,0 +1,1 @@
+"""Reading images: PGM, PNG (also inside zip archives) and DICOM."""

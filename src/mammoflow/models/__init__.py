@@ -1,0 +1,1 @@
+"""Model registry: every model of the three papers by name."""

@@ -1,0 +1,1 @@
+"""Preprocessing: pure numpy steps composed by config."""

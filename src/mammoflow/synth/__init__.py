@@ -1,0 +1,1 @@
+"""Synthetic phantom mammograms with known ground truth (the built-in demo data)."""

@@ -1,0 +1,1 @@
+"""Training: one train(config) for every model, checkpoints, resume."""

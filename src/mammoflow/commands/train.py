@@ -1,0 +1,41 @@
+"""``mammoflow train``: one training run from one config."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import yaml
+
+
+def parse_overrides(items: tuple[str, ...]) -> dict[str, object]:
+    """``--set model.name=vgg16_fusion1 --set seed=3`` -> dotted overrides (values parsed as YAML scalars)."""
+    out: dict[str, object] = {}
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. model.name=vgg16_fusion1", param_hint="--set")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@click.command("train")
+@click.option("--config", "config_ref", required=True,
+              help="Preset name (yu2020, jaamour2023, xi2018, demo, ...) or a YAML path.")
+@click.option("--data", "data_uri", required=True, help="Dataset folder or gs:// prefix holding manifest.json.")
+@click.option("--out", "out_uri", required=True, help="Run folder (local path or gs://). Re-running resumes it.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
+@click.option("--cache-dir", default=None, help="Local cache for shards and remote run folders.")
+def command(config_ref: str, data_uri: str, out_uri: str, overrides: tuple[str, ...], cache_dir: str | None) -> None:
+    """Train a registered model on a dataset's shards; checkpoints every epoch and resumes when re-run."""
+    from mammoflow.training.config import load_train_config
+    from mammoflow.training.loop import Preempted, train
+
+    config = load_train_config(config_ref, parse_overrides(overrides))
+    try:
+        result = train(config, data_uri, out_uri, cache_dir=cache_dir)
+    except Preempted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(143)
+    click.echo(f"trained {config.model.name}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f} "
+               f"-> {out_uri}")

@@ -1,0 +1,372 @@
+"""Greyscale image files: PGM, PNG and DICOM, also as members of a zip archive.
+
+Every reader returns a 2-D ``uint8`` or ``uint16`` array, or raises :class:`~mammoflow.errors.InputError`
+with a stable ``code`` so that sources can quarantine the file and go on:
+
+==============  ===========================================================================
+``missing_file``  the file (or the zip member) does not exist
+``empty``         zero bytes, or an image with no rows or no columns
+``truncated``     fewer bytes than the header promises
+``corrupt``       the bytes cannot be decoded (bad signature, CRC, compressed stream, header)
+``rgb``           a colour image whose channels differ (a grey image stored as RGB is accepted)
+``bit_depth``     not 8- or 16-bit greyscale (1/2/4-bit, maxval above 65535, 32-bit DICOM, ...)
+``format``        not a PGM, PNG or DICOM file
+==============  ===========================================================================
+
+A path may go *through* a zip archive: ``data/MIAS_ROIs.zip/MIAS_ROIs/test/Normal (1).png`` is the member
+``MIAS_ROIs/test/Normal (1).png`` of ``data/MIAS_ROIs.zip``. Records whose ``image_root`` ends in ``.zip``
+rely on this (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import struct
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from mammoflow.errors import InputError
+
+log = logging.getLogger(__name__)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DICOM_SUFFIXES = (".dcm", ".dicom")
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------- paths, zip members, bytes
+
+
+def split_zip_path(path: str | Path) -> tuple[Path, str] | None:
+    """``(archive, member)`` when ``path`` goes through a ``.zip`` file, else ``None``.
+
+    The first path component ending in ``.zip`` that is an existing regular file is the archive; the rest
+    (with ``/`` separators, as zip members are named) is the member.
+    """
+    parts = Path(path).parts
+    for i, part in enumerate(parts[:-1]):
+        if part.lower().endswith(".zip"):
+            archive = Path(*parts[: i + 1])
+            if archive.is_file():
+                return archive, "/".join(parts[i + 1:])
+    return None
+
+
+def _missing(path: str | Path, what: str = "file") -> InputError:
+    return InputError(path, f"{what} not found", "check the path and the records folder's image_root",
+                      code="missing_file")
+
+
+@contextmanager
+def open_binary(path: str | Path) -> Iterator[BinaryIO]:
+    """Open a file, or a member of a zip archive, for binary reading (``InputError`` when missing)."""
+    inside = split_zip_path(path)
+    if inside is None:
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise _missing(path) from None
+        with fh:
+            yield fh
+        return
+    archive, member = inside
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as exc:
+        raise InputError(archive, f"not a readable zip archive ({exc})", "re-download or re-create the archive",
+                         code="corrupt") from None
+    with zf:
+        try:
+            fh = zf.open(member)
+        except KeyError:
+            raise _missing(path, f"member {member!r} of {archive.name}") from None
+        with fh:
+            yield fh  # type: ignore[misc]
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """All bytes of a file or zip member (``InputError`` when missing or when the zip member is damaged)."""
+    with open_binary(path) as fh:
+        try:
+            return fh.read()
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise InputError(path, f"the zip member cannot be extracted ({exc})",
+                             "re-download or re-create the archive", code="corrupt") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's (or zip member's) content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open_binary(path) as fh:
+        for block in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | Path, *, expect_modality: str | None = "MG") -> np.ndarray:
+    """A 2-D greyscale ``uint8``/``uint16`` array from a PGM, PNG or DICOM file (or zip member).
+
+    The format is recognised from the file's signature (the ``.dcm`` suffix is enough for DICOM files
+    written without the 128-byte preamble). DICOM pixels come from :func:`mammoflow.io.dicom.read_dicom`:
+    tissue bright, on the full 16-bit scale. ``expect_modality`` only applies to DICOM.
+    """
+    name = str(path)
+    if _looks_like_dicom_path(name) and split_zip_path(path) is None:
+        return _read_dicom_pixels(path, expect_modality)
+    data = read_bytes(path)
+    if not data:
+        raise InputError(path, "the file is empty (0 bytes)", "re-export or re-download the image", code="empty")
+    if data.startswith(PNG_SIGNATURE):
+        return decode_png(data, path)
+    if data[:1] == b"P" and data[1:2] in b"1234567":
+        return decode_pnm(data, path)
+    if data[128:132] == b"DICM" or _looks_like_dicom_path(name):
+        return _read_dicom_pixels(io.BytesIO(data), expect_modality, shown_path=path)
+    raise InputError(path, "not a PGM, PNG or DICOM file (unknown signature)",
+                     "convert the image to 8- or 16-bit greyscale PNG or PGM", code="format")
+
+
+def _looks_like_dicom_path(name: str) -> bool:
+    return name.lower().endswith(DICOM_SUFFIXES)
+
+
+def _read_dicom_pixels(src: str | Path | BinaryIO, expect_modality: str | None,
+                       shown_path: str | Path | None = None) -> np.ndarray:
+    from mammoflow.io.dicom import read_dicom
+
+    return read_dicom(src, expect_modality=expect_modality, shown_path=shown_path).pixels
+
+
+def _check_shape(height: int, width: int, path: object) -> None:
+    if height <= 0 or width <= 0:
+        raise InputError(path, f"the image has no pixels ({width}x{height})", "re-export the image", code="empty")
+
+
+def _bit_depth_error(path: object, what: str) -> InputError:
+    return InputError(path, f"unsupported bit depth: {what}",
+                      "convert the image to 8- or 16-bit greyscale (e.g. PNG or PGM)", code="bit_depth")
+
+
+def _collapse_channels(img: np.ndarray, path: object) -> np.ndarray:
+    """One grey channel from a colour array whose colour channels are identical (alpha is dropped)."""
+    colour = img[..., :3]
+    first = colour[..., 0]
+    if not all(np.array_equal(first, colour[..., c]) for c in range(1, colour.shape[-1])):
+        raise InputError(path, "colour image (its red, green and blue channels differ)",
+                         "convert it to greyscale before ingesting (mammograms are single-channel)", code="rgb")
+    return np.ascontiguousarray(first)
+
+
+# PGM / PNM -----------------------------------------------------------------------------------------------
+
+
+def _pnm_header(data: bytes, path: object, n_fields: int) -> tuple[list[int], int]:
+    """Parse the header integers after the magic number; returns them and the data offset.
+
+    Netpbm headers are whitespace-separated ASCII integers with ``#`` comments; exactly one whitespace
+    character separates the last header field from binary data.
+    """
+    values: list[int] = []
+    pos = 2
+    n = len(data)
+    while len(values) < n_fields:
+        while pos < n and (data[pos:pos + 1].isspace() or data[pos:pos + 1] == b"#"):
+            if data[pos:pos + 1] == b"#":
+                end = data.find(b"\n", pos)
+                pos = n if end < 0 else end + 1
+            else:
+                pos += 1
+        start = pos
+        while pos < n and data[pos:pos + 1].isdigit():
+            pos += 1
+        if start == pos:
+            if pos >= n:
+                raise InputError(path, "the file ends inside the PGM header", "re-export or re-download the image",
+                                 code="truncated")
+            raise InputError(path, f"invalid PGM header (unexpected byte {data[pos:pos + 1]!r})",
+                             "re-export the image as a valid PGM", code="corrupt")
+        values.append(int(data[start:pos]))
+    if pos < n and not data[pos:pos + 1].isspace():
+        raise InputError(path, "invalid PGM header (no whitespace after the header)",
+                         "re-export the image as a valid PGM", code="corrupt")
+    return values, pos + 1
+
+
+def decode_pnm(data: bytes, path: object = "") -> np.ndarray:
+    """Decode a PGM (P2 ASCII / P5 binary); PPM (P3/P6) only when its channels are identical.
+
+    ``maxval <= 255`` gives ``uint8``, ``<= 65535`` gives ``uint16`` (big-endian samples, as Netpbm specifies).
+    Values are returned as stored (a ``maxval`` below the type's maximum is not stretched).
+    """
+    magic = data[:2].decode("ascii")
+    if magic in ("P1", "P4"):
+        raise _bit_depth_error(path, "1-bit bitmap (PBM)")
+    if magic == "P7":
+        raise InputError(path, "PAM images are not supported", "convert the image to PGM or PNG", code="format")
+    channels = 3 if magic in ("P3", "P6") else 1
+    (width, height, maxval), offset = _pnm_header(data, path, 3)
+    _check_shape(height, width, path)
+    if maxval == 0 or maxval > 65535:
+        raise _bit_depth_error(path, f"maxval {maxval} (PGM allows 1..65535)")
+    dtype = np.dtype(np.uint8) if maxval <= 255 else np.dtype(">u2")
+    count = width * height * channels
+    if magic in ("P5", "P6"):
+        need = count * dtype.itemsize
+        have = len(data) - offset
+        if have < need:
+            raise InputError(path, f"truncated PGM: {have} of {need} pixel bytes present",
+                             "re-export or re-download the image", code="truncated")
+        arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    else:
+        tokens = _ascii_samples(data[offset - 1:], path)
+        if tokens.size < count:
+            raise InputError(path, f"truncated PGM: {tokens.size} of {count} pixel values present",
+                             "re-export or re-download the image", code="truncated")
+        if tokens.max(initial=0) > maxval:
+            raise InputError(path, f"a pixel value exceeds maxval {maxval}", "re-export the image", code="corrupt")
+        arr = tokens[:count]
+    out_dtype = np.uint8 if maxval <= 255 else np.uint16
+    img = arr.astype(out_dtype).reshape(height, width, channels) if channels > 1 else \
+        arr.astype(out_dtype).reshape(height, width)
+    return _collapse_channels(img, path) if channels > 1 else img
+
+
+def _ascii_samples(body: bytes, path: object) -> np.ndarray:
+    text = b" ".join(line.split(b"#", 1)[0] for line in body.splitlines())
+    words = text.split()
+    if not all(w.isdigit() for w in words):
+        raise InputError(path, "non-numeric pixel value in an ASCII PGM", "re-export the image", code="corrupt")
+    return np.array([int(w) for w in words], dtype=np.int64)
+
+
+# PNG -----------------------------------------------------------------------------------------------------
+
+
+def _png_chunks(data: bytes, path: object) -> dict[str, bytes]:
+    """Walk the chunk list, checking lengths and CRCs; returns IHDR data (and whether IDAT exists).
+
+    This catches truncation and damage precisely (OpenCV only reports "cannot decode").
+    """
+    pos = len(PNG_SIGNATURE)
+    n = len(data)
+    found: dict[str, bytes] = {}
+    while True:
+        if pos + 8 > n:
+            raise InputError(path, "truncated PNG: the file ends before the IEND chunk",
+                             "re-export or re-download the image", code="truncated")
+        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        if pos + 12 + length > n:
+            raise InputError(path, f"truncated PNG: chunk {ctype!r} needs {length} bytes, "
+                                   f"{max(0, n - pos - 12)} present", "re-export or re-download the image",
+                             code="truncated")
+        body = data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        if zlib.crc32(ctype + body) != crc:
+            raise InputError(path, f"corrupt PNG: CRC mismatch in chunk {ctype!r}",
+                             "re-download the image or re-export it", code="corrupt")
+        name = ctype.decode("latin-1")
+        if name == "IHDR" and "IHDR" not in found:
+            found["IHDR"] = body
+        elif name == "IDAT":
+            found["IDAT"] = b""
+        elif name == "IEND":
+            return found
+        pos += 12 + length
+
+
+def decode_png(data: bytes, path: object = "") -> np.ndarray:
+    """Decode an 8- or 16-bit greyscale PNG (also grey stored as RGB/palette/with alpha) to a 2-D array."""
+    import cv2
+
+    chunks = _png_chunks(data, path)
+    ihdr = chunks.get("IHDR")
+    if ihdr is None or len(ihdr) != 13:
+        raise InputError(path, "corrupt PNG: no valid IHDR chunk", "re-export the image", code="corrupt")
+    width, height, depth, colour = struct.unpack(">IIBB", ihdr[:10])
+    _check_shape(height, width, path)
+    if "IDAT" not in chunks:
+        raise InputError(path, "corrupt PNG: no image data (IDAT) chunk", "re-export the image", code="corrupt")
+    if colour in (0, 4) and depth not in (8, 16):
+        raise _bit_depth_error(path, f"{depth}-bit greyscale PNG")
+    if colour not in (0, 2, 3, 4, 6):
+        raise InputError(path, f"corrupt PNG: unknown colour type {colour}", "re-export the image", code="corrupt")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise InputError(path, "the PNG image data cannot be decoded", "re-export or re-download the image",
+                         code="corrupt")
+    if img.shape[:2] != (height, width):
+        raise InputError(path, f"decoded size {img.shape[:2]} differs from the header's {(height, width)}",
+                         "re-export the image", code="corrupt")
+    if img.ndim == 3:
+        img = _collapse_channels(img, path)
+    return np.ascontiguousarray(img)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes to a local file atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_writable(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 2 or img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected a 2-D uint8 or uint16 array, got {img.dtype} with shape {img.shape}")
+    if img.size == 0:
+        raise ValueError("cannot write an empty image")
+    return img
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """PNG bytes of a 2-D ``uint8`` (8-bit) or ``uint16`` (16-bit) greyscale image."""
+    import cv2
+
+    img = _check_writable(img)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:  # pragma: no cover - OpenCV only fails on types rejected above
+        raise ValueError("OpenCV could not encode the image as PNG")
+    return buf.tobytes()
+
+
+def encode_pgm(img: np.ndarray) -> bytes:
+    """Binary PGM (P5) bytes: maxval 255 for ``uint8``, 65535 (big-endian samples) for ``uint16``."""
+    img = _check_writable(img)
+    maxval = 255 if img.dtype == np.uint8 else 65535
+    header = f"P5\n{img.shape[1]} {img.shape[0]}\n{maxval}\n".encode("ascii")
+    body = img.astype(">u2").tobytes() if img.dtype == np.uint16 else img.tobytes()
+    return header + body
+
+
+def write_png(path: str | Path, img: np.ndarray) -> None:
+    """Write an 8- or 16-bit greyscale PNG atomically (temporary file, then rename)."""
+    atomic_write_bytes(path, encode_png(img))
+
+
+def write_pgm(path: str | Path, img: np.ndarray) -> None:
+    """Write an 8- or 16-bit binary PGM atomically (temporary file, then rename)."""
+    atomic_write_bytes(path, encode_pgm(img))

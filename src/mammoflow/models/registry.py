@@ -1,0 +1,230 @@
+"""The model registry: every model of the three papers (and ours) reachable by one name, timm-style.
+
+A model is registered with :func:`register_model` on a short builder function and built with
+:func:`create_model`, which validates the arguments, resolves the weights (none, ImageNet, a ``.weights.h5`` file
+or a ``gs://`` URI), freezes the pretrained backbone and attaches a :class:`ModelMeta` to the Keras model
+(``model.mammoflow_meta``; read it with :func:`model_meta`) so that training and evaluation find the CAM layer,
+the backbone layers and the head's inputs by *name*.
+
+Builders receive ``input_shape``, ``num_classes`` and ``backbone_weights`` (``None``, ``"imagenet"`` or a local
+file path) plus their own keyword-only parameters, and return ``(keras.Model, ModelParts)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from mammoflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+InputShape = tuple[int | None, int | None, int]
+CamMethod = Literal["cam", "gradcam"]
+
+# Arguments create_model hands to every builder; everything else in a builder's signature is its own parameter.
+_COMMON = ("input_shape", "num_classes", "backbone_weights")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registry entry: what ``mammoflow models`` lists."""
+
+    name: str
+    family: str  # yu2020 | jaamour2023 | xi2018 | mammoflow
+    paper: str
+    description: str
+    default_input_shape: InputShape
+    backbone: str | None  # key of models.backbones.BACKBONES, None when trained from scratch
+    builder: Callable[..., tuple[keras.Model, ModelParts]] = field(repr=False, compare=False)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The builder's own keyword parameters and their defaults (``branches``, ``fc_units``, ...)."""
+        sig = inspect.signature(self.builder)
+        return {p.name: p.default for p in sig.parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _COMMON}
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """What a builder knows about the model it built, by layer name (never by index).
+
+    ``backbone_layers``: the pretrained layers that ``trainable_backbone`` freezes (empty for models trained from
+    scratch). ``taps``: the backbone layers the head reads. ``head_inputs``: the layers whose outputs are the
+    boundary between the frozen part and the trainable head (empty when no such cut exists), used by
+    :func:`mammoflow.models.split.split_frozen_backbone`. ``cam_layer``: the feature maps a class activation map
+    is computed on; ``cam_method`` is ``cam`` when a GAP feeds the softmax layer directly (CAM = sum_k w_k f_k,
+    Xi et al. 2018) and ``gradcam`` otherwise. ``preprocessing``: the input scaling the ImageNet weights expect
+    (``caffe``, ``tf``, ``torch``), for the input pipeline to apply; the model itself does not rescale.
+    """
+
+    backbone_layers: tuple[str, ...]
+    taps: tuple[str, ...]
+    head_inputs: tuple[str, ...]
+    cam_layer: str
+    cam_method: CamMethod
+    preprocessing: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelMeta(ModelParts):
+    """Everything needed to find a built model's parts and to build it again (:meth:`create_kwargs`)."""
+
+    name: str = ""
+    family: str = ""
+    input_shape: InputShape = (None, None, 3)
+    num_classes: int = 2
+    weights: str = "none"
+    backbone_weights: str | None = None
+    trainable_backbone: bool = False
+    backbone: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that make :func:`create_model` build this model again."""
+        kwargs = {"name": self.name, "input_shape": self.input_shape, "num_classes": self.num_classes,
+                  "weights": self.weights, "trainable_backbone": self.trainable_backbone, **self.params}
+        if self.backbone_weights is not None:
+            kwargs["backbone_weights"] = self.backbone_weights
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-able data (tuples become lists)."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, (list, tuple)):
+                return [plain(i) for i in v]
+            if isinstance(v, dict):
+                return {k: plain(i) for k, i in v.items()}
+            return v
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, family: str, paper: str, description: str,
+                   input_shape: InputShape, backbone: str | None = None) -> Callable:
+    """Decorator adding a builder to the registry under ``name`` (names are unique)."""
+    def decorate(builder: Callable[..., tuple[keras.Model, ModelParts]]) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        sig = inspect.signature(builder)
+        missing = [c for c in _COMMON if c not in sig.parameters]
+        if missing:
+            raise TypeError(f"builder of {name!r} must take keyword arguments {missing}")
+        _REGISTRY[name] = ModelInfo(name, family, paper, description, tuple(input_shape), backbone, builder)
+        return builder
+    return decorate
+
+
+def list_models(family: str | None = None) -> list[ModelInfo]:
+    """Registered models, sorted by family then name; ``family`` filters (``yu2020``, ``xi2018``, ...)."""
+    infos = [i for i in _REGISTRY.values() if family is None or i.family == family]
+    return sorted(infos, key=lambda i: (i.family, i.name))
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; an unknown name raises ConfigError listing the valid ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown model {name!r}.{hint} Fix: use one of {', '.join(sorted(_REGISTRY))} "
+                          "(`mammoflow models` lists them)") from None
+
+
+def create_model(name: str, *, input_shape: tuple[int | None, ...] | list | None = None, num_classes: int = 2,
+                 weights: str | None = "none", trainable_backbone: bool = False,
+                 backbone_weights: str | None = None, seed: int | None = None, **params: Any) -> keras.Model:
+    """Build registered model ``name`` as a Keras model carrying a :class:`ModelMeta`.
+
+    ``weights``: ``"none"``/``None`` (random), ``"imagenet"`` (the backbone from ``keras.applications``, which
+    downloads it; the head stays random), or a local path / ``gs://`` URI of a ``.weights.h5`` file saved with
+    ``model.save_weights`` from the *whole* model (same name, input channels, ``num_classes`` and params).
+    ``backbone_weights``: a local path / ``gs://`` URI of a backbone-only file in the ``keras.applications``
+    format (e.g. a mirrored ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``), for clusters without
+    internet; it replaces ``weights="imagenet"`` and cannot be combined with ``weights``.
+    ``trainable_backbone=False`` freezes the pretrained backbone (the papers' setting); models trained from
+    scratch have no backbone and are always fully trainable. ``seed`` seeds Keras' initialisers (it sets Keras'
+    global seed, the only way to seed ``keras.applications``). ``params`` are the builder's own parameters,
+    listed by ``mammoflow models --show NAME``.
+    """
+    from mammoflow.models import weights as weights_io
+    from mammoflow.models.split import set_backbone_trainable
+
+    info = get_model_info(name)
+    accepted = info.params
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ConfigError(f"model {name!r} has no parameter(s) {unknown}. Fix: use only {sorted(accepted)} "
+                          "(or input_shape, num_classes, weights, backbone_weights, trainable_backbone, seed)")
+    shape = check_input_shape(info.default_input_shape if input_shape is None else input_shape, name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"model {name!r}: num_classes must be an integer >= 2, got {num_classes!r}")
+    kind, whole_uri = weights_io.parse_weights(weights)
+    if info.backbone is None and (kind == "imagenet" or backbone_weights):
+        raise ConfigError(f"model {name!r} is trained from scratch and has no pretrained backbone. "
+                          "Fix: use weights: none or a .weights.h5 file of this model")
+    if backbone_weights and kind != "none":
+        raise ConfigError(f"model {name!r}: give either weights ({weights!r}) or backbone_weights, not both")
+
+    if backbone_weights:
+        backbone_source: str | None = str(weights_io.local_file(backbone_weights, suffixes=(".h5",)))
+    else:
+        backbone_source = "imagenet" if kind == "imagenet" else None
+    if seed is not None:
+        import keras
+        keras.utils.set_random_seed(seed)
+    call = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    model, parts = info.builder(input_shape=shape, num_classes=num_classes, backbone_weights=backbone_source,
+                                **call)
+    meta = ModelMeta(**dataclasses.asdict(parts), name=name, family=info.family, input_shape=shape,
+                     num_classes=num_classes, weights=kind if whole_uri is None else whole_uri,
+                     backbone_weights=backbone_weights, trainable_backbone=bool(trainable_backbone),
+                     backbone=info.backbone, params={**accepted, **call})
+    model.mammoflow_meta = meta
+    set_backbone_trainable(model, bool(trainable_backbone))
+    if whole_uri is not None:
+        weights_io.load_model_weights(model, weights_io.local_file(whole_uri, suffixes=(".weights.h5",)), name)
+    elif parts.backbone_layers and backbone_source is None and not trainable_backbone:
+        log.warning("%s: the backbone is frozen but has random weights (weights: none); fine for tests, "
+                    "not for results", name)
+    log.info("built %s: input %s, %d classes, %s parameters (%s trainable), weights %s", name, shape,
+             num_classes, f"{model.count_params():,}", f"{_count(model.trainable_weights):,}", meta.weights)
+    return model
+
+
+def model_meta(model: keras.Model) -> ModelMeta:
+    """The :class:`ModelMeta` that :func:`create_model` attached to ``model``."""
+    meta = getattr(model, "mammoflow_meta", None)
+    if not isinstance(meta, ModelMeta):
+        raise ConfigError(f"model {getattr(model, 'name', model)!r} was not built by mammoflow.models.create_model "
+                          "and has no metadata. Fix: build it with create_model(name, ...)")
+    return meta
+
+
+def check_input_shape(shape: Any, name: str) -> InputShape:
+    """``(height, width, channels)`` with positive or ``None`` sizes and 1 or 3 channels."""
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+        raise ConfigError(f"model {name!r}: input_shape must be (height, width, channels), got {shape!r}")
+    h, w, c = shape
+    for size in (h, w):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ConfigError(f"model {name!r}: input_shape sizes must be positive integers or None, got {shape!r}")
+    if c not in (1, 3) or isinstance(c, bool):
+        raise ConfigError(f"model {name!r}: input_shape must have 1 (grey) or 3 channels, got {shape!r}")
+    return (h, w, c)
+
+
+def _count(weights: list) -> int:
+    return int(sum(int(w.numpy().size) for w in weights))

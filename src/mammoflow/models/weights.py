@@ -1,0 +1,93 @@
+"""Where model weights come from: none, ImageNet (``keras.applications``), a local file or a ``gs://`` URI.
+
+Two kinds of files: *whole-model* weights (``weights: path/to/run/model.weights.h5``, written by
+``model.save_weights`` of the same registered model and params) and *backbone-only* weights
+(``backbone_weights: ...``, a ``keras.applications`` notop file, so that a cluster without internet can load
+ImageNet weights mirrored into object storage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mammoflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+WeightsKind = str  # "none" | "imagenet" | "file"
+
+
+def parse_weights(weights: str | os.PathLike | None) -> tuple[WeightsKind, str | None]:
+    """``(kind, uri)``: ``("none", None)``, ``("imagenet", None)`` or ``("file", path_or_gs_uri)``."""
+    if weights is None or str(weights).strip().lower() in ("", "none", "null", "random"):
+        return "none", None
+    text = str(weights).strip()
+    if text.lower() == "imagenet":
+        return "imagenet", None
+    if not text.endswith(".weights.h5"):
+        raise ConfigError(f"weights {text!r} is not none, imagenet or a .weights.h5 file. Fix: give a path or "
+                          "gs:// URI of a file written by model.save_weights (it must end in .weights.h5)")
+    return "file", text
+
+
+def cache_dir() -> Path:
+    """Where files fetched from object storage are kept (``$MAMMOFLOW_CACHE``, default ``~/.cache/mammoflow``)."""
+    return Path(os.environ.get("MAMMOFLOW_CACHE", Path.home() / ".cache" / "mammoflow")) / "weights"
+
+
+def local_file(uri: str | os.PathLike, suffixes: tuple[str, ...]) -> Path:
+    """A local path for a weights file, fetching a ``gs://`` URI once into :func:`cache_dir`."""
+    text = str(uri)
+    if not text.endswith(suffixes):
+        raise ConfigError(f"{text}: a weights file must end in {' or '.join(suffixes)}")
+    if text.startswith("gs://"):
+        # Keyed by the URI so two buckets holding the same file name never collide.
+        dest = cache_dir() / hashlib.sha256(text.encode()).hexdigest()[:16] / text.rsplit("/", 1)[-1]
+        if not dest.is_file():
+            from mammoflow import storage  # only object-storage code lives there
+
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            log.info("fetching %s -> %s", text, dest)
+            storage.get_file(text, dest)
+        return dest
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path}: weights file not found. Fix: give an existing file, a gs:// URI, "
+                          "or weights: none")
+    return path
+
+
+def load_model_weights(model: keras.Model, path: Path, name: str) -> None:
+    """Load whole-model weights, turning Keras' mismatch errors into one message with the fix."""
+    try:
+        model.load_weights(str(path))
+    except (ValueError, OSError, KeyError) as exc:
+        raise ConfigError(f"{path}: cannot be loaded into model {name!r} ({exc}). Fix: use a file saved by "
+                          "model.save_weights from the same model name, input channels, num_classes and params "
+                          "(for backbone-only files use backbone_weights)") from None
+    log.info("loaded whole-model weights from %s", path)
+
+
+def imagenet_unavailable(app: str, exc: BaseException) -> ConfigError:
+    """The error for ImageNet weights that cannot be downloaded (no network, as on air-gapped clusters)."""
+    return ConfigError(
+        f"ImageNet weights for {app} could not be downloaded ({exc}). Fix: this machine has no network access to "
+        "the Keras weights host: use weights: none, a .weights.h5 file of the whole model, or backbone_weights "
+        "pointing to a copy of the keras.applications notop file (local path or gs:// URI)")
+
+
+def is_download_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from ``keras.utils.get_file`` failing to fetch a URL."""
+    import urllib.error
+
+    if isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError)):
+        return True
+    # keras.utils.get_file re-raises URLError/HTTPError as a bare Exception("URL fetch failure on ...").
+    return "URL fetch failure" in str(exc) or isinstance(exc.__context__, urllib.error.URLError)

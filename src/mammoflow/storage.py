@@ -1,0 +1,520 @@
+"""Object storage: the only module that talks to it. Local paths and ``gs://bucket/key`` URIs, one API.
+
+A URI is either a local path (``/data/ds``, ``runs/x``, ``file:///data/ds``) or ``gs://bucket/key``. Every other
+module reads and writes through the functions below, so one process can switch between a laptop folder and a
+cluster bucket by changing a string. ``gs://`` goes through google-cloud-storage, which honours
+``STORAGE_EMULATOR_HOST`` (tests and offline demos run a real gcp-storage-emulator on loopback; the client then
+uses anonymous credentials). TensorFlow's own ``gs://`` filesystem cannot be pointed at an emulator, which is why
+tf.data reads shards from a verified local cache (:mod:`mammoflow.dataset.cache`), never from ``gs://``.
+
+Writes are atomic: a reader sees the old object, the new object, or nothing, never half an object.
+
+- local: the bytes go to a hidden temporary file in the destination folder (``.name.XXXX.partial``), which is
+  then renamed over the final name with ``os.replace`` (atomic on POSIX within one filesystem). A killed writer
+  leaves at most a ``.partial`` file, which :func:`list` never reports.
+- GCS: one upload request (multipart up to 8 MiB, a resumable session above) creates the object only when the
+  upload completes, so a failed or killed upload leaves no object and no temporary name is needed (a temp
+  object + rewrite would double the bytes moved). Multi-object datasets publish their manifest *last*
+  (:func:`mammoflow.dataset.shards.write_manifest`), so readers never see a half-written dataset.
+
+Every upload records the content's sha256 in the object's metadata (``sha256``), so :func:`sha256_of` and
+:func:`stat` answer without downloading; content is re-hashed wherever it is trusted for training
+(:class:`mammoflow.dataset.cache.LocalCache`).
+
+Transient GCS errors (429, 408, 5xx, dropped connections) are retried with exponential back-off and full jitter,
+bounded by :data:`RETRY` (a :class:`RetryPolicy`); anything else fails at once. After the last attempt a
+:class:`StorageError` names the URI and the fix. A missing object raises
+:class:`mammoflow.errors.InputError` with ``code="missing_file"``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+from urllib.parse import urlparse
+
+from mammoflow.errors import InputError, MammoflowError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GS = "gs://"
+SHA256_KEY = "sha256"  # object metadata key holding the content hash
+PARTIAL_SUFFIX = ".partial"  # local temporary files of in-flight writes
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+EMULATOR_PROJECT = "mammoflow-local"
+_CHUNK = 1 << 20
+
+
+class StorageError(MammoflowError):
+    """An object-storage operation failed for a reason other than a missing object."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential back-off with full jitter: attempt ``k`` waits U(0, min(max_delay, base * 2**k))."""
+
+    attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+
+
+RETRY = RetryPolicy()
+_jitter = random.Random()  # jitter only spreads retries in time; it never changes a result
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What storage knows about one object without reading it."""
+
+    uri: str
+    size: int
+    sha256: str | None  # recorded at upload (GCS metadata); None when unknown (local files, foreign objects)
+
+
+# --------------------------------------------------------------------------------------------------- URIs
+
+
+def is_remote(uri: str | os.PathLike[str]) -> bool:
+    """True for ``gs://`` URIs, False for local paths and ``file://`` URIs."""
+    return str(uri).startswith(GS)
+
+
+def join(uri: str | os.PathLike[str], *parts: str) -> str:
+    """``uri`` with ``parts`` appended by ``/`` (leading/trailing slashes of parts are ignored)."""
+    text = str(uri)
+    clean = [p.strip("/") for p in parts if p and p.strip("/")]
+    if not clean:
+        return text
+    return text.rstrip("/") + "/" + "/".join(clean)
+
+
+def local_path(uri: str | os.PathLike[str]) -> Path:
+    """The filesystem path of a local URI (``file://`` stripped); refuses ``gs://``."""
+    text = str(uri)
+    if is_remote(text):
+        raise ValueError(f"{text} is not a local path")
+    if text.startswith("file://"):
+        return Path(urlparse(text).path)
+    return Path(text)
+
+
+def split_gs(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> (``bucket``, ``a/b``)."""
+    rest = uri[len(GS):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"{uri}: no bucket name. Fix: write gs://BUCKET/path")
+    return bucket, key
+
+
+# ------------------------------------------------------------------------------------------- retries
+
+
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error is worth retrying: throttling, server errors, timeouts, dropped connections."""
+    import requests
+    from google.api_core import exceptions as api
+
+    if isinstance(exc, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout,
+                        requests.exceptions.ChunkedEncodingError)):
+        return True
+    if isinstance(exc, api.GoogleAPICallError):
+        return exc.code in _TRANSIENT_STATUS
+    response = getattr(exc, "response", None)  # google.cloud.storage.exceptions.InvalidResponse
+    status = getattr(response, "status_code", None)
+    if status in _TRANSIENT_STATUS:
+        return True
+    try:
+        from google.auth.exceptions import TransportError
+        from google.cloud.storage.exceptions import DataCorruption
+    except ImportError:  # pragma: no cover - older client layouts
+        return False
+    if isinstance(exc, DataCorruption):  # checksum mismatch in flight: fetch again
+        return True
+    if isinstance(exc, TransportError) and exc.args and isinstance(exc.args[0], BaseException):
+        return is_transient(exc.args[0])
+    return False
+
+
+def _with_retry(op: str, uri: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` with :data:`RETRY`; translate the final error into InputError / StorageError."""
+    from google.api_core import exceptions as api
+
+    policy = RETRY
+    for attempt in range(policy.attempts):
+        try:
+            return fn()
+        except api.NotFound as exc:
+            raise InputError(uri, "object not found", "check the URI, or run the step that writes it first",
+                             code="missing_file") from exc
+        except (api.Forbidden, api.Unauthorized) as exc:
+            raise StorageError(f"{uri}: {op} refused ({exc.code}). Fix: check the credentials "
+                               "(GOOGLE_APPLICATION_CREDENTIALS or workload identity) and the bucket's IAM") from exc
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == policy.attempts - 1:
+                raise StorageError(f"{uri}: {op} failed after {policy.attempts} attempts ({exc!r}). "
+                                   "Fix: check the network and the bucket, then rerun: completed work is kept") \
+                    from exc
+            delay = _jitter.uniform(0.0, min(policy.max_delay, policy.base_delay * 2 ** attempt))
+            log.warning("%s %s: transient error %r, retry %d/%d in %.2fs", op, uri, exc, attempt + 1,
+                        policy.attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ------------------------------------------------------------------------------------------- backends
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 (hex) of a local file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _partial(dest: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _local_install(tmp: Path, dest: Path) -> None:
+    """Make a finished temporary file the final one; mkstemp creates 0600, give it the umask's mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, dest)
+
+
+class _LocalBackend:
+    """Local filesystem; every write through a temp file in the same folder + os.replace."""
+
+    @staticmethod
+    def put_file(src: Path, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _partial(dest)
+        try:
+            shutil.copyfile(src, tmp)
+            _local_install(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def get_file(src: Path, dest: Path) -> None:
+        if not src.is_file():
+            raise InputError(src, "file not found", "check the path, or run the step that writes it first",
+                             code="missing_file")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _partial(dest)
+        try:
+            shutil.copyfile(src, tmp)
+            _local_install(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def stat(path: Path) -> ObjectInfo | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(str(path), st.st_size, None) if path.is_file() else None
+
+    @staticmethod
+    def list(folder: Path) -> builtins.list[Path]:
+        if folder.is_file():
+            return [folder]
+        if not folder.is_dir():
+            return []
+        out = []
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            out.extend(Path(root) / f for f in files
+                       if not (f.startswith(".") and f.endswith(PARTIAL_SUFFIX)))
+        return sorted(out)
+
+    @staticmethod
+    def delete(path: Path) -> bool:
+        try:
+            path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+
+class _GcsBackend:
+    """google-cloud-storage. Library-level retries are off (``retry=None``): :func:`_with_retry` owns them,
+    so attempts are bounded once, not multiplied."""
+
+    _lock = threading.Lock()
+    _clients: dict[tuple[Any, ...], Any] = {}
+
+    @classmethod
+    def client(cls) -> Any:
+        from google.cloud import storage as gcs
+
+        emulator = os.environ.get(EMULATOR_ENV)
+        key = (os.getpid(), emulator, os.environ.get("GOOGLE_CLOUD_PROJECT"))
+        with cls._lock:
+            if key not in cls._clients:
+                if emulator:
+                    from google.auth.credentials import AnonymousCredentials
+
+                    project = os.environ.get("GOOGLE_CLOUD_PROJECT", EMULATOR_PROJECT)
+                    cls._clients[key] = gcs.Client(project=project, credentials=AnonymousCredentials())
+                else:
+                    cls._clients[key] = gcs.Client()
+            return cls._clients[key]
+
+    @classmethod
+    def blob(cls, uri: str) -> Any:
+        bucket, key = split_gs(uri)
+        if not key:
+            raise ValueError(f"{uri}: no object name after the bucket")
+        return cls.client().bucket(bucket).blob(key)
+
+    @classmethod
+    def upload(cls, src: Path, uri: str, sha256: str) -> None:
+        blob = cls.blob(uri)
+        blob.metadata = {SHA256_KEY: sha256}
+        blob.upload_from_filename(str(src), retry=None)
+
+    @classmethod
+    def download(cls, uri: str, dest: Path) -> None:
+        cls.blob(uri).download_to_filename(str(dest), retry=None)
+
+    @classmethod
+    def stat(cls, uri: str) -> ObjectInfo | None:
+        bucket, key = split_gs(uri)
+        blob = cls.client().bucket(bucket).get_blob(key, retry=None)
+        if blob is None:
+            return None
+        return ObjectInfo(uri, int(blob.size or 0), (blob.metadata or {}).get(SHA256_KEY))
+
+    @classmethod
+    def list(cls, uri: str) -> builtins.list[str]:
+        bucket, key = split_gs(uri)
+        prefix = key.rstrip("/") + "/" if key else ""
+        names = [b.name for b in cls.client().list_blobs(bucket, prefix=prefix, retry=None)]
+        if key and not key.endswith("/"):
+            exact = cls.client().bucket(bucket).get_blob(key, retry=None)
+            if exact is not None:
+                names.append(key)
+        return sorted(f"{GS}{bucket}/{n}" for n in set(names))
+
+    @classmethod
+    def delete(cls, uri: str) -> bool:
+        from google.api_core import exceptions as api
+
+        try:
+            cls.blob(uri).delete(retry=None)
+            return True
+        except api.NotFound:
+            return False
+
+    @classmethod
+    def create_bucket(cls, bucket: str) -> None:
+        from google.api_core import exceptions as api
+
+        client = cls.client()
+        try:
+            client.create_bucket(bucket, retry=None)
+        except api.Conflict:
+            pass
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+
+def put_file(local: str | os.PathLike[str], uri: str | os.PathLike[str]) -> None:
+    """Copy a local file to ``uri`` atomically (see the module docstring); records its sha256 on GCS."""
+    src = Path(local)
+    uri = str(uri)
+    if not src.is_file():
+        raise InputError(src, "file not found", "check the path of the file to upload", code="missing_file")
+    if is_remote(uri):
+        sha = file_sha256(src)
+        _with_retry("upload", uri, lambda: _GcsBackend.upload(src, uri, sha))
+    else:
+        dest = local_path(uri)
+        if dest.resolve() == src.resolve():
+            return
+        _LocalBackend.put_file(src, dest)
+    log.debug("wrote %s", uri)
+
+
+def put_bytes(uri: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``uri`` atomically."""
+    with open_write(uri) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def open_write(uri: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """A binary file to write; the object appears at ``uri`` only if the block ends without an exception.
+
+    Local: writes a ``.partial`` file beside the destination, renamed into place at the end.
+    GCS: writes a local temporary file, uploaded in one request at the end.
+    """
+    uri = str(uri)
+    if is_remote(uri):
+        fd, tmp_name = tempfile.mkstemp(prefix="mammoflow-upload-", suffix=PARTIAL_SUFFIX)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+            put_file(tmp, uri)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    dest = local_path(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial(dest)
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+        _local_install(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def get_file(uri: str | os.PathLike[str], local: str | os.PathLike[str]) -> Path:
+    """Copy ``uri`` to the local path ``local`` atomically (temp file + rename); returns ``local``."""
+    uri = str(uri)
+    dest = Path(local)
+    if not is_remote(uri):
+        src = local_path(uri)
+        if src.resolve() != dest.resolve():
+            _LocalBackend.get_file(src, dest)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial(dest)
+    try:
+        _with_retry("download", uri, lambda: _GcsBackend.download(uri, tmp))
+        _local_install(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def get_bytes(uri: str | os.PathLike[str]) -> bytes:
+    """The whole content of ``uri``."""
+    uri = str(uri)
+    if not is_remote(uri):
+        path = local_path(uri)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise InputError(path, "file not found", "check the path, or run the step that writes it first",
+                             code="missing_file") from None
+    return _with_retry("download", uri, lambda: _GcsBackend.blob(uri).download_as_bytes(retry=None))
+
+
+def stat(uri: str | os.PathLike[str]) -> ObjectInfo | None:
+    """Size (and the recorded sha256 on GCS) of one object, or None when it does not exist."""
+    uri = str(uri)
+    if is_remote(uri):
+        return _with_retry("stat", uri, lambda: _GcsBackend.stat(uri))
+    return _LocalBackend.stat(local_path(uri))
+
+
+def exists(uri: str | os.PathLike[str]) -> bool:
+    """Whether an object (or local file) exists at ``uri``."""
+    return stat(uri) is not None
+
+
+def sha256_of(uri: str | os.PathLike[str]) -> str:
+    """sha256 (hex) of an object: the hash recorded at upload when there is one, else computed from the bytes."""
+    uri = str(uri)
+    if not is_remote(uri):
+        path = local_path(uri)
+        if not path.is_file():
+            raise InputError(path, "file not found", "check the path", code="missing_file")
+        return file_sha256(path)
+    info = stat(uri)
+    if info is None:
+        raise InputError(uri, "object not found", "check the URI", code="missing_file")
+    if info.sha256:
+        return info.sha256
+    with tempfile.TemporaryDirectory(prefix="mammoflow-hash-") as tmp:
+        return file_sha256(get_file(uri, Path(tmp) / "object"))
+
+
+def list(prefix_uri: str | os.PathLike[str]) -> builtins.list[str]:  # noqa: A001 - the storage verb
+    """Every object (file) under the folder ``prefix_uri``, recursively, as full URIs, sorted.
+
+    ``gs://b/data`` lists ``gs://b/data/...`` (and ``gs://b/data`` itself if it is an object), not
+    ``gs://b/data-old/...``. In-flight local ``.partial`` files are never listed.
+    """
+    text = str(prefix_uri)
+    if is_remote(text):
+        return _with_retry("list", text, lambda: _GcsBackend.list(text))
+    root = local_path(text)
+    if root.is_file():
+        return [text]
+    return [join(text, p.relative_to(root).as_posix()) for p in _LocalBackend.list(root)]
+
+
+def delete(uri: str | os.PathLike[str]) -> bool:
+    """Delete one object; True if it existed. Deleting a missing object is not an error (idempotent)."""
+    uri = str(uri)
+    if is_remote(uri):
+        return _with_retry("delete", uri, lambda: _GcsBackend.delete(uri))
+    return _LocalBackend.delete(local_path(uri))
+
+
+def create_bucket(uri: str) -> None:
+    """Create the bucket of ``gs://bucket/...`` if missing (emulator and demo set-ups; real buckets come from
+    infrastructure code). No-op for local URIs, whose folders are created on write."""
+    if is_remote(uri):
+        bucket, _ = split_gs(uri)
+        _with_retry("create bucket", uri, lambda: _GcsBackend.create_bucket(bucket))
+
+
+def emulator_endpoint() -> tuple[str, str] | None:
+    """(scheme, host:port) of ``STORAGE_EMULATOR_HOST`` when set, else None."""
+    value = os.environ.get(EMULATOR_ENV)
+    if not value:
+        return None
+    parsed = urlparse(value if "://" in value else f"http://{value}")
+    return parsed.scheme or "http", parsed.netloc
+
+
+def pyarrow_filesystem(uri: str | os.PathLike[str]) -> tuple[Any, str]:
+    """(pyarrow.fs.FileSystem, path) for ``uri``, e.g. for Ray Tune's ``RunConfig(storage_filesystem=...)``.
+
+    Honours ``STORAGE_EMULATOR_HOST`` (anonymous access, plain HTTP), as the rest of this module does.
+    """
+    import pyarrow.fs as pafs
+
+    text = str(uri)
+    if not is_remote(text):
+        return pafs.LocalFileSystem(), str(local_path(text).absolute())
+    bucket, key = split_gs(text)
+    path = f"{bucket}/{key}".rstrip("/")
+    endpoint = emulator_endpoint()
+    if endpoint is not None:
+        scheme, host = endpoint
+        return pafs.GcsFileSystem(anonymous=True, endpoint_override=host, scheme=scheme), path
+    return pafs.GcsFileSystem(), path

@@ -1,0 +1,1 @@
+"""Ray Tune ablation sweeps over the one training function."""

@@ -1,0 +1,436 @@
+"""``train(config, data_uri, out_uri)``: the one training function behind the CLI, the KFP component and Ray Tune.
+
+A run folder (local path or ``gs://``) ends up holding::
+
+    config.yaml          the resolved TrainConfig (re-run with `mammoflow train --config <run>/config.yaml`)
+    run.json             code version, data manifest sha256, status, timings
+    history.csv/.json    one row per epoch
+    metrics.json         validation metrics of the best epoch
+    model.keras          the best model (lowest validation loss; Yu et al. kept the best val loss too)
+    checkpoints/         last.keras + state.json (resume point), best.keras
+    tensorboard/         TensorBoard logs
+
+Resume: the data of epoch ``e`` is a pure function of ``(seed, e)`` (the input pipeline is stateless) and every
+epoch starts from a re-seeded RNG, so a run killed after any epoch (or after any checkpointed step) and started again
+with the same command ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mammoflow import __version__, storage
+from mammoflow.config import dump_yaml
+from mammoflow.errors import ConfigError
+from mammoflow.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "checkpoints/state.json"
+LAST_CKPT = "checkpoints/last.keras"
+BEST_CKPT = "checkpoints/best.keras"
+
+
+class Preempted(RuntimeError):
+    """The run was asked to stop (SIGTERM on a spot node); a checkpoint was written, rerun to resume."""
+
+
+@dataclass
+class TrainResult:
+    run_uri: str
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    resumed_from_epoch: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------- run folder
+class RunFolder:
+    """A local working folder mirrored to the run URI (local runs write in place)."""
+
+    def __init__(self, out_uri: str, cache_dir: str | Path | None = None):
+        self.uri = out_uri.rstrip("/")
+        if storage.is_remote(self.uri):
+            base = Path(cache_dir or Path(tempfile.gettempdir()) / "mammoflow-cache") / "runs"
+            self.local = base / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        else:
+            self.local = Path(self.uri)
+        self.local.mkdir(parents=True, exist_ok=True)
+
+    def path(self, rel: str) -> Path:
+        p = self.local / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def pull(self, rel: str) -> bool:
+        """Bring one file of a remote run folder into the local folder (for resume). True when it exists."""
+        if not storage.is_remote(self.uri):
+            return (self.local / rel).exists()
+        remote = storage.join(self.uri, rel)
+        if not storage.exists(remote):
+            return False
+        storage.get_file(remote, self.path(rel))
+        return True
+
+    def push(self, *rels: str) -> None:
+        """Publish local files to the run URI (atomic per object); no-op for local runs."""
+        if not storage.is_remote(self.uri):
+            return
+        for rel in rels:
+            src = self.local / rel
+            if src.is_dir():
+                for f in sorted(src.rglob("*")):
+                    if f.is_file():
+                        storage.put_file(f, storage.join(self.uri, f.relative_to(self.local).as_posix()))
+            elif src.exists():
+                storage.put_file(src, storage.join(self.uri, rel))
+
+    def write_text(self, rel: str, text: str) -> None:
+        p = self.path(rel)
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, p)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def class_weight_map(spec: str | dict[str, float], counts: dict[int, int], names: dict[int, str]) -> dict[int, float] | None:
+    """Keras ``class_weight`` from the config: none, balanced (n / (k * n_c)), or explicit per label name.
+
+    Jaamour et al.'s code computed balanced weights and then discarded them (``return None``): here they are
+    passed to ``fit`` and so reach the loss (tested).
+    """
+    if spec == "none":
+        return None
+    if spec == "balanced":
+        total = sum(counts.values())
+        k = len(counts)
+        return {label: total / (k * n) for label, n in sorted(counts.items()) if n > 0}
+    by_name = {v: k for k, v in names.items()}
+    unknown = sorted(set(spec) - set(by_name))
+    if unknown:
+        raise ConfigError(f"class_weights: unknown label(s) {unknown}; the dataset has {sorted(by_name)}")
+    return {by_name[name]: float(w) for name, w in spec.items()}
+
+
+def _seed_everything(seed: int) -> None:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def _strategy(kind: str):
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "multiworker" or (kind == "auto" and os.environ.get("TF_CONFIG")):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _set_precision(mode: str) -> None:
+    import keras
+    import tensorflow as tf
+
+    on = mode == "on" or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
+    keras.mixed_precision.set_global_policy("mixed_float16" if on else "float32")
+
+
+def _make_optimizer(cfg: TrainConfig, lr: float, model):
+    import keras
+
+    from mammoflow.training.optim import HeadScaledSGD
+
+    if cfg.optimizer.name == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    if cfg.optimizer.head_lr_multiplier != 1.0:
+        from mammoflow.models import head_variable_paths
+
+        return HeadScaledSGD(learning_rate=lr, momentum=cfg.optimizer.momentum,
+                             head_multiplier=cfg.optimizer.head_lr_multiplier,
+                             head_paths=head_variable_paths(model))
+    return keras.optimizers.SGD(learning_rate=lr, momentum=cfg.optimizer.momentum)
+
+
+def _compile(model, cfg: TrainConfig, lr: float) -> None:
+    model.compile(optimizer=_make_optimizer(cfg, lr, model), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=cfg.xla)
+
+
+class _StepCheckpoint:
+    """Mid-epoch checkpoints every N steps and on SIGTERM (spot preemption), as a Keras callback."""
+
+    def __init__(self, save, every: int | None):
+        import keras
+
+        outer = self
+
+        class _CB(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                outer.step += 1
+                if outer.stop_requested or (every and outer.step % every == 0):
+                    save(outer.step)
+                    if outer.stop_requested:
+                        self.model.stop_training = True
+                        outer.preempted = True
+
+        self.callback = _CB()
+        self.step = 0
+        self.stop_requested = False
+        self.preempted = False
+
+
+# ----------------------------------------------------------------------------------------------- train
+def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | Path | None = None,
+          stop_after_epochs: int | None = None,
+          epoch_callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train ``config``'s model on the shards at ``data_uri``; write (or resume) the run folder at ``out_uri``.
+
+    ``stop_after_epochs`` ends the call early after that many epochs *of this call* (used by tests and by Ray Tune
+    trials that are paused); the run folder is then resumable. ``epoch_callback(row)`` is called after every epoch
+    with that epoch's history row, once its checkpoint is written (Ray Tune reports from it).
+    """
+    import keras
+    import tensorflow as tf
+
+    from mammoflow.dataset.cache import LocalCache
+    from mammoflow.dataset.pipeline import eval_dataset, train_dataset
+    from mammoflow.dataset.shards import read_manifest
+    from mammoflow.models import create_model
+    from mammoflow.training.monitor import MonitorCallback, RunMetrics
+
+    t_start = time.perf_counter()
+    run = RunFolder(out_uri, cache_dir)
+    cache = LocalCache(Path(cache_dir or Path(tempfile.gettempdir()) / "mammoflow-cache") / "shards")
+    manifest_uri = storage.join(data_uri, "manifest.json")
+    manifest_bytes = storage.get_bytes(manifest_uri)
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    manifest = read_manifest(data_uri)
+    shards = cache.fetch(manifest_uri)
+    label_names = {int(k): v for k, v in manifest["label_names"].items()}
+    num_classes = len(label_names)
+    input_cfg = _input_config(config)
+    for split in (config.data.train_split, config.data.val_split):
+        if not shards.get(split):
+            raise ConfigError(f"{data_uri}: the dataset has no {split!r} shards (has {sorted(shards)}); "
+                              "fix data.train_split / data.val_split or rebuild with a validation split")
+
+    # Same config or refuse: resuming a folder with another config would mix two runs.
+    cfg_yaml = dump_yaml(config.to_dict())
+    if run.pull("config.yaml") and run.path("config.yaml").read_text() != cfg_yaml:
+        raise ConfigError(f"{out_uri}: holds a run with a different config.yaml; use a new --out or the same config")
+    run.write_text("config.yaml", cfg_yaml)
+    run.push("config.yaml")
+
+    state: dict[str, Any] = {"epochs_done": 0, "step_in_epoch": 0, "best_val_loss": None, "best_epoch": None,
+                             "history": [], "phase_wait": 0}
+    resumed_from = None
+    if run.pull(STATE_FILE) and run.pull(LAST_CKPT):
+        state = json.loads(run.path(STATE_FILE).read_text())
+        resumed_from = state["epochs_done"]
+        run.pull(BEST_CKPT)
+        log.info("resuming %s after epoch %d (step %d)", out_uri, state["epochs_done"], state["step_in_epoch"])
+
+    _set_precision(config.mixed_precision)
+    strategy = _strategy(config.distribute)
+    with strategy.scope():
+        if resumed_from is not None:
+            model = keras.models.load_model(run.path(LAST_CKPT))
+        else:
+            _seed_everything(config.seed)
+            phase0 = config.schedule.phases[0]
+            model = create_model(config.model.name, input_shape=_input_shape(config), num_classes=num_classes,
+                                 weights=config.model.weights,
+                                 trainable_backbone=phase0.trainable_backbone or config.model.trainable_backbone,
+                                 **config.model.params)
+            _compile(model, config, phase0.learning_rate)
+
+    counts = {int(k): int(v) for k, v in manifest["splits"][config.data.train_split]["patch_counts"].items()} \
+        if "patch_counts" in manifest["splits"][config.data.train_split] else \
+        _patch_counts(manifest, config, label_names)
+    class_weight = class_weight_map(config.class_weights, counts, label_names)
+    examples_per_epoch = sum(counts.values())
+    metrics = RunMetrics(run=Path(run.local).name, port=config.metrics_port)
+    monitor = MonitorCallback(metrics, examples_per_epoch, state["epochs_done"], config.total_epochs)
+    tensorboard = keras.callbacks.TensorBoard(log_dir=str(run.path("tensorboard/x").parent), write_graph=False)
+
+    def save_checkpoint(epochs_done: int, step_in_epoch: int) -> None:
+        model.save(run.path(LAST_CKPT))
+        st = dict(state, epochs_done=epochs_done, step_in_epoch=step_in_epoch)
+        run.write_text(STATE_FILE, json.dumps(st, indent=2))
+        run.push(LAST_CKPT, STATE_FILE)
+
+    val_ds = eval_dataset(shards[config.data.val_split], input_cfg).map(lambda x, y, _id: (x, y))
+    stepper = _StepCheckpoint(lambda step: save_checkpoint(state["epochs_done"], state["step_in_epoch"] + step),
+                              config.schedule.checkpoint_every_steps)
+    previous_handler = _install_sigterm(stepper)
+    epochs_this_call = 0
+    try:
+        for epoch in range(state["epochs_done"], config.total_epochs):
+            phase_idx, phase = config.phase_of_epoch(epoch)
+            phase_start = sum(p.epochs for p in config.schedule.phases[:phase_idx])
+            if epoch == phase_start and epoch > 0 and state["step_in_epoch"] == 0:
+                _enter_phase(model, config, phase)
+                state["phase_wait"] = 0
+            _seed_everything(config.seed * 1000 + epoch)
+            ds = train_dataset(shards[config.data.train_split], input_cfg, seed=config.seed, epoch=epoch)
+            if config.schedule.steps_per_epoch:
+                ds = ds.take(config.schedule.steps_per_epoch)
+            if state["step_in_epoch"]:
+                ds = ds.skip(state["step_in_epoch"])
+            stepper.step = 0
+            hist = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
+                             class_weight=class_weight, verbose=0,
+                             callbacks=[monitor, tensorboard, stepper.callback])
+            if stepper.preempted:
+                raise Preempted(f"stopped by SIGTERM during epoch {epoch + 1}; checkpoint saved, rerun to resume")
+            row = {k: float(v[-1]) for k, v in hist.history.items()}
+            row["epoch"] = epoch + 1
+            row["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+            state["history"].append(row)
+            state["step_in_epoch"] = 0
+            improved = state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"]
+            if improved:
+                state.update(best_val_loss=row["val_loss"], best_epoch=epoch + 1, phase_wait=0)
+                model.save(run.path(BEST_CKPT))
+                run.push(BEST_CKPT)
+            else:
+                state["phase_wait"] += 1
+                _maybe_reduce_lr(model, config, state)
+            state["epochs_done"] = epoch + 1
+            save_checkpoint(epoch + 1, 0)
+            _write_history(run, state["history"])
+            epochs_this_call += 1
+            if epoch_callback is not None:
+                epoch_callback(dict(row))
+            patience = config.schedule.early_stopping_patience
+            phase_end = phase_start + phase.epochs
+            if patience is not None and state["phase_wait"] >= patience and epoch + 1 < phase_end:
+                log.info("early stopping phase %d after epoch %d (no val-loss improvement for %d epochs)",
+                         phase_idx + 1, epoch + 1, patience)
+                state["epochs_done"] = phase_end  # skip the rest of this phase
+                if phase_end < config.total_epochs:
+                    model = keras.models.load_model(run.path(BEST_CKPT))
+                    _enter_phase(model, config, config.phase_of_epoch(phase_end)[1])
+                save_checkpoint(phase_end, 0)
+                if phase_end >= config.total_epochs:
+                    break
+            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+                break
+    finally:
+        _restore_sigterm(previous_handler)
+        metrics.close()
+
+    finished = state["epochs_done"] >= config.total_epochs
+    result = TrainResult(run_uri=out_uri, best_epoch=state["best_epoch"] or 0,
+                         best_val_loss=float(state["best_val_loss"] or float("nan")),
+                         epochs_run=len(state["history"]), history=state["history"], resumed_from_epoch=resumed_from)
+    if finished:
+        shutil.copyfile(run.path(BEST_CKPT), run.path("model.keras"))
+        best_row = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
+        result.metrics = {
+            "best_epoch": state["best_epoch"], "epochs_run": len(state["history"]),
+            "val_loss": best_row["val_loss"], "val_accuracy": best_row.get("val_accuracy"),
+            "train_loss": best_row["loss"], "train_accuracy": best_row.get("accuracy"),
+            "label_names": {str(k): v for k, v in label_names.items()},
+        }
+        run.write_text("metrics.json", json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
+    run.write_text("run.json", json.dumps({
+        "status": "finished" if finished else "paused", "code_version": __version__,
+        "data_uri": data_uri, "data_manifest_sha256": manifest_sha, "model": config.model.name,
+        "epochs_done": state["epochs_done"], "wall_time_s_this_call": round(time.perf_counter() - t_start, 2),
+        "tensorflow": tf.__version__, "keras": keras.__version__,
+    }, indent=2, sort_keys=True) + "\n")
+    run.push("run.json", "metrics.json", "model.keras", "history.csv", "history.json", "tensorboard")
+    return result
+
+
+def _input_shape(cfg: TrainConfig) -> tuple[int, int, int]:
+    side = cfg.data.image_size if cfg.data.mode == "whole_image" else cfg.data.patch_size
+    if side is None:
+        raise ConfigError("data.image_size is required in whole_image mode")
+    return (side, side, cfg.data.channels)
+
+
+def _input_config(cfg: TrainConfig):
+    from mammoflow.dataset.pipeline import InputConfig
+
+    d = cfg.data
+    return InputConfig(patch_size=d.patch_size, patches_per_roi=dict(d.patches_per_roi), batch_size=d.batch_size,
+                       channels=d.channels, centring=d.centring, seed=cfg.seed, eval_grid=tuple(d.eval_grid),
+                       **d.augment)
+
+
+def _patch_counts(manifest: dict[str, Any], cfg: TrainConfig, names: dict[int, str]) -> dict[int, int]:
+    """Training examples per label in one epoch: ROIs per class x patches per ROI of that class."""
+    per_class = manifest["splits"][cfg.data.train_split]["counts"]
+    counts = {}
+    for label, name in names.items():
+        n_rois = int(per_class.get(name, 0))
+        counts[label] = n_rois * int(cfg.data.patches_per_roi.get(name, 1))
+    return counts
+
+
+def _enter_phase(model, cfg: TrainConfig, phase) -> None:
+    from mammoflow.models import set_backbone_trainable
+
+    set_backbone_trainable(model, phase.trainable_backbone)
+    _compile(model, cfg, phase.learning_rate)
+    log.info("phase: backbone %s, learning rate %g", "trainable" if phase.trainable_backbone else "frozen",
+             phase.learning_rate)
+
+
+def _maybe_reduce_lr(model, cfg: TrainConfig, state: dict[str, Any]) -> None:
+    plateau = cfg.schedule.reduce_lr_on_plateau
+    if not plateau or state["phase_wait"] == 0 or state["phase_wait"] % int(plateau.get("patience", 2)):
+        return
+    lr = float(model.optimizer.learning_rate.numpy()) * float(plateau.get("factor", 0.5))
+    lr = max(lr, float(plateau.get("min_lr", 1e-7)))
+    model.optimizer.learning_rate.assign(lr)
+    log.info("val loss on a plateau: learning rate -> %g", lr)
+
+
+def _write_history(run: RunFolder, history: list[dict[str, float]]) -> None:
+    run.write_text("history.json", json.dumps(history, indent=2) + "\n")
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    run.write_text("history.csv", buf.getvalue())
+
+
+def _install_sigterm(stepper: _StepCheckpoint):
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):  # noqa: ARG001
+        log.warning("SIGTERM received: checkpointing at the end of this step, then stopping")
+        stepper.stop_requested = True
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    import threading
+
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)

@@ -81,9 +81,11 @@ def test_clahe_increases_local_contrast(dtype: type) -> None:
 
 def test_clahe_tile_grid_is_rows_then_cols() -> None:
     img = mammogram(dtype=np.uint8)[0]
-    a = ops.clahe(img, tile_grid=(8, 2))
-    b = ops.clahe(img.T.copy(), tile_grid=(2, 8)).T
-    assert np.array_equal(a, b)
+    a = ops.clahe(img, tile_grid=(8, 2)).astype(int)
+    transposed = ops.clahe(img.T.copy(), tile_grid=(2, 8)).T.astype(int)
+    swapped = ops.clahe(img, tile_grid=(2, 8)).astype(int)
+    assert np.abs(a - transposed).max() <= 1  # the same tiles (up to rounding)
+    assert np.abs(a - swapped).mean() > 5  # other tiles give another result
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -290,18 +292,21 @@ def test_transform_composition_follows_a_bright_dot() -> None:
     t = t1.then(t2).then(t3)
     r, c = t.apply_points(row, col)
     found_r, found_c = centroid(flipped)
-    assert abs(found_r - float(r)) < 0.3 and abs(found_c - float(c)) < 0.3
+    # Intensity centroids are preserved by area and linear resampling: the match is sub-pixel exact.
+    assert abs(found_r - float(r)) < 0.05 and abs(found_c - float(c)) < 0.05
+    enlarged, t_up = ops.resize(cropped, (300, 260))
+    up_r, up_c = t1.then(t_up).apply_points(row, col)
+    assert np.allclose(centroid(enlarged), (float(up_r), float(up_c)), atol=0.05)
     # And back: the inverse lands on the original centre.
     back_r, back_c = t.inverse().apply_points(found_r, found_c)
-    assert abs(float(back_r) - row) < 0.8 and abs(float(back_c) - col) < 0.8
+    assert abs(float(back_r) - row) < 0.1 and abs(float(back_c) - col) < 0.1
 
 
 def test_transform_resize_pad_follows_a_dot() -> None:
     img = blob((300, 180), 200.0, 40.0, sigma=4)
     out, t = ops.resize_with_padding(img, (128, 128))
     r, c = t.apply_points(200.0, 40.0)
-    found = centroid(out)
-    assert abs(found[0] - float(r)) < 0.3 and abs(found[1] - float(c)) < 0.3
+    assert np.allclose(centroid(out), (float(r), float(c)), atol=0.05)
 
 
 def test_transform_algebra() -> None:

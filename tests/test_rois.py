@@ -184,3 +184,25 @@ def test_mask_geometry_and_example_ids():
     assert example_id("cbis-ddsm:P_1_LEFT_CC", "image") == "cbis-ddsm:P_1_LEFT_CC#image"
     with pytest.raises(ValueError):
         example_id("x", "lesion")
+
+
+def test_rois_on_a_phantom_follow_its_ground_truth():
+    from mammoflow.synth.phantoms import make_phantom
+
+    ph = make_phantom(4, shape=(256, 256), view="CC", lesions=[("circumscribed", "benign"), ("spiculated", "malignant")])
+    assert len(ph.lesions) == 2
+    truth = ph.lesion_mask.astype(np.uint8) * 255
+    for les in ph.lesions:
+        _, box = lesion_roi(ph.image, les.center_row, les.center_col, size=64, breast_mask=ph.breast_mask)
+        own = disk_mask(ph.image.shape, les.center_row, les.center_col, les.radius)
+        roi_truth = crop_padded(own.astype(np.uint8), box)
+        r, c = np.nonzero(roi_truth)
+        want_r, want_c = box_transform(box, 64).apply_points(les.center_row, les.center_col)
+        assert abs(r.mean() - want_r) < 1 and abs(c.mean() - want_c) < 1
+    avoid = [(les.center_row, les.center_col, les.radius) for les in ph.lesions]
+    centres = sample_normal_centres(ph.breast_mask, 3, 48, np.random.default_rng(0), avoid=avoid,
+                                    min_distance=34, min_breast_fraction=0.9)
+    for r, c in centres:
+        box = square_box(r, c, 48, ph.image.shape)
+        assert crop_padded(truth, box).max() == 0  # no lesion pixel in a normal ROI
+        assert crop_padded(ph.breast_mask, box).mean() >= 0.9

@@ -4,7 +4,7 @@ Output folder layout::
 
     OUT/records.jsonl, records_meta.json, quarantine.jsonl, quarantine.md, ingest_summary.json
     OUT/images/<record>.png          preprocessed image (16-bit PNG when the chain outputs uint16, else 8-bit)
-    OUT/masks/<record>__<lesion>.png lesion masks moved with the image (0 / 255)
+    OUT/masks/<record>__lesion<k>.png  mask of the record's k-th lesion, moved with the image (0 / 255)
     OUT/preprocess_config.yaml       the resolved chain (every default filled in)
     OUT/preprocess_summary.json      counts for this run
     OUT/.resume/<record>.json        per-record state, so an interrupted or repeated run does not redo work
@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import tempfile
@@ -37,7 +38,7 @@ from mammoflow.errors import ConfigError, InputError
 from mammoflow.logs import progress
 from mammoflow.preprocess import ops
 from mammoflow.preprocess.chain import Chain, ChainResult
-from mammoflow.records import QuarantineEntry, Record, RecordsTable, atomic_write_text
+from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,10 @@ class _Job:
     fingerprint: str
 
 
-def _transform_lesions(rec: Record, res: ChainResult, name: str, image_path: Path) -> list:
+def _transform_lesions(rec: Record, res: ChainResult, name: str, image_path: Path) -> list[Lesion]:
     h, w = res.image.shape
     lesions = []
-    for les in rec.lesions:
+    for k, les in enumerate(rec.lesions):
         new = dataclasses.replace(les, extra=dict(les.extra))
         if les.center_row is not None and les.center_col is not None:
             row, col, radius = res.map_lesion(les.center_row, les.center_col, les.radius)
@@ -124,7 +125,7 @@ def _transform_lesions(rec: Record, res: ChainResult, name: str, image_path: Pat
                                  code="outside_image", record_id=rec.record_id)
             new.center_row, new.center_col, new.radius = row, col, radius
         if les.mask_path is not None:  # the caller writes the moved mask there
-            new.mask_path = f"{MASKS_DIR}/{name}__{safe_name(les.lesion_id)}.png"
+            new.mask_path = f"{MASKS_DIR}/{name}__lesion{k}.png"
         lesions.append(new)
     return lesions
 
@@ -298,7 +299,10 @@ def _run_all(jobs: list[_Job], chain: Chain, config: Any, config_hash: str, out_
             yield _run_one(job, chain, config_hash, out_dir, export_dir)
         return
     resolved = chain.resolved()
-    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+    # spawn, not fork: forking a process that holds threads (OpenCV's pool, logging, test runners) can leave a
+    # lock held forever in the child.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init,
                              initargs=(resolved, config_hash, out_dir, export_dir)) as pool:
         yield from progress(pool.map(_worker_run, jobs, chunksize=4), desc="preprocess", total=len(jobs),
                             unit="image")

@@ -120,15 +120,16 @@ def lesion_roi(image: np.ndarray, center_row: float, center_col: float, size: in
     return _cut(image, box, size, breast_mask), box
 
 
-def _window_fractions(mask: np.ndarray, side: int) -> np.ndarray:
-    """Fraction of True pixels in every ``side`` x ``side`` window lying fully inside ``mask``.
+def _window_counts(mask: np.ndarray, side: int) -> np.ndarray:
+    """Number of True pixels in every ``side`` x ``side`` window lying fully inside ``mask``.
 
-    Entry ``[r0, c0]`` is the window with top-left corner ``(r0, c0)``; computed with an integral image.
+    Entry ``[r0, c0]`` is the window with top-left corner ``(r0, c0)``; computed with an integral image
+    (int32 when it fits: a 4000x3000 CBIS-DDSM mask then needs 48 MB, not 96).
     """
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
-    sums = (integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side] + integral[:-side, :-side])
-    return sums / float(side * side)
+    dtype = np.int32 if mask.size < 2**31 else np.int64
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=dtype)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=dtype), axis=1, out=integral[1:, 1:])
+    return integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side] + integral[:-side, :-side]
 
 
 def sample_normal_centres(breast_mask: np.ndarray, n: int, size: int, rng: np.random.Generator,
@@ -159,8 +160,7 @@ def sample_normal_centres(breast_mask: np.ndarray, n: int, size: int, rng: np.ra
         raise InputError(path, f"the {h}x{w} image is smaller than one {size}x{size} normal ROI",
                          "use a smaller roi_size or whole_image mode for this dataset", code="no_normal_roi")
     # Window with top-left (r0, c0) <-> centre (r0 + half, c0 + half), as in square_box.
-    fractions = _window_fractions(mask, size)
-    valid = fractions >= min_breast_fraction - 1e-12
+    valid = _window_counts(mask, size) >= math.ceil(min_breast_fraction * size * size - 1e-9)
     valid &= mask[half:half + valid.shape[0], half:half + valid.shape[1]]
     rows, cols = np.nonzero(valid)
     rows, cols = rows + half, cols + half

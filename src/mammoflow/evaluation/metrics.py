@@ -142,7 +142,8 @@ def _rank_metrics(weights_sorted: np.ndarray, ranked: _Ranked) -> tuple[np.ndarr
     """ROC-AUC and average precision for each row of a (resamples x rows) weight matrix in score order.
 
     AUC = P(score_pos > score_neg) + 0.5 P(tie) over weighted pairs (Mann-Whitney); AP = sum over positives
-    of the precision at their score level (ties form one level, as in scikit-learn), divided by P.
+    of the precision at their score level (ties form one level, as in scikit-learn), divided by P. Integer
+    weights give exactly the metrics of the resample that repeats row i weights[i] times.
     """
     pos_w = weights_sorted * ranked.pos_sorted
     neg_w = weights_sorted - pos_w
@@ -159,7 +160,8 @@ def _rank_metrics(weights_sorted: np.ndarray, ranked: _Ranked) -> tuple[np.ndarr
     tp_at = p_total[:, None] - cum_pos[:, ranked.level_start]
     fp_at = n_total[:, None] - neg_below
     precision_at = np.divide(tp_at, tp_at + fp_at, out=np.zeros_like(tp_at), where=(tp_at + fp_at) > 0)
-    ap = _ratio(np.einsum("ij,ij->i", pos_w, precision_at), p_total)
+    # With no negatives AP is trivially 1; treated as undefined like the AUC, so both skip the same resamples.
+    ap = _ratio(np.einsum("ij,ij->i", pos_w, precision_at), p_total * (n_total > 0))
     return auc, ap
 
 

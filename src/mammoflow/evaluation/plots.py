@@ -72,7 +72,7 @@ def plot_roc(curves: Mapping[str, CurveInput], path: Path | str, title: str = "R
     ax = fig.add_subplot()
     for name, data in curves.items():
         c = _curve(data, "roc")
-        ax.step(c["fpr"], c["tpr"], where="post", lw=2, label=f"{name} (AUC {c['auc']:.3f})")
+        ax.plot(c["fpr"], c["tpr"], lw=2, label=f"{name} (AUC {c['auc']:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC 0.500)")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=title,
            xlabel="False positive rate (1 - specificity)", ylabel="True positive rate (sensitivity)")

@@ -31,7 +31,8 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -120,49 +121,81 @@ def _shown(src: str | Path | BinaryIO, shown_path: object | None) -> str:
     return str(src) if isinstance(src, (str, Path)) else getattr(src, "name", "<bytes>")
 
 
+@contextmanager
+def _binary_stream(src: str | Path | BinaryIO, where: str) -> Iterator[BinaryIO]:
+    from mammoflow.io.images import read_bytes, split_zip_path
+
+    if not isinstance(src, (str, Path)):
+        yield src
+    elif split_zip_path(src) is not None:
+        yield io.BytesIO(read_bytes(src))
+    else:
+        try:
+            fh = open(src, "rb")  # noqa: SIM115 - closed below
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise InputError(where, "file not found", "check the path and the records folder's image_root",
+                             code="missing_file") from None
+        with fh:
+            yield fh
+
+
 def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bool) -> Any:
     """pydicom Dataset of a path, a path through a zip, or a binary stream; file errors -> InputError."""
+    with _binary_stream(src, where) as fh:
+        start = fh.tell()
+        size = fh.seek(0, os.SEEK_END) - start
+        fh.seek(start)
+        if size == 0:
+            raise InputError(where, "the file is empty (0 bytes)", "re-download or re-export the image",
+                             code="empty")
+        try:
+            ds = _dcmread(fh, start, where, stop_before_pixels)
+        except InputError:
+            raise
+        except Exception as exc:  # pydicom raises many types on damaged files (EOFError, ValueError, ...)
+            text = str(exc).lower()
+            truncated = isinstance(exc, EOFError) or "end of file" in text or "prematurely" in text
+            raise InputError(where, f"unreadable DICOM file ({type(exc).__name__}: {exc})",
+                             "re-download or re-export the image",
+                             code="truncated" if truncated else "corrupt") from None
+        if not stop_before_pixels:
+            _check_complete(ds, fh.tell() - start, size, where)
+    return ds
+
+
+def _dcmread(fh: BinaryIO, start: int, where: str, stop_before_pixels: bool) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from mammoflow.io.images import read_bytes, split_zip_path
-
-    if isinstance(src, (str, Path)):
-        if split_zip_path(src) is not None:
-            src = io.BytesIO(read_bytes(src))
-        else:
-            p = Path(src)
-            if not p.is_file():
-                raise InputError(where, "file not found", "check the path and the records folder's image_root",
-                                 code="missing_file")
-            if p.stat().st_size == 0:
-                raise InputError(where, "the file is empty (0 bytes)", "re-download or re-export the image",
-                                 code="empty")
-    elif isinstance(src, io.BytesIO) and not src.getbuffer().nbytes:
-        raise InputError(where, "the file is empty (0 bytes)", "re-download or re-export the image", code="empty")
     try:
-        try:
-            return pydicom.dcmread(src, stop_before_pixels=stop_before_pixels)
-        except InvalidDicomError:
-            # Files written without the 128-byte preamble and "DICM" are still common; accept them only
-            # if what is read looks like an image header.
-            if not isinstance(src, (str, Path)):
-                src.seek(0)
-            ds = pydicom.dcmread(src, stop_before_pixels=stop_before_pixels, force=True)
-            if "Rows" not in ds or "Columns" not in ds:
-                raise InputError(where, "not a DICOM file (no DICM marker and no image header)",
-                                 "check that this is a DICOM image; re-export it", code="corrupt") from None
-            _set_transfer_syntax_from_encoding(ds)
-            return ds
-    except InputError:
-        raise
-    except Exception as exc:  # pydicom raises many types on damaged files (EOFError, ValueError, struct.error...)
-        text = str(exc).lower()
-        truncated = isinstance(exc, EOFError) or "end of file" in text or "prematurely" in text \
-            or "expected" in text and "bytes" in text
-        raise InputError(where, f"{'truncated' if truncated else 'unreadable'} DICOM file ({type(exc).__name__}: "
-                                f"{exc})", "re-download or re-export the image",
-                         code="truncated" if truncated else "corrupt") from None
+        return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        # Files written without the 128-byte preamble and "DICM" are still met; accept them only if what
+        # is read looks like an image header.
+        fh.seek(start)
+        ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, force=True)
+        if "Rows" not in ds or "Columns" not in ds:
+            raise InputError(where, "not a DICOM file (no DICM marker and no image header)",
+                             "check that this is a DICOM image; re-export it", code="corrupt") from None
+        _set_transfer_syntax_from_encoding(ds)
+        return ds
+
+
+def _check_complete(ds: Any, consumed: int, size: int, where: str) -> None:
+    """Detect a cut file: pydicom stops quietly at the end of a file (keeping a partial or empty data set)."""
+    problem = None
+    if len(ds) == 0:
+        problem = "the file ends inside its data set (nothing after the file meta could be read)"
+    elif consumed < size:
+        problem = f"the file ends inside a data element ({size - consumed} stray bytes at the end)"
+    else:
+        last = ds.get_item(max(ds.keys()))
+        length, value = getattr(last, "length", None), getattr(last, "value", None)
+        if isinstance(value, bytes) and length is not None and length != 0xFFFFFFFF and len(value) < length:
+            problem = f"the file ends inside element {last.tag}: {len(value)} of {length} bytes present"
+    if problem:
+        raise InputError(where, f"truncated DICOM file: {problem}", "re-download or re-export the image",
+                         code="truncated")
 
 
 def _set_transfer_syntax_from_encoding(ds: Any) -> None:
@@ -269,6 +302,16 @@ def _header(ds: Any, where: str, salt: str, expect_modality: str | None) -> Dico
     )
 
 
+def _safe_header(ds: Any, where: str, salt: str, expect_modality: str | None) -> DicomHeader:
+    try:
+        return _header(ds, where, salt, expect_modality)
+    except InputError:
+        raise
+    except Exception as exc:  # elements are converted lazily: a malformed value fails only when read
+        raise InputError(where, f"malformed header value ({type(exc).__name__}: {exc})",
+                         "re-export the image", code="corrupt") from None
+
+
 def _transfer_syntax_name(ds: Any) -> str:
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -282,7 +325,7 @@ def read_dicom_header(src: str | Path | BinaryIO, salt: str = "", expect_modalit
     """Validated safe header fields without decoding pixels (stops before Pixel Data: fast for indexing)."""
     where = _shown(src, shown_path)
     ds = _open_dataset(src, where, stop_before_pixels=True)
-    return _header(ds, where, salt, expect_modality)
+    return _safe_header(ds, where, salt, expect_modality)
 
 
 def read_dicom(src: str | Path | BinaryIO, salt: str = "", expect_modality: str | None = "MG",
@@ -295,7 +338,7 @@ def read_dicom(src: str | Path | BinaryIO, salt: str = "", expect_modality: str 
     """
     where = _shown(src, shown_path)
     ds = _open_dataset(src, where, stop_before_pixels=False)
-    header = _header(ds, where, salt, expect_modality)
+    header = _safe_header(ds, where, salt, expect_modality)
     if "PixelData" not in ds:
         raise InputError(where, "no pixel data in the file", "re-export the image with its pixel data",
                          code="corrupt")
@@ -383,8 +426,11 @@ def display_pixels(raw: np.ndarray, ds: Any) -> np.ndarray:
         # The LUT's own output range: files often declare 16-bit entries that only reach 4095.
         lo, hi = float(lut.min()), float(lut.max())
     elif "WindowCenter" in ds and "WindowWidth" in ds:
-        # pydicom's output range is the Modality LUT output range computed above.
+        # pydicom sends values below the window to the rescaled stored minimum and values above it to the
+        # rescaled maximum: those are 0 and 65535 here, whatever the sign of the slope.
         values = apply_windowing(values, ds)
+        if not has_mlut:
+            lo, hi = s_lo * slope + intercept, s_hi * slope + intercept
 
     invert = str(ds.PhotometricInterpretation).upper() == "MONOCHROME1" or \
         str(ds.get("PresentationLUTShape", "") or "").upper() == "INVERSE"
@@ -392,8 +438,8 @@ def display_pixels(raw: np.ndarray, ds: Any) -> np.ndarray:
 
 
 def to_full_scale(values: np.ndarray, lo: float, hi: float, invert: bool) -> np.ndarray:
-    """Map ``[lo, hi]`` linearly onto ``[0, 65535]`` as ``uint16`` (``lo`` -> 0), optionally inverted."""
-    if hi <= lo:
+    """Map ``lo``..``hi`` linearly onto 0..65535 as ``uint16`` (``lo`` -> 0), optionally inverted."""
+    if hi == lo:
         raise ValueError(f"empty output range [{lo}, {hi}]")
     if values.dtype.kind in "ui" and lo == 0 and hi == FULL_SCALE:
         out = values.astype(np.uint16)  # 16-bit data without LUTs: exact, no float round trip
@@ -522,7 +568,7 @@ def write_dicom(
     if view:
         ds.ViewPosition = view
     ds.ImagerPixelSpacing = [0.1, 0.1]
-    ds.set_pixel_data(np.ascontiguousarray(stored), photometric, bits_stored)
+    ds.set_pixel_data(np.ascontiguousarray(stored), photometric, bits_stored, generate_instance_uid=False)
     if rescale is not None:
         ds.RescaleSlope, ds.RescaleIntercept = (f"{float(v):g}" for v in rescale)
         ds.RescaleType = "US"
@@ -532,15 +578,17 @@ def write_dicom(
         first, lut_bits, entries = voi_lut
         item = Dataset()
         entries = np.asarray(entries, dtype=np.uint16)
-        item.LUTDescriptor = [len(entries) if len(entries) < 65536 else 0, int(first), int(lut_bits)]
-        item.LUTData = entries.tolist()
+        # Both attributes have an ambiguous VR (US/SS, US/OW): give it explicitly.
+        n_entries = len(entries) if len(entries) < 65536 else 0  # 0 means 65536 entries
+        item.add_new("LUTDescriptor", "US", [n_entries, int(first), int(lut_bits)])
+        item.add_new("LUTData", "US", entries.tolist())
         ds.VOILUTSequence = Sequence([item])
     for keyword, value in (extra or {}).items():
         setattr(ds, keyword, value)
 
     uid, how = _TRANSFER_SYNTAXES[transfer_syntax]
     if how == "pydicom":
-        ds.compress(UID(uid), np.ascontiguousarray(stored))
+        ds.compress(UID(uid), np.ascontiguousarray(stored), generate_instance_uid=False)
     elif how == "none":
         ds.file_meta.TransferSyntaxUID = UID(uid)
     data = _dataset_bytes(ds)

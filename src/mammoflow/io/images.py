@@ -100,16 +100,23 @@ def read_bytes(path: str | Path) -> bytes:
         try:
             return fh.read()
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise InputError(path, f"the zip member cannot be extracted ({exc})",
-                             "re-download or re-create the archive", code="corrupt") from None
+            raise _damaged_member(path, exc) from None
+
+
+def _damaged_member(path: str | Path, exc: Exception) -> InputError:
+    return InputError(path, f"the zip member cannot be extracted ({exc})", "re-download or re-create the archive",
+                      code="corrupt")
 
 
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's (or zip member's) content, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open_binary(path) as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
+        try:
+            for block in iter(lambda: fh.read(_CHUNK), b""):
+                digest.update(block)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise _damaged_member(path, exc) from None
     return digest.hexdigest()
 
 
@@ -162,6 +169,8 @@ def _bit_depth_error(path: object, what: str) -> InputError:
 
 def _collapse_channels(img: np.ndarray, path: object) -> np.ndarray:
     """One grey channel from a colour array whose colour channels are identical (alpha is dropped)."""
+    if img.shape[-1] == 2:  # grey + alpha
+        return np.ascontiguousarray(img[..., 0])
     colour = img[..., :3]
     first = colour[..., 0]
     if not all(np.array_equal(first, colour[..., c]) for c in range(1, colour.shape[-1])):

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -109,6 +110,7 @@ class ModelMeta(ModelParts):
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+_FAMILY_ORDER = {"yu2020": 0, "jaamour2023": 1, "xi2018": 2, "mammoflow": 3}
 
 
 def register_model(name: str, *, family: str, paper: str, description: str,
@@ -127,9 +129,9 @@ def register_model(name: str, *, family: str, paper: str, description: str,
 
 
 def list_models(family: str | None = None) -> list[ModelInfo]:
-    """Registered models, sorted by family then name; ``family`` filters (``yu2020``, ``xi2018``, ...)."""
+    """Registered models, papers first (Yu, Jaamour, Xi) then ours; ``family`` filters (``yu2020``, ...)."""
     infos = [i for i in _REGISTRY.values() if family is None or i.family == family]
-    return sorted(infos, key=lambda i: (i.family, i.name))
+    return sorted(infos, key=lambda i: (_FAMILY_ORDER.get(i.family, len(_FAMILY_ORDER)), i.family, i.name))
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -227,4 +229,4 @@ def check_input_shape(shape: Any, name: str) -> InputShape:
 
 
 def _count(weights: list) -> int:
-    return int(sum(int(w.numpy().size) for w in weights))
+    return sum(math.prod(w.shape) for w in weights)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mammoflow import storage
 from mammoflow.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,17 +48,15 @@ def local_file(uri: str | os.PathLike, suffixes: tuple[str, ...]) -> Path:
     text = str(uri)
     if not text.endswith(suffixes):
         raise ConfigError(f"{text}: a weights file must end in {' or '.join(suffixes)}")
-    if text.startswith("gs://"):
-        # Keyed by the URI so two buckets holding the same file name never collide.
+    if storage.is_remote(text):
+        # Keyed by the URI so two buckets holding the same file name never collide. A cached copy is reused:
+        # weights files are written once per run folder, never overwritten in place.
         dest = cache_dir() / hashlib.sha256(text.encode()).hexdigest()[:16] / text.rsplit("/", 1)[-1]
         if not dest.is_file():
-            from mammoflow import storage  # only object-storage code lives there
-
-            dest.parent.mkdir(parents=True, exist_ok=True)
             log.info("fetching %s -> %s", text, dest)
-            storage.get_file(text, dest)
+            storage.get_file(text, dest)  # atomic: a killed download leaves no half file at dest
         return dest
-    path = Path(text).expanduser()
+    path = storage.local_path(text).expanduser()
     if not path.is_file():
         raise ConfigError(f"{path}: weights file not found. Fix: give an existing file, a gs:// URI, "
                           "or weights: none")

@@ -1,21 +1,17 @@
-"""Helpers shared by every source reader: options, salt, pseudonyms, quarantine bookkeeping."""
+"""Helpers shared by every source reader: options, the pseudonymisation salt, quarantine bookkeeping."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 from mammoflow.errors import InputError
 from mammoflow.records import QuarantineEntry, RecordsTable
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 SALT_ENV = "MAMMOFLOW_SALT"
 # Public on purpose: it only keeps ids stable between runs of one checkout. Anyone holding the original ids can
@@ -33,7 +29,7 @@ class SourceOptions:
     labels: Path | None = None  # dicom-dir labels CSV
     metadata_only: bool = False  # annotations without images (split planning, tests on the real metadata)
     salt: str | None = None  # pseudonymisation salt (default: $MAMMOFLOW_SALT, then the public default)
-    extra: dict[str, Any] = field(default_factory=dict)
+    any_modality: bool = False  # dicom-dir: accept DICOM files that are not mammograms (Modality MG)
 
 
 def resolve_salt(salt: str | None = None) -> str:
@@ -47,15 +43,6 @@ def resolve_salt(salt: str | None = None) -> str:
                 "are then reproducible by anyone holding the original ids; a site should set its own secret "
                 "salt (and keep it: changing it changes every patient id)", SALT_ENV)
     return DEFAULT_SALT
-
-
-def pseudonym(value: str, salt: str, namespace: str, length: int = 16) -> str:
-    """Salted SHA-256 of ``value``, hex, truncated: the project's one pseudonymisation path for ids.
-
-    ``namespace`` separates id spaces (two datasets with the same raw id get different pseudonyms).
-    """
-    digest = hashlib.sha256(f"{namespace}\x00{salt}\x00{value}".encode()).hexdigest()
-    return digest[:length]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -75,21 +62,8 @@ def quarantine_error(table: RecordsTable, err: InputError, source: str) -> None:
     add_quarantine(table, QuarantineEntry.from_error(err, source=source))
 
 
-def try_or_quarantine(table: RecordsTable, source: str, fn: Callable[[], T]) -> T | None:
-    """Run ``fn``; on :class:`InputError` quarantine it and return None (one bad item never stops a job)."""
-    try:
-        return fn()
-    except InputError as err:
-        quarantine_error(table, err, source)
-        return None
-
-
 def require_file(path: Path, what: str, fix: str) -> Path:
     if not path.is_file():
         raise InputError(path, f"{what} not found", fix, code="missing_file")
     return path
 
-
-def posix_rel(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` with forward slashes (record paths are portable)."""
-    return path.relative_to(root).as_posix()

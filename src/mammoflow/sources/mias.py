@@ -43,7 +43,7 @@ CLASSES = {
 SEVERITY = {"B": "benign", "M": "malignant"}
 IMAGE_SUFFIXES = (".pgm", ".png")
 
-_RECORD_LINE = re.compile(r"^\s*mdb", re.IGNORECASE)  # every other line is header / footer text
+_RECORD_LINE = re.compile(r"^\s*mdb\d", re.IGNORECASE)  # every other line is header / footer text
 _REF = re.compile(r"^mdb(\d{3})$")
 _NOTE = re.compile(r"^\*.*\*$")  # "*NOTE 3*": centre and radius omitted on purpose
 _FIX_LINE = "correct this line of Info.txt (format: REFNUM BG CLASS SEVERITY X Y RADIUS, or REFNUM BG NORM)"
@@ -286,8 +286,7 @@ def _problem_entry(info_path: Path, problems: list[InfoProblem]) -> QuarantineEn
                            record_id=record_id)
 
 
-
-def _with_image(record: Record, root: Path, info_path: Path) -> Record:
+def _with_image(record: Record, root: Path) -> Record:
     """Check the image of ``record`` and fill size and content hash (raises InputError)."""
     from mammoflow.io.images import file_sha256, read_image
 
@@ -354,8 +353,9 @@ def read_mias(root: Path | None = None, info: Path | None = None, metadata_only:
             record = build_record(ref, unique, info)
             if not metadata_only:
                 assert root is not None
-                record = _with_image(record, Path(root), info)
+                record = _with_image(record, Path(root))
         except InputError as err:
+            err.record_id = err.record_id or f"{SOURCE}:{ref}"
             quarantine_error(table, err, SOURCE)
             lines["quarantined"] += len(unique)
             continue

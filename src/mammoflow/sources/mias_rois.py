@@ -92,18 +92,23 @@ def read_mias_rois(root: Path, metadata_only: bool = False) -> RecordsTable:
     try:
         trainval: dict[str, str] = {}
         seen: dict[str, str] = {}  # content hash -> record id, across train/val/test
+        train_val: Counter[str] = Counter()  # every train/val ROI read, used or quarantined
+        members = []
         for name in files.names():
             if _IGNORED.search(name):
                 continue
             m = _MEMBER.search(name)
-            if m is None:
-                if name.lower().endswith((".png", ".jpg", ".pgm", ".tif", ".tiff")):
-                    add_quarantine(table, QuarantineEntry(
-                        path=str(files.path(name)), code="unexpected_file", source=SOURCE,
-                        problem="image outside the released {train,val,test}/{Normal,Tumor} (n).png layout",
-                        fix="remove it, or put it in a split folder with a released class name"))
-                continue
-            split, cls, index = m.group(1).lower(), m.group(2), int(m.group(3))
+            if m is not None:
+                members.append((m.group(1).lower(), m.group(2), int(m.group(3)), name))
+            elif name.lower().endswith((".png", ".jpg", ".pgm", ".tif", ".tiff")):
+                add_quarantine(table, QuarantineEntry(
+                    path=str(files.path(name)), code="unexpected_file", source=SOURCE,
+                    problem="image outside the released {train,val,test}/{Normal,Tumor} (n).png layout",
+                    fix="remove it, or put it in a split folder with a released class name"))
+        # Released order (train, val, test; by class and number): of two copies of one ROI, the later split's
+        # copy is the one quarantined.
+        order = (*SPLITS, "trainval")
+        for split, cls, index, name in sorted(members, key=lambda m: (order.index(m[0]), m[1].lower(), m[2])):
             try:
                 digest = sha256_bytes(files.read(name))
             except InputError as err:
@@ -113,6 +118,8 @@ def read_mias_rois(root: Path, metadata_only: bool = False) -> RecordsTable:
                 trainval[name] = digest
                 continue
             rec = _record(split, cls, index, name, digest)
+            if split in ("train", "val"):
+                train_val[digest] += 1
             if digest in seen:
                 add_quarantine(table, QuarantineEntry(
                     path=str(files.path(name)), code="duplicate_content", source=SOURCE, record_id=rec.record_id,
@@ -128,11 +135,9 @@ def read_mias_rois(root: Path, metadata_only: bool = False) -> RecordsTable:
                     continue
             seen[digest] = rec.record_id
             table.records.append(rec)
-        table.meta["trainval_check"] = _check_trainval(table, files, trainval, seen)
+        table.meta["trainval_check"] = _check_trainval(table, files, trainval, train_val)
     finally:
         files.close()
-    table.records.sort(key=lambda r: (SPLITS.index(r.split or "train"), r.extra["released_class"],
-                                      r.extra["roi_index"]))
     table.check_unique_ids()
     per_split = Counter(f"{r.split}/{r.label}" for r in table.records)
     table.meta.update({"metadata_only": metadata_only, "per_split": dict(sorted(per_split.items())),
@@ -149,9 +154,8 @@ def _check_image(rec: Record, path: Path) -> None:
 
 
 def _check_trainval(table: RecordsTable, files: _RoiFiles, trainval: dict[str, str],
-                    seen: dict[str, str]) -> dict[str, object]:
+                    expected: Counter[str]) -> dict[str, object]:
     """``trainval`` must be train + val (by content); mismatching ROIs are quarantined, never used twice."""
-    expected = Counter(r.content_hash for r in table.records if r.split in ("train", "val"))
     got = Counter(trainval.values())
     for name, digest in sorted(trainval.items()):
         if expected[digest] == 0:
@@ -167,7 +171,6 @@ def _check_trainval(table: RecordsTable, files: _RoiFiles, trainval: dict[str, s
     elif trainval:
         log.warning("trainval differs from train + val by content: %s", result)
     return result
-
 
 
 def read_source(opts: SourceOptions) -> RecordsTable:

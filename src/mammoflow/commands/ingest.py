@@ -1,0 +1,89 @@
+"""``mammoflow ingest``: read one dataset into a records folder (records + quarantine + summary)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from mammoflow.errors import InputError
+
+log = logging.getLogger(__name__)
+
+EXIT_NOTHING_USABLE = 1
+EXIT_STRICT = 3
+SOURCE_NAMES = ("mias", "mias-rois", "cbis-ddsm", "dicom-dir")
+
+_EPILOG = """\b
+Examples:
+  mammoflow ingest --source mias --root data/mias --out runs/records/mias
+  mammoflow ingest --source mias --info data/mias/Info.txt --metadata-only --out runs/records/mias-meta
+  mammoflow ingest --source mias-rois --root data/mias_rois/MIAS_ROIs.zip --out runs/records/yu
+  mammoflow ingest --source cbis-ddsm --root /data/CBIS-DDSM --csv calc_case_description_train_set.csv \\
+      --csv mass_case_description_train_set.csv --out runs/records/cbis
+  mammoflow ingest --source dicom-dir --root /site/dicoms --labels labels.csv --salt "$SITE_SALT" --out runs/site
+
+\b
+Exit status: 0 when at least one record is usable; 1 when nothing usable is left (or the input
+cannot be read at all); 3 with --strict when anything was quarantined. Whenever the input can
+be read, the records folder is written, so quarantine.md says what went wrong and how to fix it."""
+
+
+@click.command(epilog=_EPILOG)
+@click.option("--source", "source", required=True, type=click.Choice(SOURCE_NAMES),
+              help="Dataset kind: mias (Info.txt + mdbNNN.pgm), mias-rois (Yu et al.'s MIAS_ROIs.zip), "
+                   "cbis-ddsm (official CSVs + TCIA DICOM download), dicom-dir (any folder of DICOM files).")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="The images: a folder, or MIAS_ROIs.zip for mias-rois. Optional with --metadata-only "
+                   "for mias (--info) and cbis-ddsm (--csv).")
+@click.option("--info", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="mias: the Info.txt annotation file (default: ROOT/Info.txt).")
+@click.option("--csv", "csvs", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="cbis-ddsm: an official *_case_description_*_set.csv (repeat for several; default: the "
+                   "ones found in ROOT).")
+@click.option("--labels", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="dicom-dir: CSV with columns path,label[,patient_id,laterality,view]; paths relative to ROOT. "
+                   "Images without a row are kept unlabelled.")
+@click.option("--metadata-only", is_flag=True,
+              help="Read the annotations without the images (split planning; mias and cbis-ddsm need no "
+                   "--root then). Every annotation line/row is still accounted for.")
+@click.option("--salt", default=None, metavar="S",
+              help="Secret salt for pseudonymous patient ids (default: $MAMMOFLOW_SALT, else a public project "
+                   "salt, with a warning). Keep it: a new salt gives new ids.")
+@click.option("--any-modality", is_flag=True,
+              help="dicom-dir: accept DICOM files of any modality (default: mammography, MG, only).")
+@click.option("--strict", is_flag=True, help="Exit with status 3 if anything was quarantined.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Records folder to write (records.jsonl, quarantine.jsonl/.md, ingest_summary.json).")
+def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path, ...], labels: Path | None,
+            metadata_only: bool, salt: str | None, any_modality: bool, strict: bool, out: Path) -> None:
+    """Read a dataset into a records folder: one record per usable image, the rest quarantined.
+
+    Every bad input (missing, truncated or corrupt image, RGB, wrong bit depth or modality, annotation
+    outside the image, negative radius, duplicate id, unknown label) is quarantined with the problem
+    and the fix, and ingestion goes on: read = used + quarantined. Patient ids are pseudonymous; no
+    DICOM identifier is written anywhere.
+    """
+    from mammoflow.sources import SALT_ENV, SOURCES, SourceOptions
+
+    site_salt = bool(salt or os.environ.get(SALT_ENV))
+    opts = SourceOptions(root=root, info=info, csvs=tuple(csvs), labels=labels, metadata_only=metadata_only,
+                         salt=salt, any_modality=any_modality)
+    try:
+        table = SOURCES[source](opts)
+    except InputError as err:
+        raise click.ClickException(str(err)) from None
+    table.meta["ingest"] = {"source": source, "metadata_only": metadata_only,
+                            "salt": "site salt" if site_salt else "public default salt (set --salt)"}
+    summary = table.write(out)
+    codes = ", ".join(f"{code} {n}" for code, n in summary["quarantined_by_code"].items())
+    click.echo(f"ingest {source}: read {summary['read']}, used {summary['used']}, quarantined "
+               f"{summary['quarantined']}{f' ({codes})' if codes else ''} -> {out}")
+    if summary["used"] == 0:
+        log.error("nothing usable was read: see %s", out / "quarantine.md")
+        raise click.exceptions.Exit(EXIT_NOTHING_USABLE)
+    if strict and summary["quarantined"]:
+        log.error("--strict: %d input(s) quarantined, see %s", summary["quarantined"], out / "quarantine.md")
+        raise click.exceptions.Exit(EXIT_STRICT)

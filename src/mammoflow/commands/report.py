@@ -1,0 +1,27 @@
+"""``mammoflow report``: one self-contained HTML page (and a Markdown version) per run or sweep."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("report")
+@click.option("--run", "run", required=True,
+              help="A training run folder, an evaluation folder (`mammoflow evaluate --out`) or a sweep folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for report.html/.md.")
+@click.option("--evaluation", "evaluation", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Evaluation folder (default: RUN/evaluation when it exists).")
+@click.option("--explain", "explain_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Explain folder with CAM overlays (default: RUN/explain or EVALUATION/explain when present).")
+@click.option("--worst", type=click.IntRange(min=0), default=8, show_default=True,
+              help="How many of the most confident missed tumours to show.")
+@click.option("--cache-dir", default=None, help="Local cache for shards and remote folders.")
+def command(run: str, out: str, evaluation: str | None, explain_dir: str | None, worst: int,
+            cache_dir: str | None) -> None:
+    """Write report.html (images embedded, opens anywhere) and report.md: config, data, metrics with 95% CIs next
+    to the paper's numbers, curves, confusion matrix, calibration, CAM gallery and the worst false negatives.
+    """
+    from mammoflow.evaluation.report import build_report
+
+    paths = build_report(run, out, evaluation=evaluation, explain=explain_dir, n_worst=worst, cache_dir=cache_dir)
+    click.echo(f"report -> {paths['html']} and {paths['markdown']}")

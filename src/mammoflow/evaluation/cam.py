@@ -1,0 +1,734 @@
+"""Class activation maps of a patch classifier over a whole mammogram, and how well they point at the lesion.
+
+Xi et al. 2018 (Section 2.3) feed the *full* mammogram to a patch classifier whose head is GAP + one dense layer
+and draw CAM = sum_k w_k f_k over the last convolutional feature maps f_k. They compared the maps with the ROI
+masks by eye only; here every map is scored against the known lesions:
+
+- **pointing game**: the map's peak inside the breast falls inside a lesion (a hit) or not; chance is the
+  lesion area over the breast area (the probability that a peak drawn uniformly in the breast hits);
+- **IoU**: the map thresholded at a fraction of its range (default half-way between its minimum and maximum
+  in the breast) against the lesion mask.
+
+Two ways to compute a map, chosen from the model (see :func:`cam_target`):
+
+- ``cam`` (GAP feeding the softmax layer directly, Xi et al.'s models): the model is rebuilt with a
+  variable-size input and run fully convolutionally over the image in overlapping tiles (so a 4000x3000
+  mammogram never needs more than one tile's activations in memory). The map is the CAM of the tumour-vs-normal
+  log-odds, sum_k (w_{k,pos} - w_{k,neg}) f_k: with a two-class softmax that is exactly what moves P(tumour),
+  whereas one class's own CAM also lights up features both classes share.
+- ``gradcam`` (every other head, Yu et al.'s Fusion models included, which need a fixed input size): a window
+  of the model's input size slides over the breast; in each window Grad-CAM (Selvaraju et al. 2017) of the
+  log-odds on the model's CAM layer is normalised to [0, 1] and weighted by the window's P(tumour), so windows
+  the model finds normal contribute little; overlapping windows are averaged.
+
+Images enter the model as during training: scaled to [0, 1] by their dtype's maximum, grey repeated to the
+model's channels, and centred like the training patches (``patch_mean``: every window minus its own mean; in the
+fully convolutional pass, every pixel minus the mean of the patch-sized window around it, which is the same
+thing at the window's centre).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from mammoflow.errors import ConfigError, InputError
+from mammoflow.records import atomic_write_text
+
+if TYPE_CHECKING:
+    import keras
+
+    from mammoflow.evaluation.evaluate import LoadedModel
+
+log = logging.getLogger(__name__)
+
+CamMethod = Literal["cam", "gradcam"]
+Centring = Literal["patch_mean", "none"]
+LesionCircle = tuple[float, float, float]  # (row, col, radius) in pixels
+
+EXPLAIN_INDEX = "explain.json"
+_EPS = 1e-7
+
+
+# =========================================================================================== pure map functions
+
+
+def window_mean(image: np.ndarray, size: int) -> np.ndarray:
+    """Mean of the ``size`` x ``size`` window centred on every pixel (borders reflected), float32."""
+    import cv2
+
+    return cv2.blur(np.asarray(image, np.float32), (int(size), int(size)), borderType=cv2.BORDER_REFLECT)
+
+
+def centre(image01: np.ndarray, centring: str, patch_size: int) -> np.ndarray:
+    """A float image in [0, 1] centred like training patches (see module docstring), float32."""
+    image01 = np.asarray(image01, np.float32)
+    if centring == "none":
+        return image01
+    if centring == "patch_mean":
+        return image01 - window_mean(image01, patch_size)
+    raise ConfigError(f"centring {centring!r} is not supported for class activation maps (use patch_mean or none)")
+
+
+def centre_windows(windows01: np.ndarray, centring: str) -> np.ndarray:
+    """A batch of float windows (N, H, W) centred like training patches, float32."""
+    windows01 = np.asarray(windows01, np.float32)
+    if centring == "none":
+        return windows01
+    if centring == "patch_mean":
+        return windows01 - windows01.mean(axis=(1, 2), keepdims=True)
+    raise ConfigError(f"centring {centring!r} is not supported for class activation maps (use patch_mean or none)")
+
+
+def upsample(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D map to ``shape`` (rows, cols), float32."""
+    import cv2
+
+    small = np.asarray(small, np.float32)
+    if small.shape == tuple(shape):
+        return small
+    return cv2.resize(small, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def tile_starts(length: int, tile: int) -> list[int]:
+    """Starts of consecutive ``tile``-long pieces covering ``0..length`` (the last one may be shorter)."""
+    if tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
+    return list(range(0, max(length, 1), tile))
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Starts of ``window``-long windows with step ``stride`` covering ``0..length``; the last one ends at the
+    edge so that no pixel is left out (a single window at 0 when ``length <= window``)."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be >= 1, got {window}, {stride}")
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def normalise_map(cam: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """The map scaled to [0, 1] by its minimum and maximum inside ``valid`` (everywhere when None);
+    pixels outside ``valid`` are 0. A flat map gives zeros."""
+    cam = np.asarray(cam, np.float32)
+    values = cam[valid] if valid is not None else cam
+    if values.size == 0:
+        return np.zeros_like(cam)
+    lo, hi = float(values.min()), float(values.max())
+    out = np.zeros_like(cam) if hi - lo <= _EPS else np.clip((cam - lo) / (hi - lo), 0.0, 1.0)
+    if valid is not None:
+        out = np.where(valid, out, 0.0).astype(np.float32)
+    return out
+
+
+def peak(cam: np.ndarray, valid: np.ndarray | None = None) -> tuple[int, int]:
+    """(row, col) of the map's maximum inside ``valid`` (everywhere when None or empty)."""
+    cam = np.asarray(cam, np.float32)
+    if valid is not None and valid.any():
+        cam = np.where(valid, cam, -np.inf)
+    flat = int(np.argmax(cam))
+    return flat // cam.shape[1], flat % cam.shape[1]
+
+
+def pointing_game(cam: np.ndarray, lesion_mask: np.ndarray, valid: np.ndarray | None = None,
+                  tolerance: float = 0.0) -> dict[str, Any]:
+    """Whether the map's peak (inside ``valid``) lies in ``lesion_mask``, or within ``tolerance`` pixels of it."""
+    import cv2
+
+    lesion_mask = np.asarray(lesion_mask, bool)
+    if lesion_mask.shape != cam.shape:
+        raise ValueError(f"lesion mask {lesion_mask.shape} and map {cam.shape} differ in shape")
+    row, col = peak(cam, valid)
+    if tolerance > 0 and lesion_mask.any():
+        distance = cv2.distanceTransform((~lesion_mask).astype(np.uint8), cv2.DIST_L2, 5)
+        hit = bool(distance[row, col] <= tolerance)
+    else:
+        hit = bool(lesion_mask[row, col])
+    return {"hit": hit, "peak_row": int(row), "peak_col": int(col), "tolerance_px": float(tolerance)}
+
+
+def threshold_iou(cam: np.ndarray, lesion_mask: np.ndarray, fraction: float = 0.5,
+                  valid: np.ndarray | None = None) -> float:
+    """IoU of ``normalise_map(cam, valid) >= fraction`` with the lesion mask (0 when both are empty)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    lesion_mask = np.asarray(lesion_mask, bool)
+    hot = normalise_map(cam, valid) >= fraction
+    if valid is not None:
+        hot &= valid
+    union = int((hot | lesion_mask).sum())
+    return float((hot & lesion_mask).sum() / union) if union else 0.0
+
+
+def chance_hit_rate(lesion_mask: np.ndarray, breast_mask: np.ndarray | None) -> float:
+    """The pointing-game score of a peak drawn uniformly in the breast: lesion area inside it / breast area."""
+    lesion_mask = np.asarray(lesion_mask, bool)
+    if breast_mask is None:
+        return float(lesion_mask.mean())
+    breast = np.asarray(breast_mask, bool)
+    return float((lesion_mask & breast).sum() / max(int(breast.sum()), 1))
+
+
+def lesion_mask_from_circles(shape: tuple[int, int], circles: Sequence[LesionCircle]) -> np.ndarray:
+    """Union of discs (row, col, radius) as a boolean mask."""
+    rows = np.arange(shape[0], dtype=np.float32)[:, None]
+    cols = np.arange(shape[1], dtype=np.float32)[None, :]
+    mask = np.zeros(shape, bool)
+    for row, col, radius in circles:
+        mask |= (rows - row) ** 2 + (cols - col) ** 2 <= float(radius) ** 2
+    return mask
+
+
+def overlay_heatmap(image: np.ndarray, cam01: np.ndarray, alpha: float = 0.45,
+                    lesion_mask: np.ndarray | None = None, peak_at: tuple[int, int] | None = None,
+                    max_side: int | None = 1600) -> np.ndarray:
+    """RGB uint8: the grey image with the [0, 1] map as a JET heatmap on top, lesion outlines in green and the
+    peak as a white cross. Downscaled (area) so its longer side is at most ``max_side`` (None keeps the size)."""
+    import cv2
+
+    from mammoflow.preprocess.ops import to_uint8
+
+    grey = to_uint8(image) if image.dtype != np.uint8 else image
+    scale = 1.0
+    if max_side is not None and max(grey.shape) > max_side:
+        scale = max_side / max(grey.shape)
+        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        cam01 = cv2.resize(np.asarray(cam01, np.float32), size, interpolation=cv2.INTER_AREA)
+        if lesion_mask is not None:
+            lesion_mask = cv2.resize(lesion_mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    heat = cv2.applyColorMap(np.rint(np.clip(cam01, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32)
+    base = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    # Weight the heat by the map itself so cold areas show the mammogram unchanged.
+    weight = alpha * np.clip(cam01, 0, 1)[..., None]
+    rgb = np.rint(base * (1 - weight) + heat * weight).astype(np.uint8)
+    thickness = max(1, round(max(rgb.shape[:2]) / 400))
+    if lesion_mask is not None and lesion_mask.any():
+        contours, _ = cv2.findContours(lesion_mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(rgb, contours, -1, (0, 255, 0), thickness, lineType=cv2.LINE_AA)
+    if peak_at is not None:
+        centre_xy = (round(peak_at[1] * scale), round(peak_at[0] * scale))
+        cv2.drawMarker(rgb, centre_xy, (255, 255, 255), cv2.MARKER_CROSS, 6 * thickness + 6, thickness)
+    return rgb
+
+
+def write_rgb_png(path: Path | str, rgb: np.ndarray) -> Path:
+    """Write an RGB uint8 image as PNG atomically."""
+    import cv2
+
+    from mammoflow.io.images import atomic_write_bytes
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - OpenCV only fails on unsupported arrays
+        raise ValueError("OpenCV could not encode the overlay as PNG")
+    atomic_write_bytes(path, buf.tobytes())
+    return Path(path)
+
+
+def save_npy(path: Path | str, array: np.ndarray) -> Path:
+    """Save an array as .npy atomically."""
+    import io
+
+    from mammoflow.io.images import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+# =========================================================================================== the model side
+
+
+@dataclass(frozen=True)
+class CamTarget:
+    """What a map is computed on: the layer, the method, and how the model's inputs look."""
+
+    layer: str
+    method: CamMethod
+    patch_size: int  # the window side for Grad-CAM and the centring window
+    channels: int
+    centring: str
+    positive_index: int = 1
+    dense: str | None = None  # CAM: the dense (softmax) layer after the GAP
+
+
+def _producer(tensor: Any) -> Any:
+    """The layer that produced a symbolic Keras tensor."""
+    return tensor._keras_history[0]  # noqa: SLF001 - Keras' public graph API has no accessor for this
+
+
+def _gap_dense_head(model: keras.Model) -> tuple[str, str] | None:
+    """(feature layer, dense layer) when the model ends in feature maps -> GAP -> dense softmax, else None."""
+    from keras import layers
+
+    out_layer = _producer(model.outputs[0])
+    if not isinstance(out_layer, layers.Dense):
+        return None
+    gap = _producer(out_layer.input)
+    if not isinstance(gap, layers.GlobalAveragePooling2D):
+        return None
+    features = _producer(gap.input)
+    return features.name, out_layer.name
+
+
+def _last_feature_layer(model: keras.Model) -> str:
+    """The last layer with 4-D output before the first global pooling / flatten layer (Grad-CAM's default)."""
+    from keras import layers
+
+    name = None
+    for layer in model.layers:
+        if isinstance(layer, (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D, layers.Flatten)):
+            break
+        shape = getattr(layer, "output", None)
+        if shape is not None and len(layer.output.shape) == 4 and not type(layer).__name__ == "InputLayer":
+            name = layer.name
+    if name is None:
+        raise ConfigError(f"model {model.name!r} has no convolutional feature maps to explain")
+    return name
+
+
+def cam_target(model: keras.Model, *, patch_size: int | None = None, centring: str = "patch_mean",
+               layer: str | None = None, method: CamMethod | None = None, positive_index: int = 1) -> CamTarget:
+    """Find the CAM layer and method of ``model``.
+
+    The registry's metadata (``model.mammoflow_meta.cam_layer``) names the layer when the model was built by
+    :func:`mammoflow.models.create_model`; a loaded ``.keras`` file has no metadata, so the graph is read: a
+    model ending in feature maps -> GAP -> dense gets ``cam`` on those maps, any other gets ``gradcam`` on the
+    registry's layer or the last feature maps before global pooling. ``layer`` / ``method`` override.
+    """
+    head = _gap_dense_head(model)
+    meta = getattr(model, "mammoflow_meta", None)
+    chosen = method or ("cam" if head is not None else "gradcam")
+    if chosen == "cam" and head is None:
+        raise ConfigError(f"model {model.name!r} has no GAP -> dense head, so plain CAM does not apply. "
+                          "Fix: use method gradcam")
+    if layer is None:
+        if chosen == "cam":
+            layer = head[0]  # type: ignore[index]
+        elif meta is not None:
+            layer = meta.cam_layer
+        else:
+            layer = _last_feature_layer(model)
+    model.get_layer(layer)  # raises a clear ValueError when the name is wrong
+    side = model.input_shape[1]
+    size = int(patch_size or side or 0)
+    if size < 1:
+        raise ConfigError(f"model {model.name!r} takes any input size: give the training patch size")
+    n_out = int(model.output_shape[-1])
+    if not 0 <= positive_index < n_out:
+        raise ConfigError(f"positive class index {positive_index} outside the model's {n_out} outputs")
+    return CamTarget(layer=layer, method=chosen, patch_size=size, channels=int(model.input_shape[-1]),
+                     centring=centring, positive_index=positive_index,
+                     dense=head[1] if chosen == "cam" and head is not None else None)
+
+
+def variable_input_model(model: keras.Model) -> keras.Model:
+    """The same model (same weights) with a ``(None, None, C)`` input, so it runs on any image size.
+
+    Rebuilt from its config: a Keras functional model checks its input shape, so calling it on a larger image
+    fails even when every layer is convolutional.
+    """
+    import keras
+
+    config = model.get_config()
+    changed = False
+    for layer in config.get("layers", []):
+        if layer.get("class_name") == "InputLayer":
+            shape = list(layer["config"].get("batch_shape") or layer["config"].get("batch_input_shape"))
+            key = "batch_shape" if "batch_shape" in layer["config"] else "batch_input_shape"
+            layer["config"][key] = [shape[0], None, None, shape[-1]]
+            changed = True
+    if not changed:
+        raise ConfigError(f"model {model.name!r} is not a functional model with an input layer")
+    try:
+        rebuilt = keras.Model.from_config(config)
+    except Exception as exc:  # a layer that needs a fixed size (Flatten -> Dense, fixed pooling) refuses
+        raise ConfigError(f"model {model.name!r} cannot take a variable input size ({exc})") from None
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _model_input(centred: np.ndarray, channels: int) -> np.ndarray:
+    """(N, H, W) float32 -> (N, H, W, channels)."""
+    x = centred[..., None]
+    return np.repeat(x, channels, axis=-1) if channels > 1 else x
+
+
+def fully_convolutional_cam(model: keras.Model, image01: np.ndarray, target: CamTarget, tile: int = 1024,
+                            margin: int | None = None) -> np.ndarray:
+    """The CAM (log-odds, see module docstring) of a GAP + dense model over the whole image, in tiles.
+
+    Each tile is cut with ``margin`` pixels of context on every side (default: twice the patch size, so the
+    feature maps at the tile's edge see the same pixels as in one pass over the whole image), run through the
+    variable-size feature model, projected on the dense weights, upsampled to the tile's pixels and cropped to
+    the tile. Peak memory: one (tile + 2 margin)^2 pass, plus the full-size float32 map.
+    """
+    import keras
+
+    if target.method != "cam" or target.dense is None:
+        raise ConfigError("fully_convolutional_cam needs a GAP -> dense model (method cam)")
+    features_model = variable_input_model(keras.Model(model.inputs, model.get_layer(target.layer).output))
+    kernel = np.asarray(model.get_layer(target.dense).get_weights()[0], np.float32)  # (K, classes)
+    pos = target.positive_index
+    if kernel.shape[1] == 2:
+        weights = kernel[:, pos] - kernel[:, 1 - pos]
+    else:
+        weights = kernel[:, pos]
+    margin = int(2 * target.patch_size if margin is None else margin)
+    centred = centre(image01, target.centring, target.patch_size)
+    h, w = centred.shape
+    out = np.zeros((h, w), np.float32)
+    for r0 in tile_starts(h, tile):
+        for c0 in tile_starts(w, tile):
+            r1, c1 = min(h, r0 + tile), min(w, c0 + tile)
+            wr0, wc0 = max(0, r0 - margin), max(0, c0 - margin)
+            wr1, wc1 = min(h, r1 + margin), min(w, c1 + margin)
+            window = centred[wr0:wr1, wc0:wc1]
+            feats = np.asarray(features_model(_model_input(window[None], target.channels), training=False))[0]
+            cam = feats @ weights
+            up = upsample(cam, window.shape)
+            out[r0:r1, c0:c1] = up[r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
+    return out
+
+
+def _windows(image: np.ndarray, origins: Sequence[tuple[int, int]], size: int) -> np.ndarray:
+    return np.stack([image[r:r + size, c:c + size] for r, c in origins])
+
+
+def sliding_gradcam(model: keras.Model, image01: np.ndarray, target: CamTarget, stride: int | None = None,
+                    valid: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
+    """Patch-wise Grad-CAM over the whole image for a fixed-input model (see module docstring).
+
+    Windows of the model's input size step by ``stride`` (default half a window); only windows whose centre
+    lies in ``valid`` (the breast) are run. Returns a float32 map in [0, 1] of the image's shape: the average,
+    over the windows covering a pixel, of (window Grad-CAM normalised to [0, 1]) x (window P(tumour)).
+    """
+    import keras
+    import tensorflow as tf
+
+    size = target.patch_size
+    stride = int(stride or max(1, size // 2))
+    h, w = image01.shape
+    pad_h, pad_w = max(0, size - h), max(0, size - w)
+    if pad_h or pad_w:  # an image smaller than one window: pad with background
+        image01 = np.pad(image01, ((0, pad_h), (0, pad_w)))
+    ph, pw = image01.shape
+    origins = [(r, c) for r in window_starts(ph, size, stride) for c in window_starts(pw, size, stride)]
+    if valid is not None:
+        valid_padded = np.pad(valid, ((0, pad_h), (0, pad_w))) if (pad_h or pad_w) else valid
+        origins = [(r, c) for r, c in origins if valid_padded[r + size // 2, c + size // 2]]
+    grad_model = keras.Model(model.inputs, [model.get_layer(target.layer).output, model.outputs[0]])
+    pos, n_out = target.positive_index, int(model.output_shape[-1])
+    acc = np.zeros((ph, pw), np.float32)
+    count = np.zeros((ph, pw), np.float32)
+    image01 = np.asarray(image01, np.float32)
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start:start + batch_size]
+        x = _model_input(centre_windows(_windows(image01, chunk, size), target.centring), target.channels)
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            feats, probs = grad_model(x, training=False)
+            p = tf.clip_by_value(probs, _EPS, 1.0)
+            log_p = tf.math.log(p[:, pos])
+            # Log-odds against the other class (two classes) or the log-probability (more classes).
+            score = log_p - tf.math.log(p[:, 1 - pos]) if n_out == 2 else log_p
+        grads = tape.gradient(score, feats)
+        alpha = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cams = tf.nn.relu(tf.reduce_sum(alpha * feats, axis=-1)).numpy()
+        p_pos = probs.numpy()[:, pos]
+        for (r, c), cam, pp in zip(chunk, cams, p_pos, strict=True):
+            top = float(cam.max())
+            local = upsample(cam / top, (size, size)) if top > _EPS else np.zeros((size, size), np.float32)
+            acc[r:r + size, c:c + size] += float(pp) * local
+            count[r:r + size, c:c + size] += 1.0
+    out = np.divide(acc, count, out=np.zeros_like(acc), where=count > 0)
+    return out[:h, :w]
+
+
+def compute_cam(model: keras.Model, image01: np.ndarray, target: CamTarget, *, stride: int | None = None,
+                tile: int = 1024, valid: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
+    """The map of ``target.method`` over a float image in [0, 1] (same shape, float32)."""
+    if image01.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image01.shape}")
+    if target.method == "cam":
+        try:
+            return fully_convolutional_cam(model, image01, target, tile=tile)
+        except ConfigError as exc:
+            log.warning("%s; falling back to sliding-window Grad-CAM", exc)
+            target = CamTarget(**{**asdict(target), "method": "gradcam", "dense": None})
+    return sliding_gradcam(model, image01, target, stride=stride, valid=valid, batch_size=batch_size)
+
+
+# =========================================================================================== explain
+
+
+@dataclass
+class ImageToExplain:
+    """One image and what is known about its lesions, in the image's own frame (before preprocessing)."""
+
+    name: str  # file stem for outputs (record id or file name, made safe)
+    image: np.ndarray  # 2-D uint8 / uint16
+    source: str  # path or record id, for the index
+    lesion_circles: list[LesionCircle] = field(default_factory=list)
+    lesion_masks: list[np.ndarray] = field(default_factory=list)
+    record_id: str | None = None
+    label: str | None = None
+
+
+@dataclass
+class ExplainResult:
+    """What one explained image produced (also written as ``<name>.json``)."""
+
+    name: str
+    source: str
+    record_id: str | None
+    label: str | None
+    method: str
+    layer: str
+    shape: list[int]
+    overlay: str  # file names, relative to the output folder
+    cam_npy: str
+    seconds: float
+    n_lesions: int
+    pointing_hit: bool | None = None
+    peak_row: int | None = None
+    peak_col: int | None = None
+    iou: float | None = None
+    iou_threshold: float | None = None
+    chance_hit_rate: float | None = None
+    lesion_area_fraction: float | None = None
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe stem from a record id or a path (``mias:mdb001`` -> ``mias_mdb001``)."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return stem[:120] or "image"
+
+
+def _prepare(item: ImageToExplain, chain: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Preprocess the image; return it with its lesion mask (None when nothing is known) and breast mask."""
+    from mammoflow.preprocess import ops
+
+    known = bool(item.lesion_circles or item.lesion_masks)
+    masks = list(item.lesion_masks)
+    if item.lesion_circles:
+        masks.append(lesion_mask_from_circles(item.image.shape, item.lesion_circles))
+    if chain is not None:
+        result = chain(item.image, masks, path=item.source, record_id=item.record_id)
+        image, moved, breast = result.image, result.masks, result.breast_mask
+    else:
+        image, moved, breast = item.image, masks, None
+    lesion = np.logical_or.reduce(moved) if moved else None
+    if breast is None:
+        grey = image if image.dtype in (np.uint8, np.uint16) else ops.to_uint8(image)
+        try:
+            breast = ops.breast_mask(grey)
+        except (ValueError, InputError):
+            breast = None
+    if breast is not None and not breast.any():
+        breast = None
+    return image, (lesion if known else None), breast
+
+
+def explain_image(loaded: LoadedModel, item: ImageToExplain, out: Path, *, chain: Any = None,
+                  target: CamTarget | None = None, stride: int | None = None, tile: int = 1024,
+                  iou_fraction: float = 0.5, tolerance: float = 0.0) -> ExplainResult:
+    """Map one image, write ``<name>_overlay.png``, ``<name>_cam.npy`` and ``<name>.json`` into ``out``."""
+    from mammoflow.preprocess.ops import to_float01
+
+    t0 = time.perf_counter()
+    target = target or loaded.cam_target()
+    image, lesion, breast = _prepare(item, chain)
+    image01 = to_float01(image) if image.dtype != np.float32 else image
+    cam = compute_cam(loaded.model, image01, target, stride=stride, tile=tile, valid=breast)
+    del image01
+    cam01 = normalise_map(cam, breast)
+    out.mkdir(parents=True, exist_ok=True)
+    result = ExplainResult(name=item.name, source=item.source, record_id=item.record_id, label=item.label,
+                           method=target.method, layer=target.layer, shape=list(image.shape),
+                           overlay=f"{item.name}_overlay.png", cam_npy=f"{item.name}_cam.npy", seconds=0.0,
+                           n_lesions=len(item.lesion_circles) + len(item.lesion_masks))
+    peak_at = peak(cam, breast)
+    result.peak_row, result.peak_col = int(peak_at[0]), int(peak_at[1])
+    if lesion is not None and lesion.any():
+        game = pointing_game(cam, lesion, breast, tolerance)
+        result.pointing_hit = game["hit"]
+        result.iou = threshold_iou(cam, lesion, iou_fraction, breast)
+        result.iou_threshold = iou_fraction
+        result.chance_hit_rate = chance_hit_rate(lesion, breast)
+        result.lesion_area_fraction = float(lesion.mean())
+    save_npy(out / result.cam_npy, cam.astype(np.float32))
+    write_rgb_png(out / result.overlay, overlay_heatmap(image, cam01, lesion_mask=lesion, peak_at=peak_at))
+    result.seconds = round(time.perf_counter() - t0, 3)
+    atomic_write_text(out / f"{item.name}.json", json.dumps(asdict(result), indent=2, sort_keys=True) + "\n")
+    log.info("%s: %s on %s, peak at (%d, %d)%s", item.name, target.method, target.layer, *peak_at,
+             "" if result.pointing_hit is None else f", pointing game {'hit' if result.pointing_hit else 'miss'}, "
+             f"IoU {result.iou:.3f}")
+    return result
+
+
+def summarise(results: Sequence[ExplainResult]) -> dict[str, Any]:
+    """Pointing-game hit rate, mean IoU and mean chance over the images with known lesions."""
+    scored = [r for r in results if r.pointing_hit is not None]
+    summary: dict[str, Any] = {"n_images": len(results), "n_scored": len(scored)}
+    if scored:
+        hits = sum(bool(r.pointing_hit) for r in scored)
+        summary.update({
+            "pointing_game_hits": hits,
+            "pointing_game_rate": hits / len(scored),
+            "chance_rate_mean": float(np.mean([r.chance_hit_rate for r in scored])),
+            "iou_mean": float(np.mean([r.iou for r in scored])),
+            "iou_threshold": scored[0].iou_threshold,
+        })
+    return summary
+
+
+def write_index(out: Path, results: Sequence[ExplainResult], info: dict[str, Any]) -> Path:
+    """``explain.json``: the run's settings, the per-image results and their summary (read by the report)."""
+    index = {"schema_version": 1, "kind": "mammoflow.explain", **info, "summary": summarise(results),
+             "images": [asdict(r) for r in results]}
+    path = out / EXPLAIN_INDEX
+    atomic_write_text(path, json.dumps(index, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+def _ground_truth_circles(path: Path) -> list[LesionCircle] | None:
+    """Lesions of an image from a ``ground_truth.json`` beside it (synthetic phantoms), or None."""
+    truth_file = path.parent / "ground_truth.json"
+    if not truth_file.is_file():
+        return None
+    try:
+        truth = json.loads(truth_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    for entry in truth.get("images", []):
+        if entry.get("file") == path.name:
+            return [(float(les["center_row"]), float(les["center_col"]), float(les["radius"]))
+                    for les in entry.get("lesions", []) if les.get("radius") is not None]
+    return None
+
+
+def image_from_path(path: str | Path, circles: Sequence[LesionCircle] = (),
+                    mask_paths: Sequence[str | Path] = ()) -> ImageToExplain:
+    """An image file (PGM, PNG, DICOM) with lesions given explicitly or from a ``ground_truth.json`` beside it."""
+    from mammoflow.io.images import read_image
+
+    path = Path(path)
+    image = read_image(path)
+    circles = list(circles)
+    if not circles and not mask_paths:
+        circles = _ground_truth_circles(path) or []
+    masks = [_read_mask(m, image.shape) for m in mask_paths]
+    return ImageToExplain(name=safe_name(path.stem), image=image, source=str(path), lesion_circles=circles,
+                          lesion_masks=masks)
+
+
+def _read_mask(path: str | Path, shape: tuple[int, ...], record_id: str | None = None) -> np.ndarray:
+    from mammoflow.io.images import read_image
+
+    mask = read_image(path) > 0
+    if mask.shape != shape:
+        raise InputError(path, f"the lesion mask is {mask.shape} but its image is {shape}",
+                         "give a mask of the same size as the image", code="mask_size", record_id=record_id)
+    return mask
+
+
+def images_from_records(records_dir: str | Path, ids: Sequence[str] = (), limit: int | None = None
+                        ) -> Iterator[ImageToExplain]:
+    """Records by id (or, with no ids, the first ``limit`` records that have lesion geometry) with their lesions."""
+    from mammoflow.io.images import read_image
+    from mammoflow.records import RecordsTable
+
+    table = RecordsTable.read(records_dir)
+    by_id = {r.record_id: r for r in table.records}
+    if ids:
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise InputError(records_dir, f"no record with id {missing[0]!r}",
+                             "give an image path or a record_id listed in records.jsonl", code="missing_record")
+        chosen = [by_id[i] for i in ids]
+    else:
+        chosen = [r for r in table.records if any(les.has_geometry for les in r.lesions)][:limit]
+    for rec in chosen:
+        path = table.image_path(rec, records_dir)
+        image = read_image(path)
+        circles = [(les.center_row, les.center_col, les.radius) for les in rec.lesions
+                   if les.center_row is not None and les.center_col is not None and les.radius]
+        masks = [_read_mask(_record_relative(table, records_dir, les.mask_path), image.shape, rec.record_id)
+                 for les in rec.lesions if les.mask_path]
+        yield ImageToExplain(name=safe_name(rec.record_id), image=image, source=rec.record_id,
+                             lesion_circles=circles, lesion_masks=masks, record_id=rec.record_id, label=rec.label)
+
+
+def _record_relative(table: Any, records_dir: str | Path, rel: str) -> Path:
+    root = Path(table.image_root)
+    if not root.is_absolute():
+        root = Path(records_dir) / root
+    return root / rel
+
+
+def explain(model_uri: str, *, out: str | Path, images: Sequence[str] = (), records: str | Path | None = None,
+            preprocess: str | None = None, circles: Sequence[LesionCircle] = (), mask_paths: Sequence[str] = (),
+            limit: int = 8, stride: int | None = None, tile: int = 1024, method: CamMethod | None = None,
+            layer: str | None = None, iou_fraction: float = 0.5, tolerance: float = 0.0,
+            cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """``mammoflow explain``: maps for images given as paths or record ids (from ``records``).
+
+    With ``records`` and no ``images``, the first ``limit`` records with lesion geometry are explained. Lesions
+    come from the records (centre/radius, masks), from ``circles``/``mask_paths`` (a single path image), or from a
+    ``ground_truth.json`` beside the image. Writes per image ``<name>_overlay.png``, ``<name>_cam.npy``,
+    ``<name>.json`` and ``explain.json`` (index + pointing game / IoU summary). Returns the index.
+    """
+    from mammoflow.evaluation.evaluate import load_model
+    from mammoflow.preprocess.chain import Chain
+
+    out = Path(out)
+    loaded = load_model(model_uri, cache_dir=cache_dir)
+    target = loaded.cam_target(method=method, layer=layer)
+    chain = Chain.from_config(preprocess) if preprocess else None
+    paths = [i for i in images if Path(i).exists()]
+    ids = [i for i in images if not Path(i).exists()]
+    if ids and records is None:
+        raise InputError(ids[0], "no such file", "give an existing image path, or --records DIR to look up "
+                         "record ids", code="missing_file")
+    if (circles or mask_paths) and len(images) != 1:
+        raise ConfigError("--lesion / --mask describe one image: give exactly one --image with them")
+    items: list[ImageToExplain] = [image_from_path(p, circles, mask_paths) for p in paths]
+    results: list[ExplainResult] = []
+    todo: list[Any] = [iter(items)]
+    if records is not None and (ids or not images):
+        todo.append(images_from_records(records, ids, None if ids else limit))
+    from mammoflow.logs import progress
+
+    for source in todo:
+        for item in progress(source, desc="explain", unit="img"):
+            results.append(explain_image(loaded, item, out, chain=chain, target=target, stride=stride, tile=tile,
+                                         iou_fraction=iou_fraction, tolerance=tolerance))
+    if not results:
+        raise InputError(records or out, "nothing to explain", "give --image PATH_OR_ID, or --records with "
+                         "records that have lesions", code="empty")
+    info = {"model": loaded.describe(), "preprocess": chain.resolved() if chain is not None else None,
+            "method": target.method, "layer": target.layer, "centring": target.centring,
+            "patch_size": target.patch_size, "stride": stride or (target.patch_size // 2 if target.method ==
+                                                                    "gradcam" else None),
+            "pointing_game_tolerance_px": tolerance,
+            "coordinates": "maps, overlays and peaks are in the preprocessed image's pixel frame (row 0 at the top)"}
+    write_index(out, results, info)
+    return json.loads((out / EXPLAIN_INDEX).read_text())

@@ -1,0 +1,472 @@
+"""CBIS-DDSM: the four official description CSVs, joined to the DICOM files of a TCIA download.
+
+One record per full mammogram (patient, side, view), whose lesions are the abnormalities of that image from the
+mass *and* the calcification CSVs. Quirks handled (all in the real files):
+
+- path fields with embedded newlines (``"...000001.dcm\\n"``), cleaned before use;
+- ``breast density`` (calc files) vs ``breast_density`` (mass files): column names are normalised;
+- pathology ``MALIGNANT`` / ``BENIGN`` / ``BENIGN_WITHOUT_CALLBACK`` (the last is benign; the original is kept);
+- the UID folders in the CSVs differ from the ones a TCIA download writes, so rows are joined to files on disk
+  by the folder names ``Calc-Training_P_00005_RIGHT_CC`` (full image) and ``..._RIGHT_CC_1`` (abnormality 1);
+- ``000000.dcm``/``000001.dcm`` are not consistently crop/mask, so the ROI mask is told from the crop by content:
+  the mask is binary and has the size of the full image, the crop is smaller and grey.
+
+The official calc split and mass split are each patient-disjoint, but merging them puts some patients (and 29
+images) in both train and test; an image whose abnormalities are in both is given ``split="test"`` (never train on
+an official test image) and patient-grouped split planning regroups the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammoflow.errors import InputError
+from mammoflow.io.dicom import pseudonym  # the one pseudonymisation path (salted SHA-256)
+from mammoflow.logs import progress
+from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable
+from mammoflow.sources._common import SourceOptions, add_quarantine, quarantine_error, resolve_salt
+
+log = logging.getLogger(__name__)
+
+SOURCE = "cbis-ddsm"
+CSV_GLOB = "*_case_description_*_set.csv"
+PATHOLOGY = {"MALIGNANT": "malignant", "BENIGN": "benign", "BENIGN_WITHOUT_CALLBACK": "benign"}
+SIDES = {"LEFT": "L", "RIGHT": "R"}
+VIEWS = ("CC", "MLO")
+KINDS = {"calcification": "calc", "mass": "mass"}
+REQUIRED = ("patient id", "breast density", "left or right breast", "image view", "abnormality id",
+            "abnormality type", "assessment", "pathology", "subtlety", "image file path",
+            "cropped image file path", "roi mask file path")
+DETAILS = {"calc": ("calc type", "calc distribution"), "mass": ("mass shape", "mass margins")}
+_PATIENT = re.compile(r"^P_\d+$")
+_FOLDER = re.compile(r"^(Calc|Mass)-(Training|Test)_(P_\d+)_(LEFT|RIGHT)_(CC|MLO)(?:_(\d+))?$", re.IGNORECASE)
+_FIX_ROW = "correct this row of the CSV (compare with the official CBIS-DDSM description CSV)"
+
+ImageKey = tuple[str, str, str]  # (patient, LEFT/RIGHT, CC/MLO)
+
+
+def normalise_column(name: str) -> str:
+    """``breast_density`` and ``breast density`` (and stray case/blanks) name the same column."""
+    return re.sub(r"[\s_]+", " ", name.strip().lower())
+
+
+def clean_path(value: str) -> str:
+    """A CSV path field without its embedded newlines and blanks, with forward slashes."""
+    return "".join(value.split()).replace("\\", "/")
+
+
+def _int_in(value: str, low: int, high: int) -> int | None:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        return None
+    return number if low <= number <= high else None
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    """One abnormality: one row of an official CBIS-DDSM description CSV."""
+
+    csv_file: str
+    line: int  # line of the CSV where the row starts (1-based; the header is line 1)
+    kind: str  # calc / mass
+    split: str  # train / test (official)
+    patient: str  # P_00005 (CBIS's own public pseudonym)
+    side: str  # LEFT / RIGHT
+    view: str  # CC / MLO
+    abnormality: int  # abnormality id within the image, from 1
+    pathology: str  # as written
+    density: int | None
+    assessment: int | None
+    subtlety: int | None
+    raw: dict[str, str] = field(default_factory=dict)  # the other columns as written (paths cleaned)
+
+    @property
+    def image_key(self) -> ImageKey:
+        return (self.patient, self.side, self.view)
+
+    @property
+    def record_id(self) -> str:
+        return f"{SOURCE}:{self.patient}_{self.side}_{self.view}"
+
+    @property
+    def lesion_id(self) -> str:
+        return f"{self.record_id}:{self.kind}{self.abnormality}"
+
+    @property
+    def label(self) -> str:
+        return PATHOLOGY[self.pathology]
+
+
+@dataclass
+class ParsedCsv:
+    path: Path
+    rows: list[CsvRow] = field(default_factory=list)
+    problems: list[InputError] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows) + len(self.problems)
+
+
+def _split_from_name(name: str) -> str | None:
+    m = re.search(r"(?:^|_)(train|training|test)(?:_|\.|$)", name.lower())
+    return None if m is None else ("test" if m.group(1) == "test" else "train")
+
+
+def parse_row(cells: dict[str, str], csv_path: Path, line: int, file_split: str | None) -> CsvRow:
+    """One CSV row (columns already normalised) as a :class:`CsvRow`; raises InputError for a bad row."""
+    where = f"row at line {line}"
+
+    def bad(problem: str, code: str = "bad_annotation", record_id: str | None = None) -> InputError:
+        return InputError(csv_path, f"{where}: {problem}", _FIX_ROW, code=code, record_id=record_id)
+
+    patient = cells["patient id"].strip()
+    side = cells["left or right breast"].strip().upper()
+    view = cells["image view"].strip().upper()
+    if not _PATIENT.match(patient):
+        raise bad(f"patient id {patient!r} is not of the form P_NNNNN")
+    if side not in SIDES or view not in VIEWS:
+        raise bad(f"side {side!r} / view {view!r} not LEFT/RIGHT and CC/MLO")
+    record_id = f"{SOURCE}:{patient}_{side}_{view}"
+    abnormality = _int_in(cells["abnormality id"], 1, 999)
+    if abnormality is None:
+        raise bad(f"abnormality id {cells['abnormality id']!r} is not a positive integer", record_id=record_id)
+    kind = KINDS.get(cells["abnormality type"].strip().lower())
+    if kind is None:
+        raise bad(f"abnormality type {cells['abnormality type']!r} is not calcification or mass",
+                  code="unknown_label", record_id=record_id)
+    pathology = cells["pathology"].strip().upper()
+    if pathology not in PATHOLOGY:
+        raise bad(f"pathology {cells['pathology']!r} is not one of {', '.join(PATHOLOGY)}", code="unknown_label",
+                  record_id=record_id)
+    image_path = clean_path(cells["image file path"])
+    folder = _FOLDER.match(image_path.split("/", 1)[0])
+    split = file_split or (None if folder is None else _split_from_name(folder.group(2)))
+    if split is None:
+        raise bad("cannot tell the official split (train/test) from the file name or the image path",
+                  record_id=record_id)
+    if folder is not None and (folder.group(3), folder.group(4).upper(), folder.group(5).upper()) != \
+            (patient, side, view):
+        raise bad(f"image path {image_path.split('/', 1)[0]!r} names another image than the row's columns",
+                  record_id=record_id)
+    raw = {k: (clean_path(v) if k.endswith("file path") else v.strip()) for k, v in cells.items()
+           if k not in ("patient id", "left or right breast", "image view", "abnormality id", "pathology")}
+    return CsvRow(csv_file=csv_path.name, line=line, kind=kind, split=split, patient=patient, side=side,
+                  view=view, abnormality=abnormality, pathology=pathology,
+                  density=_int_in(cells["breast density"], 1, 4), assessment=_int_in(cells["assessment"], 0, 6),
+                  subtlety=_int_in(cells["subtlety"], 1, 5), raw=raw)
+
+
+def parse_csv(path: Path) -> ParsedCsv:
+    """Every row of one description CSV, as rows or problems (line numbers count embedded newlines)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "CBIS-DDSM description CSV not found", "pass existing files with --csv",
+                         code="missing_file")
+    out = ParsedCsv(path)
+    file_split = _split_from_name(path.stem)
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise InputError(path, "the CSV is empty", "use an official CBIS-DDSM description CSV", code="empty")
+        columns = [normalise_column(h) for h in header]
+        missing = [c for c in REQUIRED if c not in columns]
+        if missing:
+            raise InputError(path, f"column(s) missing: {', '.join(missing)}",
+                             "use an official CBIS-DDSM description CSV (calc or mass, train or test)",
+                             code="bad_csv")
+        start = reader.line_num + 1
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(columns):
+                out.problems.append(InputError(path, f"row at line {line}: {len(cells)} fields, "
+                                               f"the header has {len(columns)}", _FIX_ROW, code="bad_annotation"))
+                continue
+            try:
+                out.rows.append(parse_row(dict(zip(columns, cells, strict=True)), path, line, file_split))
+            except InputError as err:
+                out.problems.append(err)
+    return out
+
+
+def find_csvs(folder: Path) -> list[Path]:
+    """The description CSVs in ``folder`` or one level below (how a TCIA download is usually laid out)."""
+    return sorted({*folder.glob(CSV_GLOB), *folder.glob(f"*/{CSV_GLOB}")})
+
+
+# ----------------------------------------------------------------------------------------- files on disk
+
+
+@dataclass
+class DiskIndex:
+    """The TCIA folders under a root, by what their names say (not by the UIDs inside)."""
+
+    root: Path
+    full: dict[ImageKey, list[tuple[str, str, Path]]] = field(default_factory=dict)  # -> (kind, split, folder)
+    abnormal: dict[tuple[str, str, str, str, int], list[Path]] = field(default_factory=dict)
+
+    @classmethod
+    def scan(cls, root: Path) -> DiskIndex:
+        index = cls(root=Path(root))
+        for dirpath, dirnames, _ in os.walk(root):
+            keep = []
+            for name in sorted(dirnames):
+                m = _FOLDER.match(name)
+                if m is None:
+                    keep.append(name)
+                    continue
+                kind, split = m.group(1).lower(), _split_from_name(m.group(2)) or "train"
+                key = (m.group(3), m.group(4).upper(), m.group(5).upper())
+                folder = Path(dirpath) / name
+                if m.group(6) is None:
+                    index.full.setdefault(key, []).append((kind, split, folder))
+                else:
+                    index.abnormal.setdefault((kind, *key, int(m.group(6))), []).append(folder)
+            dirnames[:] = keep  # a matched folder holds only UID sub-folders and DICOM files
+        return index
+
+    def dicoms(self, folder: Path) -> list[Path]:
+        return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ".dicom"))
+
+
+def is_binary_mask(pixels: np.ndarray) -> bool:
+    """True when the image holds at most two values, one of them 0, and is not all zero (an ROI mask)."""
+    top = pixels.max(initial=0)
+    return bool(top > 0 and not np.any((pixels != 0) & (pixels != top)))
+
+
+def split_crop_and_mask(images: Sequence[np.ndarray], full_shape: tuple[int, int] | None) -> tuple[int, int | None]:
+    """Indices ``(mask, crop)`` among the DICOM images of one abnormality folder, told apart by content.
+
+    The mask is binary and, when ``full_shape`` is known, the size of the full mammogram; the crop is what is left
+    (``None`` when the folder holds only the mask). Raises ``ValueError`` when the content does not say.
+    """
+    masks = [i for i, img in enumerate(images) if is_binary_mask(img)
+             and (full_shape is None or tuple(img.shape[:2]) == tuple(full_shape))]
+    if len(masks) != 1:
+        sizes = ", ".join(f"{img.shape[1]}x{img.shape[0]}{' binary' if is_binary_mask(img) else ''}"
+                          for img in images)
+        want = "" if full_shape is None else f" of the full image size {full_shape[1]}x{full_shape[0]}"
+        raise ValueError(f"{len(masks)} binary mask(s){want} among {len(images)} file(s) ({sizes or 'none'})")
+    others = [i for i in range(len(images)) if i != masks[0]]
+    if len(others) > 1:
+        raise ValueError(f"{len(images)} files: expected one mask and at most one crop")
+    return masks[0], (others[0] if others else None)
+
+
+def mask_geometry(mask: np.ndarray) -> tuple[float, float, float]:
+    """Centroid ``(row, col)`` and equivalent radius ``sqrt(area / pi)`` of the non-zero pixels."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        raise ValueError("the mask is empty")
+    return float(rows.mean()), float(cols.mean()), float(np.sqrt(rows.size / np.pi))
+
+
+# ----------------------------------------------------------------------------------------------- records
+
+
+def _record(rows: list[CsvRow], salt: str) -> Record:
+    first = rows[0]
+    splits = sorted({r.split for r in rows})
+    densities = [r.density for r in rows if r.density is not None]
+    extra: dict[str, Any] = {
+        "abnormality_types": sorted({r.kind for r in rows}),
+        "breast_density": Counter(densities).most_common(1)[0][0] if densities else None,
+        "assessment": max((r.assessment for r in rows if r.assessment is not None), default=None),
+        "subtlety": min((r.subtlety for r in rows if r.subtlety is not None), default=None),
+        "pathologies": sorted({r.pathology for r in rows}),
+        "official_splits": {k: sorted({r.split for r in rows if r.kind == k}) for k in sorted({r.kind for r in rows})},
+        "csv_rows": [f"{r.csv_file}:{r.line}" for r in rows],
+    }
+    if len(set(densities)) > 1:
+        extra["breast_density_values"] = sorted(set(densities))
+    if len(splits) > 1:
+        extra["split_note"] = ("abnormalities of this image are in the official train AND test sets (calc vs mass); "
+                               "kept in test so that no official test image is trained on")
+    lesions = [_lesion(r) for r in sorted(rows, key=lambda r: (r.kind, r.abnormality))]
+    label = "malignant" if any(le.label == "malignant" for le in lesions) else "benign"
+    return Record(
+        record_id=first.record_id, source=SOURCE,
+        # CBIS ids are public pseudonyms already; they still go through the one salted path, the same for calc
+        # and mass rows, so patient-grouped splits see one patient.
+        patient_id=pseudonym(first.patient, salt, prefix="cbis-"),
+        image_path=first.raw["image file path"], label=label, laterality=SIDES[first.side], view=first.view,
+        split="test" if "test" in splits else "train", lesions=lesions, extra=extra)
+
+
+def _lesion(row: CsvRow) -> Lesion:
+    details = {k.replace(" ", "_"): row.raw.get(k) for k in DETAILS[row.kind] if k in row.raw}
+    extra: dict[str, Any] = {
+        "pathology": row.pathology, "assessment": row.assessment, "subtlety": row.subtlety,
+        "breast_density": row.density, "official_split": row.split, "csv": f"{row.csv_file}:{row.line}",
+        "csv_paths": {"image": row.raw["image file path"], "crop_or_mask_1": row.raw["cropped image file path"],
+                      "crop_or_mask_2": row.raw["roi mask file path"]},
+        **details,
+    }
+    for name, value in (("breast_density", row.density), ("subtlety", row.subtlety), ("assessment", row.assessment)):
+        if value is None:  # out-of-range values (density 0 in calc test rows, subtlety 0) are kept as written
+            extra[f"{name}_as_written"] = row.raw.get(name.replace("_", " "))
+    return Lesion(lesion_id=row.lesion_id, label=row.label, kind="calcification" if row.kind == "calc" else "mass",
+                  extra=extra)
+
+
+def _choose_full(candidates: list[tuple[str, str, Path]], rec: Record) -> tuple[Path, list[Path]]:
+    """The full-image folder for ``rec``: CBIS stores the same mammogram under Calc- and Mass- names."""
+    kinds = rec.extra["abnormality_types"]
+    ranked = sorted(candidates, key=lambda c: (c[0] not in kinds, c[1] != rec.split, c[0], str(c[2])))
+    return ranked[0][2], [c[2] for c in ranked[1:]]
+
+
+def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str) -> Record:
+    """Join ``rec`` to its DICOM files on disk; fills path, size, hash, masks and lesion geometry."""
+    from mammoflow.io.dicom import read_dicom
+    from mammoflow.io.images import file_sha256, read_image
+
+    key = rows[0].image_key
+    candidates = index.full.get(key, [])
+    name = f"{{Calc,Mass}}-{{Training,Test}}_{key[0]}_{key[1]}_{key[2]}"
+    if not candidates:
+        raise InputError(index.root / name, "full mammogram folder not found under --root",
+                         "download this image from TCIA into --root, or use --metadata-only",
+                         code="missing_file", record_id=rec.record_id)
+    folder, alternates = _choose_full(candidates, rec)
+    files = index.dicoms(folder)
+    if not files:
+        raise InputError(folder, "no DICOM file in the full mammogram folder", "re-download this series from TCIA",
+                         code="missing_file", record_id=rec.record_id)
+    if len(files) > 1:
+        log.warning("%s: %d DICOM files in the full image folder, using the first", rec.record_id, len(files))
+    image = read_dicom(files[0], salt=salt, expect_modality="MG")
+    for what, found, want in (("laterality", image.laterality, rec.laterality), ("view", image.view, rec.view)):
+        if found and want and found != want:
+            raise InputError(files[0], f"DICOM header {what} {found} differs from the CSV's {want}",
+                             "check that the folder holds the image the CSV describes", code="annotation_mismatch",
+                             record_id=rec.record_id)
+    rec.height, rec.width = int(image.rows), int(image.cols)
+    rec.image_path = files[0].relative_to(index.root).as_posix()
+    rec.content_hash = file_sha256(files[0])
+    if alternates:
+        rec.extra["same_image_also_at"] = [f.relative_to(index.root).as_posix() for f in alternates]
+    by_id = {r.lesion_id: r for r in rows}
+    for lesion in rec.lesions:
+        row = by_id[lesion.lesion_id]
+        folders = index.abnormal.get((row.kind, *key, row.abnormality), [])
+        if not folders:
+            lesion.extra["geometry"] = "missing"
+            lesion.extra["geometry_note"] = "abnormality folder (crop and ROI mask) not under --root"
+            continue
+        dcm = [f for d in folders for f in index.dicoms(d)]
+        pixels = [read_image(f, expect_modality=None) for f in dcm]
+        try:
+            mask_i, crop_i = split_crop_and_mask(pixels, (rec.height, rec.width))
+            row_c, col_c, radius = mask_geometry(pixels[mask_i])
+        except ValueError as exc:
+            raise InputError(folders[0], f"cannot tell the ROI mask of abnormality {row.abnormality}: {exc}",
+                             "re-download this abnormality from TCIA (the mask must be binary and the size of "
+                             "the full image)", code="bad_mask", record_id=rec.record_id) from None
+        lesion.mask_path = dcm[mask_i].relative_to(index.root).as_posix()
+        lesion.center_row, lesion.center_col, lesion.radius = row_c, col_c, radius
+        lesion.extra["geometry_source"] = "ROI mask centroid and equivalent radius sqrt(area/pi)"
+        if crop_i is not None:
+            lesion.extra["crop_path"] = dcm[crop_i].relative_to(index.root).as_posix()
+    return rec
+
+
+def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata_only: bool = False,
+                   salt: str | None = None) -> RecordsTable:
+    """Records (one per full mammogram) from the description CSVs, joined to the DICOM files under ``root``.
+
+    ``metadata_only`` needs the CSVs alone (split planning, tests on the real CSVs); every CSV row is then a
+    lesion of a record or a quarantine entry (``table.meta["row_accounting"]``).
+    """
+    csv_paths = [Path(p) for p in csvs]
+    if not csv_paths and root is not None:
+        csv_paths = find_csvs(Path(root))
+    if not csv_paths:
+        raise InputError(root or "", "no CBIS-DDSM description CSV given or found",
+                         f"pass --csv FILE (one or more {CSV_GLOB}), or put them in --root", code="missing_file")
+    if not metadata_only and root is None:
+        raise InputError("", "no image folder given", "pass --root with the TCIA download, or --metadata-only",
+                         code="missing_file")
+    salt = resolve_salt(salt)
+    image_root = Path(root).resolve() if root is not None else csv_paths[0].resolve().parent
+    table = RecordsTable(records=[], image_root=str(image_root), source=SOURCE)
+    rows_in = Counter[str]()
+    grouped: dict[ImageKey, list[CsvRow]] = {}
+    seen: dict[str, CsvRow] = {}
+    bad_rows = 0
+    for path in csv_paths:
+        parsed = parse_csv(path)
+        rows_in[path.name] += parsed.n_rows
+        for err in parsed.problems:
+            quarantine_error(table, err, SOURCE)
+            bad_rows += 1
+        for row in parsed.rows:
+            if row.lesion_id in seen:
+                prior = seen[row.lesion_id]
+                add_quarantine(table, QuarantineEntry(
+                    path=str(path), code="duplicate_id", source=SOURCE, record_id=row.record_id,
+                    problem=f"row at line {row.line}: abnormality {row.kind} {row.abnormality} of this image is "
+                            f"already at {prior.csv_file}:{prior.line}",
+                    fix="remove the duplicate row from the CSV"))
+                bad_rows += 1
+                continue
+            seen[row.lesion_id] = row
+            grouped.setdefault(row.image_key, []).append(row)
+
+    index = DiskIndex.scan(Path(root)) if not metadata_only and root is not None else None
+    rows_quarantined_with_image = 0
+    for key in progress(sorted(grouped), desc="CBIS-DDSM images", unit="image"):
+        rows = grouped[key]
+        rec = _record(rows, salt)
+        if index is not None:
+            try:
+                rec = _attach_images(rec, rows, index, salt)
+            except InputError as err:
+                err.record_id = err.record_id or rec.record_id
+                quarantine_error(table, err, SOURCE)
+                rows_quarantined_with_image += len(rows)
+                continue
+        table.records.append(rec)
+    table.check_unique_ids()
+
+    total = sum(rows_in.values())
+    as_lesions = sum(len(r.lesions) for r in table.records)
+    table.meta.update({
+        "csv_files": sorted(rows_in),
+        "metadata_only": metadata_only,
+        "row_accounting": {"rows": total, "as_lesions": as_lesions, "bad_rows": bad_rows,
+                           "in_quarantined_images": rows_quarantined_with_image, "per_file": dict(sorted(rows_in.items()))},
+        "split_note": "split = official train/test; an image in both (calc vs mass) is put in test",
+    })
+    if as_lesions + bad_rows + rows_quarantined_with_image != total:  # a bug, not bad input
+        raise AssertionError(f"CBIS-DDSM row accounting: {as_lesions}+{bad_rows}+{rows_quarantined_with_image} "
+                             f"!= {total}")
+    if index is not None:
+        used = {r.record_id for r in table.records} | {q.record_id for q in table.quarantine}
+        orphans = sum(1 for k in index.full if f"{SOURCE}:{k[0]}_{k[1]}_{k[2]}" not in used)
+        table.meta["folders_without_rows"] = orphans
+        if orphans:
+            log.warning("%d full-image folder(s) under --root have no row in the CSVs given (not ingested)", orphans)
+    log.info("CBIS-DDSM: %d rows in %d CSV(s) -> %d images used, %d quarantined", total, len(csv_paths),
+             len(table.records), len(table.quarantine))
+    return table
+
+
+def read_source(opts: SourceOptions) -> RecordsTable:
+    """The ``cbis-ddsm`` entry of :data:`mammoflow.sources.SOURCES`."""
+    return read_cbis_ddsm(csvs=opts.csvs, root=opts.root, metadata_only=opts.metadata_only, salt=opts.salt)

@@ -1,0 +1,124 @@
+"""A folder of DICOM files with an optional labels CSV: records, quarantine and no identifier in any output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammoflow.io.dicom import pseudonym, write_dicom
+from mammoflow.sources.dicom_dir import find_dicoms, read_dicom_dir
+
+SALT = "site-secret"
+# Identifiers written into the headers; none may appear in any output.
+IDENTIFIERS = ("Doe^Jane", "Roe^Mary", "PAT-0001", "PAT-0002", "19510317", "ACC98765", "ACC12345",
+               "Secret Clinic")
+
+
+def _pixels(seed: int, shape=(64, 48)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 4096, size=shape, dtype=np.uint16)
+
+
+def _write(path: Path, seed: int, patient: str = "PAT-0001", name: str = "Doe^Jane", **kw) -> None:
+    kw.setdefault("laterality", "L")
+    kw.setdefault("view", "CC")
+    write_dicom(path, _pixels(seed), patient_id=patient, patient_name=name, birth_date="19510317",
+                accession_number="ACC98765" if patient == "PAT-0001" else "ACC12345",
+                institution_name="Secret Clinic", bits_stored=12, **kw)
+
+
+def make_site(root: Path) -> Path:
+    """A small site folder with every kind of bad input, and its labels CSV."""
+    _write(root / "a" / "img1.dcm", 1)
+    _write(root / "a" / "img2.dcm", 2, laterality="R", view="MLO")
+    _write(root / "b" / "noext.dcm", 3, patient="PAT-0002", name="Roe^Mary", laterality=None, view=None)
+    (root / "b" / "noext.dcm").rename(root / "b" / "noext")  # suffix-less DICOM, found by its DICM marker
+    _write(root / "c" / "x.dcm", 4)  # labelled "cancer": unknown label
+    _write(root / "d" / "y.dcm", 5)  # two conflicting label rows
+    _write(root / "e" / "z.dcm", 6, patient="PAT-0002", name="Roe^Mary")  # unlabelled: valid, label None
+    _write(root / "f" / "side.dcm", 7)  # header L, CSV R
+    _write(root / "bad" / "ct.dcm", 8, modality="CT")
+    _write(root / "bad" / "bits32.dcm", 9, extra={"BitsAllocated": 32})
+    data = (root / "a" / "img1.dcm").read_bytes()
+    (root / "bad" / "trunc.dcm").write_bytes(data[: len(data) - 2000])
+    (root / "bad" / "junk.dcm").write_bytes(np.random.default_rng(0).bytes(3000))  # not DICOM at all
+    (root / "notes.txt").write_text("not an image")
+    labels = root.parent / "labels.csv"
+    labels.write_text("\n".join([
+        "path,label,patient_id,laterality,view",
+        "a/img1.dcm,malignant,,,",
+        "a/img2.dcm,benign,PAT-0001,,",
+        "b/noext,Normal,,L,CC",
+        "c/x.dcm,cancer,,,",
+        "d/y.dcm,benign,,,",
+        "d/y.dcm,malignant,,,",
+        "f/side.dcm,benign,,R,",
+        "bad/ct.dcm,benign,,,",
+        "missing/gone.dcm,benign,,,",
+    ]) + "\n")
+    return labels
+
+
+def test_dicom_dir_records_quarantine_and_pseudonyms(tmp_path: Path):
+    root = tmp_path / "site"
+    labels = make_site(root)
+    assert len(find_dicoms(root)) == 11
+
+    table = read_dicom_dir(root, labels=labels, salt=SALT)
+    recs = {r.image_path: r for r in table.records}
+    assert sorted(recs) == ["a/img1.dcm", "a/img2.dcm", "b/noext", "e/z.dcm"]
+    codes = {(q.record_id or "").split(":", 1)[1]: q.code for q in table.quarantine}
+    assert codes == {"c/x.dcm": "unknown_label", "d/y.dcm": "duplicate_id", "f/side.dcm": "annotation_mismatch",
+                     "bad/ct.dcm": "modality", "bad/bits32.dcm": "bit_depth", "bad/trunc.dcm": "truncated",
+                     "bad/junk.dcm": "corrupt", "missing/gone.dcm": "missing_file"}
+    s = table.summary()
+    assert s["read"] == s["used"] + s["quarantined"] == 12
+
+    img1, img2, noext, z = recs["a/img1.dcm"], recs["a/img2.dcm"], recs["b/noext"], recs["e/z.dcm"]
+    assert (img1.label, img1.laterality, img1.view, img1.height, img1.width) == ("malignant", "L", "CC", 64, 48)
+    assert (img2.label, img2.laterality, img2.view) == ("benign", "R", "MLO")
+    assert (noext.label, noext.laterality, noext.view) == ("normal", "L", "CC")  # from the CSV
+    assert z.label is None  # unlabelled images are valid
+    # The CSV's patient_id and the header's PatientID go through the same salted hash.
+    assert img1.patient_id == img2.patient_id == pseudonym("PAT-0001", SALT)
+    assert noext.patient_id == z.patient_id == pseudonym("PAT-0002", SALT) != img1.patient_id
+    assert img1.content_hash and len(img1.content_hash) == 64
+
+    meta_only = read_dicom_dir(root, labels=labels, salt=SALT, metadata_only=True)
+    # Headers only: the truncated pixel data goes unnoticed (no decoding), everything else is the same.
+    assert sorted(r.record_id for r in meta_only.records) == sorted(
+        [r.record_id for r in table.records] + ["dicom-dir:bad/trunc.dcm"])
+    assert all(r.content_hash is None for r in meta_only.records)
+
+
+def test_no_identifier_in_any_output(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    root = tmp_path / "site"
+    labels = make_site(root)
+    out = tmp_path / "records"
+    with caplog.at_level("DEBUG"):
+        read_dicom_dir(root, labels=labels, salt=SALT).write(out)
+    blob = b"".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file())
+    assert blob
+    for ident in IDENTIFIERS:
+        assert ident.encode() not in blob, ident
+        assert ident not in caplog.text, ident
+    assert b"Doe" not in blob and b"Jane" not in blob
+
+
+def test_labels_csv_needs_path_and_label(tmp_path: Path):
+    from mammoflow.errors import InputError
+
+    (tmp_path / "site").mkdir()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,diagnosis\nx.dcm,benign\n")
+    with pytest.raises(InputError) as err:
+        read_dicom_dir(tmp_path / "site", labels=labels, salt=SALT)
+    assert err.value.code == "bad_csv"
+
+
+def test_any_modality_accepts_non_mammograms(tmp_path: Path):
+    _write(tmp_path / "ct.dcm", 1, modality="CT")
+    assert [q.code for q in read_dicom_dir(tmp_path, salt=SALT).quarantine] == ["modality"]
+    table = read_dicom_dir(tmp_path, salt=SALT, expect_modality=None)
+    assert [r.image_path for r in table.records] == ["ct.dcm"] and table.quarantine == []

@@ -62,5 +62,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks
 
+# Build and push the images on a machine with Docker: make images REGISTRY=europe-docker.pkg.dev/PROJECT/mammoflow
+REGISTRY ?= mammoflow
+VERSION ?= 0.1.0
+images:
+	docker build -f images/Dockerfile -t $(REGISTRY)/mammoflow:$(VERSION) .
+	docker build -f images/Dockerfile.gpu -t $(REGISTRY)/mammoflow-gpu:$(VERSION) .
+	docker push $(REGISTRY)/mammoflow:$(VERSION)
+	docker push $(REGISTRY)/mammoflow-gpu:$(VERSION)
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -16,6 +16,7 @@ from mammoflow.dataset.rois import box_transform
 from mammoflow.dataset.splits import SplitLeakError, check_plan, plan_splits
 from mammoflow.errors import ConfigError
 from mammoflow.records import Lesion, Record, RecordsTable
+from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +77,22 @@ def test_roi_dataset_counts_match_the_records_and_rerun_is_byte_identical(mias_r
     assert {s: dict(c) for s, c in m["counts"].items()} == {
         s: {k: want.get(s, Counter())[k] for k in ("normal", "tumour")} for s in m["counts"]}
     assert m["examples"] == sum(sum(c.values()) for c in want.values())
-    assert m["records"]["quarantined"] == 0 and m["records"]["used"] == m["records"]["read"] == 8
+    assert m["inputs"]["records_quarantined"] == 0 and m["inputs"]["records_used"] == m["inputs"]["records_read"] == 8
     assert m["split_plan"]["sha256"] == first.plan.sha256()
     assert json.loads((out / "split_plan.json").read_text())["assignments"] == first.plan.assignments
     assert "| train |" in (out / "split_summary.md").read_text()
     assert m["config"]["roi_size"] == 120 and m["classes"] == ["normal", "tumour"]
+
+    # The shards hold exactly the counted examples, each in its record's planned split.
+    from mammoflow.dataset.shards import iter_examples, read_manifest, shard_uris
+
+    assert read_manifest(str(out)) == m
+    for split, per_class in m["counts"].items():
+        stored = [ex for uri in shard_uris(m, str(out), split) for ex in iter_examples(uri)]
+        assert Counter(ex.label_name for ex in stored) == Counter({c: n for c, n in per_class.items() if n})
+        assert all(first.plan.split_of(ex.record_id) == split == ex.split for ex in stored)
+        assert all(ex.image.shape == (120, 120) and ex.label == ["normal", "tumour"].index(ex.label_name)
+                   for ex in stored)
 
     files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     mtimes = {p: p.stat().st_mtime_ns for p in files if p.name != "manifest.json"}
@@ -89,6 +101,19 @@ def test_roi_dataset_counts_match_the_records_and_rerun_is_byte_identical(mias_r
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files
     shard_files = [p for p in mtimes if p.suffix not in (".json", ".md", ".yaml", ".jsonl")]
     assert shard_files and all(p.stat().st_mtime_ns == mtimes[p] for p in shard_files)  # reused, not rewritten
+
+
+def test_build_to_object_storage_matches_the_local_build(mias_records, tmp_path, gcs_bucket):
+    from mammoflow import storage
+    from mammoflow.dataset.shards import read_manifest
+
+    local = build_dataset(mias_records, ROI_CONFIG, str(tmp_path / "ds"))
+    remote_uri = gcs_bucket + "/datasets/mias"
+    remote = build_dataset(mias_records, ROI_CONFIG, remote_uri)
+    assert remote.manifest == local.manifest == read_manifest(remote_uri)
+    names = {u[len(remote_uri) + 1:] for u in storage.list(remote_uri)}
+    assert {"manifest.json", "split_plan.json", "split_summary.md", "quarantine.jsonl"} <= names
+    assert names == {p.relative_to(tmp_path / "ds").as_posix() for p in (tmp_path / "ds").rglob("*") if p.is_file()}
 
 
 def test_roi_examples_are_centred_on_lesions_and_normals_avoid_them(mias_records):
@@ -112,7 +137,7 @@ def test_roi_examples_are_centred_on_lesions_and_normals_avoid_them(mias_records
                     assert c == round(les.center_col) - les.center_col + 60
                 assert any(abs(r - lr) < 1e-3 and abs(c - lc) < 1e-3
                            for lr, lc in zip(cut.lesion_rows, cut.lesion_cols, strict=True))
-                assert cut.mask is not None and cut.mask[int(round(r)), int(round(c))] == 1
+                assert cut.mask is not None and cut.mask[int(round(r)), int(round(c))] == 255
                 assert image[int(les.center_row), int(les.center_col)] > np.median(image[image > 0])  # phantoms: bright
             else:
                 # ... and a normal ROI holds no lesion (MIAS normal images have none; the mask is empty).
@@ -141,7 +166,7 @@ def test_unreadable_images_are_quarantined_and_the_run_goes_on(mias_records, tmp
     lines = (tmp_path / "ds" / "quarantine.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["record_id"] == victim.record_id
     m = result.manifest
-    assert m["records"]["quarantined"] == 1 and m["records"]["used"] == 7
+    assert m["inputs"]["records_quarantined"] == 1 and m["inputs"]["records_used"] == 7
     assert m["examples"] > 0
 
 
@@ -187,7 +212,7 @@ def test_whole_image_mode_keeps_the_official_split_and_regroups_leaking_patients
     assert (cut.image[:, :16] == 0).all() and (cut.image[:, -16:] == 0).all()
     assert cut.mask is not None and cut.mask.any() and len(cut.lesion_rows) == len(rec.lesions)
     for r, c in zip(cut.lesion_rows, cut.lesion_cols, strict=True):
-        assert cut.mask[int(round(r)), int(round(c))] == 1
+        assert cut.mask[int(round(r)), int(round(c))] == 255
 
 
 def test_lesion_crop_mode_five_folds(cbis_records, tmp_path):
@@ -215,7 +240,7 @@ def test_lesion_crop_mode_five_folds(cbis_records, tmp_path):
         r0, c0, r1, c1 = cut.extra["box"]
         rows, cols = np.nonzero(masks[k])
         assert r0 <= rows.min() and rows.max() < r1 and c0 <= cols.min() and cols.max() < c1
-        assert cut.mask is not None and cut.mask[32, 32] == 1
+        assert cut.mask is not None and cut.mask[32, 32] == 255
 
 
 def test_plan_examples_follows_the_label_scheme():
@@ -298,4 +323,4 @@ def test_yu_preset_on_the_released_rois_reproduces_the_released_split(mias_rois_
     result = build_dataset(tmp_path / "records", "yu2020", str(tmp_path / "ds"))
     assert result.manifest["counts"] == {"train": {"normal": 125, "tumour": 72}, "val": {"normal": 41, "tumour": 24},
                                          "test": {"normal": 41, "tumour": 23}}
-    assert result.manifest["records"]["quarantined"] == 0
+    assert result.manifest["inputs"]["records_quarantined"] == 0

@@ -31,5 +31,5 @@ def command(records_dir: Path, config: str, out_uri: str, export_png: Path | Non
     result = build_dataset(records_dir, config, out_uri, export_png=export_png)
     m = result.manifest
     click.echo(json.dumps({"out": out_uri, "counts": m["counts"], "examples": m["examples"],
-                           "quarantined": m["records"]["quarantined"],
+                           "quarantined": m["inputs"]["records_quarantined"],
                            "moved_patients": m["split_plan"]["moved_patients"]}, sort_keys=True))

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from mammoflow.cli import cli
-from mammoflow.commands.preprocess import preprocess_records, safe_name
+from mammoflow.preprocess.run import preprocess_records, safe_name
 from mammoflow.io.images import encode_png, read_image, write_pgm, write_png
 from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable
 

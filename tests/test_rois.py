@@ -95,14 +95,17 @@ def test_scale_to_radius_keeps_large_lesions_whole():
     assert fixed_box[2] - fixed_box[0] == 64 and (fixed > 200).mean() > 0.9  # Yu's fixed side: lesion fills it
 
 
-def test_normal_centres_are_inside_the_breast_and_away_from_lesions():
+@pytest.mark.parametrize("stride", [None, 3])
+def test_normal_centres_are_inside_the_breast_and_away_from_lesions(stride):
     lesions = [(150, 60, 6), (60, 40, 10)]
     img = _mammogram(lesions=lesions)
     mask = breast_mask(img)
     size, min_distance = 48, 30.0
     centres = sample_normal_centres(mask, 6, size, np.random.default_rng(3), avoid=lesions,
-                                    min_distance=min_distance, min_breast_fraction=0.9)
+                                    min_distance=min_distance, min_breast_fraction=0.9, stride=stride)
     assert len(centres) == 6 and len(set(centres)) == 6
+    if stride:
+        assert all((r - size // 2) % stride == 0 and (c - size // 2) % stride == 0 for r, c in centres)
     for r, c in centres:
         assert mask[r, c]
         box = square_box(r, c, size, mask.shape)

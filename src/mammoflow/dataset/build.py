@@ -316,7 +316,7 @@ def cut_examples(rec: Record, image: np.ndarray, cfg: DatasetConfig,
         if not breast.any():
             raise InputError(path, "no breast found (the image is blank)", "check the image", code="blank",
                              record_id=rec.record_id)
-    keep_out = breast if cfg.remove_background else None
+    tissue = breast if cfg.remove_background else None  # zero what lies outside it
     union = _lesion_union(shape, known, known_masks) if cfg.include_masks and known else None
     out_size = cfg.output_size
     cuts: list[Cut] = []
@@ -336,7 +336,7 @@ def cut_examples(rec: Record, image: np.ndarray, cfg: DatasetConfig,
     normal_specs = [s for s in specs if s.kind == "normal"]
     for spec in specs:
         if spec.kind == "image" and cfg.mode == "whole_image":
-            pixels, t = rois.whole_image(image, out_size, pad=cfg.pad, breast_mask=keep_out)
+            pixels, t = rois.whole_image(image, out_size, pad=cfg.pad, breast_mask=tissue)
             mask = None
             if union is not None:
                 if cfg.pad:
@@ -353,9 +353,9 @@ def cut_examples(rec: Record, image: np.ndarray, cfg: DatasetConfig,
             if cfg.mode == "lesion_crop":
                 pixels, box = rois.lesion_crop(image, cfg.roi_size, mask=masks[spec.index], center=(r, c),
                                                radius=rad or None, context=cfg.crop_context,
-                                               min_side=cfg.crop_min_side, breast_mask=keep_out)
+                                               min_side=cfg.crop_min_side, breast_mask=tissue)
             else:
-                pixels, box = rois.lesion_roi(image, r, c, size=cfg.roi_size, breast_mask=keep_out, radius=rad,
+                pixels, box = rois.lesion_roi(image, r, c, size=cfg.roi_size, breast_mask=tissue, radius=rad,
                                               scale_to_radius=cfg.scale_to_radius, margin=cfg.radius_margin)
             add(spec, pixels, rois.box_transform(box, cfg.roi_size), boxed_mask(box),
                 {"box": list(box), "lesion_id": rec.lesions[spec.index].lesion_id,
@@ -367,7 +367,7 @@ def cut_examples(rec: Record, image: np.ndarray, cfg: DatasetConfig,
             min_distance=cfg.normal_distance, min_breast_fraction=cfg.min_breast_fraction,
             min_separation=cfg.normal_min_separation, path=path)
         for spec, (r, c) in zip(normal_specs, centres, strict=False):
-            pixels, box = rois.lesion_roi(image, r, c, size=cfg.roi_size, breast_mask=keep_out)
+            pixels, box = rois.lesion_roi(image, r, c, size=cfg.roi_size, breast_mask=tissue)
             add(spec, pixels, rois.box_transform(box, cfg.roi_size), boxed_mask(box),
                 {"box": list(box), "centre": [r, c]})
     return cuts

@@ -135,13 +135,15 @@ def _window_counts(mask: np.ndarray, side: int) -> np.ndarray:
 def sample_normal_centres(breast_mask: np.ndarray, n: int, size: int, rng: np.random.Generator,
                           avoid: Sequence[LesionDisk] = (), min_distance: float = 0.0,
                           min_breast_fraction: float = 0.9, min_separation: float = 0.0,
-                          path: object = "") -> list[tuple[int, int]]:
+                          stride: int | None = None, path: object = "") -> list[tuple[int, int]]:
     """Seeded random centres for ``n`` normal ROIs of side ``size`` (Yu et al. 2020, "normal ROIs").
 
     A centre is valid when it is a breast pixel, the ``size`` x ``size`` ROI around it (the same box
     :func:`lesion_roi` cuts) lies inside the image with at least ``min_breast_fraction`` of its pixels in the
     breast, and it is at least ``min_distance`` pixels from the edge of every lesion in ``avoid``
     (``distance to the lesion centre - radius``). Chosen centres are at least ``min_separation`` apart.
+    Candidates lie on a grid of step ``stride`` (default: 1 up to about 1 megapixel, coarser above, so that a
+    full-resolution CBIS-DDSM image does not need hundreds of MB of candidate coordinates).
 
     Returns up to ``n`` centres ``(row, col)`` (fewer only if ``min_separation`` leaves too few), in sampling
     order. The same mask, arguments and generator state give the same centres.
@@ -162,8 +164,10 @@ def sample_normal_centres(breast_mask: np.ndarray, n: int, size: int, rng: np.ra
     # Window with top-left (r0, c0) <-> centre (r0 + half, c0 + half), as in square_box.
     valid = _window_counts(mask, size) >= math.ceil(min_breast_fraction * size * size - 1e-9)
     valid &= mask[half:half + valid.shape[0], half:half + valid.shape[1]]
-    rows, cols = np.nonzero(valid)
-    rows, cols = rows + half, cols + half
+    if stride is None:
+        stride = max(1, round(math.sqrt(h * w / float(1 << 20))))
+    rows, cols = np.nonzero(valid[::stride, ::stride])
+    rows, cols = rows * stride + half, cols * stride + half
     for lr, lc, radius in avoid:
         keep = np.hypot(rows - lr, cols - lc) - (radius or 0.0) >= min_distance
         rows, cols = rows[keep], cols[keep]

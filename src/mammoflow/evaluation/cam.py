@@ -60,6 +60,13 @@ _EPS = 1e-7
 # =========================================================================================== pure map functions
 
 
+def model_range(image: np.ndarray) -> np.ndarray:
+    """Pixel values as the input pipeline feeds them to the model: float32, the dtype's maximum mapped to 1."""
+    from mammoflow.preprocess.ops import to_float01
+
+    return image if image.dtype == np.float32 else to_float01(image)
+
+
 def window_mean(image: np.ndarray, size: int) -> np.ndarray:
     """Mean of the ``size`` x ``size`` window centred on every pixel (borders reflected), float32."""
     import cv2
@@ -548,14 +555,12 @@ def explain_image(loaded: LoadedModel, item: ImageToExplain, out: Path, *, chain
                   target: CamTarget | None = None, stride: int | None = None, tile: int = 1024,
                   iou_fraction: float = 0.5, tolerance: float = 0.0) -> ExplainResult:
     """Map one image, write ``<name>_overlay.png``, ``<name>_cam.npy`` and ``<name>.json`` into ``out``."""
-    from mammoflow.preprocess.ops import to_float01
-
     t0 = time.perf_counter()
     target = target or loaded.cam_target()
     image, lesion, breast = _prepare(item, chain)
-    image01 = to_float01(image) if image.dtype != np.float32 else image
-    cam = compute_cam(loaded.model, image01, target, stride=stride, tile=tile, valid=breast)
-    del image01
+    scaled = model_range(image)
+    cam = compute_cam(loaded.model, scaled, target, stride=stride, tile=tile, valid=breast)
+    del scaled
     cam01 = normalise_map(cam, breast)
     out.mkdir(parents=True, exist_ok=True)
     result = ExplainResult(name=item.name, source=item.source, record_id=item.record_id, label=item.label,

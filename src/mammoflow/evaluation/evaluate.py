@@ -252,8 +252,10 @@ def _shard_metadata(shard_paths: Sequence[str | Path]) -> dict[str, dict[str, An
         for ex in iter_examples(path):
             meta[ex.example_id] = {
                 "record_id": ex.record_id, "patient_id": ex.patient_id or None, "breast_id": ex.breast_id or None,
-                "label": int(ex.label) if ex.label is not None else None, "label_name": ex.label_name,
-                "fold": ex.fold, "roi_shape": tuple(int(s) for s in ex.image.shape[:2]),
+                # The shards write -1 for "no label" and "no fold".
+                "label": int(ex.label) if ex.label is not None and ex.label >= 0 else None,
+                "label_name": ex.label_name or None, "fold": ex.fold if ex.fold is not None and ex.fold >= 0 else None,
+                "roi_shape": tuple(int(s) for s in ex.image.shape[:2]),
             }
     return meta
 
@@ -763,8 +765,9 @@ def evaluate(model_uri: str, data_uri: str, out: str | Path, *, split: str = "te
         "kind": METRICS_KIND, "evaluation_schema_version": EVALUATION_SCHEMA_VERSION,
         "schema_version": metrics.METRICS_SCHEMA_VERSION, "split": split, "fold": fold, "threshold": threshold,
         "fingerprint": fingerprint, "model": loaded.describe(),
-        "data": {"uri": data_uri, "manifest_sha256": data_sha, "name": manifest.get("name"),
-                 "counts": manifest.get("counts", {}).get(split) if isinstance(manifest.get("counts"), dict) else None},
+        "data": {"uri": data_uri, "manifest_sha256": data_sha,
+                 "counts": (manifest.get("splits", {}).get(split) or {}).get("counts"),
+                 "patients": (manifest.get("splits", {}).get(split) or {}).get("patients")},
         "class_names": list(class_names), "positive_class": class_names[1],
         **part,
         "paper_comparison": paper_comparison(loaded.name, params, part["levels"]),

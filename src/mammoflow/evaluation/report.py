@@ -360,14 +360,20 @@ def manifest_summary(evaluation: Mapping[str, Any] | None, run_info: Mapping[str
         manifest = json.loads(storage.get_bytes(storage.join(uri, "manifest.json")))
     except Exception as exc:  # noqa: BLE001 - a missing dataset only removes this section
         return {"uri": uri, "error": f"manifest not readable ({exc})"}
-    counts = manifest.get("counts") or {}
-    classes = list(manifest.get("classes") or sorted({c for per in counts.values() for c in per}))
-    rows = [{"split": split, "total": sum(per.values()), "per_class": [per.get(c, 0) for c in classes]}
-            for split, per in counts.items()]
+    names = manifest.get("label_names") or {}
+    classes = [names[k] for k in sorted(names, key=int)] if isinstance(names, dict) else list(names)
+    rows = []
+    for split, info in (manifest.get("splits") or {}).items():
+        per = info.get("counts") or {}
+        classes += [c for c in per if c not in classes]
+        rows.append({"split": split, "total": info.get("records", sum(per.values())), "patients": info.get("patients"),
+                     "per_class": per})
+    for row in rows:
+        row["per_class"] = [row["per_class"].get(c, 0) for c in classes]
     config = manifest.get("config") or {}
     return {"uri": uri, "classes": classes, "rows": rows, "mode": config.get("mode"),
             "label_scheme": config.get("label_scheme"), "source": manifest.get("source"),
-            "records": manifest.get("records"), "sha256": ((evaluation or {}).get("data") or {}).get("manifest_sha256")
+            "sha256": ((evaluation or {}).get("data") or {}).get("manifest_sha256")
             or run_info.get("data_manifest_sha256")}
 
 

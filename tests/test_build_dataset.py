@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401  (fixtures)
 
 from mammoflow.cli import cli
 from mammoflow.dataset.build import DatasetConfig, build_dataset, cut_examples, plan_examples
@@ -16,7 +17,6 @@ from mammoflow.dataset.rois import box_transform
 from mammoflow.dataset.splits import SplitLeakError, check_plan, plan_splits
 from mammoflow.errors import ConfigError
 from mammoflow.records import Lesion, Record, RecordsTable
-from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +103,12 @@ def test_roi_dataset_counts_match_the_records_and_rerun_is_byte_identical(mias_r
     assert shard_files and all(p.stat().st_mtime_ns == mtimes[p] for p in shard_files)  # reused, not rewritten
 
 
-def test_build_to_object_storage_matches_the_local_build(mias_records, tmp_path, gcs_bucket):
+def test_build_to_object_storage_matches_the_local_build(mias_records, tmp_path, request):
     from mammoflow import storage
     from mammoflow.dataset.shards import read_manifest
 
     local = build_dataset(mias_records, ROI_CONFIG, str(tmp_path / "ds"))
-    remote_uri = gcs_bucket + "/datasets/mias"
+    remote_uri = request.getfixturevalue("gcs_bucket") + "/datasets/mias"  # a real GCS emulator on loopback
     remote = build_dataset(mias_records, ROI_CONFIG, remote_uri)
     assert remote.manifest == local.manifest == read_manifest(remote_uri)
     names = {u[len(remote_uri) + 1:] for u in storage.list(remote_uri)}
@@ -280,6 +280,8 @@ def test_configs_and_presets():
     assert (ja.mode, ja.output_size, ja.pad, ja.label_scheme) == ("whole_image", (512, 512), True, "benign_malignant")
     xi = DatasetConfig.load("xi2018")
     assert (xi.mode, xi.splits.k_folds) == ("lesion_crop", 5)
+    crop = DatasetConfig.load({"mode": "whole_image", "image_size": [2048, 1376], "pad": False})
+    assert crop.output_size == (2048, 1376)  # Jaamour et al.'s 2048x1376 input
     with pytest.raises(ConfigError, match="unknown key"):
         DatasetConfig.load({"roi_sise": 10})
     with pytest.raises(ConfigError, match="mode"):

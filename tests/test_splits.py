@@ -70,6 +70,16 @@ def test_plan_is_seeded_and_order_independent():
     assert a.assignments != c.assignments
 
 
+def test_fixed_groups_are_pinned():
+    records = _records(40)
+    pinned = {"p000": "test", "p001": "train", "p002": "val"}
+    plan = plan_splits(records, fixed=pinned, seed=3)
+    check_plan(plan, records)
+    for r in records:
+        if r.patient_id in pinned:
+            assert plan.split_of(r.record_id) == pinned[r.patient_id]
+
+
 def test_k_folds_cover_every_record_once_grouped_and_stratified():
     records = _records(120)
     plan = plan_splits(records, ratios=(0.85, 0.0, 0.15), k_folds=5, seed=0, stratify_by="label")

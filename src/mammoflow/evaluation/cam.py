@@ -373,6 +373,47 @@ def _model_input(centred: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(x, channels, axis=-1) if channels > 1 else x
 
 
+@dataclass
+class CamProjection:
+    """A GAP + dense model split for CAM: variable-size feature model, and the dense weights of the log-odds."""
+
+    features: Any  # keras.Model: image (any size) -> feature maps (1, h, w, K)
+    weights: np.ndarray  # (K,): w_pos - w_neg (two classes) or w_pos
+    bias: float  # b_pos - b_neg (or b_pos): GAP(map) + bias is the log-odds (the logit for more classes)
+    stride: int  # input pixels per feature-map pixel
+
+    def feature_map(self, window: np.ndarray, channels: int) -> np.ndarray:
+        """The CAM at feature-map resolution of one centred float window (H, W)."""
+        # A one-element list: the functional model's inputs are a list, and a bare array makes Keras warn.
+        feats = np.asarray(self.features([_model_input(window[None], channels)], training=False))[0]
+        return feats @ self.weights
+
+
+def cam_projection(model: keras.Model, target: CamTarget) -> CamProjection:
+    """Split a GAP + dense model for CAM (see :class:`CamProjection`)."""
+    import keras
+
+    if target.method != "cam" or target.dense is None:
+        raise ConfigError("plain CAM needs a GAP -> dense model (method cam)")
+    features = variable_input_model(keras.Model(model.inputs, model.get_layer(target.layer).output))
+    dense = model.get_layer(target.dense).get_weights()
+    kernel = np.asarray(dense[0], np.float32)  # (K, classes)
+    bias = np.asarray(dense[1], np.float32) if len(dense) > 1 else np.zeros(kernel.shape[1], np.float32)
+    pos = target.positive_index
+    if kernel.shape[1] == 2:  # two-class softmax: the log-odds uses the difference of the two columns
+        weights, b = kernel[:, pos] - kernel[:, 1 - pos], float(bias[pos] - bias[1 - pos])
+    else:
+        weights, b = kernel[:, pos], float(bias[pos])
+    probe = _round_up(max(64, target.patch_size), 64)
+    out_side = int(features([np.zeros((1, probe, probe, target.channels), np.float32)], training=False).shape[1])
+    stride = max(1, round(probe / out_side))
+    return CamProjection(features=features, weights=weights, bias=b, stride=int(stride))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
 def fully_convolutional_cam(model: keras.Model, image01: np.ndarray, target: CamTarget, tile: int = 1024,
                             margin: int | None = None) -> np.ndarray:
     """The CAM (log-odds, see module docstring) of a GAP + dense model over the whole image, in tiles.
@@ -380,20 +421,12 @@ def fully_convolutional_cam(model: keras.Model, image01: np.ndarray, target: Cam
     Each tile is cut with ``margin`` pixels of context on every side (default: twice the patch size, so the
     feature maps at the tile's edge see the same pixels as in one pass over the whole image), run through the
     variable-size feature model, projected on the dense weights, upsampled to the tile's pixels and cropped to
-    the tile. Peak memory: one (tile + 2 margin)^2 pass, plus the full-size float32 map.
+    the tile. Tile side and margin are rounded up to the feature stride so every tile's feature grid lines up with
+    the whole image's. Peak memory: one (tile + 2 margin)^2 pass, plus the full-size float32 map.
     """
-    import keras
-
-    if target.method != "cam" or target.dense is None:
-        raise ConfigError("fully_convolutional_cam needs a GAP -> dense model (method cam)")
-    features_model = variable_input_model(keras.Model(model.inputs, model.get_layer(target.layer).output))
-    kernel = np.asarray(model.get_layer(target.dense).get_weights()[0], np.float32)  # (K, classes)
-    pos = target.positive_index
-    if kernel.shape[1] == 2:
-        weights = kernel[:, pos] - kernel[:, 1 - pos]
-    else:
-        weights = kernel[:, pos]
-    margin = int(2 * target.patch_size if margin is None else margin)
+    proj = cam_projection(model, target)
+    tile = _round_up(int(tile), proj.stride)
+    margin = _round_up(int(2 * target.patch_size if margin is None else margin), proj.stride)
     centred = centre(image01, target.centring, target.patch_size)
     h, w = centred.shape
     out = np.zeros((h, w), np.float32)
@@ -403,9 +436,7 @@ def fully_convolutional_cam(model: keras.Model, image01: np.ndarray, target: Cam
             wr0, wc0 = max(0, r0 - margin), max(0, c0 - margin)
             wr1, wc1 = min(h, r1 + margin), min(w, c1 + margin)
             window = centred[wr0:wr1, wc0:wc1]
-            feats = np.asarray(features_model(_model_input(window[None], target.channels), training=False))[0]
-            cam = feats @ weights
-            up = upsample(cam, window.shape)
+            up = upsample(proj.feature_map(window, target.channels), window.shape)
             out[r0:r1, c0:c1] = up[r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
     return out
 
@@ -446,7 +477,7 @@ def sliding_gradcam(model: keras.Model, image01: np.ndarray, target: CamTarget, 
         x = _model_input(centre_windows(_windows(image01, chunk, size), target.centring), target.channels)
         x = tf.convert_to_tensor(x)
         with tf.GradientTape() as tape:
-            feats, probs = grad_model(x, training=False)
+            feats, probs = grad_model([x], training=False)
             p = tf.clip_by_value(probs, _EPS, 1.0)
             log_p = tf.math.log(p[:, pos])
             # Log-odds against the other class (two classes) or the log-probability (more classes).

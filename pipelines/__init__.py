@@ -1,11 +1,13 @@
 """KFP pipeline definitions wiring the components (installed as ``mammoflow.pipelines``).
 
-Each pipeline is a module here; ``PIPELINES`` maps the public names used by ``mammoflow pipeline`` to them.
+Each pipeline is a module here with a ``build(options)`` factory and a module-level pipeline built with the
+environment's options; ``PIPELINES`` maps the public names used by ``mammoflow pipeline`` to them.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 PIPELINES = {
     "training": "mammoflow.pipelines.training:training_pipeline",
@@ -14,14 +16,28 @@ PIPELINES = {
 }
 
 
-def get_pipeline(name: str):
-    """The pipeline function registered under ``name``; a clear error lists the valid names."""
+def _module(name: str) -> tuple[Any, str]:
     from mammoflow.errors import ConfigError
 
     if name not in PIPELINES:
         raise ConfigError(f"unknown pipeline {name!r}; valid: {', '.join(PIPELINES)}")
     module, attr = PIPELINES[name].split(":")
     try:
-        return getattr(importlib.import_module(module), attr)
+        return importlib.import_module(module), attr
     except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
         raise ConfigError(f"pipeline {name!r} is not available in this version ({exc.name} missing)") from None
+
+
+def get_pipeline(name: str) -> Any:
+    """The pipeline registered under ``name`` (built with the environment's options); a clear error lists the
+    valid names."""
+    module, attr = _module(name)
+    return getattr(module, attr)
+
+
+def build_pipeline(name: str, options: Any = None) -> Any:
+    """The pipeline ``name`` built for :class:`~mammoflow.pipelines.options.PipelineOptions` ``options``."""
+    module, _ = _module(name)
+    return module.build(options)

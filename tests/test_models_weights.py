@@ -12,12 +12,19 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401  (fixtures)
 
 from mammoflow import storage
 from mammoflow.cli import cli
 from mammoflow.errors import ConfigError
-from mammoflow.models import create_model, list_models, model_meta, split_frozen_backbone
-from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401  (fixtures)
+from mammoflow.models import (
+    attach_meta,
+    create_model,
+    head_variable_paths,
+    list_models,
+    model_meta,
+    split_frozen_backbone,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -95,15 +102,16 @@ def _keras_cached(filename: str) -> bool:
 def test_imagenet_weights_offline_give_a_clear_error(monkeypatch):
     if _keras_cached("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"):
         pytest.skip("VGG16 ImageNet weights are in the Keras cache: nothing would be downloaded")
-    # Route every urllib request through a closed loopback port: offline for sure, even where CI has a network,
-    # so the test never downloads anything.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": closed, "https": closed}))
-    monkeypatch.setattr(urllib.request, "_opener", opener)
-    with pytest.raises(ConfigError) as err:
-        create_model("vgg16_fusion1", input_shape=(32, 32, 3), weights="imagenet")
+    # Route every urllib request through a loopback port that this test holds bound but not listening: the
+    # connection is refused at once, even where CI has a network, so the test never downloads anything; holding
+    # the port keeps any other process from listening on it meanwhile.
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{blocker.getsockname()[1]}"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": closed, "https": closed}))
+        monkeypatch.setattr(urllib.request, "_opener", opener)
+        with pytest.raises(ConfigError) as err:
+            create_model("vgg16_fusion1", input_shape=(32, 32, 3), weights="imagenet")
     message = str(err.value)
     assert "ImageNet weights for VGG16 could not be downloaded" in message
     assert "weights: none" in message and "backbone_weights" in message
@@ -170,6 +178,31 @@ def test_meta_rebuilds_the_same_model():
     assert json.loads(json.dumps(meta.to_dict()))["params"]["branches"] == [3, 5]
 
 
+def test_a_loaded_model_gets_its_metadata_back(tmp_path):
+    model = create_model("jaamour_mobilenetv2", input_shape=(32, 32, 1), pooling="gap", seed=0)
+    saved = json.loads(json.dumps(model_meta(model).to_dict()))  # as a run folder would keep it
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    with pytest.raises(ConfigError, match="attach_meta"):
+        model_meta(loaded)
+    attach_meta(loaded, saved)
+    assert model_meta(loaded) == model_meta(model)
+    x = images((32, 32, 1))
+    backbone, head = split_frozen_backbone(loaded)
+    np.testing.assert_allclose(outputs(head, backbone.predict(x, verbose=0)), outputs(model, x), atol=1e-5)
+    other = model_meta(create_model("xi_vgg16", input_shape=(32, 32, 1)))
+    with pytest.raises(ConfigError, match="does not match the metadata of 'xi_vgg16'"):
+        attach_meta(loaded, other)
+
+
+def test_head_variable_paths_are_the_layers_outside_the_backbone():
+    assert head_variable_paths(create_model("xi_vgg16", input_shape=(32, 32, 1))) == ["predictions"]
+    paths = head_variable_paths(create_model("vgg16_fusion2", input_shape=(32, 32, 3), branches=(4, 5)))
+    assert sorted(paths) == ["bn_head", "bn_l4", "bn_l5", "conv1x1_l4", "conv1x1_l5", "fc1", "fc2", "predictions"]
+    model = create_model("compact_fusion", input_shape=(32, 32, 1))
+    assert head_variable_paths(model) == [layer.name for layer in model.layers if layer.weights]
+
+
 def test_meta_is_required():
     with pytest.raises(ConfigError, match="was not built by mammoflow"):
         model_meta(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
@@ -195,7 +228,7 @@ def test_cli_shows_one_model():
                                       "--input-shape", "32,32,3"])
     assert result.exit_code == 0, result.output
     assert "taps:              block4_pool, block5_pool" in result.output
-    assert "fusion_concat (Concatenate)" in result.output  # the Keras summary
+    assert "fusion_concat" in result.output and "bn_head" in result.output  # the Keras summary
     assert "(None, 1024)" in result.output
 
 

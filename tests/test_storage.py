@@ -9,7 +9,8 @@ import pytest
 
 from mammoflow import storage
 from mammoflow.errors import InputError
-from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401  (fixtures)
+
+pytest_plugins = ["tests.gcs_emulator"]  # the gcs_emulator / gcs_bucket fixtures
 
 
 @pytest.fixture(params=["local", "gcs"])

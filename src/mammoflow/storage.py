@@ -83,6 +83,7 @@ class ObjectInfo:
     uri: str
     size: int
     sha256: str | None  # recorded at upload (GCS metadata); None when unknown (local files, foreign objects)
+    version: str = ""  # changes whenever the object is rewritten: GCS generation, local mtime in ns
 
 
 # --------------------------------------------------------------------------------------------------- URIs
@@ -211,11 +212,16 @@ class _LocalBackend:
     """Local filesystem; every write through a temp file in the same folder + os.replace."""
 
     @staticmethod
-    def put_file(src: Path, dest: Path) -> None:
+    def put_file(src: Path, dest: Path, move: bool) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = _partial(dest)
         try:
-            shutil.copyfile(src, tmp)
+            try:
+                if not move:
+                    raise OSError("copy requested")
+                os.replace(src, tmp)  # same filesystem: a rename, no bytes copied
+            except OSError:
+                shutil.copyfile(src, tmp)
             _local_install(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
@@ -239,7 +245,7 @@ class _LocalBackend:
             st = path.stat()
         except FileNotFoundError:
             return None
-        return ObjectInfo(str(path), st.st_size, None) if path.is_file() else None
+        return ObjectInfo(str(path), st.st_size, None, str(st.st_mtime_ns)) if path.is_file() else None
 
     @staticmethod
     def list(folder: Path) -> builtins.list[Path]:
@@ -310,7 +316,7 @@ class _GcsBackend:
         blob = cls.client().bucket(bucket).get_blob(key, retry=None)
         if blob is None:
             return None
-        return ObjectInfo(uri, int(blob.size or 0), (blob.metadata or {}).get(SHA256_KEY))
+        return ObjectInfo(uri, int(blob.size or 0), (blob.metadata or {}).get(SHA256_KEY), str(blob.generation))
 
     @classmethod
     def list(cls, uri: str) -> builtins.list[str]:
@@ -347,8 +353,12 @@ class _GcsBackend:
 # ------------------------------------------------------------------------------------------ public API
 
 
-def put_file(local: str | os.PathLike[str], uri: str | os.PathLike[str]) -> None:
-    """Copy a local file to ``uri`` atomically (see the module docstring); records its sha256 on GCS."""
+def put_file(local: str | os.PathLike[str], uri: str | os.PathLike[str], *, move: bool = False) -> None:
+    """Copy a local file to ``uri`` atomically (see the module docstring); records its sha256 on GCS.
+
+    ``move=True`` says the source is a temporary the caller no longer needs: a local destination on the same
+    filesystem then takes it by rename instead of a copy (the source is gone afterwards, or may be).
+    """
     src = Path(local)
     uri = str(uri)
     if not src.is_file():
@@ -360,7 +370,7 @@ def put_file(local: str | os.PathLike[str], uri: str | os.PathLike[str]) -> None
         dest = local_path(uri)
         if dest.resolve() == src.resolve():
             return
-        _LocalBackend.put_file(src, dest)
+        _LocalBackend.put_file(src, dest, move)
     log.debug("wrote %s", uri)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,9 @@ class LocalCache:
                         local, sha256[:12])
             local.unlink(missing_ok=True)
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.{os.getpid()}.download")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".download", dir=local.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         try:
             storage.get_file(uri, tmp)
             actual = storage.file_sha256(tmp)

@@ -209,7 +209,8 @@ def _records(shard_paths: Sequence[str], cfg: InputConfig) -> Any:
     if not paths:
         raise ValueError("no shard files given (did the split get any examples?)")
     files = tf.data.Dataset.from_tensor_slices(paths)
-    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(cfg.cycle_length, len(paths)),
+    ds = files.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20),
+                          cycle_length=min(cfg.cycle_length, len(paths)),
                           block_length=1, num_parallel_calls=_parallel(cfg), deterministic=True)
 
     def parse(serialized: Any) -> dict[str, Any]:

@@ -207,7 +207,12 @@ class SplitResult:
 # tf.train.Example wire format: Example{1: Features{1: repeated MapEntry{1: key, 2: Feature}}},
 # Feature{1: BytesList{1: repeated bytes} | 2: FloatList{1: packed float} | 3: Int64List{1: packed int64}}.
 
+_ONE_BYTE = [bytes((i,)) for i in range(128)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:  # the common case (tags, short lengths): no loop
+        return _ONE_BYTE[n]
     if n < 0:
         n += 1 << 64  # int64 two's complement, as protobuf encodes negative int64
     out = bytearray()
@@ -236,9 +241,12 @@ def _feature(kind: str, values: Sequence[Any]) -> bytes:
     return _len_field(3, _len_field(1, packed) if packed else b"")
 
 
+_KEYS = {name: _len_field(1, name.encode()) for name in FEATURES}  # map-entry key fields, encoded once
+
+
 def _encode_features(features: Mapping[str, tuple[str, Sequence[Any]]]) -> bytes:
     entries = b"".join(
-        _len_field(1, _len_field(1, name.encode()) + _len_field(2, _feature(kind, values)))
+        _len_field(1, _KEYS[name] + _len_field(2, _feature(kind, values)))
         for name, (kind, values) in sorted(features.items())
     )
     return _len_field(1, entries)
@@ -327,24 +335,25 @@ def frame_record(data: bytes) -> bytes:
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[bytes]:
     """The records of a local TFRecord file, CRC-checked; InputError(code="corrupt") on damage."""
+    def corrupt(index: int, what: str) -> InputError:
+        return InputError(path, f"record {index}: {what}", "delete the file and fetch or rebuild it",
+                          code="corrupt")
+
     with open(path, "rb") as fh:
         index = 0
         while header := fh.read(12):
-            def corrupt(what: str) -> InputError:
-                return InputError(path, f"record {index}: {what}", "delete the file and fetch or rebuild it",
-                                  code="corrupt")
             if len(header) < 12:
-                raise corrupt("truncated header")
+                raise corrupt(index, "truncated header")
             length_bytes, crc = header[:8], struct.unpack("<I", header[8:])[0]
             if _masked_crc(length_bytes) != crc:
-                raise corrupt("length checksum mismatch")
+                raise corrupt(index, "length checksum mismatch")
             (length,) = struct.unpack("<Q", length_bytes)
             data = fh.read(length)
             tail = fh.read(4)
             if len(data) < length or len(tail) < 4:
-                raise corrupt("truncated record")
+                raise corrupt(index, "truncated record")
             if _masked_crc(data) != struct.unpack("<I", tail)[0]:
-                raise corrupt("data checksum mismatch")
+                raise corrupt(index, "data checksum mismatch")
             yield data
             index += 1
 
@@ -472,7 +481,8 @@ def write_split(
                 group = sorted(members[index], key=lambda i: i.example_id)
                 local = Path(tmp) / shard_name(split, index, n)
                 info = _write_shard_file(spool, group, local, f"{split}/{local.name}")
-                pending.append((info, local, pool.submit(_publish, local, storage.join(out_uri, info.path), info)))
+                uri = storage.join(out_uri, info.path)
+                pending.append((info, local, pool.submit(_publish, local, uri, info)))
                 # keep at most `upload_workers` finished shard files waiting on local disk
                 while len(pending) > max(1, upload_workers):
                     _finish(pending.pop(0), result, on_shard)
@@ -536,7 +546,7 @@ def _publish(local: Path, uri: str, info: ShardInfo) -> bool:
     existing = storage.stat(uri)
     if existing is not None and existing.size == info.bytes and storage.sha256_of(uri) == info.sha256:
         return False
-    storage.put_file(local, uri)
+    storage.put_file(local, uri, move=True)  # the local file is a temporary: a rename beats a copy
     return True
 
 
@@ -595,9 +605,17 @@ def dataset_root(uri: str) -> str:
 
 
 def write_manifest(out_uri: str, manifest: Mapping[str, Any]) -> str:
-    """Publish ``manifest.json`` (atomically). Call it LAST, after every shard is written; returns its URI."""
+    """Publish ``manifest.json`` (atomically). Call it LAST, after every shard is written; returns its URI.
+
+    An identical manifest already in place is left alone, so a rerun of an unchanged build writes nothing.
+    """
     uri = manifest_uri(out_uri)
-    storage.put_bytes(uri, manifest_bytes(manifest))
+    data = manifest_bytes(manifest)
+    existing = storage.stat(uri)
+    if existing is not None and existing.size == len(data) and \
+            storage.sha256_of(uri) == hashlib.sha256(data).hexdigest():
+        return uri
+    storage.put_bytes(uri, data)
     return uri
 
 

@@ -21,10 +21,11 @@ Two ways to compute a map, chosen from the model (see :func:`cam_target`):
   log-odds on the model's CAM layer is normalised to [0, 1] and weighted by the window's P(tumour), so windows
   the model finds normal contribute little; overlapping windows are averaged.
 
-Images enter the model as during training: scaled to [0, 1] by their dtype's maximum, grey repeated to the
-model's channels, and centred like the training patches (``patch_mean``: every window minus its own mean; in the
-fully convolutional pass, every pixel minus the mean of the patch-sized window around it, which is the same
-thing at the window's centre).
+Images enter the model as in the input pipeline (:mod:`mammoflow.dataset.pipeline`): the dtype's maximum mapped
+to ``value_range`` (255), grey repeated to the model's channels, and centred like the training patches
+(``patch_mean``: every window minus its own mean; in the fully convolutional pass, every pixel minus the mean of
+the patch-sized window around it, which is the same thing at the window's centre; or the ImageNet conventions
+``caffe`` / ``tf`` / ``torch``).
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ _EPS = 1e-7
 # =========================================================================================== pure map functions
 
 
-def model_range(image: np.ndarray) -> np.ndarray:
-    """Pixel values as the input pipeline feeds them to the model: float32, the dtype's maximum mapped to 1."""
+def model_range(image: np.ndarray, value_range: float = 255.0) -> np.ndarray:
+    """Pixel values on the input pipeline's scale: float32, the dtype's maximum mapped to ``value_range``
+    (:class:`mammoflow.dataset.pipeline.InputConfig`, 255 by default for uint8 and uint16 images alike)."""
     from mammoflow.preprocess.ops import to_float01
 
-    return image if image.dtype == np.float32 else to_float01(image)
+    return to_float01(image) * np.float32(value_range)
 
 
 def window_mean(image: np.ndarray, size: int) -> np.ndarray:
@@ -74,24 +76,38 @@ def window_mean(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.blur(np.asarray(image, np.float32), (int(size), int(size)), borderType=cv2.BORDER_REFLECT)
 
 
-def centre(image01: np.ndarray, centring: str, patch_size: int) -> np.ndarray:
-    """A float image in [0, 1] centred like training patches (see module docstring), float32."""
-    image01 = np.asarray(image01, np.float32)
-    if centring == "none":
-        return image01
-    if centring == "patch_mean":
-        return image01 - window_mean(image01, patch_size)
-    raise ConfigError(f"centring {centring!r} is not supported for class activation maps (use patch_mean or none)")
+# ImageNet conventions of Keras' preprocess_input, as mammoflow.dataset.pipeline applies them.
+_CAFFE_MEAN = np.array((103.939, 116.779, 123.68), np.float32)
+_TORCH_MEAN = np.array((0.485, 0.456, 0.406), np.float32)
+_TORCH_STD = np.array((0.229, 0.224, 0.225), np.float32)
+CENTRINGS = ("patch_mean", "none", "caffe", "tf", "torch")
 
 
-def centre_windows(windows01: np.ndarray, centring: str) -> np.ndarray:
-    """A batch of float windows (N, H, W) centred like training patches, float32."""
-    windows01 = np.asarray(windows01, np.float32)
-    if centring == "none":
-        return windows01
+def finish(x: np.ndarray, centring: str, channels: int, value_range: float = 255.0,
+           local_mean: np.ndarray | None = None) -> np.ndarray:
+    """Model inputs ``(N, H, W, channels)`` from scaled grey windows ``(N, H, W)``: the numpy twin of the input
+    pipeline's last step (centring, grey -> channels, ImageNet conventions), so maps see what training saw.
+
+    ``patch_mean`` subtracts each window's own mean, or ``local_mean`` (the mean of the patch-sized window around
+    every pixel) when a whole image is run fully convolutionally.
+    """
+    if centring not in CENTRINGS:
+        raise ConfigError(f"centring {centring!r} is not one of {', '.join(CENTRINGS)}")
+    x = np.asarray(x, np.float32)
     if centring == "patch_mean":
-        return windows01 - windows01.mean(axis=(1, 2), keepdims=True)
-    raise ConfigError(f"centring {centring!r} is not supported for class activation maps (use patch_mean or none)")
+        x = x - (local_mean if local_mean is not None else x.mean(axis=(1, 2), keepdims=True))
+    x = x[..., None]
+    if channels == 3:
+        x = np.repeat(x, 3, axis=-1)
+    scale = np.float32(255.0 / value_range)
+    if centring == "caffe":
+        x = x * scale - (_CAFFE_MEAN if channels == 3 else _CAFFE_MEAN.mean())
+    elif centring == "tf":
+        x = x * (scale / np.float32(127.5)) - np.float32(1.0)
+    elif centring == "torch":
+        mean, std = (_TORCH_MEAN, _TORCH_STD) if channels == 3 else (_TORCH_MEAN.mean(), _TORCH_STD.mean())
+        x = (x * (scale / np.float32(255.0)) - mean) / std
+    return x.astype(np.float32, copy=False)
 
 
 def upsample(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -269,6 +285,17 @@ class CamTarget:
     centring: str
     positive_index: int = 1
     dense: str | None = None  # CAM: the dense (softmax) layer after the GAP
+    value_range: float = 255.0  # pixel scale of the input pipeline (InputConfig.value_range)
+
+    def windows_input(self, windows: np.ndarray) -> np.ndarray:
+        """Model inputs from scaled windows (N, H, W), centred like training patches."""
+        return finish(windows, self.centring, self.channels, self.value_range)
+
+    def image_input(self, image: np.ndarray) -> np.ndarray:
+        """Model input (1, H, W, C) of a whole scaled image for a fully convolutional pass (patch_mean centring
+        becomes the local mean of the patch-sized window around each pixel)."""
+        local = window_mean(image, self.patch_size)[None] if self.centring == "patch_mean" else None
+        return finish(image[None], self.centring, self.channels, self.value_range, local_mean=local)
 
 
 def _producer(tensor: Any) -> Any:
@@ -291,15 +318,16 @@ def _gap_dense_head(model: keras.Model) -> tuple[str, str] | None:
 
 
 def _last_feature_layer(model: keras.Model) -> str:
-    """The last layer with 4-D output before the first global pooling / flatten layer (Grad-CAM's default)."""
+    """The deepest spatial convolution (kernel larger than 1x1, output at least 2x2): Grad-CAM's usual layer
+    when no registry metadata names one (1x1 convolutions belong to heads such as Yu et al.'s Fusion2)."""
     from keras import layers
 
     name = None
     for layer in model.layers:
-        if isinstance(layer, (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D, layers.Flatten)):
-            break
-        shape = getattr(layer, "output", None)
-        if shape is not None and len(layer.output.shape) == 4 and not type(layer).__name__ == "InputLayer":
+        if not isinstance(layer, layers.Conv2D) or tuple(layer.kernel_size) == (1, 1):
+            continue
+        shape = layer.output.shape
+        if len(shape) == 4 and all(s is None or s >= 2 for s in shape[1:3]):
             name = layer.name
     if name is None:
         raise ConfigError(f"model {model.name!r} has no convolutional feature maps to explain")
@@ -307,13 +335,14 @@ def _last_feature_layer(model: keras.Model) -> str:
 
 
 def cam_target(model: keras.Model, *, patch_size: int | None = None, centring: str = "patch_mean",
-               layer: str | None = None, method: CamMethod | None = None, positive_index: int = 1) -> CamTarget:
+               layer: str | None = None, method: CamMethod | None = None, positive_index: int = 1,
+               value_range: float = 255.0) -> CamTarget:
     """Find the CAM layer and method of ``model``.
 
     The registry's metadata (``model.mammoflow_meta.cam_layer``) names the layer when the model was built by
     :func:`mammoflow.models.create_model`; a loaded ``.keras`` file has no metadata, so the graph is read: a
     model ending in feature maps -> GAP -> dense gets ``cam`` on those maps, any other gets ``gradcam`` on the
-    registry's layer or the last feature maps before global pooling. ``layer`` / ``method`` override.
+    registry's layer or the deepest spatial convolution. ``layer`` / ``method`` override.
     """
     head = _gap_dense_head(model)
     meta = getattr(model, "mammoflow_meta", None)
@@ -337,7 +366,7 @@ def cam_target(model: keras.Model, *, patch_size: int | None = None, centring: s
     if not 0 <= positive_index < n_out:
         raise ConfigError(f"positive class index {positive_index} outside the model's {n_out} outputs")
     return CamTarget(layer=layer, method=chosen, patch_size=size, channels=int(model.input_shape[-1]),
-                     centring=centring, positive_index=positive_index,
+                     centring=centring, positive_index=positive_index, value_range=float(value_range),
                      dense=head[1] if chosen == "cam" and head is not None else None)
 
 
@@ -367,12 +396,6 @@ def variable_input_model(model: keras.Model) -> keras.Model:
     return rebuilt
 
 
-def _model_input(centred: np.ndarray, channels: int) -> np.ndarray:
-    """(N, H, W) float32 -> (N, H, W, channels)."""
-    x = centred[..., None]
-    return np.repeat(x, channels, axis=-1) if channels > 1 else x
-
-
 @dataclass
 class CamProjection:
     """A GAP + dense model split for CAM: variable-size feature model, and the dense weights of the log-odds."""
@@ -382,10 +405,10 @@ class CamProjection:
     bias: float  # b_pos - b_neg (or b_pos): GAP(map) + bias is the log-odds (the logit for more classes)
     stride: int  # input pixels per feature-map pixel
 
-    def feature_map(self, window: np.ndarray, channels: int) -> np.ndarray:
-        """The CAM at feature-map resolution of one centred float window (H, W)."""
+    def feature_map(self, x: np.ndarray) -> np.ndarray:
+        """The CAM at feature-map resolution of one model input (1, H, W, C)."""
         # A one-element list: the functional model's inputs are a list, and a bare array makes Keras warn.
-        feats = np.asarray(self.features([_model_input(window[None], channels)], training=False))[0]
+        feats = np.asarray(self.features([x], training=False))[0]
         return feats @ self.weights
 
 
@@ -414,40 +437,53 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def fully_convolutional_cam(model: keras.Model, image01: np.ndarray, target: CamTarget, tile: int = 1024,
+def fully_convolutional_cam(model: keras.Model, image: np.ndarray, target: CamTarget, tile: int = 1024,
                             margin: int | None = None) -> np.ndarray:
-    """The CAM (log-odds, see module docstring) of a GAP + dense model over the whole image, in tiles.
+    """The CAM (log-odds, see module docstring) of a GAP + dense model over a scaled image
+    (:func:`model_range`), in tiles.
 
     Each tile is cut with ``margin`` pixels of context on every side (default: twice the patch size, so the
     feature maps at the tile's edge see the same pixels as in one pass over the whole image), run through the
     variable-size feature model, projected on the dense weights, upsampled to the tile's pixels and cropped to
-    the tile. Tile side and margin are rounded up to the feature stride so every tile's feature grid lines up with
-    the whole image's. Peak memory: one (tile + 2 margin)^2 pass, plus the full-size float32 map.
+    the tile. The image is padded to a multiple of the feature stride and tile side and margin are rounded up to
+    it, so every tile's feature grid lines up with the whole image's and, with a margin covering the receptive
+    field, the tiled map equals a single pass. Peak memory: one (tile + 2 margin)^2 pass, plus the full-size
+    float32 map.
     """
     proj = cam_projection(model, target)
     tile = _round_up(int(tile), proj.stride)
     margin = _round_up(int(2 * target.patch_size if margin is None else margin), proj.stride)
-    centred = centre(image01, target.centring, target.patch_size)
-    h, w = centred.shape
+    x = target.image_input(np.asarray(image, np.float32))[0]
+    height, width = x.shape[:2]
+    # Pad to a multiple of the stride (reflecting tissue): 'same' padding then lines up identically in every tile
+    # and in a single pass, so the tiled map equals the one-pass map exactly.
+    pad_h, pad_w = (-height) % proj.stride, (-width) % proj.stride
+    if pad_h or pad_w:
+        x = np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+    h, w = x.shape[:2]
     out = np.zeros((h, w), np.float32)
     for r0 in tile_starts(h, tile):
         for c0 in tile_starts(w, tile):
             r1, c1 = min(h, r0 + tile), min(w, c0 + tile)
             wr0, wc0 = max(0, r0 - margin), max(0, c0 - margin)
             wr1, wc1 = min(h, r1 + margin), min(w, c1 + margin)
-            window = centred[wr0:wr1, wc0:wc1]
-            up = upsample(proj.feature_map(window, target.channels), window.shape)
+            window = x[wr0:wr1, wc0:wc1]
+            fmap = proj.feature_map(window[None])
+            # Feature cell i covers input pixels [i * stride, (i + 1) * stride): upsample by exactly the stride and
+            # crop, so tiles and a single pass put every cell on the same pixels.
+            up = upsample(fmap, (fmap.shape[0] * proj.stride, fmap.shape[1] * proj.stride))
             out[r0:r1, c0:c1] = up[r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
-    return out
+    return np.ascontiguousarray(out[:height, :width])
 
 
 def _windows(image: np.ndarray, origins: Sequence[tuple[int, int]], size: int) -> np.ndarray:
     return np.stack([image[r:r + size, c:c + size] for r, c in origins])
 
 
-def sliding_gradcam(model: keras.Model, image01: np.ndarray, target: CamTarget, stride: int | None = None,
+def sliding_gradcam(model: keras.Model, image: np.ndarray, target: CamTarget, stride: int | None = None,
                     valid: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
-    """Patch-wise Grad-CAM over the whole image for a fixed-input model (see module docstring).
+    """Patch-wise Grad-CAM over a scaled image (:func:`model_range`) for a fixed-input model (see module
+    docstring).
 
     Windows of the model's input size step by ``stride`` (default half a window); only windows whose centre
     lies in ``valid`` (the breast) are run. Returns a float32 map in [0, 1] of the image's shape: the average,
@@ -458,11 +494,12 @@ def sliding_gradcam(model: keras.Model, image01: np.ndarray, target: CamTarget, 
 
     size = target.patch_size
     stride = int(stride or max(1, size // 2))
-    h, w = image01.shape
+    image = np.asarray(image, np.float32)
+    h, w = image.shape
     pad_h, pad_w = max(0, size - h), max(0, size - w)
     if pad_h or pad_w:  # an image smaller than one window: pad with background
-        image01 = np.pad(image01, ((0, pad_h), (0, pad_w)))
-    ph, pw = image01.shape
+        image = np.pad(image, ((0, pad_h), (0, pad_w)))
+    ph, pw = image.shape
     origins = [(r, c) for r in window_starts(ph, size, stride) for c in window_starts(pw, size, stride)]
     if valid is not None:
         valid_padded = np.pad(valid, ((0, pad_h), (0, pad_w))) if (pad_h or pad_w) else valid
@@ -471,11 +508,9 @@ def sliding_gradcam(model: keras.Model, image01: np.ndarray, target: CamTarget, 
     pos, n_out = target.positive_index, int(model.output_shape[-1])
     acc = np.zeros((ph, pw), np.float32)
     count = np.zeros((ph, pw), np.float32)
-    image01 = np.asarray(image01, np.float32)
     for start in range(0, len(origins), batch_size):
         chunk = origins[start:start + batch_size]
-        x = _model_input(centre_windows(_windows(image01, chunk, size), target.centring), target.channels)
-        x = tf.convert_to_tensor(x)
+        x = tf.convert_to_tensor(target.windows_input(_windows(image, chunk, size)))
         with tf.GradientTape() as tape:
             feats, probs = grad_model([x], training=False)
             p = tf.clip_by_value(probs, _EPS, 1.0)
@@ -495,18 +530,18 @@ def sliding_gradcam(model: keras.Model, image01: np.ndarray, target: CamTarget, 
     return out[:h, :w]
 
 
-def compute_cam(model: keras.Model, image01: np.ndarray, target: CamTarget, *, stride: int | None = None,
+def compute_cam(model: keras.Model, image: np.ndarray, target: CamTarget, *, stride: int | None = None,
                 tile: int = 1024, valid: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
-    """The map of ``target.method`` over a float image in [0, 1] (same shape, float32)."""
-    if image01.ndim != 2:
-        raise ValueError(f"expected a 2-D image, got shape {image01.shape}")
+    """The map of ``target.method`` over a scaled image (:func:`model_range`; same shape, float32)."""
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
     if target.method == "cam":
         try:
-            return fully_convolutional_cam(model, image01, target, tile=tile)
+            return fully_convolutional_cam(model, image, target, tile=tile)
         except ConfigError as exc:
             log.warning("%s; falling back to sliding-window Grad-CAM", exc)
             target = CamTarget(**{**asdict(target), "method": "gradcam", "dense": None})
-    return sliding_gradcam(model, image01, target, stride=stride, valid=valid, batch_size=batch_size)
+    return sliding_gradcam(model, image, target, stride=stride, valid=valid, batch_size=batch_size)
 
 
 # =========================================================================================== explain
@@ -589,7 +624,7 @@ def explain_image(loaded: LoadedModel, item: ImageToExplain, out: Path, *, chain
     t0 = time.perf_counter()
     target = target or loaded.cam_target()
     image, lesion, breast = _prepare(item, chain)
-    scaled = model_range(image)
+    scaled = model_range(image, target.value_range)
     cam = compute_cam(loaded.model, scaled, target, stride=stride, tile=tile, valid=breast)
     del scaled
     cam01 = normalise_map(cam, breast)

@@ -68,8 +68,8 @@ PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
 KFP_METRICS_FILE = "classification_metrics.json"
 FIGURES = ("roc.png", "pr.png", "confusion.png", "confusion_normalised.png", "calibration.png")
-TIE_BREAK = ("a tied vote (as many tumour as normal patches) is broken by the ROI's mean P(tumour) >= threshold, "
-             "so exact ties go to tumour")
+TIE_BREAK = ("a tied vote (possible only with an even number of patches) goes to the positive class when the ROI's "
+             "mean P(positive) is at or above the threshold, else to the negative class")
 
 METRICS_DOC = """\
 metrics.json (kind "mammoflow.evaluation", evaluation_schema_version 1):
@@ -132,8 +132,43 @@ class LoadedModel:
     def cam_target(self, method: str | None = None, layer: str | None = None) -> CamTarget:
         from mammoflow.evaluation.cam import cam_target
 
+        if layer is None and method != "cam":
+            layer = self.registry_cam_layer()
         return cam_target(self.model, patch_size=self.patch_size, centring=self.centring, layer=layer,
-                          method=method, positive_index=self.positive_index)  # type: ignore[arg-type]
+                          method=method, positive_index=self.positive_index,  # type: ignore[arg-type]
+                          value_range=self.input_config().value_range)
+
+    def registry_cam_layer(self) -> str | None:
+        """The CAM layer the model registry names for this architecture (a loaded .keras file carries no registry
+        metadata, so the model is built again, untrained, from its config to read it); None when unknown."""
+        from mammoflow.errors import MammoflowError
+        from mammoflow.models import create_model, model_meta
+
+        if self.config is None:
+            return None
+        try:
+            twin = create_model(self.config.model.name, input_shape=tuple(self.model.input_shape[1:]),
+                                num_classes=int(self.model.output_shape[-1]), weights="none",
+                                **self.config.model.params)
+        except (MammoflowError, ValueError, TypeError) as exc:
+            log.debug("no registry CAM layer for %s: %s", self.name, exc)
+            return None
+        layer = model_meta(twin).cam_layer
+        names = {lay.name for lay in self.model.layers}
+        return layer if layer in names else None
+
+    def input_config(self, batch_size: int | None = None) -> Any:
+        """The :class:`~mammoflow.dataset.pipeline.InputConfig` the model was validated with during training."""
+        from mammoflow.dataset.pipeline import InputConfig
+
+        if self.config is not None:
+            d = self.config.data
+            return InputConfig(patch_size=d.patch_size, patches_per_roi=dict(d.patches_per_roi),
+                               channels=d.channels, centring=d.centring,  # type: ignore[arg-type]
+                               eval_grid=tuple(d.eval_grid), batch_size=batch_size or d.batch_size,  # type: ignore[arg-type]
+                               seed=self.config.seed)
+        return InputConfig(patch_size=self.patch_size, channels=int(self.model.input_shape[-1]),
+                           batch_size=batch_size or 32)
 
     def describe(self) -> dict[str, Any]:
         from mammoflow.config import to_dict
@@ -260,25 +295,13 @@ def _shard_metadata(shard_paths: Sequence[str | Path]) -> dict[str, dict[str, An
     return meta
 
 
-def _input_config(loaded: LoadedModel, batch_size: int | None) -> Any:
-    from mammoflow.dataset.pipeline import InputConfig
-
-    if loaded.config is not None:
-        d = loaded.config.data
-        return InputConfig(patch_size=d.patch_size, channels=d.channels, centring=d.centring,
-                           eval_grid=tuple(d.eval_grid), batch_size=batch_size or d.batch_size,
-                           seed=loaded.config.seed)
-    return InputConfig(patch_size=loaded.patch_size, channels=int(loaded.model.input_shape[-1]),
-                       batch_size=batch_size or 32)
-
-
 def predict_patches(loaded: LoadedModel, shard_paths: Sequence[str | Path], split: str,
                     batch_size: int | None = None) -> pd.DataFrame:
     """One row per grid patch: ids, patch index and origin, label, softmax outputs and P(positive)."""
     from mammoflow.dataset.pipeline import eval_dataset, grid_patch_origins
     from mammoflow.logs import progress
 
-    cfg = _input_config(loaded, batch_size)
+    cfg = loaded.input_config(batch_size)
     meta = _shard_metadata(shard_paths)
     ids: list[str] = []
     outputs: list[np.ndarray] = []
@@ -296,7 +319,7 @@ def predict_patches(loaded: LoadedModel, shard_paths: Sequence[str | Path], spli
     for ex_id, k in zip(df["example_id"], df["patch_index"], strict=True):
         if ex_id not in origins:
             shape = meta[ex_id]["roi_shape"]
-            origins[ex_id] = [tuple(o) for o in grid_patch_origins(shape, cfg.patch_size, tuple(cfg.eval_grid))]
+            origins[ex_id] = [(int(r), int(c)) for r, c in grid_patch_origins(shape, cfg.patch_size, cfg.eval_grid)]
         grid = origins[ex_id]
         r, c = grid[k] if k < len(grid) else (None, None)
         rows.append(r)
@@ -316,11 +339,15 @@ def predict_images(loaded: LoadedModel, shard_paths: Sequence[str | Path], split
     from mammoflow.dataset.pipeline import whole_image_dataset
     from mammoflow.logs import progress
 
-    cfg = _input_config(loaded, batch_size)
+    cfg = loaded.input_config(batch_size)
+    size = loaded.config.data.image_size if loaded.config is not None else None
+    size = size or loaded.model.input_shape[1]
+    if not size:
+        raise ConfigError(f"{loaded.uri}: whole-image model without data.image_size in its config.yaml")
     meta = _shard_metadata(shard_paths)
     ids: list[str] = []
     outputs: list[np.ndarray] = []
-    for x, _y, example_ids in progress(whole_image_dataset(list(map(str, shard_paths)), cfg, training=False),
+    for x, _y, example_ids in progress(whole_image_dataset(list(map(str, shard_paths)), cfg, int(size)),
                                        desc=f"predict {split}", unit="batch"):
         outputs.append(np.asarray(loaded.model.predict_on_batch(x), np.float64))
         ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in np.asarray(example_ids).tolist())
@@ -547,7 +574,7 @@ def predictions_table(tables: Tables, model_name: str) -> pd.DataFrame:
         p.insert(1, "id", p["example_id"] + "#p" + p["patch_index"].astype(str).str.zfill(2))
         p["pred"] = (p["prob"] >= 0.5).astype("Int64")
         parts.append(p)
-    u = tables.units.copy()
+    u = tables.units.drop(columns=["mean_prob"], errors="ignore")  # equal to prob for ROIs
     u.insert(0, "level", "roi" if tables.patches is not None else "image")
     u.insert(1, "id", u["example_id"])
     if "decision" in u.columns:
@@ -573,7 +600,7 @@ def predictions_table(tables: Tables, model_name: str) -> pd.DataFrame:
         if column in out.columns:
             out[column] = out[column].astype("Int64")
     for column in out.columns:
-        if out[column].dtype == object:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
             out[column] = out[column].astype("string")
     return out
 

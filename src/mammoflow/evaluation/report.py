@@ -482,8 +482,8 @@ def build_context(inputs: Inputs, n_worst: int = 8, cache_dir: str | Path | None
                        f"P({single['positive_class']}) moves (ROI curves from the mean patch probability).",
             "pr.png": f"Precision-recall curves on the {split} split; the dashed line is the prevalence (chance).",
             "confusion.png": f"{what} decisions on the {split} split (counts; rows = truth, columns = model).",
-            "confusion_normalised.png": f"The same, as the share of each true class (the diagonal holds "
-                                        f"specificity and sensitivity).",
+            "confusion_normalised.png": "The same, as the share of each true class (the diagonal holds "
+                                        "specificity and sensitivity).",
             "calibration.png": f"Reliability on the {split} split: of the cases given probability p, the share "
                                f"that were {single['positive_class']} (on the diagonal = honest probabilities).",
         }

@@ -11,13 +11,14 @@ from mammoflow.models.registry import (
     ModelInfo,
     ModelMeta,
     ModelParts,
+    attach_meta,
     create_model,
     get_model_info,
     list_models,
     model_meta,
     register_model,
 )
-from mammoflow.models.split import set_backbone_trainable, split_frozen_backbone
+from mammoflow.models.split import head_variable_paths, set_backbone_trainable, split_frozen_backbone
 
 # Importing the builder modules registers their models.
 from mammoflow.models import compact, jaamour2023, xi2018, yu2020  # noqa: E402, F401  isort: skip
@@ -26,8 +27,10 @@ __all__ = [
     "ModelInfo",
     "ModelMeta",
     "ModelParts",
+    "attach_meta",
     "create_model",
     "get_model_info",
+    "head_variable_paths",
     "list_models",
     "model_meta",
     "register_model",

@@ -108,6 +108,18 @@ class ModelMeta(ModelParts):
             return v
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
+        """The inverse of :meth:`to_dict` (e.g. read back from a run folder's JSON)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"model metadata has unknown key(s) {unknown}. Fix: use ModelMeta.to_dict() output")
+        def tuples(mapping: dict[str, Any]) -> dict[str, Any]:  # JSON/YAML lists back to tuples, as built
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()}
+        fixed = tuples({k: v for k, v in data.items() if k != "params"})
+        return cls(**fixed, params=tuples(data.get("params", {})))
+
 
 _REGISTRY: dict[str, ModelInfo] = {}
 _FAMILY_ORDER = {"yu2020": 0, "jaamour2023": 1, "xi2018": 2, "mammoflow": 3}
@@ -156,8 +168,9 @@ def create_model(name: str, *, input_shape: tuple[int | None, ...] | list | None
     ``backbone_weights``: a local path / ``gs://`` URI of a backbone-only file in the ``keras.applications``
     format (e.g. a mirrored ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``), for clusters without
     internet; it replaces ``weights="imagenet"`` and cannot be combined with ``weights``.
-    ``trainable_backbone=False`` freezes the pretrained backbone (the papers' setting); models trained from
-    scratch have no backbone and are always fully trainable. ``seed`` seeds Keras' initialisers (it sets Keras'
+    ``trainable_backbone=False`` freezes the pretrained backbone (the papers' setting); ``True`` unfreezes it
+    but keeps its BatchNormalization layers in inference mode (see :func:`set_backbone_trainable`); models
+    trained from scratch have no backbone and are always fully trainable. ``seed`` seeds Keras' initialisers (it sets Keras'
     global seed, the only way to seed ``keras.applications``). ``params`` are the builder's own parameters,
     listed by ``mammoflow models --show NAME``.
     """
@@ -180,10 +193,12 @@ def create_model(name: str, *, input_shape: tuple[int | None, ...] | list | None
     if backbone_weights and kind != "none":
         raise ConfigError(f"model {name!r}: give either weights ({weights!r}) or backbone_weights, not both")
 
+    # Resolve (and fetch) files before building, so a wrong path fails fast.
     if backbone_weights:
         backbone_source: str | None = str(weights_io.local_file(backbone_weights, suffixes=(".h5",)))
     else:
         backbone_source = "imagenet" if kind == "imagenet" else None
+    whole_path = None if whole_uri is None else weights_io.local_file(whole_uri, suffixes=(".weights.h5",))
     if seed is not None:
         import keras
         keras.utils.set_random_seed(seed)
@@ -196,8 +211,8 @@ def create_model(name: str, *, input_shape: tuple[int | None, ...] | list | None
                      backbone=info.backbone, params={**accepted, **call})
     model.mammoflow_meta = meta
     set_backbone_trainable(model, bool(trainable_backbone))
-    if whole_uri is not None:
-        weights_io.load_model_weights(model, weights_io.local_file(whole_uri, suffixes=(".weights.h5",)), name)
+    if whole_path is not None:
+        weights_io.load_model_weights(model, whole_path, name)
     elif parts.backbone_layers and backbone_source is None and not trainable_backbone:
         log.warning("%s: the backbone is frozen but has random weights (weights: none); fine for tests, "
                     "not for results", name)
@@ -211,8 +226,24 @@ def model_meta(model: keras.Model) -> ModelMeta:
     meta = getattr(model, "mammoflow_meta", None)
     if not isinstance(meta, ModelMeta):
         raise ConfigError(f"model {getattr(model, 'name', model)!r} was not built by mammoflow.models.create_model "
-                          "and has no metadata. Fix: build it with create_model(name, ...)")
+                          "and has no metadata. Fix: build it with create_model(name, ...); after "
+                          "keras.models.load_model, call attach_meta(model, saved ModelMeta.to_dict())")
     return meta
+
+
+def attach_meta(model: keras.Model, meta: ModelMeta | dict[str, Any]) -> keras.Model:
+    """Give a model its metadata back, e.g. after ``keras.models.load_model`` (a ``.keras`` file keeps the layers
+    but not Python attributes). ``meta`` is a :class:`ModelMeta` or its :meth:`ModelMeta.to_dict` form; every layer
+    it names must exist in ``model``."""
+    if isinstance(meta, dict):
+        meta = ModelMeta.from_dict(meta)
+    names = {layer.name for layer in model.layers}
+    missing = sorted({*meta.backbone_layers, *meta.taps, *meta.head_inputs, meta.cam_layer} - names)
+    if missing:
+        raise ConfigError(f"model {model.name!r} does not match the metadata of {meta.name!r}: no layer(s) "
+                          f"{missing[:5]}. Fix: attach the metadata saved with this model")
+    model.mammoflow_meta = meta
+    return model
 
 
 def check_input_shape(shape: Any, name: str) -> InputShape:

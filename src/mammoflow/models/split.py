@@ -35,6 +35,15 @@ def set_backbone_trainable(model: keras.Model, trainable: bool, keep_bn_frozen: 
     model.mammoflow_meta = dataclasses.replace(meta, trainable_backbone=trainable)
 
 
+def head_variable_paths(model: keras.Model) -> list[str]:
+    """Names of the layers with weights outside the pretrained backbone: the new layers a paper trains at a
+    higher rate (Xi et al. 2018: the new head at 20x). Keras variable paths start with these names
+    (``predictions/kernel``). For a model trained from scratch this is every layer with weights."""
+    meta = model_meta(model)
+    backbone = set(meta.backbone_layers)
+    return [layer.name for layer in model.layers if layer.weights and layer.name not in backbone]
+
+
 def split_frozen_backbone(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """``(backbone, head)`` with ``head(backbone(x)) == model(x)``.
 

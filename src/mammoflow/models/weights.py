@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from mammoflow import storage
 from mammoflow.errors import ConfigError
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WeightsKind = str  # "none" | "imagenet" | "file"
+WeightsKind = Literal["none", "imagenet", "file"]
 
 
 def parse_weights(weights: str | os.PathLike | None) -> tuple[WeightsKind, str | None]:

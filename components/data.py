@@ -1,0 +1,128 @@
+"""Data components: demo data or a real source -> ingest -> preprocess -> build-dataset.
+
+No ``from __future__ import annotations`` here: KFP reads the artifact types from the live annotations. Each
+function is shipped alone (see the package docstring), so it imports what it uses inside its body.
+"""
+
+from typing import NamedTuple
+
+from kfp.dsl import Dataset, Input, Output
+
+
+def demo_data(storage_root: str, n_images: int, seed: int, phantoms: Output[Dataset]
+              ) -> NamedTuple("DataSource", [("source", str), ("data_root", str)]):
+    """Write the built-in MIAS-like phantom mammograms (known lesions) under the storage root.
+
+    Args:
+        storage_root: Local folder or gs:// prefix; the images go to raw/phantoms-n<N>-s<seed>/.
+        n_images: Number of 1024x1024 phantom mammograms (pairs of breasts of one synthetic patient).
+        seed: The same seed writes the same images.
+        phantoms: Their ground truth (ground_truth.json, Info.txt); metadata uri points at the images.
+
+    Returns:
+        source: the reader to ingest them with (mias); data_root: where they are.
+    """
+    import logging
+    import os
+
+    from mammoflow import workflow
+    from mammoflow.logs import setup_logging
+
+    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    uri = workflow.phantoms_uri(storage_root, n_images, seed)
+    summary = workflow.demo_data(uri, n_images, seed)
+    workflow.copy_files(uri, phantoms.path, ("ground_truth.json", "Info.txt"))
+    phantoms.metadata.update({**summary, "uri": uri})
+    logging.getLogger("mammoflow.components").info("phantoms at %s: %s", uri, summary)
+    return summary["source"], uri
+
+
+def locate_data(source: str, data_root: str) -> NamedTuple("DataSource", [("source", str), ("data_root", str)]):
+    """Check that a real dataset is where the run says before any work starts.
+
+    Args:
+        source: Reader name: mias, mias-rois, cbis-ddsm or dicom-dir.
+        data_root: The dataset's folder, zip file or gs:// URI.
+
+    Returns:
+        source and data_root (local paths made absolute).
+    """
+    import os
+
+    from mammoflow import workflow
+    from mammoflow.logs import setup_logging
+
+    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    return source, workflow.locate_data(source, data_root)
+
+
+def ingest(source: str, data_root: str, records: Output[Dataset]):
+    """Read a dataset into a records folder: records, quarantine (with the fix for each bad file) and counts.
+
+    Args:
+        source: Reader name (mias, mias-rois, cbis-ddsm, dicom-dir).
+        data_root: The dataset's folder, zip or gs:// URI (fetched into a local cache when remote).
+        records: The records folder (records.jsonl, quarantine.jsonl/.md, ingest_summary.json).
+    """
+    import os
+
+    from mammoflow import workflow
+    from mammoflow.logs import setup_logging
+
+    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    summary = workflow.ingest(source, data_root, records.path)
+    records.metadata.update({"source": source, "data_root": data_root, "read": summary["read"],
+                             "used": summary["used"], "quarantined": summary["quarantined"],
+                             "labels": summary["labels"], "patients": summary["patients"]})
+
+
+def preprocess(records: Input[Dataset], source: str, preset: str, preprocess_config: str,
+               preprocessed: Output[Dataset]):
+    """Apply a preprocessing chain to every image; lesion coordinates and masks move with the image.
+
+    Args:
+        records: Records folder from ingest.
+        source: The reader the records came from (decides the automatic chain).
+        preset: Paper preset (yu2020, jaamour2023, xi2018).
+        preprocess_config: Chain preset or YAML; "auto" = the preset's chain, or none for released ROIs.
+        preprocessed: New records folder holding the preprocessed images.
+    """
+    import os
+
+    from mammoflow import workflow
+    from mammoflow.logs import setup_logging
+
+    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    config = workflow.preprocess_config_for(source, preset, preprocess_config)
+    summary = workflow.preprocess(records.path, config, preprocessed.path)
+    preprocessed.metadata.update({"config": config, "config_hash": summary["config_hash"],
+                                  "usable": summary["usable"], "quarantined": summary["quarantined_total"]})
+
+
+def build_dataset(records: Input[Dataset], preset: str, dataset_config: str, storage_root: str,
+                  dataset: Output[Dataset]):
+    """Cut ROIs / whole images / lesion crops, plan patient-grouped splits and write shards to object storage.
+
+    Args:
+        records: Preprocessed records folder.
+        preset: Paper preset (used when dataset_config is "auto").
+        dataset_config: Dataset preset or YAML; "auto" = preset.
+        storage_root: Local folder or gs:// prefix; shards go to datasets/<config>-<sha16>/.
+        dataset: manifest.json and split_summary.md; metadata uri = the shards' folder.
+    """
+    import json
+    import os
+
+    from mammoflow import storage, workflow
+    from mammoflow.logs import setup_logging
+
+    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    config = preset if dataset_config in ("", "auto") else dataset_config
+    result = workflow.build_dataset(records.path, config, storage_root)
+    workflow.copy_files(result.out_uri, dataset.path, ("manifest.json", "split_summary.md", "dataset_config.yaml"))
+    manifest = result.manifest
+    dataset.metadata.update({
+        "uri": result.out_uri, "config": config, "examples": manifest["examples"],
+        "classes": manifest["classes"], "counts": json.loads(json.dumps(manifest["counts"])),
+        "manifest_sha256": storage.sha256_of(storage.join(result.out_uri, "manifest.json")),
+        "quarantined": manifest["inputs"]["records_quarantined"]})

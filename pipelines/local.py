@@ -1,0 +1,112 @@
+"""Run a whole pipeline on this machine with ``kfp.local`` (``mammoflow pipeline run --local``).
+
+The very components and pipeline definitions that run on the cluster run here as subprocesses of the current
+Python (``SubprocessRunner(use_venv=False)``: mammoflow is importable, nothing is installed). Under ``root``::
+
+    root/kfp/       KFP's pipeline root: one folder per run, step and output artifact
+    root/store/     the object store (storage_root): phantoms, shards, training run folders, sweeps
+    root/cache/     local copies of remote inputs and verified shard files
+    root/report.html, root/summary.json    the last run's report and summary
+
+A sweep starts a local Ray inside its step. kfp.local ignores resources, GPUs, node selectors and retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mammoflow import storage
+from mammoflow.errors import ConfigError, MammoflowError
+from mammoflow.records import atomic_write_text
+from mammoflow.workflow import CACHE_ENV
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+
+
+class LocalRunError(MammoflowError):
+    """A step of a local pipeline run failed (its log is printed above the error)."""
+
+
+def pipeline_parameters(pipeline: Any) -> dict[str, Any]:
+    """Parameter name -> default (None when required) of a compiled-in-memory pipeline."""
+    inputs = pipeline.component_spec.inputs or {}
+    return {name: spec.default for name, spec in inputs.items()}
+
+
+def local_params(pipeline: Any, root: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a local run: ``params`` checked against the pipeline's, the storage root under
+    ``root``, the metrics endpoint off (a laptop needs no scrape target) and local data paths made absolute."""
+    known = pipeline_parameters(pipeline)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown pipeline parameter(s) {unknown}. Fix: use {', '.join(sorted(known))}")
+    out = dict(params)
+    out.setdefault("storage_root", str(root / "store"))
+    if "metrics_port" in known:
+        out.setdefault("metrics_port", 0)
+    data_root = out.get("data_root")
+    if isinstance(data_root, str) and data_root and not storage.is_remote(data_root):
+        out["data_root"] = str(Path(data_root).expanduser().absolute())
+    return out
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the steps (they inherit this process's environment), then restore."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_local(name: str, root: str | os.PathLike[str], params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run pipeline ``name`` (training, sweep) end to end under ``root``; returns the run's summary (also written
+    to ``root/summary.json``): where the report is, the headline metrics and the wall time."""
+    from kfp import local
+
+    from mammoflow.pipelines import get_pipeline
+
+    root = Path(root).expanduser().absolute()
+    pipeline = get_pipeline(name)
+    args = local_params(pipeline, root, dict(params or {}))
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"), raise_on_error=True)
+    log.info("running pipeline %s locally under %s with %s", name, root, args)
+    started = time.perf_counter()
+    with warnings.catch_warnings(), _environ(**{CACHE_ENV: os.environ.get(CACHE_ENV, str(root / "cache"))}):
+        # The steps run on the project's image name, which kfp.local cannot tell is a Python image.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        try:
+            task = pipeline(**args)
+        except RuntimeError as exc:
+            raise LocalRunError(f"local run of pipeline {name!r} failed: {exc} (the failing step's log is "
+                                "above)") from None
+    seconds = time.perf_counter() - started
+    report = root / REPORT_FILE
+    shutil.copyfile(task.outputs["report"].path, report)
+    summary: dict[str, Any] = {
+        "pipeline": name, "status": "succeeded", "report": str(report),
+        "report_artifact": task.outputs["report"].path, "storage_root": args["storage_root"],
+        "pipeline_root": str(root / "kfp"), "seconds": round(seconds, 1),
+        "metrics": dict(task.outputs["metrics"].metadata),
+    }
+    atomic_write_text(root / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary

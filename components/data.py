@@ -23,12 +23,10 @@ def demo_data(storage_root: str, n_images: int, seed: int, phantoms: Output[Data
         source: the reader to ingest them with (mias); data_root: where they are.
     """
     import logging
-    import os
 
     from mammoflow import workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     uri = workflow.phantoms_uri(storage_root, n_images, seed)
     summary = workflow.demo_data(uri, n_images, seed)
     workflow.copy_files(uri, phantoms.path, ("ground_truth.json", "Info.txt"))
@@ -47,12 +45,10 @@ def locate_data(source: str, data_root: str) -> NamedTuple("DataSource", [("sour
     Returns:
         source and data_root (local paths made absolute).
     """
-    import os
 
     from mammoflow import workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     return source, workflow.locate_data(source, data_root)
 
 
@@ -64,12 +60,10 @@ def ingest(source: str, data_root: str, records: Output[Dataset]):
         data_root: The dataset's folder, zip or gs:// URI (fetched into a local cache when remote).
         records: The records folder (records.jsonl, quarantine.jsonl/.md, ingest_summary.json).
     """
-    import os
 
     from mammoflow import workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     summary = workflow.ingest(source, data_root, records.path)
     records.metadata.update({"source": source, "data_root": data_root, "read": summary["read"],
                              "used": summary["used"], "quarantined": summary["quarantined"],
@@ -87,12 +81,10 @@ def preprocess(records: Input[Dataset], source: str, preset: str, preprocess_con
         preprocess_config: Chain preset or YAML; "auto" = the preset's chain, or none for released ROIs.
         preprocessed: New records folder holding the preprocessed images.
     """
-    import os
 
     from mammoflow import workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     config = workflow.preprocess_config_for(source, preset, preprocess_config)
     summary = workflow.preprocess(records.path, config, preprocessed.path)
     preprocessed.metadata.update({"config": config, "config_hash": summary["config_hash"],
@@ -111,12 +103,10 @@ def build_dataset(records: Input[Dataset], preset: str, dataset_config: str, sto
         dataset: manifest.json and split_summary.md; metadata uri = the shards' folder.
     """
     import json
-    import os
 
     from mammoflow import storage, workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     config = preset if dataset_config in ("", "auto") else dataset_config
     result = workflow.build_dataset(records.path, config, storage_root)
     workflow.copy_files(result.out_uri, dataset.path, ("manifest.json", "split_summary.md", "dataset_config.yaml"))

@@ -24,9 +24,8 @@ def evaluate(model: Input[Model], dataset: Input[Dataset], split: str, n_bootstr
     import os
 
     from mammoflow import workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     report = workflow.evaluate(model.path, dataset.metadata["uri"], evaluation.path, split=split,
                                n_bootstrap=n_bootstrap, seed=seed)
     for name, value in workflow.primary_metrics(report).items():
@@ -56,12 +55,10 @@ def explain(model: Input[Model], records: Input[Dataset], dataset: Input[Dataset
         cams: Overlays (PNG), raw maps (NPY), per-image JSON and explain.json.
         metrics: Pointing-game hit rate, chance rate and mean IoU over the images with known lesions.
     """
-    import os
 
     from mammoflow import workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     index = workflow.explain(model.path, records.path, cams.path, data_uri=dataset.metadata["uri"], limit=n_images)
     summary = index["summary"]
     for key in ("n_images", "n_scored", "pointing_game_rate", "chance_rate_mean", "iou_mean"):
@@ -87,9 +84,8 @@ def report(model: Input[Model], evaluation: Input[Artifact], cams: Input[Artifac
     import tempfile
 
     from mammoflow import workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     with tempfile.TemporaryDirectory(prefix="mammoflow-report-") as tmp:
         paths = workflow.report(model.path, tmp, evaluation=evaluation.path, explain=cams.path)
         os.makedirs(os.path.dirname(html.path), exist_ok=True)
@@ -111,9 +107,8 @@ def sweep_report(sweep: Input[Artifact], html: Output[HTML], markdown: Output[Ma
     import tempfile
 
     from mammoflow import workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     with tempfile.TemporaryDirectory(prefix="mammoflow-report-") as tmp:
         paths = workflow.report(sweep.metadata["uri"], tmp)
         os.makedirs(os.path.dirname(html.path), exist_ok=True)

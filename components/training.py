@@ -23,12 +23,10 @@ def train(dataset: Input[Dataset], train_config: str, train_overrides: dict, sto
         model: model.keras with config.yaml, metrics.json, run.json and history; metadata run_uri.
         metrics: Best epoch's validation and training loss and accuracy.
     """
-    import os
 
     from mammoflow import workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     out_uri = workflow.run_uri(storage_root, run_id)
     result = workflow.train(train_config, dataset.metadata["uri"], out_uri, overrides=train_overrides,
                             metrics_port=metrics_port)
@@ -60,9 +58,8 @@ def sweep(dataset: Input[Dataset], spec: str, storage_root: str, run_id: str, ra
     import os
 
     from mammoflow import workflow
-    from mammoflow.logs import setup_logging
 
-    setup_logging(os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO"))
+    workflow.setup_step_logging()
     out_uri = workflow.sweep_uri(storage_root, run_id)
     summary = workflow.sweep(spec, dataset.metadata["uri"], out_uri, address=ray_address or None,
                              max_concurrent=max_concurrent or None)

@@ -41,3 +41,14 @@ def build_pipeline(name: str, options: Any = None) -> Any:
     """The pipeline ``name`` built for :class:`~mammoflow.pipelines.options.PipelineOptions` ``options``."""
     module, _ = _module(name)
     return module.build(options)
+
+
+def check_params(pipeline: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` unchanged when every key is a parameter of ``pipeline``; a clear error lists the valid ones."""
+    from mammoflow.errors import ConfigError
+
+    known = sorted((pipeline.component_spec.inputs or {}).keys())
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown pipeline parameter(s) {unknown}. Fix: use {', '.join(known)}")
+    return params

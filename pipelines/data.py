@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mammoflow.pipelines.options import PipelineOptions, configure
-from mammoflow.workflow import PHANTOM_SOURCE
 
 
 @dataclass
@@ -32,6 +31,8 @@ def add_data_steps(ops: dict[str, Any], options: PipelineOptions, *, source: Any
                    seed: Any) -> DataSteps:
     """Add the data steps to the pipeline being defined; the arguments are its pipeline parameters."""
     from kfp import dsl
+
+    from mammoflow.workflow import PHANTOM_SOURCE
 
     with dsl.If(source == PHANTOM_SOURCE, name="built-in-phantoms"):
         demo = configure(ops["demo_data"](storage_root=storage_root, n_images=n_demo_images, seed=seed),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mammoflow import storage
-from mammoflow.errors import ConfigError, MammoflowError
+from mammoflow.errors import MammoflowError
 from mammoflow.records import atomic_write_text
 from mammoflow.workflow import CACHE_ENV
 
@@ -39,22 +39,14 @@ class LocalRunError(MammoflowError):
     """A step of a local pipeline run failed (its log is printed above the error)."""
 
 
-def pipeline_parameters(pipeline: Any) -> dict[str, Any]:
-    """Parameter name -> default (None when required) of a compiled-in-memory pipeline."""
-    inputs = pipeline.component_spec.inputs or {}
-    return {name: spec.default for name, spec in inputs.items()}
-
-
 def local_params(pipeline: Any, root: Path, params: dict[str, Any]) -> dict[str, Any]:
     """The parameters of a local run: ``params`` checked against the pipeline's, the storage root under
     ``root``, the metrics endpoint off (a laptop needs no scrape target) and local data paths made absolute."""
-    known = pipeline_parameters(pipeline)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown pipeline parameter(s) {unknown}. Fix: use {', '.join(sorted(known))}")
-    out = dict(params)
+    from mammoflow.pipelines import check_params
+
+    out = dict(check_params(pipeline, params))
     out.setdefault("storage_root", str(root / "store"))
-    if "metrics_port" in known:
+    if "metrics_port" in (pipeline.component_spec.inputs or {}):
         out.setdefault("metrics_port", 0)
     data_root = out.get("data_root")
     if isinstance(data_root, str) and data_root and not storage.is_remote(data_root):
@@ -81,7 +73,6 @@ def run_local(name: str, root: str | os.PathLike[str], params: dict[str, Any] | 
     """Run pipeline ``name`` (training, sweep) end to end under ``root``; returns the run's summary (also written
     to ``root/summary.json``): where the report is, the headline metrics and the wall time."""
     from kfp import local
-
     from mammoflow.pipelines import get_pipeline
 
     root = Path(root).expanduser().absolute()

@@ -21,7 +21,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from mammoflow.components import default_images
 from mammoflow.errors import ConfigError
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -105,6 +104,7 @@ class PipelineOptions:
     gcs_secret: str = ""  # Secret with a service-account key.json, mounted when Workload Identity is not used
     salt_secret: str = SALT_SECRET  # Secret with MAMMOFLOW_SALT for ingest (optional: absent = public salt)
     storage_root: str = ""  # default of the storage_root parameter; "" = $MAMMOFLOW_STORAGE_ROOT
+    caching: bool = True  # False: no step is ever taken from KFP's cache (e.g. after deleting a storage root)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> PipelineOptions:
@@ -127,6 +127,8 @@ class PipelineOptions:
 
     def images(self) -> tuple[str, str]:
         """(CPU image, image of the GPU stages)."""
+        from mammoflow.components import default_images
+
         cpu, gpu = default_images()
         cpu = self.image or cpu
         return cpu, (self.gpu_image or gpu) if self.gpu else cpu
@@ -145,7 +147,7 @@ def configure(task: Any, stage: str, options: PipelineOptions) -> Any:
     task.set_display_name(stage.replace("_", "-"))
     task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory).set_memory_limit(res.memory_limit)
-    task.set_caching_options(CACHING[stage])
+    task.set_caching_options(CACHING[stage] and options.caching)
     task.set_env_variable("MAMMOFLOW_LOG_LEVEL", "INFO")
     task.set_env_variable("TF_CPP_MIN_LOG_LEVEL", "2")
     if stage in RETRIES:

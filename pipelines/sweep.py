@@ -23,7 +23,10 @@ def build(options: PipelineOptions | None = None) -> Any:
 
     options = options or PipelineOptions.from_env()
     ops = options.components()
-    outputs = NamedTuple("Outputs", [("report", HTML), ("metrics", Metrics)])
+
+    class Outputs(NamedTuple):
+        report: HTML
+        metrics: Metrics
 
     @dsl.pipeline(name=NAME, description="An ablation sweep on Ray Tune with early stopping: built-in phantoms or "
                   "a real dataset -> ingest -> preprocess -> shards -> sweep -> HTML report.")
@@ -35,11 +38,11 @@ def build(options: PipelineOptions | None = None) -> Any:
         dataset_config: str = "auto",
         spec: str = "demo",
         storage_root: str = options.storage_root,
-        n_demo_images: int = 24,
+        n_demo_images: int = 96,
         seed: int = 0,
         ray_address: str = "",
         max_concurrent: int = 0,
-    ) -> outputs:
+    ) -> Outputs:
         """Args:
             source: phantoms (built-in demo data) or a reader: mias, mias-rois, cbis-ddsm, dicom-dir.
             data_root: The real dataset's folder, zip or gs:// URI (unused for phantoms).
@@ -60,7 +63,7 @@ def build(options: PipelineOptions | None = None) -> Any:
                                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, ray_address=ray_address,
                                        max_concurrent=max_concurrent), "sweep", options)
         report = configure(ops["sweep_report"](sweep=sweep.outputs["results"]), "sweep_report", options)
-        return outputs(report=report.outputs["html"], metrics=sweep.outputs["metrics"])
+        return Outputs(report=report.outputs["html"], metrics=sweep.outputs["metrics"])
 
     return sweep_pipeline
 

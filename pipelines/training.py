@@ -24,7 +24,10 @@ def build(options: PipelineOptions | None = None) -> Any:
 
     options = options or PipelineOptions.from_env()
     ops = options.components()
-    outputs = NamedTuple("Outputs", [("report", HTML), ("metrics", Metrics)])
+
+    class Outputs(NamedTuple):
+        report: HTML
+        metrics: Metrics
 
     @dsl.pipeline(name=NAME, description="Train, evaluate and explain one mammography classifier: built-in "
                   "phantoms or a real dataset -> ingest -> preprocess -> shards -> train -> voting evaluation "
@@ -38,13 +41,13 @@ def build(options: PipelineOptions | None = None) -> Any:
         train_config: str = "demo",
         train_overrides: dict = {},  # noqa: B006 - KFP reads parameter defaults from the signature
         storage_root: str = options.storage_root,
-        n_demo_images: int = 24,
+        n_demo_images: int = 96,
         seed: int = 0,
         split: str = "test",
         n_bootstrap: int = 2000,
         n_explain: int = 4,
         metrics_port: int = METRICS_PORT,
-    ) -> outputs:
+    ) -> Outputs:
         """Args:
             source: phantoms (built-in demo data) or a reader: mias, mias-rois, cbis-ddsm, dicom-dir.
             data_root: The real dataset's folder, zip or gs:// URI (unused for phantoms).
@@ -75,7 +78,7 @@ def build(options: PipelineOptions | None = None) -> Any:
                                            n_images=n_explain), "explain", options)
         report = configure(ops["report"](model=model, evaluation=evaluate.outputs["evaluation"],
                                          cams=explain.outputs["cams"]), "report", options)
-        return outputs(report=report.outputs["html"], metrics=evaluate.outputs["metrics"])
+        return Outputs(report=report.outputs["html"], metrics=evaluate.outputs["metrics"])
 
     return training_pipeline
 

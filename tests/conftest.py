@@ -43,3 +43,20 @@ def cbis_csvs(shared_data: Path) -> list[Path]:
     if len(files) != 4:
         pytest.skip(f"expected the 4 official CBIS-DDSM CSVs in {folder}, found {len(files)}")
     return files
+
+
+@pytest.fixture(scope="session")
+def phantom_dataset(tmp_path_factory) -> Path:
+    """A small ROI dataset (Yu's preset) built from 48 MIAS-like phantoms through the real stages:
+    demo data -> ingest -> preprocess -> build-dataset. Returns the dataset folder (holds manifest.json)."""
+    from mammoflow.dataset.build import build_dataset
+    from mammoflow.preprocess.run import preprocess_records
+    from mammoflow.sources import SourceOptions, read_source
+    from mammoflow.synth.phantoms import write_mias_dataset
+
+    base = tmp_path_factory.mktemp("phantom_dataset")
+    write_mias_dataset(base / "raw", n_images=48, seed=11)
+    read_source("mias", SourceOptions(root=base / "raw")).write(base / "records")
+    preprocess_records(base / "records", "yu2020", base / "pre")
+    build_dataset(base / "pre", "yu2020", str(base / "data"))
+    return base / "data"

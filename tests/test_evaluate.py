@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401  (fixtures)
 from tests.test_evaluate_support import GRID, PATCH, ROI_SIDE, train_tiny_run, write_tiny_dataset
 
 from mammoflow.cli import cli
@@ -153,6 +154,45 @@ def test_cross_validation_fold_of_each(tiny, tmp_path):
         rois = pd.read_parquet(out / f"fold{k}" / "predictions.parquet").query("level == 'roi'")
         assert len(rois) == 12 and (rois["fold"] == k).all()
     assert (out / "roc.png").exists()
+
+
+def test_run_and_data_in_object_storage(tiny, evaluated, request, tmp_path):
+    """A gs:// run folder and a gs:// dataset (a real GCS emulator) give the same predictions as local ones."""
+    from mammoflow import storage
+
+    bucket = request.getfixturevalue("gcs_bucket")
+
+    for folder, prefix in ((tiny["run"], "runs/tiny"), (tiny["data"], "datasets/tiny")):
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder).as_posix()
+            if path.is_file() and not rel.startswith(("checkpoints/", "tensorboard/")):
+                storage.put_file(path, storage.join(bucket, prefix, rel))
+    out = tmp_path / "remote"
+    report = ev.evaluate(f"{bucket}/runs/tiny", f"{bucket}/datasets/tiny", out, n_bootstrap=50,
+                         cache_dir=tmp_path / "cache")
+    assert report["model"]["run_uri"] == f"{bucket}/runs/tiny" and report["model"]["name"] == "compact_fusion"
+    local = pd.read_parquet(evaluated / "predictions.parquet").query("level == 'patch'").set_index("id")["prob"]
+    remote = pd.read_parquet(out / "predictions.parquet").query("level == 'patch'").set_index("id")["prob"]
+    np.testing.assert_allclose(remote[local.index], local, atol=1e-6)
+
+
+def test_sweep_folder_as_model(tiny, tmp_path):
+    """`--model SWEEP` evaluates every finished trial of a sweep folder (trials/<cell>/model.keras)."""
+    sweep = tmp_path / "sweep"
+    for cell in ("model.name=a", "model.name=b"):
+        shutil.copytree(tiny["run"], sweep / "trials" / cell, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    (sweep / "trials" / "unfinished").mkdir()
+    (sweep / "results.csv").write_text("trial,status\n")
+    assert ev.is_sweep_folder(str(sweep))
+    assert [Path(r).name for r in ev.sweep_trials(str(sweep))] == ["model.name=a", "model.name=b"]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["evaluate", "--model", str(sweep), "--data", str(tiny["data"]), "--out",
+                                      str(out), "--n-bootstrap", "20", "--cache-dir", str(tiny["cache"])])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "metrics.json").read_text())
+    assert [r["name"] for r in doc["runs"]] == ["model.name=a", "model.name=b"]
+    (group,) = doc["groups"].values()  # identical configs: one group, zero spread
+    assert group["levels"]["roi"]["metrics"]["accuracy"]["std"] == 0.0
 
 
 def test_whole_image_model(tmp_path):

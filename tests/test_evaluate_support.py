@@ -27,8 +27,12 @@ def roi_image(rng: np.random.Generator, tumour: bool, contrast: float = 26.0) ->
 
 
 def write_tiny_dataset(out: Path, seed: int = 0, patients: dict[str, int] | None = None, folds: int = 0,
-                       contrast: float = 26.0) -> Path:
-    """Shards + manifest under ``out``: per split, ``patients[split]`` patients with an L and an R ROI."""
+                       contrast: float = 26.0, faint_test_every: int = 0) -> Path:
+    """Shards + manifest under ``out``: per split, ``patients[split]`` patients with an L and an R ROI.
+
+    ``faint_test_every`` k > 0: every k-th tumour ROI of the test split gets a nearly invisible blob, so even a
+    good model misses some tumours with confidence (for the report's worst false negatives).
+    """
     from mammoflow.dataset import shards
 
     patients = patients or {"train": 20, "val": 8, "test": 10}
@@ -36,16 +40,19 @@ def write_tiny_dataset(out: Path, seed: int = 0, patients: dict[str, int] | None
     results = []
     for split, n in patients.items():
         examples = []
+        n_tumours = 0
         for p in range(n):
             pid = f"{split}-p{p:02d}"
             for side in "LR":
                 tumour = (p + (side == "R")) % 3 == 0
                 label = int(tumour)
                 fold = p % folds if folds and split == "train" else -1
+                n_tumours += tumour
+                faint = tumour and split == "test" and faint_test_every and n_tumours % faint_test_every == 0
                 examples.append(shards.Example(
                     example_id=f"{pid}:{side}#roi", record_id=f"{pid}:{side}", patient_id=pid,
                     breast_id=f"{pid}:{side}", label=label, label_name=("normal", "tumour")[label], split=split,
-                    fold=fold, image=roi_image(rng, tumour, contrast)))
+                    fold=fold, image=roi_image(rng, tumour, contrast / 8 if faint else contrast)))
         results.append(shards.write_split(examples, str(out), split))
     shards.write_manifest(str(out), shards.build_manifest(results, config={"mode": "roi", "label_scheme": "binary"}))
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -43,6 +44,8 @@ def cli(log_level: str) -> None:
 
 
 def main() -> None:
+    # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is not for users; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         cli(standalone_mode=False)
     except click.exceptions.Exit as exc:

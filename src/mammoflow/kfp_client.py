@@ -3,14 +3,24 @@ before any request, so a typo in a cron expression fails on the laptop, not at 2
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import hashlib
 import logging
 import re
+import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mammoflow import __version__
 from mammoflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: The Kubernetes service account of the runs' pods (k8s/base/rbac.yaml; Workload Identity maps it to GCS).
+SERVICE_ACCOUNT = "mammoflow-pipeline-runner"
 
 _FIELDS = (("second", 0, 59), ("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
            ("day of week", 0, 6))
@@ -60,39 +70,100 @@ def _part_ok(part: str, lo: int, hi: int, names: dict[str, int]) -> bool:
     return len(values) == 1 or values[0] <= values[1]
 
 
-def make_client(host: str, token: str | None = None, in_cluster: bool = False, namespace: str = "kubeflow"):
-    """A kfp.Client: ``token`` for a bearer token (e.g. from `gcloud auth print-access-token` or a service account),
-    ``in_cluster`` to use the pod's service-account token (KFP's ServiceAccountTokenVolumeCredentials)."""
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """kfp.Client prints links to stdout; send them to stderr so that stdout holds only the command's result."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def make_client(host: str, token: str | None = None, in_cluster: bool = False, namespace: str | None = None):
+    """A kfp.Client after a health check.
+
+    ``token``: a bearer token (e.g. ``gcloud auth print-access-token`` or a service account's); ``in_cluster``: the
+    pod's service-account token (KFP's ServiceAccountTokenVolumeCredentials). ``namespace``: the KFP profile
+    namespace of a multi-user deployment (e.g. ``mammoflow``); None for single-user KFP.
+    """
     import kfp
 
+    if not host.startswith(("http://", "https://")):
+        raise ConfigError(f"--host {host!r}: give the KFP API endpoint with its scheme, e.g. https://HOST/pipeline "
+                          "or http://localhost:8080 for a port-forward")
     credentials = None
     if in_cluster:
         from kfp.client import ServiceAccountTokenVolumeCredentials
 
         credentials = ServiceAccountTokenVolumeCredentials(path=None)
-    return kfp.Client(host=host, existing_token=token, credentials=credentials, namespace=namespace)
+    with _quiet_stdout(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This client only works with", category=FutureWarning)
+        try:
+            # Without a namespace the client itself asks healthz whether the deployment is multi-user.
+            client = kfp.Client(host=host, existing_token=token, credentials=credentials,
+                                namespace=namespace or "kubeflow")
+            health = client.get_kfp_healthz(sleep_duration=1)
+        except Exception as exc:  # urllib3 and the generated API client raise many types
+            raise ConfigError(f"cannot reach the KFP API at {host} ({type(exc).__name__}: {exc}). Fix: check --host "
+                              "(port-forward: kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80) and "
+                              "--token") from None
+    if health.multi_user and not namespace:
+        raise ConfigError(f"{host} is a multi-user Kubeflow deployment. Fix: pass --namespace with your profile "
+                          "namespace (e.g. mammoflow)")
+    return client
 
 
 def submit(package: Path, host: str, *, experiment: str = "mammoflow", params: dict[str, Any] | None = None,
            run_name: str | None = None, token: str | None = None, in_cluster: bool = False,
-           service_account: str | None = None) -> str:
-    """Upload a compiled pipeline and start one run; returns the run id."""
-    client = make_client(host, token, in_cluster)
-    result = client.create_run_from_pipeline_package(str(package), arguments=params or {}, run_name=run_name,
-                                                     experiment_name=experiment, service_account=service_account)
+           namespace: str | None = None, service_account: str | None = SERVICE_ACCOUNT) -> str:
+    """Start one run of a compiled pipeline (the spec travels in the run); returns the run id."""
+    client = make_client(host, token, in_cluster, namespace)
+    with _quiet_stdout():
+        result = client.create_run_from_pipeline_package(
+            str(package), arguments=params or {}, run_name=run_name, experiment_name=experiment,
+            namespace=namespace, service_account=service_account or None)
     log.info("submitted run %s to %s (experiment %s)", result.run_id, host, experiment)
     return result.run_id
 
 
-def schedule(package: Path, host: str, cron: str, *, job_name: str, experiment: str = "mammoflow",
-             params: dict[str, Any] | None = None, token: str | None = None, in_cluster: bool = False,
-             service_account: str | None = None) -> str:
-    """Create a recurring run: no catch-up of missed runs, at most one run at a time. Returns its id."""
+def package_version(package: Path) -> str:
+    """A pipeline version name: code version, content hash and UTC time (unique, sortable, traceable)."""
+    digest = hashlib.sha256(Path(package).read_bytes()).hexdigest()[:12]
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{__version__}-{stamp}-{digest}"
+
+
+def upload(client: Any, package: Path, name: str, description: str = "") -> tuple[str, str]:
+    """Upload a compiled pipeline as a new version of pipeline ``name`` (created when missing), so the KFP UI
+    lists what a schedule runs. Returns (pipeline id, version id)."""
+    version = package_version(package)
+    with _quiet_stdout():
+        pipeline_id = client.get_pipeline_id(name)
+        if pipeline_id is None:
+            pipeline = client.upload_pipeline(str(package), pipeline_name=name, description=description or None)
+            versions = client.list_pipeline_versions(pipeline.pipeline_id, page_size=1, sort_by="created_at desc")
+            if not versions.pipeline_versions:
+                raise ConfigError(f"pipeline {name!r} was uploaded but the server lists no version of it")
+            return pipeline.pipeline_id, versions.pipeline_versions[0].pipeline_version_id
+        created = client.upload_pipeline_version(str(package), version, pipeline_id=pipeline_id,
+                                                 description=description or None)
+    return pipeline_id, created.pipeline_version_id
+
+
+def schedule(package: Path, host: str, cron: str, *, job_name: str, pipeline_name: str | None = None,
+             experiment: str = "mammoflow", params: dict[str, Any] | None = None, token: str | None = None,
+             in_cluster: bool = False, namespace: str | None = None,
+             service_account: str | None = SERVICE_ACCOUNT) -> str:
+    """Create a recurring run of an uploaded pipeline version: no catch-up of missed runs, at most one run at a
+    time. Returns its id."""
     validate_cron(cron)
-    client = make_client(host, token, in_cluster)
-    exp = client.create_experiment(name=experiment)
-    rr = client.create_recurring_run(experiment_id=exp.experiment_id, job_name=job_name, cron_expression=cron,
-                                     max_concurrency=1, no_catchup=True, params=params or {},
-                                     pipeline_package_path=str(package), service_account=service_account)
-    log.info("recurring run %s created on %s with cron %r", rr.recurring_run_id, host, cron)
+    client = make_client(host, token, in_cluster, namespace)
+    pipeline_id, version_id = upload(client, package, pipeline_name or job_name,
+                                     description=f"uploaded by mammoflow {__version__} for schedule {job_name}")
+    with _quiet_stdout():
+        exp = client.create_experiment(name=experiment, namespace=namespace)
+        rr = client.create_recurring_run(
+            experiment_id=exp.experiment_id, job_name=job_name, cron_expression=cron, max_concurrency=1,
+            no_catchup=True, params=params or {}, pipeline_id=pipeline_id, version_id=version_id,
+            service_account=service_account or None)
+    log.info("recurring run %s created on %s with cron %r (pipeline %s, version %s)", rr.recurring_run_id, host,
+             cron, pipeline_id, version_id)
     return rr.recurring_run_id

@@ -45,6 +45,22 @@ RUN_PACKAGE_FILES = ("model.keras", "config.yaml", "metrics.json", "run.json", "
 SWEEP_PACKAGE_FILES = ("spec.yaml", "results.csv", "results.md", "summary.json", "best_config.yaml")
 
 
+# ============================================================================================ set-up
+
+
+def setup_step_logging() -> None:
+    """Log at ``$MAMMOFLOW_LOG_LEVEL`` (default INFO) in a pipeline step. KFP's executor installs a root handler
+    first; then only the level is set, so that every line is printed once."""
+    from mammoflow.logs import setup_logging
+
+    level = os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO").upper()
+    root = logging.getLogger()
+    if root.handlers:
+        root.setLevel(level)
+    else:
+        setup_logging(level)
+
+
 # ============================================================================================ local copies
 
 

@@ -61,8 +61,9 @@ def command(model_uri: str, images: tuple[str, ...], records: str | None, prepro
                     method=method, layer=layer, iou_fraction=iou_threshold,  # type: ignore[arg-type]
                     tolerance=tolerance, cache_dir=cache_dir)
     summary = index["summary"]
-    line = f"explained {summary['n_images']} image(s) with {index['method']} on {index['layer']}"
+    line = f"explained {len(index['explained_now'])} image(s) with {index['method']} on {index['layer']}"
     if summary.get("n_scored"):
-        line += (f"; pointing game {summary['pointing_game_hits']}/{summary['n_scored']} "
-                 f"(chance {summary['chance_rate_mean']:.3f}), mean IoU {summary['iou_mean']:.3f}")
+        line += (f"; over the {summary['n_scored']} annotated image(s) in {out}: pointing game "
+                 f"{summary['pointing_game_hits']}/{summary['n_scored']} (chance {summary['chance_rate_mean']:.3f}), "
+                 f"mean IoU {summary['iou_mean']:.3f}")
     click.echo(f"{line} -> {out}")

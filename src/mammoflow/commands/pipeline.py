@@ -4,107 +4,214 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 import yaml
 
+from mammoflow.pipelines import PIPELINES
+
+#: Metrics a local run prints (when the pipeline logs them), in this order.
+HEADLINE = ("roi_accuracy", "roi_roc_auc", "image_accuracy", "image_roc_auc", "patch_accuracy", "trials",
+            "failed", "best_val_loss")
+
+_EPILOG = """\b
+Examples:
+  mammoflow pipeline run --local --root runs/demo
+  mammoflow pipeline run --local --root runs/yu --param source=mias-rois \\
+      --param data_root=../shared/data/mias_rois/MIAS_ROIs.zip
+  mammoflow pipeline compile --out training.yaml --image REGISTRY/mammoflow:0.1.0 \\
+      --gpu-image REGISTRY/mammoflow-gpu:0.1.0
+  mammoflow pipeline submit --host http://localhost:8080 --param storage_root=gs://BUCKET/mammoflow \\
+      --param source=cbis-ddsm --param data_root=gs://BUCKET/raw/CBIS-DDSM --param preset=jaamour2023
+  mammoflow pipeline schedule --host http://localhost:8080 --cron '0 0 2 * * *' \\
+      --param storage_root=gs://BUCKET/mammoflow"""
+
 
 def _params(items: tuple[str, ...]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs; values are read as YAML (numbers, booleans, ``{a: 1}`` mappings)."""
     out: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--param")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise click.BadParameter(f"{item!r}: the value is not valid YAML ({exc})", param_hint="--param") from None
+        if out[key] is None:
+            out[key] = ""
     return out
 
 
-_NAME = click.option("--pipeline", "name", default="training", show_default=True,
-                     type=click.Choice(["training", "sweep", "retrain"]), help="Which pipeline.")
-_PARAM = click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Pipeline parameter (repeatable).")
+def _selectors(items: tuple[str, ...]) -> dict[str, str] | None:
+    if not items:
+        return None
+    if items == ("none",):
+        return {}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE (or 'none')", param_hint="--gpu-node-selector")
+        out[key] = value
+    return out
+
+
+_NAME = click.option("--pipeline", "name", default="training", show_default=True, type=click.Choice(list(PIPELINES)),
+                     help="Which pipeline.")
+_PARAM = click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+                      help="Pipeline parameter, value read as YAML (repeatable).")
+_COMPILE = [
+    click.option("--image", default=None, help="CPU image of the steps [default: $MAMMOFLOW_IMAGE or "
+                 "mammoflow/mammoflow:<version>]."),
+    click.option("--gpu-image", default=None, help="Image of train, sweep and explain [default: "
+                 "$MAMMOFLOW_GPU_IMAGE or mammoflow/mammoflow-gpu:<version>]."),
+    click.option("--no-gpu", "no_gpu", is_flag=True, help="Ask for no GPU anywhere (CPU-only clusters, e.g. kind)."),
+    click.option("--gpu-node-selector", "gpu_node_selector", multiple=True, metavar="KEY=VALUE",
+                 help="Node label of the GPU pool (repeatable; 'none' for no selector) "
+                      "[default: cloud.google.com/gke-accelerator=nvidia-l4]."),
+    click.option("--spot", is_flag=True, help="Run train and sweep on spot nodes (they resume when preempted)."),
+    click.option("--gcs-secret", default=None, help="Secret with a service-account key.json to mount in every step "
+                 "(only without Workload Identity)."),
+    click.option("--storage-root", default=None, help="Default of the storage_root parameter, e.g. "
+                 "gs://BUCKET/mammoflow [default: $MAMMOFLOW_STORAGE_ROOT]."),
+    click.option("--no-cache", "no_cache", is_flag=True, help="Compile with KFP caching off for every step."),
+]
 _AUTH = [
-    click.option("--host", required=True, help="KFP API endpoint, e.g. https://HOST/pipeline."),
+    click.option("--host", required=True, help="KFP API endpoint, e.g. https://HOST/pipeline or "
+                 "http://localhost:8080 (port-forward)."),
     click.option("--token", envvar="KFP_TOKEN", default=None, help="Bearer token (or env KFP_TOKEN)."),
     click.option("--in-cluster", is_flag=True, help="Authenticate with this pod's service-account token."),
+    click.option("--namespace", default=None, help="Profile namespace of a multi-user Kubeflow (e.g. mammoflow)."),
     click.option("--experiment", default="mammoflow", show_default=True, help="KFP experiment name."),
-    click.option("--service-account", default=None, help="Kubernetes service account the run's pods use."),
+    click.option("--service-account", default="mammoflow-pipeline-runner", show_default=True,
+                 help="Kubernetes service account of the run's pods (Workload Identity gives it GCS access); "
+                      "'' for the deployment's default."),
 ]
 
 
-def _auth(f):
-    for opt in reversed(_AUTH):
-        f = opt(f)
-    return f
+def _apply(options: list) -> Any:
+    def decorate(f: Any) -> Any:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return decorate
 
 
-def _compile(name: str, out: Path) -> Path:
+def _options(image: str | None, gpu_image: str | None, no_gpu: bool, gpu_node_selector: tuple[str, ...],
+             spot: bool, gcs_secret: str | None, storage_root: str | None, no_cache: bool) -> Any:
+    from mammoflow.pipelines.options import PipelineOptions
+
+    return PipelineOptions.from_env(image=image, gpu_image=gpu_image, gpu=False if no_gpu else None,
+                                    gpu_node_selector=_selectors(gpu_node_selector), spot=spot or None,
+                                    gcs_secret=gcs_secret, storage_root=storage_root,
+                                    caching=False if no_cache else None)
+
+
+def _compile(name: str, out: Path, options: Any) -> tuple[Path, Any]:
     from kfp import compiler
 
-    from mammoflow.pipelines import get_pipeline
+    from mammoflow.pipelines import build_pipeline
 
+    pipeline = build_pipeline(name, options)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(get_pipeline(name), str(out))
-    return out
+    compiler.Compiler().compile(pipeline, str(out))
+    return out, pipeline
 
 
-@click.group("pipeline")
+def _run_params(pipeline: Any, items: tuple[str, ...]) -> dict[str, Any]:
+    """--param values checked against the pipeline; a run without a storage root is refused before submission."""
+    from mammoflow.pipelines import check_params
+
+    params = check_params(pipeline, _params(items))
+    defaults = {name: spec.default for name, spec in (pipeline.component_spec.inputs or {}).items()}
+    if not params.get("storage_root", defaults.get("storage_root")):
+        raise click.UsageError("no storage root: pass --param storage_root=gs://BUCKET/mammoflow (or compile "
+                               "with --storage-root / $MAMMOFLOW_STORAGE_ROOT)")
+    return params
+
+
+@click.group("pipeline", epilog=_EPILOG)
 def command() -> None:
-    """Kubeflow pipelines: compile to IR YAML, run locally with kfp.local, submit or schedule on a cluster."""
+    """Kubeflow pipelines: compile to IR YAML, run locally with kfp.local, submit or schedule on a cluster.
+
+    training: data (built-in phantoms or a real dataset) -> ingest -> preprocess -> build-dataset -> train ->
+    evaluate -> explain -> report. sweep: the same data steps -> Ray Tune sweep -> report.
+    """
 
 
 @command.command("compile")
 @_NAME
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output .yaml file.")
-def compile_cmd(name: str, out: Path) -> None:
-    """Compile a pipeline to KFP IR YAML."""
-    click.echo(str(_compile(name, out)))
+@_apply(_COMPILE)
+def compile_cmd(name: str, out: Path, **compile_opts: Any) -> None:
+    """Compile a pipeline to KFP IR YAML (upload it in the KFP UI or with `submit`/`schedule`)."""
+    path, _ = _compile(name, out, _options(**compile_opts))
+    click.echo(str(path))
 
 
 @command.command("run")
 @_NAME
 @click.option("--local", "local", is_flag=True, required=True, help="Run on this machine with kfp.local.")
-@click.option("--root", default="runs/local", show_default=True,
-              help="Local folder for the object store, pipeline artifacts and the report.")
+@click.option("--root", default="runs/local", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the object store, KFP's artifacts, caches and the report.")
 @_PARAM
-def run_cmd(name: str, local: bool, root: str, params: tuple[str, ...]) -> None:
-    """Run a whole pipeline locally (kfp.local SubprocessRunner, no venv; local object store; local Ray)."""
+def run_cmd(name: str, local: bool, root: Path, params: tuple[str, ...]) -> None:
+    """Run a whole pipeline on this machine: kfp.local (subprocesses of this Python, no containers), a local
+    object store under --root, a local Ray for sweeps. Prints where the report is."""
     from mammoflow.pipelines.local import run_local
 
-    summary = run_local(name, Path(root), _params(params))
-    for key, value in summary.items():
-        click.echo(f"{key}: {value}")
+    summary = run_local(name, root, _params(params))
+    metrics = summary["metrics"]
+    click.echo(f"pipeline {name} succeeded in {summary['seconds']:.0f} s")
+    for key in HEADLINE:
+        if key in metrics:
+            low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+            ci = f" (95% CI {low:.3f}-{high:.3f})" if low is not None and high is not None else ""
+            click.echo(f"{key}: {metrics[key]:.4g}{ci}")
+    click.echo(f"report: {summary['report']}")
 
 
 @command.command("submit")
 @_NAME
-@_auth
+@_apply(_AUTH)
+@click.option("--run-name", default=None, help="Run name shown in the KFP UI.")
 @_PARAM
-def submit_cmd(name: str, host: str, token: str | None, in_cluster: bool, experiment: str,
-               service_account: str | None, params: tuple[str, ...]) -> None:
-    """Compile and submit one run to a KFP API server."""
+@_apply(_COMPILE)
+def submit_cmd(name: str, host: str, token: str | None, in_cluster: bool, namespace: str | None, experiment: str,
+               service_account: str, run_name: str | None, params: tuple[str, ...], **compile_opts: Any) -> None:
+    """Compile a pipeline and start one run on a KFP API server."""
     from mammoflow.kfp_client import submit
 
     with tempfile.TemporaryDirectory() as tmp:
-        package = _compile(name, Path(tmp) / f"{name}.yaml")
-        run_id = submit(package, host, experiment=experiment, params=_params(params), token=token,
-                        in_cluster=in_cluster, service_account=service_account)
+        package, pipeline = _compile(name, Path(tmp) / f"{name}.yaml", _options(**compile_opts))
+        run_id = submit(package, host, experiment=experiment, params=_run_params(pipeline, params),
+                        run_name=run_name, token=token, in_cluster=in_cluster, namespace=namespace,
+                        service_account=service_account)
     click.echo(f"run {run_id}")
 
 
 @command.command("schedule")
 @_NAME
-@_auth
-@click.option("--cron", required=True, help="KFP cron, 6 fields with seconds first, e.g. '0 0 2 * * *'.")
-@click.option("--job-name", default=None, help="Recurring run name (default: mammoflow-<pipeline>).")
+@_apply(_AUTH)
+@click.option("--cron", required=True, help="KFP cron, 6 fields with seconds first, e.g. '0 0 2 * * *' (02:00 "
+              "daily).")
+@click.option("--job-name", default=None, help="Recurring run name [default: mammoflow-<pipeline>].")
 @_PARAM
-def schedule_cmd(name: str, host: str, token: str | None, in_cluster: bool, experiment: str,
-                 service_account: str | None, cron: str, job_name: str | None, params: tuple[str, ...]) -> None:
-    """Create a recurring run (no catch-up, at most one at a time)."""
+@_apply(_COMPILE)
+def schedule_cmd(name: str, host: str, token: str | None, in_cluster: bool, namespace: str | None,
+                 experiment: str, service_account: str, cron: str, job_name: str | None, params: tuple[str, ...],
+                 **compile_opts: Any) -> None:
+    """Upload a pipeline version and create a recurring run of it (no catch-up of missed runs, at most one run
+    at a time)."""
     from mammoflow.kfp_client import schedule, validate_cron
 
-    validate_cron(cron)
+    validate_cron(cron)  # before compiling or connecting: a typo fails here, not at 2 a.m.
     with tempfile.TemporaryDirectory() as tmp:
-        package = _compile(name, Path(tmp) / f"{name}.yaml")
-        rr = schedule(package, host, cron, job_name=job_name or f"mammoflow-{name}", experiment=experiment,
-                      params=_params(params), token=token, in_cluster=in_cluster, service_account=service_account)
+        package, pipeline = _compile(name, Path(tmp) / f"{name}.yaml", _options(**compile_opts))
+        rr = schedule(package, host, cron, job_name=job_name or f"mammoflow-{name}",
+                      pipeline_name=f"mammoflow-{name}", experiment=experiment,
+                      params=_run_params(pipeline, params), token=token, in_cluster=in_cluster, namespace=namespace,
+                      service_account=service_account)
     click.echo(f"recurring run {rr}")

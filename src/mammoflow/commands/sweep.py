@@ -4,33 +4,60 @@ from __future__ import annotations
 
 import click
 
+_EPILOG = """\b
+Examples:
+  mammoflow sweep --spec demo --dry-run
+  mammoflow sweep --spec demo --data runs/datasets/demo --out runs/sweeps/demo --num-cpus 2
+  mammoflow sweep --spec demo --data runs/datasets/demo --out runs/sweeps/demo --resume
+  mammoflow sweep --spec jaamour2023_divide_conquer --address ray://localhost:10001 \\
+      --data gs://b/ds/default --data gaussian_histeq=gs://b/ds/gh --data mass=gs://b/ds/mass \\
+      --data calc=gs://b/ds/calc --out gs://b/sweeps/jaamour
+
+\b
+Writes OUT/results.csv and .md (one row per trial, best first), OUT/summary.json (trials finished,
+stopped early, failed; trial-epochs saved by early stopping), OUT/best_config.yaml and one training
+run folder per trial in OUT/trials/ (TensorBoard: tensorboard --logdir OUT/trials)."""
+
 
 def _parse_data(items: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         name, sep, uri = item.partition("=")
-        if not sep:
+        if not sep or "/" in name or ":" in name:  # a bare URI (which may itself contain '=')
             name, uri = "default", item
+        if not uri:
+            raise click.BadParameter(f"{item!r}: give URI or NAME=URI", param_hint="--data")
+        if name in out:
+            raise click.BadParameter(f"dataset {name!r} given twice", param_hint="--data")
         out[name] = uri
     return out
 
 
-@click.command("sweep")
+@click.command("sweep", epilog=_EPILOG)
 @click.option("--spec", "spec_ref", required=True,
               help="Shipped spec name (yu2020_branches, jaamour2023_divide_conquer, xi2018_cv, demo) or YAML path.")
 @click.option("--data", "data", multiple=True, metavar="[NAME=]URI",
-              help="Dataset(s): URI of the default dataset, or NAME=URI for a spec's `dataset` axis.")
-@click.option("--out", "out_uri", default=None, help="Sweep folder (local or gs://); default runs/sweeps/<name>.")
-@click.option("--address", default=None, help="Ray address: auto, ray://HOST:PORT; default starts a local Ray.")
-@click.option("--resume", is_flag=True, help="Resume an interrupted sweep (finished trials are not re-run).")
-@click.option("--max-concurrent", type=int, default=None, help="At most this many trials at once.")
-@click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all).")
-@click.option("--dry-run", is_flag=True, help="Print the trials it would run, one per line, and their count.")
+              help="Dataset(s): URI of the default dataset, or NAME=URI for a spec's `dataset` axis (repeat).")
+@click.option("--out", "out_uri", default=None, help="Sweep folder (local or gs://) [default: runs/sweeps/<name>].")
+@click.option("--address", default=None,
+              help="Ray to use: auto (inside a Ray cluster, e.g. a KubeRay RayJob), ray://HOST:10001 (Ray Client); "
+                   "default starts a local Ray.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted sweep: ended trials are not run again, "
+                                              "running ones continue after their last finished epoch.")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="At most this many trials at once.")
+@click.option("--num-cpus", type=click.IntRange(min=1), default=None, help="CPUs of the local Ray [default: all].")
+@click.option("--dashboard", is_flag=True, help="Start the local Ray with its dashboard on 127.0.0.1:8265 "
+                                                "(needs ray[default]).")
+@click.option("--metrics-export-port", type=click.IntRange(min=1, max=65535), default=None,
+              help="Port of the local Ray's Prometheus metrics endpoint (needs ray[default]).")
+@click.option("--cache-dir", default=None, help="Local cache for shards and remote trial folders.")
+@click.option("--dry-run", is_flag=True, help="Print the trials it would run, one per line, then their count.")
 def command(spec_ref: str, data: tuple[str, ...], out_uri: str | None, address: str | None, resume: bool,
-            max_concurrent: int | None, num_cpus: int | None, dry_run: bool) -> None:
+            max_concurrent: int | None, num_cpus: int | None, dashboard: bool, metrics_export_port: int | None,
+            cache_dir: str | None, dry_run: bool) -> None:
     """Run a sweep spec: a base training config + axes, early stopping (ASHA), one `train` per trial."""
     from mammoflow.sweep.runner import dry_run_lines, run_sweep
-    from mammoflow.sweep.spec import load_spec
+    from mammoflow.sweep.spec import expand_cells, load_spec, split_cell
 
     spec = load_spec(spec_ref)
     if dry_run:
@@ -40,10 +67,16 @@ def command(spec_ref: str, data: tuple[str, ...], out_uri: str | None, address: 
     data_uris = _parse_data(data)
     if not data_uris:
         raise click.UsageError("--data is required (except with --dry-run)")
-    missing = sorted(set(spec.datasets) - set(data_uris))
-    if spec.axes.get("dataset") and missing:
-        raise click.UsageError(f"the spec's dataset axis needs --data for: {', '.join(missing)}")
-    summary = run_sweep(spec, data_uris, out_uri or f"runs/sweeps/{spec.name}", address=address, resume=resume,
-                        max_concurrent=max_concurrent, num_cpus=num_cpus)
-    click.echo(f"sweep {spec.name}: {summary['trials']} trials, {summary['stopped_early']} stopped early, "
-               f"{summary['failed']} failed, best {summary['best_trial']} -> {out_uri or 'runs/sweeps/' + spec.name}")
+    needed = {split_cell(cell)[0] for cell in expand_cells(spec)}
+    missing = sorted(needed - set(data_uris))
+    if missing:
+        raise click.UsageError(f"the spec's trials need --data for dataset(s): {', '.join(missing)} "
+                               "(give --data NAME=URI)")
+    out = out_uri or f"runs/sweeps/{spec.name}"
+    summary = run_sweep(spec, data_uris, out, address=address, resume=resume, max_concurrent=max_concurrent,
+                        num_cpus=num_cpus, cache_dir=cache_dir, dashboard=dashboard,
+                        metrics_export_port=metrics_export_port)
+    click.echo(f"sweep {spec.name}: {summary['trials']} trials, {summary['finished']} finished, "
+               f"{summary['stopped_early']} stopped early, {summary['failed']} failed; "
+               f"{summary['trial_epochs_saved']} of {summary['full_grid_trial_epochs']} trial-epochs saved; "
+               f"best {summary['best_trial']} -> {out}")

@@ -317,6 +317,11 @@ def _gap_dense_head(model: keras.Model) -> tuple[str, str] | None:
     return features.name, out_layer.name
 
 
+def has_gap_dense_head(model: keras.Model) -> bool:
+    """Whether plain CAM applies: the model ends in feature maps -> GAP -> dense (Xi et al. 2018's head)."""
+    return _gap_dense_head(model) is not None
+
+
 def _last_feature_layer(model: keras.Model) -> str:
     """The deepest spatial convolution (kernel larger than 1x1, output at least 2x2): Grad-CAM's usual layer
     when no registry metadata names one (1x1 convolutions belong to heads such as Yu et al.'s Fusion2)."""
@@ -407,8 +412,7 @@ class CamProjection:
 
     def feature_map(self, x: np.ndarray) -> np.ndarray:
         """The CAM at feature-map resolution of one model input (1, H, W, C)."""
-        # A one-element list: the functional model's inputs are a list, and a bare array makes Keras warn.
-        feats = np.asarray(self.features([x], training=False))[0]
+        feats = np.asarray(self.features(x, training=False))[0]
         return feats @ self.weights
 
 
@@ -418,7 +422,8 @@ def cam_projection(model: keras.Model, target: CamTarget) -> CamProjection:
 
     if target.method != "cam" or target.dense is None:
         raise ConfigError("plain CAM needs a GAP -> dense model (method cam)")
-    features = variable_input_model(keras.Model(model.inputs, model.get_layer(target.layer).output))
+    # model.input (one tensor, not the list model.inputs): sub-models then take a bare array without warnings.
+    features = variable_input_model(keras.Model(model.input, model.get_layer(target.layer).output))
     dense = model.get_layer(target.dense).get_weights()
     kernel = np.asarray(dense[0], np.float32)  # (K, classes)
     bias = np.asarray(dense[1], np.float32) if len(dense) > 1 else np.zeros(kernel.shape[1], np.float32)
@@ -428,7 +433,7 @@ def cam_projection(model: keras.Model, target: CamTarget) -> CamProjection:
     else:
         weights, b = kernel[:, pos], float(bias[pos])
     probe = _round_up(max(64, target.patch_size), 64)
-    out_side = int(features([np.zeros((1, probe, probe, target.channels), np.float32)], training=False).shape[1])
+    out_side = int(features(np.zeros((1, probe, probe, target.channels), np.float32), training=False).shape[1])
     stride = max(1, round(probe / out_side))
     return CamProjection(features=features, weights=weights, bias=b, stride=int(stride))
 
@@ -504,7 +509,7 @@ def sliding_gradcam(model: keras.Model, image: np.ndarray, target: CamTarget, st
     if valid is not None:
         valid_padded = np.pad(valid, ((0, pad_h), (0, pad_w))) if (pad_h or pad_w) else valid
         origins = [(r, c) for r, c in origins if valid_padded[r + size // 2, c + size // 2]]
-    grad_model = keras.Model(model.inputs, [model.get_layer(target.layer).output, model.outputs[0]])
+    grad_model = keras.Model(model.input, [model.get_layer(target.layer).output, model.outputs[0]])
     pos, n_out = target.positive_index, int(model.output_shape[-1])
     acc = np.zeros((ph, pw), np.float32)
     count = np.zeros((ph, pw), np.float32)
@@ -512,7 +517,7 @@ def sliding_gradcam(model: keras.Model, image: np.ndarray, target: CamTarget, st
         chunk = origins[start:start + batch_size]
         x = tf.convert_to_tensor(target.windows_input(_windows(image, chunk, size)))
         with tf.GradientTape() as tape:
-            feats, probs = grad_model([x], training=False)
+            feats, probs = grad_model(x, training=False)
             p = tf.clip_by_value(probs, _EPS, 1.0)
             log_p = tf.math.log(p[:, pos])
             # Log-odds against the other class (two classes) or the log-probability (more classes).
@@ -669,12 +674,34 @@ def summarise(results: Sequence[ExplainResult]) -> dict[str, Any]:
 
 
 def write_index(out: Path, results: Sequence[ExplainResult], info: dict[str, Any]) -> Path:
-    """``explain.json``: the run's settings, the per-image results and their summary (read by the report)."""
-    index = {"schema_version": 1, "kind": "mammoflow.explain", **info, "summary": summarise(results),
-             "images": [asdict(r) for r in results]}
+    """``explain.json``: the settings, the per-image results and their summary (read by the report).
+
+    Explaining more images into the same folder with the same model and settings adds them to the index (an image
+    explained again replaces its entry); other settings start a new index.
+    """
     path = out / EXPLAIN_INDEX
+    merged: dict[str, dict[str, Any]] = {}
+    previous = _read_index(path)
+    same = previous is not None and all(previous.get(k) == v for k, v in info.items() if k != "model") and \
+        (previous.get("model") or {}).get("sha256") == (info.get("model") or {}).get("sha256")
+    if same:
+        merged = {img["name"]: img for img in previous["images"]}  # type: ignore[index]
+    for r in results:
+        merged[r.name] = asdict(r)
+    images = [merged[k] for k in sorted(merged)]
+    scored = [ExplainResult(**img) for img in images]
+    index = {"schema_version": 1, "kind": "mammoflow.explain", **info, "summary": summarise(scored),
+             "images": images}
     atomic_write_text(path, json.dumps(index, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
+
+
+def _read_index(path: Path) -> dict[str, Any] | None:
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return index if isinstance(index, dict) and index.get("kind") == "mammoflow.explain" else None
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -765,7 +792,8 @@ def explain(model_uri: str, *, out: str | Path, images: Sequence[str] = (), reco
     With ``records`` and no ``images``, the first ``limit`` records with lesion geometry are explained. Lesions
     come from the records (centre/radius, masks), from ``circles``/``mask_paths`` (a single path image), or from a
     ``ground_truth.json`` beside the image. Writes per image ``<name>_overlay.png``, ``<name>_cam.npy``,
-    ``<name>.json`` and ``explain.json`` (index + pointing game / IoU summary). Returns the index.
+    ``<name>.json`` and ``explain.json`` (index + pointing game / IoU summary of every image in ``out``). Returns
+    the index, with ``explained_now`` listing the images of this call.
     """
     from mammoflow.evaluation.evaluate import load_model
     from mammoflow.preprocess.chain import Chain
@@ -802,4 +830,6 @@ def explain(model_uri: str, *, out: str | Path, images: Sequence[str] = (), reco
             "pointing_game_tolerance_px": tolerance,
             "coordinates": "maps, overlays and peaks are in the preprocessed image's pixel frame (row 0 at the top)"}
     write_index(out, results, info)
-    return json.loads((out / EXPLAIN_INDEX).read_text())
+    index = json.loads((out / EXPLAIN_INDEX).read_text())
+    index["explained_now"] = [r.name for r in results]
+    return index

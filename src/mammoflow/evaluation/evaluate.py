@@ -49,7 +49,6 @@ import pandas as pd
 from mammoflow import storage
 from mammoflow.errors import ConfigError, InputError
 from mammoflow.evaluation import calibration, metrics, papers, plots, voting
-from mammoflow.records import atomic_write_text
 
 if TYPE_CHECKING:
     import keras
@@ -130,9 +129,9 @@ class LoadedModel:
         return 1
 
     def cam_target(self, method: str | None = None, layer: str | None = None) -> CamTarget:
-        from mammoflow.evaluation.cam import cam_target
+        from mammoflow.evaluation.cam import cam_target, has_gap_dense_head
 
-        if layer is None and method != "cam":
+        if layer is None and (method == "gradcam" or (method is None and not has_gap_dense_head(self.model))):
             layer = self.registry_cam_layer()
         return cam_target(self.model, patch_size=self.patch_size, centring=self.centring, layer=layer,
                           method=method, positive_index=self.positive_index,  # type: ignore[arg-type]
@@ -531,16 +530,17 @@ def compute_metrics(patches: pd.DataFrame | None, units: pd.DataFrame | None = N
     else:
         levels["image"] = _level_report(units, level="image", unit=unit_name, decision=None, groups=unit_groups,
                                         **common)
+    items = "ROIs" if unit_level == "roi" else "images"
     breasts = aggregate_levels(units, "breast_id", threshold=threshold)
     patients = aggregate_levels(units, "patient_id", threshold=threshold)
     if breasts is not None:
         groups = breasts["patient_id"].to_numpy() if "patient_id" in breasts.columns else None
         levels["breast"] = _level_report(breasts, level="breast", unit="patient" if groups is not None else "breast",
-                                         decision=f"max P({class_names[1]}) over the breast's {unit_level}s >= "
+                                         decision=f"max P({class_names[1]}) over the breast's {items} >= "
                                                   f"{threshold}", groups=groups, **common)
     if patients is not None:
         levels["patient"] = _level_report(patients, level="patient", unit="patient",
-                                          decision=f"max P({class_names[1]}) over the patient's {unit_level}s >= "
+                                          decision=f"max P({class_names[1]}) over the patient's {items} >= "
                                                    f"{threshold}", groups=None, **common)
     levels = {k: v for k, v in levels.items() if v is not None}
     curves = {name: c for name, table in (("patch", patches), (unit_level, units)) if table is not None
@@ -910,6 +910,3 @@ def evaluate_many(model_uris: Sequence[str], data_uri: str, out: str | Path, *, 
 def is_sweep_folder(uri: str) -> bool:
     return storage.exists(storage.join(uri, "results.csv")) or storage.exists(storage.join(uri, "summary.json"))
 
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(metrics.jsonable(data), indent=2, sort_keys=True) + "\n")

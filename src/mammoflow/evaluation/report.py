@@ -23,7 +23,6 @@ import base64
 import csv
 import datetime as _dt
 import hashlib
-import io
 import json
 import logging
 import math
@@ -96,15 +95,17 @@ def fmt_score(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def fmt_cell(cell: Mapping[str, Any] | None, proportion: bool) -> str:
-    """``value (95% CI low-high)`` for a metric cell of :func:`~mammoflow.evaluation.metrics.report_with_ci`."""
+def fmt_cell(cell: Mapping[str, Any] | None, proportion: bool) -> dict[str, str]:
+    """``{"value", "ci", "text"}`` for a metric cell of :func:`~mammoflow.evaluation.metrics.report_with_ci`:
+    the value, its 95% CI as ``low to high`` ("" without one) and both on one line."""
     if not cell or cell.get("value") is None:
-        return "n/a"
+        return {"value": "n/a", "ci": "", "text": "n/a"}
     f = fmt_proportion if proportion else fmt_score
     value = f(cell["value"])
     if cell.get("ci_low") is None or cell.get("ci_high") is None:
-        return value
-    return f"{value} ({f(cell['ci_low'])} to {f(cell['ci_high'])})"
+        return {"value": value, "ci": "", "text": value}
+    ci = f"{f(cell['ci_low'])} to {f(cell['ci_high'])}"
+    return {"value": value, "ci": ci, "text": f"{value} ({ci})"}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -311,7 +312,7 @@ def worst_false_negatives(evaluation_dir: Path, evaluation: Mapping[str, Any], n
             "src": data_uri(thumbs[row.example_id]) if row.example_id in thumbs else None,
             "png": thumbs.get(row.example_id),
         })
-    return {"items": items, "level": level, "n_missed": int(((df["level"] == level) & (df["label"] == 1)
+    return {"items": items, "level": level, "units": LEVEL_UNITS.get(level, f"{level}s"), "n_missed": int(((df["level"] == level) & (df["label"] == 1)
                                                             & (df["pred"] == 0)).sum()),
             "n_positive": total_pos, "thumbnails": bool(thumbs)}
 
@@ -438,7 +439,7 @@ def _environment() -> Any:
     env = jinja2.Environment(loader=jinja2.PackageLoader("mammoflow", "templates"),
                              autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",),
                                                                  default_for_string=False),
-                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+                             trim_blocks=True, lstrip_blocks=True)
     env.filters["md"] = lambda v: str(v if v is not None else "").replace("|", "\\|").replace("\n", " ")
     return env
 
@@ -458,7 +459,7 @@ def build_context(inputs: Inputs, n_worst: int = 8, cache_dir: str | Path | None
     ctx: dict[str, Any] = {
         "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "kind": inputs.kind, "notes": list(inputs.notes), "config": config_text, "run_info": run_info,
-        "evaluation": None, "levels": [], "metric_rows": [], "paper": None, "figures": [], "calibration": None,
+        "evaluation": None, "levels": [], "metric_rows": [], "paper": None, "figures": {}, "calibration": None,
         "cams": cam_gallery(inputs.explain), "worst": None, "history": history_rows(inputs.run),
         "sweep": sweep_section(inputs.sweep), "cv": cv_section(cv_doc), "data": None,
     }
@@ -487,10 +488,11 @@ def build_context(inputs: Inputs, n_worst: int = 8, cache_dir: str | Path | None
             "calibration.png": f"Reliability on the {split} split: of the cases given probability p, the share "
                                f"that were {single['positive_class']} (on the diagonal = honest probabilities).",
         }
-        ctx["figures"] = [f for name, cap in captions.items() if (f := figure(inputs.evaluation / name, cap))]  # type: ignore[operator]
+        ctx["figures"] = {name.removesuffix(".png"): f for name, cap in captions.items()
+                          if (f := figure(inputs.evaluation / name, cap))}  # type: ignore[operator]
     elif cv_doc and inputs.evaluation is not None:
         f = figure(inputs.evaluation / "roc.png", "ROC curve of each run on its evaluated data.")
-        ctx["figures"] = [f] if f else []
+        ctx["figures"] = {"roc": f} if f else {}
     ctx["data"] = manifest_summary(single, run_info, cache_dir)
     return ctx
 
@@ -533,7 +535,7 @@ def _markdown_assets(ctx: dict[str, Any], assets: Path) -> dict[str, Any]:
         atomic_write_bytes(assets / name, data)
         return f"{ASSETS}/{name}"
 
-    md["figures"] = [{**f, "src": put(f["file"], f["path"].read_bytes())} for f in ctx["figures"]]
+    md["figures"] = {k: {**f, "src": put(f["file"], f["path"].read_bytes())} for k, f in ctx["figures"].items()}
     if ctx["cams"]:
         md["cams"] = {**ctx["cams"], "items": [{**i, "src": put(f"cam_{i['file']}", i["path"].read_bytes())}
                                                for i in ctx["cams"]["items"]]}
@@ -545,11 +547,3 @@ def _markdown_assets(ctx: dict[str, Any], assets: Path) -> dict[str, Any]:
         md["worst"] = {**ctx["worst"], "items": items}
     return md
 
-
-def render_markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table (cells with ``|`` escaped)."""
-    buf = io.StringIO()
-    buf.write("| " + " | ".join(columns) + " |\n|" + " --- |" * len(columns) + "\n")
-    for row in rows:
-        buf.write("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |\n")
-    return buf.getvalue()

@@ -1,4 +1,4 @@
-"""The sweep table (CSV + Markdown), the best config, and the early-stopping account."""
+"""The sweep table (CSV + Markdown), the best config, and the early-stopping account (``summary.json``)."""
 
 from __future__ import annotations
 
@@ -11,44 +11,51 @@ from typing import Any
 
 from mammoflow import storage
 from mammoflow.config import dump_yaml
-from mammoflow.sweep.spec import SweepSpec, cell_name, split_cell
+from mammoflow.sweep.spec import SweepSpec, cell_name, trial_cell, trial_config
 
 log = logging.getLogger(__name__)
 
 
-def trial_rows(spec: SweepSpec, grid, max_epochs: int) -> list[dict[str, Any]]:
-    """One row per trial: its axes, epochs run, whether the scheduler stopped it, its metrics."""
+def trial_rows(spec: SweepSpec, grid, cells: list[dict[str, Any]], max_epochs: int) -> list[dict[str, Any]]:
+    """One row per trial: its axes, epochs run, how it ended, its metrics; sorted best first by the metric.
+
+    ``status`` is ``finished`` (every epoch of its config ran and its model was written), ``stopped_early`` (the
+    scheduler ended it) or ``failed``. ``best_<metric>`` is the best value over its epochs, the epoch whose
+    model ``train()`` keeps.
+    """
+    key = f"best_{spec.metric}"
     rows = []
     for result in grid:
-        params = result.config or {}
-        cell = {**params.get("cell", {}), **{k: v for k, v in params.items() if k != "cell"}}
+        cell = trial_cell(result.config or {}, cells)
         metrics = result.metrics or {}
-        epochs = int(metrics.get("training_iteration", 0) or 0)
         history = result.metrics_dataframe
         best = None
-        if history is not None and spec.metric in history:
+        if history is not None and spec.metric in history and history[spec.metric].notna().any():
             col = history[spec.metric]
             best = float(col.min() if spec.mode == "min" else col.max())
-        status = "failed" if result.error else ("stopped_early" if epochs < max_epochs else "finished")
+        if result.error:
+            status = "failed"
+        else:
+            status = "finished" if metrics.get("run_finished") else "stopped_early"
         rows.append({
-            "trial": cell_name(cell), "status": status, "epochs": epochs,
-            f"best_{spec.metric}": best, "last_val_loss": metrics.get("val_loss"),
-            "last_val_accuracy": metrics.get("val_accuracy"),
+            "trial": metrics.get("trial_name") or cell_name(cell), "status": status,
+            "epochs": int(metrics.get("epoch", 0) or 0),
+            "total_epochs": int(metrics.get("total_epochs", max_epochs) or max_epochs),
+            key: best, "last_val_loss": metrics.get("val_loss"), "last_val_accuracy": metrics.get("val_accuracy"),
             "time_s": round(float(metrics.get("time_total_s", 0.0) or 0.0), 1),
             **{f"axis:{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cell.items()},
-            "_cell": cell,
+            "_cell": cell, "_error": str(result.error) if result.error else None,
         })
-    key = f"best_{spec.metric}"
-    worst = math.inf if spec.mode == "min" else -math.inf
-    rows.sort(key=lambda r: (r[key] if r[key] is not None else worst) * (1 if spec.mode == "min" else -1))
+    worst = math.inf
+    sign = 1 if spec.mode == "min" else -1
+    rows.sort(key=lambda r: (r[key] * sign if r[key] is not None else worst, r["trial"]))
     return rows
 
 
-def write_results(spec: SweepSpec, grid, out_uri: str, *, max_epochs: int, wall_time_s: float,
-                  n_cells: int) -> dict[str, Any]:
-    from mammoflow.training.config import load_train_config
-
-    rows = trial_rows(spec, grid, max_epochs)
+def write_results(spec: SweepSpec, grid, out_uri: str, *, base: dict[str, Any], cells: list[dict[str, Any]],
+                  max_epochs: int, wall_time_s: float) -> dict[str, Any]:
+    """Write results.csv/.md, summary.json and best_config.yaml into ``out_uri``; return the summary."""
+    rows = trial_rows(spec, grid, cells, max_epochs)
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns and not c.startswith("_")]
@@ -57,31 +64,38 @@ def write_results(spec: SweepSpec, grid, out_uri: str, *, max_epochs: int, wall_
     writer.writeheader()
     writer.writerows(rows)
     storage.put_bytes(storage.join(out_uri, "results.csv"), buf.getvalue().encode())
-    md = [f"# Sweep {spec.name}", "", spec.description, "",
-          "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    md = [f"# Sweep {spec.name}", ""] + ([spec.description.strip(), ""] if spec.description.strip() else []) + [
+        f"Ranked by {spec.metric} ({spec.mode}) on the validation split.", "",
+        "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
     storage.put_bytes(storage.join(out_uri, "results.md"), ("\n".join(md) + "\n").encode())
 
     trial_epochs = sum(r["epochs"] for r in rows)
+    full = sum(r["total_epochs"] for r in rows)
+    finished = [r for r in rows if r["status"] == "finished" and r[f"best_{spec.metric}"] is not None]
+    best = finished[0] if finished else None
     summary = {
-        "sweep": spec.name, "trials": len(rows), "cells": n_cells,
+        "sweep": spec.name, "trials": len(rows), "cells": len(cells),
         "finished": sum(r["status"] == "finished" for r in rows),
         "stopped_early": sum(r["status"] == "stopped_early" for r in rows),
         "failed": sum(r["status"] == "failed" for r in rows),
-        "trial_epochs": trial_epochs, "full_grid_trial_epochs": len(rows) * max_epochs,
-        "trial_epochs_saved": len(rows) * max_epochs - trial_epochs,
-        "wall_time_s": round(wall_time_s, 1), "metric": spec.metric, "mode": spec.mode,
-        "best_trial": rows[0]["trial"] if rows else None,
+        "trial_epochs": trial_epochs, "full_grid_trial_epochs": full, "trial_epochs_saved": full - trial_epochs,
+        "wall_time_s": round(wall_time_s, 1), "trial_time_s": round(sum(r["time_s"] for r in rows), 1),
+        "metric": spec.metric, "mode": spec.mode, "scheduler": spec.scheduler.get("name", "asha"),
+        "best_trial": best["trial"] if best else None,
+        f"best_{spec.metric}": best[f"best_{spec.metric}"] if best else None,
+        "best_run": storage.join(out_uri, "trials", best["trial"]) if best else None,
+        "failures": {r["trial"]: r["_error"] for r in rows if r["_error"]},
     }
-    ok = [r for r in rows if r["status"] != "failed" and r[f"best_{spec.metric}"] is not None]
-    if ok:
-        best_cfg = load_train_config(spec.base, split_cell(ok[0]["_cell"])[1]).to_dict()
-        storage.put_bytes(storage.join(out_uri, "best_config.yaml"),
-                          (f"# best trial of sweep {spec.name}: {ok[0]['trial']}\n" + dump_yaml(best_cfg)).encode())
+    if best is not None:
+        dataset, config = trial_config(base, best["_cell"])
+        header = (f"# Best finished trial of sweep {spec.name}: {best['trial']} "
+                  f"({spec.metric} {best[f'best_{spec.metric}']:.4g}, dataset {dataset!r}).\n"
+                  f"# Train it again: mammoflow train --config best_config.yaml --data <{dataset} dataset> --out ...\n")
+        storage.put_bytes(storage.join(out_uri, "best_config.yaml"), (header + dump_yaml(config.to_dict())).encode())
     storage.put_bytes(storage.join(out_uri, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
-    log.info("sweep %s: %d trials, %d stopped early, %d failed, %d of %d trial-epochs saved", spec.name, len(rows),
-             summary["stopped_early"], summary["failed"], summary["trial_epochs_saved"],
-             summary["full_grid_trial_epochs"])
+    log.info("sweep %s: %d trials, %d stopped early, %d failed; %d of %d trial-epochs run (%d saved)", spec.name,
+             len(rows), summary["stopped_early"], summary["failed"], trial_epochs, full, summary["trial_epochs_saved"])
     return summary
 
 
@@ -89,5 +103,5 @@ def _fmt(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
     return str(value).replace("|", "\\|")

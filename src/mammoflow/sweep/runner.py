@@ -2,14 +2,24 @@
 
 Layout under the sweep folder ``OUT`` (local path or ``gs://``)::
 
-    OUT/spec.yaml                  the spec as run
-    OUT/ray/<name>/                Ray Tune's experiment state (Tuner.restore reads it: --resume)
-    OUT/trials/<cell name>/        one training run folder per trial (TensorBoard: tensorboard --logdir OUT/trials)
+    OUT/spec.yaml                  the spec as run (base config resolved); --resume refuses a changed spec
+    OUT/ray/<name>/                Ray Tune's experiment state (Tuner.restore reads it: --resume) and its
+                                   per-trial TensorBoard files
+    OUT/trials/<trial>/            one training run folder per trial (TensorBoard: tensorboard --logdir OUT/trials)
+    OUT/trials/<trial>/sweep_trial.json   written by the driver when a trial ends: finished or stopped_early
     OUT/results.csv, results.md    one row per trial, sorted by the sweep's metric
-    OUT/best_config.yaml           the best trial's resolved training config, ready for `mammoflow train`
+    OUT/summary.json               counts, trial-epochs run and saved by early stopping, wall time, best trial
+    OUT/best_config.yaml           the best finished trial's resolved training config, ready for `mammoflow train`
 
-A trial's run folder is keyed by its cell, not by Ray's trial id, so a trial restarted after a failure or a
-``--resume`` continues its own checkpoints instead of starting over, and no finished trial is trained twice.
+Resume without repeats: a trial's run folder is keyed by its cell (not by Ray's trial id) and ``train()`` resumes
+from it, so a trial restarted after a failure or a driver crash continues after its last finished epoch; and a
+trial whose ``sweep_trial.json`` says it ended is never trained again, even if Ray's experiment state (saved
+every few seconds) still listed it as running when the driver died.
+
+Early stopping: the scheduler sees one result per epoch, with the epoch itself as its time axis (``epoch``, not
+Ray's ``training_iteration``, which restarts at 1 when a trial is restarted). The last epoch of a trial is
+reported only after ``train()`` has returned, so that a scheduler stopping the trial at ``max_t`` cannot cut the
+writing of its model and metrics short.
 """
 
 from __future__ import annotations
@@ -18,20 +28,42 @@ import json
 import logging
 import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 from mammoflow import storage
 from mammoflow.config import dump_yaml
 from mammoflow.errors import ConfigError
-from mammoflow.sweep.spec import SweepSpec, cell_name, expand_cells, split_cell, validate_cells
+from mammoflow.sweep.spec import (
+    SweepSpec,
+    base_config,
+    cell_name,
+    expand_cells,
+    trial_cell,
+    trial_config,
+    validate_cells,
+)
 
 log = logging.getLogger(__name__)
 
+TRIAL_STATUS_FILE = "sweep_trial.json"
+TIME_ATTR = "epoch"
+# Environment a trial needs to reach the same object store as the driver (the emulator of tests and offline
+# demos). Credentials are not forwarded: on a cluster the pods have their own identity.
+FORWARDED_ENV = ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")
 
-def _search_space(spec: SweepSpec, cells: list[dict[str, Any]]) -> dict[str, Any]:
+
+# ------------------------------------------------------------------------------------------- search space
+def search_space(spec: SweepSpec, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ray Tune's param_space: the cells as a grid (or a categorical index for optuna) + the sampled axes."""
     from ray import tune
 
-    space: dict[str, Any] = {"cell": tune.grid_search(cells)}
+    space: dict[str, Any] = {}
+    if spec.search_name == "optuna":
+        # Optuna's categorical distributions hold scalars only: it picks a cell by index.
+        space["cell_index"] = tune.choice(list(range(len(cells))))
+    else:
+        space["cell"] = tune.grid_search(cells)
     makers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
     for key, axis in spec.sampled_axes.items():
         kind, values = next(iter(axis.items()))
@@ -39,195 +71,341 @@ def _search_space(spec: SweepSpec, cells: list[dict[str, Any]]) -> dict[str, Any
     return space
 
 
-def _scheduler(spec: SweepSpec, max_epochs: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, PopulationBasedTraining
+def tune_samples(spec: SweepSpec) -> int:
+    """TuneConfig.num_samples: grid repeats already are cells (seeds); sampled axes and optuna draw."""
+    return 1 if spec.one_folder_per_cell else spec.num_samples
+
+
+def make_scheduler(spec: SweepSpec, max_epochs: int):
+    """The trial scheduler of ``spec.scheduler`` on the epoch axis (ASHA's max_t defaults to the longest trial)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     opts = {k: v for k, v in spec.scheduler.items() if k != "name"}
     name = spec.scheduler.get("name", "asha")
-    if name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=opts.pop("max_t", max_epochs), **opts)
-    if name == "median":
-        return MedianStoppingRule(time_attr="training_iteration", **opts)
-    if name == "pbt":
-        return PopulationBasedTraining(time_attr="training_iteration", **opts)
+    try:
+        if name == "asha":
+            return ASHAScheduler(time_attr=TIME_ATTR, max_t=opts.pop("max_t", max_epochs), **opts)
+        if name == "median":
+            # Ray's default grace period (60) is in seconds of time_total_s; here the time axis is epochs.
+            return MedianStoppingRule(time_attr=TIME_ATTR, **{"grace_period": 1, **opts})
+    except (AssertionError, TypeError, ValueError) as exc:
+        raise ConfigError(f"sweep {spec.name}: scheduler {spec.scheduler}: {exc or 'invalid options'}") from None
     return FIFOScheduler()
 
 
-def _search_alg(spec: SweepSpec):
-    if spec.search.get("name", "grid") != "optuna":
+def make_search_alg(spec: SweepSpec):
+    if spec.search_name != "optuna":
         return None
     try:
         from ray.tune.search.optuna import OptunaSearch
     except ImportError as exc:  # optuna is optional
         raise ConfigError("search: optuna needs the optuna package (pip install optuna)") from exc
-    return OptunaSearch(seed=spec.search.get("seed", 0))
+    try:
+        import optuna  # noqa: F401  (OptunaSearch imports lazily and fails late)
+    except ImportError as exc:
+        raise ConfigError("search: optuna needs the optuna package (pip install optuna)") from exc
+    return OptunaSearch(seed=int(spec.search.get("seed", 0)))
 
 
-def make_trainable(spec: SweepSpec, data_uris: dict[str, str], trials_uri: str, cache_dir: str | None):
-    """The Ray Tune function trainable: config -> train(), one report per epoch."""
+# ------------------------------------------------------------------------------------------- trials
+def trial_folder(cell: dict[str, Any], trial_id: str | None, one_per_cell: bool) -> str:
+    """The run-folder name of a trial: its cell, plus Ray's trial id when two trials may share a cell."""
+    name = cell_name(cell)
+    return name if one_per_cell or not trial_id else f"{name}-{trial_id}"
+
+
+def read_trial_status(run_uri: str) -> dict[str, Any] | None:
+    """The driver's record of an ended trial (``sweep_trial.json``), or None while it has not ended."""
+    uri = storage.join(run_uri, TRIAL_STATUS_FILE)
+    if not storage.exists(uri):
+        return None
+    return json.loads(storage.get_bytes(uri))
+
+
+def make_trainable(base: dict[str, Any], cells: list[dict[str, Any]], data_uris: dict[str, str], trials_uri: str,
+                   *, one_per_cell: bool, cache_dir: str | None = None, env: dict[str, str] | None = None):
+    """The Ray Tune function trainable: params -> the cell's TrainConfig -> ``train()``, one report per epoch."""
+    forwarded = dict(env or {})
 
     def trial(params: dict[str, Any]) -> None:
         from ray import tune
 
-        from mammoflow.training.config import load_train_config
         from mammoflow.training.loop import train
 
-        full = {**params["cell"], **{k: v for k, v in params.items() if k != "cell"}}
-        data_name, overrides = split_cell(full)
-        if data_name not in data_uris:
-            raise ConfigError(f"trial dataset {data_name!r}: no --data {data_name}=URI given "
-                              f"(have {sorted(data_uris)})")
-        config = load_train_config(spec.base, overrides)
-        name = cell_name(full)
-        out = storage.join(trials_uri, name)
-        _trial_gauges().set_running(name, 1)
+        os.environ.update(forwarded)
+        cell = trial_cell(params, cells)
+        dataset, config = trial_config(base, cell)
+        if dataset not in data_uris:
+            raise ConfigError(f"trial dataset {dataset!r}: no --data {dataset}=URI given (have {sorted(data_uris)})")
+        name = trial_folder(cell, tune.get_context().get_trial_id(), one_per_cell)
+        run_uri = storage.join(trials_uri, name)
+        total = config.total_epochs
+        extra = {"trial_name": name, "dataset": dataset, "total_epochs": total}
+
+        ended = read_trial_status(run_uri)
+        if ended is not None:
+            # Ended before a driver crash that Ray's saved state did not see: report its last result, train nothing.
+            log.info("trial %s already %s after epoch %s: not trained again", name, ended["status"],
+                     ended["result"].get(TIME_ATTR))
+            tune.report({**ended["result"], **extra, "run_finished": int(ended["status"] == "finished")})
+            return
+
+        reported: set[int] = set()
+
+        def on_epoch(row: dict[str, float]) -> None:
+            _gauges().epoch(name, row)
+            if row["epoch"] < total:  # the last epoch is reported after train() has written the model
+                reported.add(int(row["epoch"]))
+                tune.report({**row, **extra, "run_finished": 0})
+
+        _gauges().running(name, 1)
         try:
-            train(config, data_uris[data_name], out, cache_dir=cache_dir,
-                  epoch_callback=lambda row: _report(tune, name, row))
+            result = train(config, data_uris[dataset], run_uri, cache_dir=cache_dir, epoch_callback=on_epoch)
         finally:
-            _trial_gauges().set_running(name, 0)
+            _gauges().running(name, 0)
+        if result.history and int(result.history[-1]["epoch"]) not in reported:
+            tune.report({**result.history[-1], **extra, "run_finished": int(bool(result.metrics))})
 
     return trial
 
 
-def _report(tune, name: str, row: dict[str, float]) -> None:
-    _trial_gauges().epoch(name, row)
-    tune.report({**row, "trial_name": name})
-
-
 class _TrialGauges:
-    """Per-trial Prometheus metrics through ray.util.metrics (exported by Ray's metrics agent)."""
+    """Per-trial Prometheus metrics through ray.util.metrics, exported by each node's metrics agent (Ray adds the
+    prefix ``ray_``, e.g. ``ray_mammoflow_trial_epoch``)."""
 
     def __init__(self) -> None:
         from ray.util.metrics import Gauge
 
         keys = ("trial",)
-        self.running = Gauge("mammoflow_trial_running", "1 while a trial trains", tag_keys=keys)
-        self.epoch_g = Gauge("mammoflow_trial_epoch", "Last finished epoch of a trial", tag_keys=keys)
-        self.loss = Gauge("mammoflow_trial_val_loss", "Validation loss of a trial's last epoch", tag_keys=keys)
+        self._running = Gauge("mammoflow_trial_running", "1 while a sweep trial trains", tag_keys=keys)
+        self._epoch = Gauge("mammoflow_trial_epoch", "Last finished epoch of a sweep trial", tag_keys=keys)
+        self._loss = Gauge("mammoflow_trial_val_loss", "Validation loss of a sweep trial's last epoch",
+                           tag_keys=keys)
 
-    def set_running(self, name: str, value: int) -> None:
-        self.running.set(value, tags={"trial": name})
+    def running(self, name: str, value: int) -> None:
+        self._running.set(value, tags={"trial": name})
 
     def epoch(self, name: str, row: dict[str, float]) -> None:
-        self.epoch_g.set(row["epoch"], tags={"trial": name})
+        self._epoch.set(row["epoch"], tags={"trial": name})
         if "val_loss" in row:
-            self.loss.set(row["val_loss"], tags={"trial": name})
+            self._loss.set(row["val_loss"], tags={"trial": name})
 
 
 _GAUGES: _TrialGauges | None = None
 
 
-def _trial_gauges() -> _TrialGauges:
+def _gauges() -> _TrialGauges:
     global _GAUGES
     if _GAUGES is None:
         _GAUGES = _TrialGauges()
     return _GAUGES
 
 
-def _sweep_callback(spec: SweepSpec):
-    """Driver-side counters: trials finished / stopped early / failed, best metric so far."""
+def sweep_callback(spec: SweepSpec, trials_uri: str):
+    """Driver-side: record each ended trial in its run folder; count trials finished / stopped early / failed and
+    the best metric so far as ray.util.metrics (``ray_mammoflow_sweep_*``)."""
     from ray.tune import Callback
-    from ray.util.metrics import Counter, Gauge
+    from ray.tune.result import AUTO_RESULT_KEYS
 
-    class SweepMetrics(Callback):
+    class SweepMonitor(Callback):
         def __init__(self) -> None:
-            tags = ("sweep",)
-            self.done = Counter("mammoflow_sweep_trials_finished", "Trials that ran to the end", tag_keys=tags)
-            self.stopped = Counter("mammoflow_sweep_trials_stopped_early", "Trials stopped by the scheduler",
-                                   tag_keys=tags)
-            self.failed = Counter("mammoflow_sweep_trials_failed", "Trials that errored", tag_keys=tags)
-            self.best = Gauge("mammoflow_sweep_best_metric", f"Best {spec.metric} so far", tag_keys=tags)
-            self.best_value: float | None = None
             self.tags = {"sweep": spec.name}
+            self.best_value: float | None = None
+            self._metrics: dict[str, Any] | None = None
+
+        def __getstate__(self) -> dict[str, Any]:  # Tune pickles the run config; metric handles stay behind
+            return {**self.__dict__, "_metrics": None}
+
+        def metrics(self) -> dict[str, Any]:
+            if self._metrics is None:
+                from ray.util.metrics import Counter, Gauge
+
+                tags = ("sweep",)
+                self._metrics = {
+                    "finished": Counter("mammoflow_sweep_trials_finished", "Sweep trials that ran every epoch",
+                                        tag_keys=tags),
+                    "stopped_early": Counter("mammoflow_sweep_trials_stopped_early",
+                                             "Sweep trials stopped by the scheduler", tag_keys=tags),
+                    "failed": Counter("mammoflow_sweep_trials_failed", "Sweep trial errors", tag_keys=tags),
+                    "best": Gauge("mammoflow_sweep_best_metric", f"Best {spec.metric} of the sweep so far",
+                                  tag_keys=tags),
+                }
+            return self._metrics
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             value = result.get(spec.metric)
-            if value is None:
+            if not isinstance(value, (int, float)):
                 return
-            better = self.best_value is None or (value < self.best_value if spec.mode == "min"
-                                                 else value > self.best_value)
-            if better:
+            if self.best_value is None or (value < self.best_value if spec.mode == "min" else value > self.best_value):
                 self.best_value = float(value)
-                self.best.set(self.best_value, tags=self.tags)
+                self.metrics()["best"].set(self.best_value, tags=self.tags)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done.inc(tags=self.tags)
+            last = trial.last_result or {}
+            name = last.get("trial_name")
+            status = "finished" if last.get("run_finished") else "stopped_early"
+            self.metrics()[status].inc(tags=self.tags)
+            if not name:
+                return
+            kept = {k: v for k, v in last.items() if k not in AUTO_RESULT_KEYS and k not in _TUNE_KEYS
+                    and isinstance(v, (int, float, str))}
+            doc = {"status": status, "trial_id": trial.trial_id, "result": kept}
+            storage.put_bytes(storage.join(trials_uri, name, TRIAL_STATUS_FILE),
+                              (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+            log.info("trial %s %s after epoch %s", name, status.replace("_", " "), last.get(TIME_ATTR))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.failed.inc(tags=self.tags)
+            self.metrics()["failed"].inc(tags=self.tags)
 
-    return SweepMetrics()
+    return SweepMonitor()
+
+
+_TUNE_KEYS = ("done", "trial_id", "experiment_tag", "should_checkpoint", "run_finished", "trial_name", "dataset",
+              "total_epochs")
+
+
+# ------------------------------------------------------------------------------------------- driver
+def _absolute(uri: str) -> str:
+    """Local paths made absolute: trials run in other working directories (and maybe on other machines)."""
+    return uri if storage.is_remote(uri) else str(storage.local_path(uri).absolute())
+
+
+def spec_yaml(spec: SweepSpec) -> str:
+    """The spec as run, with its base config resolved (so the folder says exactly what was swept)."""
+    data = json.loads(json.dumps(asdict(spec)))
+    data["base"] = base_config(spec)
+    return dump_yaml(data)
+
+
+def _check_resources(spec: SweepSpec) -> None:
+    """A local Ray never grows: refuse trials that ask for more than it has (they would wait forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for key, want in spec.resources.items():
+        name = key.upper() if key in ("cpu", "gpu") else key
+        if want and want > have.get(name, 0):
+            raise ConfigError(f"sweep {spec.name}: each trial asks for {want} {key} but the local Ray has "
+                              f"{have.get(name, 0)}. Fix: lower resources.{key} in the spec (a copy of it), or "
+                              "give --address of a cluster that has them")
 
 
 def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, address: str | None = None,
               resume: bool = False, max_concurrent: int | None = None, num_cpus: int | None = None,
-              cache_dir: str | None = None) -> dict[str, Any]:
-    """Run (or resume) a sweep; returns the summary written beside the results."""
+              cache_dir: str | None = None, dashboard: bool = False,
+              metrics_export_port: int | None = None) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) a sweep; writes the results and returns the summary.
+
+    Uses the running Ray if ``ray.init`` was already called; otherwise connects to ``address`` (``auto``,
+    ``ray://host:10001``) or starts a local Ray with ``num_cpus`` (and the dashboard / a fixed metrics port when
+    asked), shut down again at the end.
+    """
     import ray
     from ray import tune
 
-    cells = expand_cells(spec)
-    validate_cells(spec, cells)
-    from mammoflow.training.config import load_train_config
-
-    max_epochs = load_train_config(spec.base).total_epochs
-    storage.put_bytes(storage.join(out_uri, "spec.yaml"), dump_yaml(_spec_dict(spec)).encode())
-    trials_uri = storage.join(out_uri, "trials")
-    fs, ray_path = storage.pyarrow_filesystem(storage.join(out_uri, "ray"))
-
-    if not ray.is_initialized():
-        init_kw: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False}
-        if address is None:
-            init_kw["num_cpus"] = num_cpus or os.cpu_count()
-        ray.init(**init_kw)
-    resources = {k: v for k, v in spec.resources.items() if v}
-    trainable = tune.with_resources(make_trainable(spec, data_uris, trials_uri, cache_dir), resources)
-    experiment = f"{ray_path.rstrip('/')}/{spec.name}"
-    t0 = time.perf_counter()
-    if resume and tune.Tuner.can_restore(experiment, storage_filesystem=fs):
-        log.info("resuming sweep %s from %s", spec.name, experiment)
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, restart_errored=True,
-                                   storage_filesystem=fs)
-    else:
-        if resume:
-            log.warning("--resume: no sweep state at %s, starting it", experiment)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_search_space(spec, cells),
-            tune_config=tune.TuneConfig(
-                metric=spec.metric, mode=spec.mode, scheduler=_scheduler(spec, max_epochs),
-                search_alg=_search_alg(spec), num_samples=spec.num_samples,
-                max_concurrent_trials=max_concurrent or spec.max_concurrent,
-                trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-            run_config=tune.RunConfig(
-                name=spec.name, storage_path=ray_path, storage_filesystem=fs,
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                callbacks=[_sweep_callback(spec)], verbose=0),
-        )
-    grid = tuner.fit()
-    wall = time.perf_counter() - t0
     from mammoflow.sweep.results import write_results
 
-    return write_results(spec, grid, out_uri, max_epochs=max_epochs, wall_time_s=wall, n_cells=len(cells))
+    cells = expand_cells(spec)
+    validate_cells(spec, cells)
+    base = base_config(spec)
+    max_epochs = max(trial_config(base, cell)[1].total_epochs for cell in cells)
+    out_uri = _absolute(out_uri.rstrip("/"))
+    data_uris = {name: _absolute(uri) for name, uri in data_uris.items()}
+    if address and address.startswith("ray://") and not storage.is_remote(out_uri):
+        log.warning("--address %s with a local --out: trials on the cluster cannot write there; "
+                    "use a gs:// sweep folder", address)
+
+    spec_uri = storage.join(out_uri, "spec.yaml")
+    text = spec_yaml(spec)
+    if storage.exists(spec_uri) and storage.get_bytes(spec_uri).decode() != text:
+        raise ConfigError(f"{out_uri}: holds a sweep with a different spec (spec.yaml). Fix: use a new --out, "
+                          "or the same spec to resume it")
+    trials_uri = storage.join(out_uri, "trials")
+    fs, ray_path = storage.pyarrow_filesystem(storage.join(out_uri, "ray"))
+    experiment = f"{ray_path.rstrip('/')}/{spec.name}"
+    restorable = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
+    if restorable and not resume:
+        raise ConfigError(f"{out_uri}: holds the state of sweep {spec.name}. Fix: add --resume to continue it, "
+                          "or give a new --out")
+    storage.put_bytes(spec_uri, text.encode())
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        init_kw: dict[str, Any] = {"address": address, "log_to_driver": False}
+        if address is None:
+            init_kw.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=dashboard)
+            if dashboard:
+                init_kw["dashboard_host"] = "127.0.0.1"
+            if metrics_export_port:
+                init_kw["_metrics_export_port"] = metrics_export_port
+        ray.init(**init_kw)
+    try:
+        if started_ray and address is None:
+            _check_resources(spec)
+        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)} \
+            if os.environ.get("STORAGE_EMULATOR_HOST") else {}
+        trainable = tune.with_resources(
+            make_trainable(base, cells, data_uris, trials_uri, one_per_cell=spec.one_folder_per_cell,
+                           cache_dir=cache_dir, env=env),
+            {k: v for k, v in spec.resources.items() if v})
+        t0 = time.perf_counter()
+        if restorable:
+            log.info("resuming sweep %s from %s", spec.name, experiment)
+            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, restart_errored=True,
+                                       storage_filesystem=fs)
+        else:
+            if resume:
+                log.warning("--resume: no sweep state at %s yet, starting sweep %s", experiment, spec.name)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=search_space(spec, cells),
+                tune_config=tune.TuneConfig(
+                    metric=spec.metric, mode=spec.mode, scheduler=make_scheduler(spec, max_epochs),
+                    search_alg=make_search_alg(spec), num_samples=tune_samples(spec),
+                    max_concurrent_trials=max_concurrent or spec.max_concurrent,
+                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=ray_path, storage_filesystem=fs,
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    callbacks=[sweep_callback(spec, trials_uri)], verbose=0),
+            )
+        grid = tuner.fit()
+        wall = time.perf_counter() - t0
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return write_results(spec, grid, out_uri, base=base, cells=cells, max_epochs=max_epochs, wall_time_s=wall)
 
 
-def _spec_dict(spec: SweepSpec) -> dict[str, Any]:
-    from dataclasses import asdict
+def _trial_label(trial) -> str:
+    params = trial.config or {}
+    cell = params.get("cell", {"cell_index": params.get("cell_index")})
+    return cell_name({**cell, **{k: v for k, v in params.items() if k not in ("cell", "cell_index")}})
 
-    return json.loads(json.dumps(asdict(spec)))
+
+def _trial_name(trial) -> str:
+    return f"{_trial_label(trial)}-{trial.trial_id}"
+
+
+def _trial_dirname(trial) -> str:
+    return f"{_trial_label(trial)[:60]}-{trial.trial_id}"
 
 
 def dry_run_lines(spec: SweepSpec) -> list[str]:
-    """One line per trial the sweep would run (cells x samples), then the count."""
+    """One line per trial the sweep would run, then the count (``N trials``)."""
     cells = expand_cells(spec)
     validate_cells(spec, cells)
-    lines = []
+    base = base_config(spec)
+    make_scheduler(spec, max(trial_config(base, cell)[1].total_epochs for cell in cells))  # fail here, not later
     sampled = ", ".join(f"{k}~{next(iter(v))}{next(iter(v.values()))}" for k, v in spec.sampled_axes.items())
-    for cell in cells:
-        for s in range(spec.num_samples):
-            suffix = f"  [{sampled}, sample {s + 1}]" if sampled else ""
-            lines.append(f"{cell_name(cell)}  {json.dumps(cell, sort_keys=True)}{suffix}")
+    lines = []
+    if spec.search_name == "optuna":
+        lines = [f"optuna trial {s + 1}: one of {len(cells)} cells" + (f"  [{sampled}]" if sampled else "")
+                 for s in range(spec.num_samples)]
+    else:
+        for s in range(tune_samples(spec)):
+            for cell in cells:
+                suffix = f"  [{sampled}, sample {s + 1}]" if sampled else ""
+                lines.append(f"{cell_name(cell)}  {json.dumps(cell, sort_keys=True)}{suffix}")
     lines.append(f"{len(lines)} trials")
     return lines
-

@@ -27,6 +27,7 @@ import shutil
 import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "checkpoints/state.json"
 LAST_CKPT = "checkpoints/last.keras"
 BEST_CKPT = "checkpoints/best.keras"
+META_FILE = "model_meta.json"  # layer names (taps, CAM layer, backbone) that a saved .keras file does not keep
 
 
 class Preempted(RuntimeError):
@@ -133,6 +135,20 @@ def _seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
+def _reseed_layers(model, seed: int, steps_done: int = 0) -> None:
+    """Set every layer's random stream (dropout, noise) from ``(seed, epoch)``, as if ``steps_done`` steps ran.
+
+    Keras draws a layer's seed when the layer is built and does not save the stream's position with the model, so
+    a resumed run would otherwise see other dropout masks than an uninterrupted one. Each step draws once per
+    generator (the counter is the state's second word).
+    """
+    import numpy as np
+
+    for i, var in enumerate(v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")):
+        value = np.array([(seed * 7919 + i * 104729) % (2**31 - 1), steps_done], dtype=var.dtype)
+        var.assign(value)
+
+
 def _strategy(kind: str):
     import tensorflow as tf
 
@@ -212,7 +228,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     from mammoflow.dataset.cache import LocalCache
     from mammoflow.dataset.pipeline import eval_dataset, train_dataset
     from mammoflow.dataset.shards import read_manifest
-    from mammoflow.models import create_model
+    from mammoflow.models import create_model, model_meta
     from mammoflow.training.monitor import MonitorCallback, RunMetrics
 
     t_start = time.perf_counter()
@@ -251,7 +267,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     strategy = _strategy(config.distribute)
     with strategy.scope():
         if resumed_from is not None:
-            model = keras.models.load_model(run.path(LAST_CKPT))
+            model = _load(run, LAST_CKPT)
         else:
             _seed_everything(config.seed)
             phase0 = config.schedule.phases[0]
@@ -260,6 +276,8 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                                  trainable_backbone=phase0.trainable_backbone or config.model.trainable_backbone,
                                  **config.model.params)
             _compile(model, config, phase0.learning_rate)
+            run.write_text(META_FILE, json.dumps(model_meta(model).to_dict(), indent=2, sort_keys=True) + "\n")
+            run.push(META_FILE)
 
     counts = {int(k): int(v) for k, v in manifest["splits"][config.data.train_split]["patch_counts"].items()} \
         if "patch_counts" in manifest["splits"][config.data.train_split] else \
@@ -289,15 +307,19 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                 _enter_phase(model, config, phase)
                 state["phase_wait"] = 0
             _seed_everything(config.seed * 1000 + epoch)
+            _reseed_layers(model, config.seed * 1000 + epoch, state["step_in_epoch"])
             ds = train_dataset(shards[config.data.train_split], input_cfg, seed=config.seed, epoch=epoch)
             if config.schedule.steps_per_epoch:
                 ds = ds.take(config.schedule.steps_per_epoch)
             if state["step_in_epoch"]:
                 ds = ds.skip(state["step_in_epoch"])
             stepper.step = 0
-            hist = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
-                             class_weight=class_weight, verbose=0,
-                             callbacks=[monitor, tensorboard, stepper.callback])
+            with warnings.catch_warnings():
+                # One fit() per epoch over a finite dataset: Keras' "ran out of data" note is expected here.
+                warnings.filterwarnings("ignore", message=".*ran out of data.*")
+                hist = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
+                                 class_weight=class_weight, verbose=0, shuffle=False,
+                                 callbacks=[monitor, tensorboard, stepper.callback])
             if stepper.preempted:
                 raise Preempted(f"stopped by SIGTERM during epoch {epoch + 1}; checkpoint saved, rerun to resume")
             row = {k: float(v[-1]) for k, v in hist.history.items()}
@@ -326,7 +348,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                          phase_idx + 1, epoch + 1, patience)
                 state["epochs_done"] = phase_end  # skip the rest of this phase
                 if phase_end < config.total_epochs:
-                    model = keras.models.load_model(run.path(BEST_CKPT))
+                    model = _load(run, BEST_CKPT)
                     _enter_phase(model, config, config.phase_of_epoch(phase_end)[1])
                 save_checkpoint(phase_end, 0)
                 if phase_end >= config.total_epochs:
@@ -357,8 +379,20 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
         "epochs_done": state["epochs_done"], "wall_time_s_this_call": round(time.perf_counter() - t_start, 2),
         "tensorflow": tf.__version__, "keras": keras.__version__,
     }, indent=2, sort_keys=True) + "\n")
-    run.push("run.json", "metrics.json", "model.keras", "history.csv", "history.json", "tensorboard")
+    run.push("run.json", "metrics.json", "model.keras", META_FILE, "history.csv", "history.json", "tensorboard")
     return result
+
+
+def _load(run: RunFolder, rel: str):
+    """A checkpoint with its mammoflow metadata re-attached (phase changes and CAMs need the layer names)."""
+    import keras
+
+    from mammoflow.models import attach_meta
+
+    model = keras.models.load_model(run.path(rel))
+    if run.pull(META_FILE):
+        attach_meta(model, json.loads(run.path(META_FILE).read_text()))
+    return model
 
 
 def _input_shape(cfg: TrainConfig) -> tuple[int, int, int]:

@@ -1,0 +1,122 @@
+"""Training: config validation, class weights reaching the loss, resume equality, a real learning signal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mammoflow.errors import ConfigError
+from mammoflow.training.config import load_train_config
+from mammoflow.training.loop import class_weight_map, train
+
+# Small and fast: 32 px patches, few per ROI, one phase.
+TINY = {
+    "data.patch_size": 32,
+    "data.patches_per_roi": {"normal": 8, "tumour": 24},
+    "data.batch_size": 16,
+    "schedule.phases": [{"epochs": 2, "learning_rate": 0.003, "trainable_backbone": True}],
+    "class_weights": "none",
+}
+
+
+def _weights(path):
+    import keras
+
+    return [np.asarray(w) for w in keras.models.load_model(path).get_weights()]
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_train_config("demo", {"model.nmae": "x"})
+    with pytest.raises(ConfigError, match="class_weights"):
+        load_train_config("demo", {"class_weights": "inverse"})
+    with pytest.raises(ConfigError, match="head_lr_multiplier needs optimizer.name: sgd"):
+        load_train_config("demo", {"optimizer.head_lr_multiplier": 20.0})
+    assert load_train_config("yu2020").model.name == "vgg16_fusion1"
+    cfg = load_train_config("jaamour2023")
+    assert [p.trainable_backbone for p in cfg.schedule.phases] == [False, True]
+    assert cfg.phase_of_epoch(50)[0] == 1
+
+
+def test_balanced_class_weights():
+    weights = class_weight_map("balanced", {0: 300, 1: 100}, {0: "normal", 1: "tumour"})
+    assert weights == pytest.approx({0: 400 / 600, 1: 400 / 200})
+    assert class_weight_map("none", {0: 1, 1: 1}, {0: "normal", 1: "tumour"}) is None
+    assert class_weight_map({"tumour": 3}, {0: 1, 1: 1}, {0: "normal", 1: "tumour"}) == {1: 3.0}
+    with pytest.raises(ConfigError, match="unknown label"):
+        class_weight_map({"cancer": 3}, {0: 1, 1: 1}, {0: "normal", 1: "tumour"})
+
+
+def test_class_weights_reach_the_loss(phantom_dataset, tmp_path):
+    losses = {}
+    for spec in ("none", {"normal": 1.0, "tumour": 5.0}):
+        cfg = load_train_config("demo", {**TINY, "class_weights": spec, "schedule.phases": [
+            {"epochs": 1, "learning_rate": 0.003, "trainable_backbone": True}]})
+        name = "none" if spec == "none" else "weighted"
+        losses[name] = train(cfg, str(phantom_dataset), str(tmp_path / name)).history[0]["loss"]
+    # Same data, same seed, same initial weights: only the weights differ, and the tumour-heavy weighting
+    # makes the mean weighted loss larger.
+    assert losses["weighted"] > losses["none"] * 1.5
+
+
+def test_killed_run_resumes_to_the_same_result(phantom_dataset, tmp_path):
+    cfg = load_train_config("demo", TINY)
+    full = train(cfg, str(phantom_dataset), str(tmp_path / "full"))
+    first = train(cfg, str(phantom_dataset), str(tmp_path / "resumed"), stop_after_epochs=1)
+    assert first.epochs_run == 1 and not (tmp_path / "resumed" / "model.keras").exists()
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["status"] == "paused"
+    second = train(cfg, str(phantom_dataset), str(tmp_path / "resumed"))
+    assert second.resumed_from_epoch == 1 and second.epochs_run == 2
+    assert [r["loss"] for r in second.history] == pytest.approx([r["loss"] for r in full.history], rel=1e-5)
+    for a, b in zip(_weights(tmp_path / "full" / "model.keras"), _weights(tmp_path / "resumed" / "model.keras"),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_run_folder_is_self_describing(phantom_dataset, tmp_path):
+    cfg = load_train_config("demo", {**TINY, "schedule.phases": [
+        {"epochs": 1, "learning_rate": 0.003, "trainable_backbone": True}]})
+    train(cfg, str(phantom_dataset), str(tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("config.yaml", "run.json", "metrics.json", "history.csv", "history.json", "model.keras",
+                 "model_meta.json", "checkpoints/best.keras", "checkpoints/last.keras", "checkpoints/state.json"):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").rglob("events.out.tfevents*"))
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["data_manifest_sha256"]) == 64 and info["status"] == "finished"
+    # The saved config re-runs the same thing.
+    again = load_train_config(str(run / "config.yaml"))
+    assert again == cfg
+    # A different config in the same folder is refused rather than mixed in.
+    other = load_train_config("demo", {**TINY, "seed": 99})
+    with pytest.raises(ConfigError, match="different config"):
+        train(other, str(phantom_dataset), str(run))
+
+
+@pytest.mark.slow
+def test_learns_lesions_from_phantoms(phantom_dataset, tmp_path):
+    """A real learning signal: held-out lesion patches score higher than normal ones (patch ROC-AUC)."""
+    import keras
+    from sklearn.metrics import roc_auc_score
+
+    from mammoflow.dataset.cache import LocalCache
+    from mammoflow.dataset.pipeline import eval_dataset
+    from mammoflow.training.loop import _input_config
+
+    cfg = load_train_config("demo", {**TINY, "data.patch_size": 48, "data.patches_per_roi": {"normal": 24, "tumour": 48},
+                                     "schedule.phases": [{"epochs": 6, "learning_rate": 0.001,
+                                                          "trainable_backbone": True}]})
+    train(cfg, str(phantom_dataset), str(tmp_path / "run"))
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    shards = LocalCache(tmp_path / "cache").fetch(str(phantom_dataset))
+    probs, labels = [], []
+    for x, y, _ids in eval_dataset(shards["val"] + shards["test"], _input_config(cfg)):
+        probs.append(model.predict_on_batch(x)[:, 1])
+        labels.append(y.numpy())
+    y_true, y_prob = np.concatenate(labels), np.concatenate(probs)
+    assert 0 < y_true.mean() < 1, "held-out splits need both classes"
+    auc = roc_auc_score(y_true, y_prob)
+    # Measured 0.87 here (chance 0.5); the margin absorbs floating-point differences between CPUs.
+    assert auc > 0.75, f"held-out patch ROC-AUC {auc:.3f}: no real learning signal"

@@ -120,3 +120,27 @@ def test_learns_lesions_from_phantoms(phantom_dataset, tmp_path):
     auc = roc_auc_score(y_true, y_prob)
     # Measured 0.87 here (chance 0.5); the margin absorbs floating-point differences between CPUs.
     assert auc > 0.75, f"held-out patch ROC-AUC {auc:.3f}: no real learning signal"
+
+
+def test_head_cache_gives_the_same_model_as_the_slow_path(phantom_dataset, tmp_path):
+    """Frozen VGG16 Fusion1: training the head on cached backbone features == training the whole model."""
+    base = {**TINY, "model.name": "vgg16_fusion1", "model.weights": "none", "model.trainable_backbone": False,
+            "model.params": {"fc_units": [32, 32]}, "data.channels": 3, "data.resample_each_epoch": False,
+            "data.patches_per_roi": {"normal": 4, "tumour": 8}, "optimizer.name": "sgd",
+            "schedule.phases": [{"epochs": 2, "learning_rate": 0.01, "trainable_backbone": False}]}
+    slow = train(load_train_config("demo", base), str(phantom_dataset), str(tmp_path / "slow"))
+    fast = train(load_train_config("demo", {**base, "head_cache": True}), str(phantom_dataset),
+                 str(tmp_path / "fast"))
+    assert [r["loss"] for r in fast.history] == pytest.approx([r["loss"] for r in slow.history], rel=1e-3)
+    assert [r["val_loss"] for r in fast.history] == pytest.approx([r["val_loss"] for r in slow.history], rel=1e-3)
+    for a, b in zip(_weights(tmp_path / "slow" / "model.keras"), _weights(tmp_path / "fast" / "model.keras"),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_head_cache_needs_a_frozen_backbone_and_fixed_patches():
+    with pytest.raises(ConfigError, match="resample_each_epoch"):
+        load_train_config("demo", {"head_cache": True, "model.trainable_backbone": False, "schedule.phases": [
+            {"epochs": 1, "learning_rate": 0.01, "trainable_backbone": False}]})
+    with pytest.raises(ConfigError, match="frozen backbone"):
+        load_train_config("demo", {"head_cache": True, "data.resample_each_epoch": False})

@@ -38,6 +38,9 @@ class DataConfig:
     image_size: int | None = None  # whole-image mode
     train_split: str = "train"
     val_split: str = "val"
+    # True: fresh random patches (and augmentations) every epoch. False: epoch 0's patches every epoch, which is what
+    # a feature cache can hold (head_cache needs it).
+    resample_each_epoch: bool = True
     # Cross-validation (Xi et al. 2018): with fold k set, train on every fold shard set but k and validate on k.
     fold: int | None = None
 
@@ -95,8 +98,12 @@ class TrainConfig:
         if self.optimizer.head_lr_multiplier != 1.0 and self.optimizer.name != "sgd":
             raise ConfigError("optimizer.head_lr_multiplier needs optimizer.name: sgd (gradient scaling equals a "
                               "learning-rate multiplier only for SGD)")
-        if self.head_cache and any(p.trainable_backbone for p in self.schedule.phases):
+        if self.head_cache and (self.model.trainable_backbone or any(p.trainable_backbone for p in self.schedule.phases)):
             raise ConfigError("head_cache: needs a frozen backbone in every phase (features would go stale)")
+        if self.head_cache and self.data.resample_each_epoch:
+            raise ConfigError("head_cache: needs data.resample_each_epoch: false (the cache holds one set of patches)")
+        if self.head_cache and self.schedule.checkpoint_every_steps:
+            raise ConfigError("head_cache: epochs are cheap, so mid-epoch checkpoints are not supported with it")
         if self.data.patch_size < 8:
             raise ConfigError("data.patch_size must be at least 8 pixels")
 

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "checkpoints/state.json"
 LAST_CKPT = "checkpoints/last.keras"
+LAST_HEAD = "checkpoints/last_head.keras"  # head_cache: the head with its optimizer state
 BEST_CKPT = "checkpoints/best.keras"
 META_FILE = "model_meta.json"  # layer names (taps, CAM layer, backbone) that a saved .keras file does not keep
 
@@ -226,7 +227,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     import tensorflow as tf
 
     from mammoflow.dataset.cache import LocalCache
-    from mammoflow.dataset.pipeline import eval_dataset, train_dataset
+    from mammoflow.dataset.pipeline import eval_dataset
     from mammoflow.dataset.shards import read_manifest
     from mammoflow.models import create_model, model_meta
     from mammoflow.training.monitor import MonitorCallback, RunMetrics
@@ -241,8 +242,9 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     shards = cache.fetch(manifest_uri)
     label_names = {int(k): v for k, v in manifest["label_names"].items()}
     num_classes = len(label_names)
-    input_cfg = _input_config(config)
-    for split in (config.data.train_split, config.data.val_split):
+    input_cfg, val_cfg = _fold_configs(config, _input_config(config), manifest)
+    val_split = config.data.train_split if config.data.fold is not None else config.data.val_split
+    for split in (config.data.train_split, val_split):
         if not shards.get(split):
             raise ConfigError(f"{data_uri}: the dataset has no {split!r} shards (has {sorted(shards)}); "
                               "fix data.train_split / data.val_split or rebuild with a validation split")
@@ -275,9 +277,21 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                                  weights=config.model.weights,
                                  trainable_backbone=phase0.trainable_backbone or config.model.trainable_backbone,
                                  **config.model.params)
-            _compile(model, config, phase0.learning_rate)
+            if not config.head_cache:  # with a head cache only the head is compiled (below)
+                _compile(model, config, phase0.learning_rate)
             run.write_text(META_FILE, json.dumps(model_meta(model).to_dict(), indent=2, sort_keys=True) + "\n")
             run.push(META_FILE)
+
+    # head_cache: train only the head on features the frozen backbone computes once (same patches every epoch).
+    fit_model, backbone = model, None
+    if config.head_cache:
+        from mammoflow.models import split_frozen_backbone
+
+        backbone, fit_model = split_frozen_backbone(model)
+        _compile(fit_model, config, config.phase_of_epoch(min(state["epochs_done"], config.total_epochs - 1))[1]
+                 .learning_rate)
+        if resumed_from is not None and run.pull(LAST_HEAD):
+            _restore_optimizer(fit_model, keras.models.load_model(run.path(LAST_HEAD)))
 
     counts = {int(k): int(v) for k, v in manifest["splits"][config.data.train_split]["patch_counts"].items()} \
         if "patch_counts" in manifest["splits"][config.data.train_split] else \
@@ -290,11 +304,20 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
 
     def save_checkpoint(epochs_done: int, step_in_epoch: int) -> None:
         model.save(run.path(LAST_CKPT))
+        if fit_model is not model:
+            fit_model.save(run.path(LAST_HEAD))
         st = dict(state, epochs_done=epochs_done, step_in_epoch=step_in_epoch)
         run.write_text(STATE_FILE, json.dumps(st, indent=2))
-        run.push(LAST_CKPT, STATE_FILE)
+        run.push(LAST_CKPT, LAST_HEAD, STATE_FILE)
 
-    val_ds = eval_dataset(shards[config.data.val_split], input_cfg).map(lambda x, y, _id: (x, y))
+    val_ds = eval_dataset(shards[val_split], val_cfg).map(lambda x, y, _id: (x, y))
+    cached_train = None
+    if backbone is not None:
+        t_cache = time.perf_counter()
+        val_ds = _cached_features(backbone, val_ds, config.data.batch_size)
+        cached_train = _cached_features(backbone, _epoch_data(config, shards, input_cfg, 0),
+                                        config.data.batch_size)
+        log.info("head cache: backbone features computed once in %.1f s", time.perf_counter() - t_cache)
     stepper = _StepCheckpoint(lambda step: save_checkpoint(state["epochs_done"], state["step_in_epoch"] + step),
                               config.schedule.checkpoint_every_steps)
     previous_handler = _install_sigterm(stepper)
@@ -304,20 +327,18 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
             phase_idx, phase = config.phase_of_epoch(epoch)
             phase_start = sum(p.epochs for p in config.schedule.phases[:phase_idx])
             if epoch == phase_start and epoch > 0 and state["step_in_epoch"] == 0:
-                _enter_phase(model, config, phase)
+                _enter_phase(model, fit_model, config, phase)
                 state["phase_wait"] = 0
             _seed_everything(config.seed * 1000 + epoch)
             _reseed_layers(model, config.seed * 1000 + epoch, state["step_in_epoch"])
-            ds = train_dataset(shards[config.data.train_split], input_cfg, seed=config.seed, epoch=epoch)
-            if config.schedule.steps_per_epoch:
-                ds = ds.take(config.schedule.steps_per_epoch)
+            ds = cached_train if cached_train is not None else _epoch_data(config, shards, input_cfg, epoch)
             if state["step_in_epoch"]:
                 ds = ds.skip(state["step_in_epoch"])
             stepper.step = 0
             with warnings.catch_warnings():
                 # One fit() per epoch over a finite dataset: Keras' "ran out of data" note is expected here.
                 warnings.filterwarnings("ignore", message=".*ran out of data.*")
-                hist = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
+                hist = fit_model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
                                  class_weight=class_weight, verbose=0, shuffle=False,
                                  callbacks=[monitor, tensorboard, stepper.callback])
             if stepper.preempted:
@@ -348,8 +369,11 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                          phase_idx + 1, epoch + 1, patience)
                 state["epochs_done"] = phase_end  # skip the rest of this phase
                 if phase_end < config.total_epochs:
-                    model = _load(run, BEST_CKPT)
-                    _enter_phase(model, config, config.phase_of_epoch(phase_end)[1])
+                    if fit_model is not model:
+                        raise ConfigError("head_cache with early stopping between phases is not supported: use "
+                                          "one phase, or head_cache: false")
+                    model = fit_model = _load(run, BEST_CKPT)
+                    _enter_phase(model, fit_model, config, config.phase_of_epoch(phase_end)[1])
                 save_checkpoint(phase_end, 0)
                 if phase_end >= config.total_epochs:
                     break
@@ -411,6 +435,60 @@ def _input_config(cfg: TrainConfig):
                        **d.augment)
 
 
+def _epoch_data(cfg: TrainConfig, shards: dict[str, list], input_cfg, epoch: int):
+    """The training batches of one epoch: a pure function of (seed, epoch), or of seed alone without resampling."""
+    from mammoflow.dataset.pipeline import train_dataset
+
+    ds = train_dataset(_train_shards(cfg, shards), input_cfg, seed=cfg.seed,
+                       epoch=epoch if cfg.data.resample_each_epoch else 0)
+    if cfg.schedule.steps_per_epoch:
+        ds = ds.take(cfg.schedule.steps_per_epoch)
+    return ds
+
+
+def _cached_features(backbone, ds, batch_size: int):
+    """Run the frozen backbone once over ``ds`` (x, y) and return a dataset of (features, y) in the same batches."""
+    import numpy as np
+    import tensorflow as tf
+
+    feats: list[list[np.ndarray]] = []
+    labels = []
+    for x, y in ds:
+        out = backbone.predict_on_batch(x)
+        feats.append(list(out) if isinstance(out, (list, tuple)) else [out])
+        labels.append(np.asarray(y))
+    columns = [np.concatenate([f[i] for f in feats]) for i in range(len(feats[0]))]
+    x_all = columns[0] if len(columns) == 1 else tuple(columns)
+    # Every batch but the last is full, so re-batching the concatenation gives the very same batches.
+    return tf.data.Dataset.from_tensor_slices((x_all, np.concatenate(labels))).batch(batch_size)
+
+
+def _restore_optimizer(model, saved) -> None:
+    """Copy a saved model's optimizer state (momenta, iteration count) into ``model``'s optimizer."""
+    model.optimizer.build(model.trainable_variables)
+    for dst, src in zip(model.optimizer.variables, saved.optimizer.variables, strict=True):
+        dst.assign(src)
+
+
+def _train_shards(cfg: TrainConfig, shards: dict[str, list]) -> list:
+    return shards[cfg.data.train_split]
+
+
+def _fold_configs(cfg: TrainConfig, input_cfg, manifest: dict[str, Any]):
+    """(train, validation) input configs: the same, or for fold k of a k-fold dataset, folds != k and fold k."""
+    import dataclasses
+
+    if cfg.data.fold is None:
+        return input_cfg, input_cfg
+    k = (manifest.get("config", {}).get("splits") or {}).get("k_folds")
+    if not k:
+        raise ConfigError("data.fold is set but the dataset has no folds; build it with splits.k_folds")
+    if not 0 <= cfg.data.fold < k:
+        raise ConfigError(f"data.fold {cfg.data.fold} is outside the dataset's {k} folds (0..{k - 1})")
+    train_folds = tuple(i for i in range(k) if i != cfg.data.fold)
+    return dataclasses.replace(input_cfg, folds=train_folds), dataclasses.replace(input_cfg, folds=(cfg.data.fold,))
+
+
 def _patch_counts(manifest: dict[str, Any], cfg: TrainConfig, names: dict[int, str]) -> dict[int, int]:
     """Training examples per label in one epoch: ROIs per class x patches per ROI of that class."""
     per_class = manifest["splits"][cfg.data.train_split]["counts"]
@@ -421,11 +499,11 @@ def _patch_counts(manifest: dict[str, Any], cfg: TrainConfig, names: dict[int, s
     return counts
 
 
-def _enter_phase(model, cfg: TrainConfig, phase) -> None:
+def _enter_phase(model, fit_model, cfg: TrainConfig, phase) -> None:
     from mammoflow.models import set_backbone_trainable
 
     set_backbone_trainable(model, phase.trainable_backbone)
-    _compile(model, cfg, phase.learning_rate)
+    _compile(fit_model, cfg, phase.learning_rate)
     log.info("phase: backbone %s, learning rate %g", "trainable" if phase.trainable_backbone else "frozen",
              phase.learning_rate)
 

@@ -8,7 +8,8 @@ Python (``SubprocessRunner(use_venv=False)``: mammoflow is importable, nothing i
     root/cache/     local copies of remote inputs and verified shard files
     root/report.html, root/summary.json    the last run's report and summary
 
-A sweep starts a local Ray inside its step. kfp.local ignores resources, GPUs, node selectors and retries.
+A sweep starts a local Ray inside its step. kfp.local ignores resources, GPUs and node selectors; it would honour
+the retries with their minutes of back-off, so a local run is built without them and a failing step fails at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import warnings
@@ -73,10 +75,11 @@ def run_local(name: str, root: str | os.PathLike[str], params: dict[str, Any] | 
     """Run pipeline ``name`` (training, sweep) end to end under ``root``; returns the run's summary (also written
     to ``root/summary.json``): where the report is, the headline metrics and the wall time."""
     from kfp import local
-    from mammoflow.pipelines import get_pipeline
+    from mammoflow.pipelines import build_pipeline
+    from mammoflow.pipelines.options import PipelineOptions
 
     root = Path(root).expanduser().absolute()
-    pipeline = get_pipeline(name)
+    pipeline = build_pipeline(name, PipelineOptions.from_env(retries=False))
     args = local_params(pipeline, root, dict(params or {}))
     root.mkdir(parents=True, exist_ok=True)
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"), raise_on_error=True)
@@ -85,10 +88,13 @@ def run_local(name: str, root: str | os.PathLike[str], params: dict[str, Any] | 
     with warnings.catch_warnings(), _environ(**{CACHE_ENV: os.environ.get(CACHE_ENV, str(root / "cache"))}):
         # The steps run on the project's image name, which kfp.local cannot tell is a Python image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        # Resources, GPUs and node selectors are for the cluster; kfp.local says so once per step.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             task = pipeline(**args)
         except RuntimeError as exc:
-            raise LocalRunError(f"local run of pipeline {name!r} failed: {exc} (the failing step's log is "
+            message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours task names for terminals
+            raise LocalRunError(f"local run of pipeline {name!r} failed: {message} (the failing step's log is "
                                 "above)") from None
     seconds = time.perf_counter() - started
     report = root / REPORT_FILE

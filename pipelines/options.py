@@ -105,6 +105,7 @@ class PipelineOptions:
     salt_secret: str = SALT_SECRET  # Secret with MAMMOFLOW_SALT for ingest (optional: absent = public salt)
     storage_root: str = ""  # default of the storage_root parameter; "" = $MAMMOFLOW_STORAGE_ROOT
     caching: bool = True  # False: no step is ever taken from KFP's cache (e.g. after deleting a storage root)
+    retries: bool = True  # False for local runs: kfp.local honours retries, and a laptop run should fail fast
 
     @classmethod
     def from_env(cls, **overrides: Any) -> PipelineOptions:
@@ -150,7 +151,7 @@ def configure(task: Any, stage: str, options: PipelineOptions) -> Any:
     task.set_caching_options(CACHING[stage] and options.caching)
     task.set_env_variable("MAMMOFLOW_LOG_LEVEL", "INFO")
     task.set_env_variable("TF_CPP_MIN_LOG_LEVEL", "2")
-    if stage in RETRIES:
+    if stage in RETRIES and options.retries:
         task.set_retry(num_retries=RETRIES[stage], backoff_duration="60s", backoff_factor=2.0,
                        backoff_max_duration="3600s")
     if stage in TIMEOUTS_S:

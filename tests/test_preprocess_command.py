@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from mammoflow.cli import cli
-from mammoflow.preprocess.run import preprocess_records, safe_name
 from mammoflow.io.images import encode_png, read_image, write_pgm, write_png
+from mammoflow.preprocess.run import preprocess_records, safe_name
 from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable
 
 

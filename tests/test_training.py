@@ -124,7 +124,7 @@ def test_learns_lesions_from_phantoms(phantom_dataset, tmp_path):
 
 def test_head_cache_gives_the_same_model_as_the_slow_path(phantom_dataset, tmp_path):
     """Frozen VGG16 Fusion1: training the head on cached backbone features == training the whole model."""
-    base = {**TINY, "model.name": "vgg16_fusion1", "model.weights": "none", "model.trainable_backbone": False,
+    base = {**TINY, "model.name": "vgg16_fusion1", "model.weights": "none",
             "model.params": {"fc_units": [32, 32]}, "data.channels": 3, "data.resample_each_epoch": False,
             "data.patches_per_roi": {"normal": 4, "tumour": 8}, "optimizer.name": "sgd",
             "schedule.phases": [{"epochs": 2, "learning_rate": 0.01, "trainable_backbone": False}]}
@@ -140,7 +140,48 @@ def test_head_cache_gives_the_same_model_as_the_slow_path(phantom_dataset, tmp_p
 
 def test_head_cache_needs_a_frozen_backbone_and_fixed_patches():
     with pytest.raises(ConfigError, match="resample_each_epoch"):
-        load_train_config("demo", {"head_cache": True, "model.trainable_backbone": False, "schedule.phases": [
+        load_train_config("demo", {"head_cache": True, "schedule.phases": [
             {"epochs": 1, "learning_rate": 0.01, "trainable_backbone": False}]})
     with pytest.raises(ConfigError, match="frozen backbone"):
         load_train_config("demo", {"head_cache": True, "data.resample_each_epoch": False})
+
+
+def test_two_phases_freeze_then_unfreeze_the_backbone(phantom_dataset, tmp_path):
+    """Jaamour et al.'s schedule: phase 1 trains only the head, phase 2 everything at a lower rate."""
+    import keras
+
+    over = {**TINY, "model.name": "vgg16_gap", "model.weights": "none", "model.params": {"fc_units": [16, 16]},
+            "data.channels": 3, "data.patches_per_roi": {"normal": 2, "tumour": 4}, "optimizer.name": "adam",
+            "schedule.phases": [{"epochs": 1, "learning_rate": 0.001, "trainable_backbone": False},
+                                {"epochs": 1, "learning_rate": 1e-5, "trainable_backbone": True}]}
+    cfg = load_train_config("demo", over)
+    conv = "block1_conv1"
+    train(cfg, str(phantom_dataset), str(tmp_path / "p"), stop_after_epochs=1)
+    after1 = keras.models.load_model(tmp_path / "p" / "checkpoints" / "last.keras")
+    assert not after1.get_layer(conv).trainable and after1.get_layer("fc1").trainable
+    train(cfg, str(phantom_dataset), str(tmp_path / "p"))  # resumes into phase 2
+    after2 = keras.models.load_model(tmp_path / "p" / "checkpoints" / "last.keras")
+    assert after2.get_layer(conv).trainable
+    assert not np.array_equal(after1.get_layer(conv).get_weights()[0], after2.get_layer(conv).get_weights()[0])
+    history = json.loads((tmp_path / "p" / "history.json").read_text())
+    assert [round(r["learning_rate"], 8) for r in history] == [0.001, 1e-5]
+
+
+def test_head_learning_rate_multiplier():
+    """Xi et al.: the new head learns at 20x the backbone's rate (SGD)."""
+    import keras
+
+    from mammoflow.training.optim import HeadScaledSGD
+
+    inputs = keras.Input((4,))
+    body = keras.layers.Dense(3, name="body", kernel_initializer="ones", use_bias=False)(inputs)
+    out = keras.layers.Dense(1, name="predictions", kernel_initializer="ones", use_bias=False)(body)
+    model = keras.Model(inputs, out)
+    opt = HeadScaledSGD(learning_rate=0.01, momentum=0.0, head_multiplier=20.0, head_paths=["predictions"])
+    grads = [keras.ops.ones((4, 3)), keras.ops.ones((3, 1))]
+    opt.apply(grads, model.trainable_variables)
+    body_w, head_w = (np.asarray(v) for v in model.trainable_variables)
+    np.testing.assert_allclose(1 - body_w, 0.01, rtol=1e-4)
+    np.testing.assert_allclose(1 - head_w, 0.2, rtol=1e-4)
+    again = HeadScaledSGD.from_config(opt.get_config())
+    assert again.head_multiplier == 20.0 and again.head_paths == ("predictions",)

@@ -305,6 +305,22 @@ def _local_config(ref: str, cache: str | os.PathLike[str] | None) -> str:
     return str(fetch_tree(ref, cache)) if storage.is_remote(ref) else ref
 
 
+def plain_numbers(value: Any) -> Any:
+    """``value`` with integral floats turned back into ints, recursively.
+
+    Dict and list parameters reach a KFP step through a protobuf Struct, where every number is a float, so an
+    override ``{"schedule.steps_per_epoch": 10}`` arrives as ``10.0``; config fields typed ``int`` refuse that,
+    while ``float`` fields accept ints.
+    """
+    if isinstance(value, dict):
+        return {k: plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def train(config_ref: str, data_uri: str, out_uri: str, *, overrides: Mapping[str, Any] | None = None,
           metrics_port: int | None = None, cache: str | os.PathLike[str] | None = None) -> Any:
     """One training run (``mammoflow train``): preset or YAML (local or ``gs://``) + dotted overrides.
@@ -315,7 +331,7 @@ def train(config_ref: str, data_uri: str, out_uri: str, *, overrides: Mapping[st
     from mammoflow.training.config import load_train_config
     from mammoflow.training.loop import train as train_loop
 
-    values = dict(overrides or {})
+    values = plain_numbers(dict(overrides or {}))
     if metrics_port:
         values["metrics_port"] = int(metrics_port)
     config = load_train_config(_local_config(config_ref, cache), values)

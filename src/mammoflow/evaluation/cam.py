@@ -513,6 +513,7 @@ def sliding_gradcam(model: keras.Model, image: np.ndarray, target: CamTarget, st
     pos, n_out = target.positive_index, int(model.output_shape[-1])
     acc = np.zeros((ph, pw), np.float32)
     count = np.zeros((ph, pw), np.float32)
+    prior = window_prior(size)
     for start in range(0, len(origins), batch_size):
         chunk = origins[start:start + batch_size]
         x = tf.convert_to_tensor(target.windows_input(_windows(image, chunk, size)))
@@ -529,10 +530,17 @@ def sliding_gradcam(model: keras.Model, image: np.ndarray, target: CamTarget, st
         for (r, c), cam, pp in zip(chunk, cams, p_pos, strict=True):
             top = float(cam.max())
             local = upsample(cam / top, (size, size)) if top > _EPS else np.zeros((size, size), np.float32)
-            acc[r:r + size, c:c + size] += float(pp) * local
-            count[r:r + size, c:c + size] += 1.0
+            acc[r:r + size, c:c + size] += float(pp) * prior * local
+            count[r:r + size, c:c + size] += prior
     out = np.divide(acc, count, out=np.zeros_like(acc), where=count > 0)
     return out[:h, :w]
+
+
+def window_prior(size: int, sigma_fraction: float = 0.5) -> np.ndarray:
+    """A Gaussian weight over a window (sigma = ``sigma_fraction`` x side, peak 1 at the centre), float32."""
+    axis = np.arange(size, dtype=np.float32) - (size - 1) / 2
+    g = np.exp(-0.5 * (axis / (sigma_fraction * size)) ** 2)
+    return np.outer(g, g).astype(np.float32)
 
 
 def compute_cam(model: keras.Model, image: np.ndarray, target: CamTarget, *, stride: int | None = None,

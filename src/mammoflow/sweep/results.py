@@ -16,30 +16,46 @@ from mammoflow.sweep.spec import SweepSpec, cell_name, trial_cell, trial_config
 log = logging.getLogger(__name__)
 
 
-def trial_rows(spec: SweepSpec, grid, cells: list[dict[str, Any]], max_epochs: int) -> list[dict[str, Any]]:
+def run_history(run_uri: str) -> list[dict[str, Any]]:
+    """The epochs a trial's run folder holds: ``history.json``, or the resume state of a run that did not finish
+    (a remote run folder gets its history.json when ``train()`` returns; its checkpoint state every epoch)."""
+    from mammoflow.training.loop import STATE_FILE
+
+    for rel, key in (("history.json", None), (STATE_FILE, "history")):
+        uri = storage.join(run_uri, rel)
+        if storage.exists(uri):
+            data = json.loads(storage.get_bytes(uri))
+            return list(data if key is None else data.get(key, []))
+    return []
+
+
+def trial_rows(spec: SweepSpec, grid, cells: list[dict[str, Any]], max_epochs: int,
+               trials_uri: str | None = None) -> list[dict[str, Any]]:
     """One row per trial: its axes, epochs run, how it ended, its metrics; sorted best first by the metric.
 
     ``status`` is ``finished`` (every epoch of its config ran and its model was written), ``stopped_early`` (the
-    scheduler ended it) or ``failed``. ``best_<metric>`` is the best value over its epochs, the epoch whose
-    model ``train()`` keeps.
+    scheduler ended it) or ``failed``. ``epochs`` and ``best_<metric>`` (the best value over its epochs: the epoch
+    whose model ``train()`` keeps) come from the trial's run folder under ``trials_uri`` when given: it holds every
+    epoch, also those trained before a driver restart, which Ray's own record of a restarted trial lacks.
     """
     key = f"best_{spec.metric}"
     rows = []
     for result in grid:
         cell = trial_cell(result.config or {}, cells)
         metrics = result.metrics or {}
-        history = result.metrics_dataframe
-        best = None
-        if history is not None and spec.metric in history and history[spec.metric].notna().any():
-            col = history[spec.metric]
-            best = float(col.min() if spec.mode == "min" else col.max())
+        name = metrics.get("trial_name") or cell_name(cell)
+        history = run_history(storage.join(trials_uri, name)) if trials_uri else []
+        values = [float(r[spec.metric]) for r in history if isinstance(r.get(spec.metric), (int, float))]
+        if not values and result.metrics_dataframe is not None and spec.metric in result.metrics_dataframe:
+            values = [float(v) for v in result.metrics_dataframe[spec.metric].dropna()]
+        best = (min(values) if spec.mode == "min" else max(values)) if values else None
         if result.error:
             status = "failed"
         else:
             status = "finished" if metrics.get("run_finished") else "stopped_early"
         rows.append({
-            "trial": metrics.get("trial_name") or cell_name(cell), "status": status,
-            "epochs": int(metrics.get("epoch", 0) or 0),
+            "trial": name, "status": status,
+            "epochs": len(history) if history else int(metrics.get("epoch", 0) or 0),
             "total_epochs": int(metrics.get("total_epochs", max_epochs) or max_epochs),
             key: best, "last_val_loss": metrics.get("val_loss"), "last_val_accuracy": metrics.get("val_accuracy"),
             "time_s": round(float(metrics.get("time_total_s", 0.0) or 0.0), 1),
@@ -55,7 +71,7 @@ def trial_rows(spec: SweepSpec, grid, cells: list[dict[str, Any]], max_epochs: i
 def write_results(spec: SweepSpec, grid, out_uri: str, *, base: dict[str, Any], cells: list[dict[str, Any]],
                   max_epochs: int, wall_time_s: float) -> dict[str, Any]:
     """Write results.csv/.md, summary.json and best_config.yaml into ``out_uri``; return the summary."""
-    rows = trial_rows(spec, grid, cells, max_epochs)
+    rows = trial_rows(spec, grid, cells, max_epochs, storage.join(out_uri, "trials"))
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns and not c.startswith("_")]

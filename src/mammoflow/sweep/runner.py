@@ -277,6 +277,15 @@ def spec_yaml(spec: SweepSpec) -> str:
     return dump_yaml(data)
 
 
+def ray_default_installed() -> bool:
+    """Whether Ray's dashboard and metrics agent can run (``ray[default]``; ``ray[tune]`` alone is minimal)."""
+    try:
+        from ray._private.utils import get_dashboard_dependency_error
+    except ImportError:  # pragma: no cover - a Ray without this helper
+        return False
+    return get_dashboard_dependency_error() is None
+
+
 def _check_resources(spec: SweepSpec) -> None:
     """A local Ray never grows: refuse trials that ask for more than it has (they would wait forever)."""
     import ray
@@ -330,6 +339,9 @@ def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, addre
     storage.put_bytes(spec_uri, text.encode())
 
     started_ray = not ray.is_initialized()
+    if started_ray and address is None and (dashboard or metrics_export_port) and not ray_default_installed():
+        raise ConfigError("--dashboard / --metrics-export-port: this Ray is the minimal install (ray[tune]) without "
+                          "dashboard or metrics agent. Fix: pip install 'ray[default,tune]' (same version)")
     if started_ray:
         init_kw: dict[str, Any] = {"address": address, "log_to_driver": False}
         if address is None:

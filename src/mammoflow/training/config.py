@@ -19,7 +19,7 @@ class ModelConfig:
 
     name: str = "compact_fusion"
     weights: str = "none"  # none | imagenet | path or gs:// URI of a .weights.h5 file
-    trainable_backbone: bool = False
+    # Whether the backbone trains is decided per phase (schedule.phases[*].trainable_backbone).
     params: dict[str, Any] = field(default_factory=dict)  # builder keyword arguments (branches, fc_units, ...)
 
 
@@ -98,7 +98,7 @@ class TrainConfig:
         if self.optimizer.head_lr_multiplier != 1.0 and self.optimizer.name != "sgd":
             raise ConfigError("optimizer.head_lr_multiplier needs optimizer.name: sgd (gradient scaling equals a "
                               "learning-rate multiplier only for SGD)")
-        if self.head_cache and (self.model.trainable_backbone or any(p.trainable_backbone for p in self.schedule.phases)):
+        if self.head_cache and any(p.trainable_backbone for p in self.schedule.phases):
             raise ConfigError("head_cache: needs a frozen backbone in every phase (features would go stale)")
         if self.head_cache and self.data.resample_each_epoch:
             raise ConfigError("head_cache: needs data.resample_each_epoch: false (the cache holds one set of patches)")

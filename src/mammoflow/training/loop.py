@@ -275,7 +275,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
             phase0 = config.schedule.phases[0]
             model = create_model(config.model.name, input_shape=_input_shape(config), num_classes=num_classes,
                                  weights=config.model.weights,
-                                 trainable_backbone=phase0.trainable_backbone or config.model.trainable_backbone,
+                                 trainable_backbone=phase0.trainable_backbone,
                                  **config.model.params)
             if not config.head_cache:  # with a head cache only the head is compiled (below)
                 _compile(model, config, phase0.learning_rate)
@@ -345,7 +345,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                 raise Preempted(f"stopped by SIGTERM during epoch {epoch + 1}; checkpoint saved, rerun to resume")
             row = {k: float(v[-1]) for k, v in hist.history.items()}
             row["epoch"] = epoch + 1
-            row["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+            row["learning_rate"] = float(keras.ops.convert_to_numpy(fit_model.optimizer.learning_rate))
             state["history"].append(row)
             state["step_in_epoch"] = 0
             improved = state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"]
@@ -355,7 +355,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                 run.push(BEST_CKPT)
             else:
                 state["phase_wait"] += 1
-                _maybe_reduce_lr(model, config, state)
+                _maybe_reduce_lr(fit_model, config, state)
             state["epochs_done"] = epoch + 1
             save_checkpoint(epoch + 1, 0)
             _write_history(run, state["history"])

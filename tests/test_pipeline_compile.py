@@ -1,0 +1,212 @@
+"""Every pipeline compiles, and the compiled IR says what the cluster must do: images, GPUs, retries, caching,
+resources, node selectors, tolerations, pod labels and secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from mammoflow.pipelines import PIPELINES, build_pipeline, get_pipeline
+from mammoflow.pipelines.options import PipelineOptions
+
+from mammoflow.cli import cli
+from mammoflow.errors import ConfigError
+
+GPU_STAGES = {"train", "sweep", "explain"}
+TRAINING_STAGES = {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "train", "evaluate",
+                   "explain", "report"}
+SWEEP_STAGES = {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "sweep", "sweep-report"}
+
+
+def compile_to_dict(name: str, tmp_path: Path, options: PipelineOptions | None = None) -> dict[str, Any]:
+    from kfp import compiler
+
+    out = tmp_path / f"{name}.yaml"
+    pipeline = get_pipeline(name) if options is None else build_pipeline(name, options)
+    compiler.Compiler().compile(pipeline, str(out))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    spec = docs[0]
+    spec["_platform"] = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    return spec
+
+
+def executors(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Stage name (dashes) -> its container spec."""
+    return {name.removeprefix("exec-"): e["container"] for name, e in spec["deploymentSpec"]["executors"].items()}
+
+
+def tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task of the pipeline, nested DAGs (the dsl.If branches) included."""
+    found: dict[str, dict[str, Any]] = {}
+    for comp in [spec["root"], *spec["components"].values()]:
+        found.update((comp.get("dag") or {}).get("tasks", {}))
+    return {name: t for name, t in found.items() if not name.startswith("condition")}
+
+
+@pytest.fixture(scope="module")
+def training(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return compile_to_dict("training", tmp_path_factory.mktemp("ir"))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return compile_to_dict("sweep", tmp_path_factory.mktemp("ir"))
+
+
+def test_training_pipeline_has_every_stage_and_the_data_branch(training: dict[str, Any]) -> None:
+    assert set(executors(training)) == TRAINING_STAGES
+    assert set(tasks(training)) == TRAINING_STAGES
+    conditions = {t["triggerPolicy"]["condition"] for c in training["components"].values()
+                  for t in (c.get("dag") or {}).get("tasks", {}).values() if "triggerPolicy" in t}
+    # dsl.If / dsl.Else on the source parameter: phantoms vs a real dataset.
+    assert conditions == {"inputs.parameter_values['pipelinechannel--source'] == 'phantoms'",
+                          "!(inputs.parameter_values['pipelinechannel--source'] == 'phantoms')"}
+    params = training["root"]["inputDefinitions"]["parameters"]
+    assert params["source"]["defaultValue"] == "phantoms"
+    assert params["preset"]["defaultValue"] == "yu2020"
+    assert params["train_config"]["defaultValue"] == "demo"
+    assert params["metrics_port"]["defaultValue"] == 9400
+    outputs = training["root"]["outputDefinitions"]["artifacts"]
+    assert outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+
+
+def test_artifact_types_are_the_kfp_ones(training: dict[str, Any]) -> None:
+    comps = training["components"]
+
+    def outputs(stage: str) -> dict[str, str]:
+        arts = comps[f"comp-{stage}"]["outputDefinitions"]["artifacts"]
+        return {k: v["artifactType"]["schemaTitle"] for k, v in arts.items()}
+
+    assert outputs("ingest") == {"records": "system.Dataset"}
+    assert outputs("build-dataset") == {"dataset": "system.Dataset"}
+    assert outputs("train") == {"model": "system.Model", "metrics": "system.Metrics"}
+    assert outputs("evaluate") == {"evaluation": "system.Artifact", "metrics": "system.Metrics",
+                                   "classification": "system.ClassificationMetrics"}
+    assert outputs("report") == {"html": "system.HTML", "markdown": "system.Markdown"}
+
+
+def test_gpu_only_on_train_sweep_explain(training: dict[str, Any], sweep: dict[str, Any]) -> None:
+    for spec in (training, sweep):
+        platform = spec["_platform"]
+        for stage, container in executors(spec).items():
+            resources = container.get("resources", {})
+            accelerator = resources.get("accelerator")
+            if stage in GPU_STAGES:
+                assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1"), stage
+                assert container["image"] == "mammoflow/mammoflow-gpu:0.1.0"
+                assert platform[f"exec-{stage}"]["nodeSelector"]["labels"] == {
+                    "cloud.google.com/gke-accelerator": "nvidia-l4"}
+                assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+                    platform[f"exec-{stage}"]["tolerations"]
+            else:
+                assert accelerator is None, stage
+                assert container["image"] == "mammoflow/mammoflow:0.1.0"
+                assert "nodeSelector" not in platform.get(f"exec-{stage}", {}), stage
+                assert "tolerations" not in platform.get(f"exec-{stage}", {}), stage
+
+
+def test_every_step_has_requests_limits_and_labels(training: dict[str, Any], sweep: dict[str, Any]) -> None:
+    for spec in (training, sweep):
+        for stage, container in executors(spec).items():
+            res = container["resources"]
+            assert res["resourceCpuRequest"] and res["resourceCpuLimit"], stage
+            assert res["resourceMemoryRequest"] and res["resourceMemoryLimit"], stage
+            labels = spec["_platform"][f"exec-{stage}"]["podMetadata"]["labels"]
+            assert labels["app.kubernetes.io/part-of"] == "mammoflow"
+            assert labels["app.kubernetes.io/component"] == ("training" if stage == "train" else stage)
+            # The image holds kfp and mammoflow: a step starts without pip or network.
+            assert "pip install" not in " ".join(container["command"]), stage
+    train = executors(training)["train"]["resources"]
+    assert float(train["resourceCpuLimit"]) >= 4 and train["resourceMemoryLimit"].endswith(("G", "Gi"))
+
+
+def test_retries_only_on_preemptible_steps_and_caching_where_safe(training: dict[str, Any],
+                                                                   sweep: dict[str, Any]) -> None:
+    for spec in (training, sweep):
+        for name, task in tasks(spec).items():
+            retry = task.get("retryPolicy")
+            caching = task.get("cachingOptions", {}).get("enableCache", False)
+            if name in ("train", "sweep"):
+                assert retry["maxRetryCount"] == 3 and retry["backoffFactor"] == 2.0, name
+                assert retry["backoffDuration"] == "60s" and retry["backoffMaxDuration"] == "3600s"
+                assert caching is False, name
+            else:
+                assert retry is None, name
+        cached = {n for n, t in tasks(spec).items() if t.get("cachingOptions", {}).get("enableCache")}
+        assert {"ingest", "preprocess", "build-dataset"} <= cached
+        assert not cached & {"train", "sweep", "demo-data", "locate-data"}
+    platform = training["_platform"]
+    assert int(platform["exec-train"]["activeDeadlineSeconds"]) == 48 * 3600
+
+
+def test_train_gets_run_id_and_metrics_port(training: dict[str, Any]) -> None:
+    inputs = tasks(training)["train"]["inputs"]["parameters"]
+    assert inputs["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert inputs["metrics_port"]["componentInputParameter"] == "metrics_port"
+
+
+def test_ingest_reads_the_salt_secret_when_present(training: dict[str, Any]) -> None:
+    (secret,) = training["_platform"]["exec-ingest"]["secretAsEnv"]
+    assert secret["secretName"] == "mammoflow-salt" and secret["optional"] is True
+    assert secret["keyToEnv"] == [{"secretKey": "MAMMOFLOW_SALT", "envVar": "MAMMOFLOW_SALT"}]
+    assert all("secretAsEnv" not in v for k, v in training["_platform"].items() if k != "exec-ingest")
+
+
+def test_options_no_gpu_images_secret_spot_and_no_cache(tmp_path: Path) -> None:
+    options = PipelineOptions(image="reg.example/mf:1", gpu_image="reg.example/mf-gpu:1", gpu=False,
+                              gcs_secret="gcs-key", storage_root="gs://bucket/mf", caching=False)
+    spec = compile_to_dict("training", tmp_path, options)
+    for stage, container in executors(spec).items():
+        assert container["image"] == "reg.example/mf:1", stage  # no GPU: the CPU image everywhere
+        assert "accelerator" not in container.get("resources", {}), stage
+        assert {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/google/key.json"} in container["env"]
+        assert spec["_platform"][f"exec-{stage}"]["secretAsVolume"][0]["secretName"] == "gcs-key"
+    assert spec["root"]["inputDefinitions"]["parameters"]["storage_root"]["defaultValue"] == "gs://bucket/mf"
+    assert not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks(spec).values())
+
+    spot = compile_to_dict("training", tmp_path, PipelineOptions(spot=True, gpu_node_selector={"pool": "gpu"}))
+    assert spot["_platform"]["exec-train"]["nodeSelector"]["labels"] == {"pool": "gpu",
+                                                                         "cloud.google.com/gke-spot": "true"}
+    assert spot["_platform"]["exec-explain"]["nodeSelector"]["labels"] == {"pool": "gpu"}  # not preemptible
+
+
+def test_options_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAMMOFLOW_IMAGE", "r/cpu:2")
+    monkeypatch.setenv("MAMMOFLOW_GPU_NODE_SELECTOR", "a=b,c=d")
+    monkeypatch.setenv("MAMMOFLOW_GPU", "0")
+    options = PipelineOptions.from_env(spot=None)
+    assert options.images() == ("r/cpu:2", "r/cpu:2")
+    assert options.gpu_node_selector == {"a": "b", "c": "d"} and options.gpu is False
+    monkeypatch.setenv("MAMMOFLOW_GPU_NODE_SELECTOR", "nonsense")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        PipelineOptions.from_env()
+
+
+def test_sweep_pipeline(sweep: dict[str, Any]) -> None:
+    assert set(executors(sweep)) == SWEEP_STAGES
+    params = sweep["root"]["inputDefinitions"]["parameters"]
+    assert params["spec"]["defaultValue"] == "demo" and params["ray_address"]["defaultValue"] == ""
+    assert int(sweep["_platform"]["exec-sweep"]["activeDeadlineSeconds"]) == 72 * 3600
+
+
+def test_registry_names_and_the_missing_retrain_pipeline() -> None:
+    assert set(PIPELINES) == {"training", "sweep", "retrain"}
+    with pytest.raises(ConfigError, match="not available in this version"):
+        get_pipeline("retrain")
+    with pytest.raises(ConfigError, match="valid: training, sweep, retrain"):
+        get_pipeline("nope")
+
+
+def test_compile_command_writes_the_yaml(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "training.yaml"
+    result = CliRunner().invoke(cli, ["pipeline", "compile", "--out", str(out), "--no-gpu", "--image", "r/x:1",
+                                      "--gpu-node-selector", "none"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(out)
+    spec = yaml.safe_load_all(out.read_text()).__next__()
+    assert spec["pipelineInfo"]["name"] == "mammoflow-training"
+    assert {c["image"] for c in executors(spec).values()} == {"r/x:1"}

@@ -48,6 +48,9 @@ def test_windows_cover_the_image():
     cam = np.array([[0.0, 2.0], [1.0, 4.0]], np.float32)
     assert C.normalise_map(cam).max() == 1.0 and C.normalise_map(cam).min() == 0.0
     assert not C.normalise_map(np.ones((3, 3), np.float32)).any()
+    prior = C.window_prior(9)
+    assert prior[4, 4] == 1.0 and np.allclose(prior, prior.T) and np.allclose(prior, prior[::-1, ::-1])
+    assert prior[0, 4] == pytest.approx(np.exp(-0.5 * (4 / 4.5) ** 2))
 
 
 def test_overlay_marks_lesion_and_peak(tmp_path):

@@ -185,3 +185,31 @@ def test_head_learning_rate_multiplier():
     np.testing.assert_allclose(1 - head_w, 0.2, rtol=1e-4)
     again = HeadScaledSGD.from_config(opt.get_config())
     assert again.head_multiplier == 20.0 and again.head_paths == ("predictions",)
+
+
+def test_predict_matches_the_evaluation_pipeline(phantom_dataset, tmp_path):
+    """`mammoflow predict` on a ROI file gives the probabilities the tf.data evaluation path gives (no skew)."""
+    import keras
+
+    from mammoflow.dataset.cache import LocalCache
+    from mammoflow.dataset.pipeline import eval_dataset
+    from mammoflow.dataset.shards import iter_examples
+    from mammoflow.io.images import write_png
+    from mammoflow.training.loop import _input_config
+    from mammoflow.training.predict import Predictor
+
+    cfg = load_train_config("demo", {**TINY, "schedule.phases": [
+        {"epochs": 1, "learning_rate": 0.003, "trainable_backbone": True}]})
+    train(cfg, str(phantom_dataset), str(tmp_path / "run"))
+    shards = LocalCache(tmp_path / "cache").fetch(str(phantom_dataset))["test"]
+    example = next(iter_examples(shards[0]))
+    write_png(tmp_path / "roi.png", example.image)
+
+    pred = Predictor(str(tmp_path / "run")).predict_file(tmp_path / "roi.png")
+    assert pred.n_patches == 25 and sum(pred.votes.values()) == 25
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    probs = [model.predict_on_batch(x)[:, 1][ids.numpy() == example.example_id.encode()]
+             for x, _y, ids in eval_dataset(shards, _input_config(cfg))]
+    assert pred.probabilities["tumour"] == pytest.approx(float(np.concatenate(probs).mean()), abs=1e-5)

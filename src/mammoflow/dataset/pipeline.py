@@ -307,6 +307,16 @@ def _finish(cfg: InputConfig, x: Any) -> Any:
     return x
 
 
+def prepare_patches(patches: np.ndarray, cfg: InputConfig) -> Any:
+    """Model inputs from raw patches ``[B, h, w]`` (uint8 or uint16): the same scaling and centring as training,
+    for inference outside tf.data (``mammoflow predict``), so there is no train/serve skew."""
+    tf = _tf()
+    patches = np.asarray(patches)
+    full = 65535.0 if patches.dtype == np.uint16 else 255.0
+    x = tf.constant(patches.astype(np.float32) * (cfg.value_range / full))[..., None]
+    return _finish(cfg, x)
+
+
 def train_dataset(shard_paths: Sequence[str], cfg: InputConfig, seed: int | None = None, epoch: int = 0) -> Any:
     """One epoch of augmented random training patches: ``(x [B, P, P, C] float32, y [B] int32)``.
 

@@ -1,0 +1,80 @@
+"""The training metrics endpoint, scraped by a real Prometheus server started on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from mammoflow.training.monitor import RunMetrics
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def test_endpoint_serves_the_gauges():
+    metrics = RunMetrics("unit", port=0, addr="127.0.0.1")
+    try:
+        metrics.set(epoch=3, loss=0.25, patches_per_second=90.0, eta_seconds=12, val_loss=float("nan"))
+        text = _get(f"http://127.0.0.1:{metrics.port}/metrics")
+    finally:
+        metrics.close()
+    assert 'mammoflow_train_epoch{run="unit"} 3.0' in text
+    assert 'mammoflow_train_loss{run="unit"} 0.25' in text
+    assert 'mammoflow_train_patches_per_second{run="unit"} 90.0' in text
+    assert 'mammoflow_val_loss{run="unit"}' not in text  # NaN is not published
+
+
+def test_off_by_default_serves_nothing():
+    metrics = RunMetrics("quiet")
+    assert metrics.port is None
+    metrics.set(epoch=1)
+    metrics.close()
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="the prometheus server is not installed (Debian package prometheus)")
+def test_prometheus_scrapes_a_training_run(tmp_path):
+    metrics = RunMetrics("scraped", port=0, addr="127.0.0.1")
+    metrics.set(epoch=2, loss=0.5, eta_seconds=30)
+    prom_port = _free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: mammoflow-train\n    static_configs: [{{targets: ['127.0.0.1:{metrics.port}']}}]\n")
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        query = urllib.parse.quote('mammoflow_train_loss{run="scraped"}')
+        value = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and value is None:
+            time.sleep(1)
+            try:
+                result = json.loads(_get(f"http://127.0.0.1:{prom_port}/api/v1/query?query={query}"))
+            except OSError:
+                continue
+            if result["data"]["result"]:
+                value = float(result["data"]["result"][0]["value"][1])
+        assert value == 0.5, "Prometheus never scraped the training metrics"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        metrics.close()

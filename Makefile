@@ -62,6 +62,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks
 
+# The full reproduction of Yu et al. on their released ROIs (needs ../shared/data; about 30 minutes on 2 cores).
+bench-real: $(STAMP)
+	$(PY) -m tests.benchmarks real
+
 # Build and push the images on a machine with Docker: make images REGISTRY=europe-docker.pkg.dev/PROJECT/mammoflow
 REGISTRY ?= mammoflow
 VERSION ?= 0.1.0

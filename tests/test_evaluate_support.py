@@ -63,7 +63,7 @@ def tiny_train_config(seed: int = 1, epochs: int = 4, fold: int | None = None):
     from mammoflow.training.config import load_train_config
 
     return load_train_config({
-        "model": {"name": "compact_fusion", "weights": "none", "trainable_backbone": True,
+        "model": {"name": "compact_fusion", "weights": "none",
                   "params": {"widths": [8, 16], "fc_units": [16], "dropout": 0.0}},
         "data": {"patch_size": PATCH, "channels": 1, "patches_per_roi": {"normal": 64, "tumour": 64},
                  "eval_grid": list(GRID), "batch_size": 32, "fold": fold,

@@ -1,5 +1,6 @@
-"""Whole pipelines run locally with kfp.local, on tiny phantom data: both branches of the data-source condition,
-object storage through a real GCS emulator, the sweep with a local Ray, and the failures a user meets first."""
+"""Whole pipelines run locally with kfp.local on tiny phantom data: the training pipeline on built-in phantoms
+with object storage in a real GCS emulator, the sweep pipeline on a dataset folder (the other branch of the data
+source) with a local Ray, and the failures a user meets first."""
 
 from __future__ import annotations
 
@@ -93,51 +94,44 @@ def test_training_pipeline_on_phantoms_with_object_storage(tmp_path: Path, gcs_b
     assert index["summary"]["n_images"] == 2 and len(list(cams.glob("*_overlay.png"))) == 2
 
 
+TINY_SPEC = {
+    "name": "tiny", "design": "grid", "metric": "val_loss", "mode": "min", "scheduler": {"name": "fifo"},
+    "resources": {"cpu": 1, "gpu": 0}, "max_failures": 0, "axes": {"class_weights": {"grid": ["none", "balanced"]}},
+    "base": {"model": {"name": "compact_fusion", "weights": "none"},
+             "data": {"patch_size": 32, "channels": 1, "patches_per_roi": {"normal": 4, "tumour": 8}, "batch_size": 16},
+             "optimizer": {"name": "adam"},
+             "schedule": {"phases": [{"epochs": 2, "learning_rate": 0.001, "trainable_backbone": True}],
+                          "steps_per_epoch": 2}}}
+
+
 @pytest.mark.slow
-def test_training_pipeline_on_a_real_dataset_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The other branch: a MIAS-layout folder given by a relative data_root, storage under --root, via the CLI."""
+def test_sweep_pipeline_on_a_real_dataset_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other branch of the data source (a MIAS-layout folder, given by a relative data_root), through the CLI,
+    with the sweep pipeline: a local Ray runs the trials, the report lists them."""
     from mammoflow.synth.phantoms import write_mias_dataset
 
     write_mias_dataset(tmp_path / "mias", n_images=24, seed=3)
+    (tmp_path / "tiny.yaml").write_text(json.dumps(TINY_SPEC))
     monkeypatch.chdir(tmp_path)
-    args = ["pipeline", "run", "--local", "--root", "out", "--param", "source=mias", "--param", "data_root=mias",
-            "--param", f"train_overrides={json.dumps(TINY_TRAIN)}", "--param", "n_bootstrap=50",
-            "--param", "n_explain=1", "--param", "preset=yu2020"]
+    args = ["pipeline", "run", "--local", "--pipeline", "sweep", "--root", "out", "--param", "source=mias",
+            "--param", "data_root=mias", "--param", "spec=tiny.yaml"]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     root = tmp_path / "out"
-    assert f"report: {root / 'report.html'}" in result.output
-    assert (root / "report.html").stat().st_size > 10_000
-    assert {p.name for p in run_dir(root).iterdir()} == {"locate-data", *TRAINING_STEPS}
+    assert f"report: {root / 'report.html'}" in result.stdout
+    assert "trials: 2\n" in result.stdout and "failed: 0\n" in result.stdout
+    assert {p.name for p in run_dir(root).iterdir()} == {"locate-data", "ingest", "preprocess", "build-dataset",
+                                                          "sweep", "sweep-report"}
     records = outputs(root, "ingest")["records"]
-    assert records["metadata"]["data_root"] == str(tmp_path / "mias")
-    assert records["metadata"]["used"] == 24
+    assert records["metadata"]["data_root"] == str(tmp_path / "mias") and records["metadata"]["used"] == 24
     assert (root / "store" / "datasets").is_dir() and not (root / "store" / "raw").exists()
-    check_metrics(json.loads((root / "summary.json").read_text())["metrics"])
-
-
-@pytest.mark.slow
-def test_sweep_pipeline_with_local_ray(tmp_path: Path) -> None:
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(json.dumps({
-        "name": "tiny", "design": "grid", "metric": "val_loss", "mode": "min", "scheduler": {"name": "fifo"},
-        "resources": {"cpu": 1, "gpu": 0}, "max_failures": 0, "axes": {"class_weights": {"grid": ["none", "balanced"]}},
-        "base": {"model": {"name": "compact_fusion", "weights": "none"},
-                 "data": {"patch_size": 32, "channels": 1, "patches_per_roi": {"normal": 4, "tumour": 8},
-                          "batch_size": 16},
-                 "optimizer": {"name": "adam"},
-                 "schedule": {"phases": [{"epochs": 2, "learning_rate": 0.001, "trainable_backbone": True}],
-                              "steps_per_epoch": 2}}}))
-    root = tmp_path / "run"
-    summary = run_local("sweep", root, {"spec": str(spec), "n_demo_images": 24})
-    assert summary["metrics"]["trials"] == 2 and summary["metrics"]["failed"] == 0
-    assert summary["metrics"]["best_val_loss"] > 0
     results = outputs(root, "sweep")["results"]
-    sweep_uri = results["metadata"]["uri"]
-    assert sweep_uri.startswith(str(root / "store" / "sweeps"))
+    assert results["metadata"]["uri"].startswith(str(root / "store" / "sweeps"))
     rows = (Path(results["uri"]) / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and "class_weights" in rows[0]
-    assert "Sweep" in Path(summary["report"]).read_text()
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["metrics"]["best_val_loss"] > 0
+    assert "Sweep" in (root / "report.html").read_text()
 
 
 def test_missing_real_data_fails_in_the_else_branch_at_once(tmp_path: Path) -> None:

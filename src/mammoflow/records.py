@@ -133,6 +133,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; outputs (reports, records) are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -14,9 +14,14 @@ def bench_modules() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_"))
 
 
+# Long runs (the full real-data reproduction, ~30 min) only when named: `make bench-real`.
+ON_REQUEST = {"bench_real"}
+
+
 def main(argv: list[str] | None = None) -> int:
     wanted = list(sys.argv[1:] if argv is None else argv)
-    names = [n for n in bench_modules() if not wanted or any(w in n for w in wanted)]
+    names = [n for n in bench_modules()
+             if (not wanted and n not in ON_REQUEST) or any(w in n for w in wanted)]
     if not names:
         print(f"no benchmark matches {wanted}; available: {', '.join(bench_modules())}")
         return 2

@@ -307,6 +307,9 @@ def _finish(cfg: InputConfig, x: Any) -> Any:
     return x
 
 
+finish_batch = _finish  # public name: centring and channels on a [B, h, w, 1] batch (CAM code mirrors it)
+
+
 def prepare_patches(patches: np.ndarray, cfg: InputConfig) -> Any:
     """Model inputs from raw patches ``[B, h, w]`` (uint8 or uint16): the same scaling and centring as training,
     for inference outside tf.data (``mammoflow predict``), so there is no train/serve skew."""

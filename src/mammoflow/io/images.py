@@ -335,6 +335,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # shared outputs, not owner-only like mkstemp makes them
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

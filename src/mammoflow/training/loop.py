@@ -293,9 +293,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
         if resumed_from is not None and run.pull(LAST_HEAD):
             _restore_optimizer(fit_model, keras.models.load_model(run.path(LAST_HEAD)))
 
-    counts = {int(k): int(v) for k, v in manifest["splits"][config.data.train_split]["patch_counts"].items()} \
-        if "patch_counts" in manifest["splits"][config.data.train_split] else \
-        _patch_counts(manifest, config, label_names)
+    counts = _patch_counts(manifest, config, label_names)
     class_weight = class_weight_map(config.class_weights, counts, label_names)
     examples_per_epoch = sum(counts.values())
     metrics = RunMetrics(run=Path(run.local).name, port=config.metrics_port)
@@ -310,7 +308,13 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
         run.write_text(STATE_FILE, json.dumps(st, indent=2))
         run.push(LAST_CKPT, LAST_HEAD, STATE_FILE)
 
-    val_ds = eval_dataset(shards[val_split], val_cfg).map(lambda x, y, _id: (x, y))
+    if config.data.mode == "whole_image":
+        from mammoflow.dataset.pipeline import whole_image_dataset
+
+        val_ds = whole_image_dataset(shards[val_split], val_cfg, config.data.image_size)
+    else:
+        val_ds = eval_dataset(shards[val_split], val_cfg)
+    val_ds = val_ds.map(lambda x, y, _id: (x, y))
     cached_train = None
     if backbone is not None:
         t_cache = time.perf_counter()
@@ -437,10 +441,14 @@ def _input_config(cfg: TrainConfig):
 
 def _epoch_data(cfg: TrainConfig, shards: dict[str, list], input_cfg, epoch: int):
     """The training batches of one epoch: a pure function of (seed, epoch), or of seed alone without resampling."""
-    from mammoflow.dataset.pipeline import train_dataset
+    from mammoflow.dataset.pipeline import train_dataset, whole_image_dataset
 
-    ds = train_dataset(_train_shards(cfg, shards), input_cfg, seed=cfg.seed,
-                       epoch=epoch if cfg.data.resample_each_epoch else 0)
+    data_epoch = epoch if cfg.data.resample_each_epoch else 0
+    if cfg.data.mode == "whole_image":  # Jaamour et al.: the whole (resized) image is the input
+        ds = whole_image_dataset(_train_shards(cfg, shards), input_cfg, cfg.data.image_size, training=True,
+                                 seed=cfg.seed, epoch=data_epoch).map(lambda x, y, _id: (x, y))
+    else:
+        ds = train_dataset(_train_shards(cfg, shards), input_cfg, seed=cfg.seed, epoch=data_epoch)
     if cfg.schedule.steps_per_epoch:
         ds = ds.take(cfg.schedule.steps_per_epoch)
     return ds
@@ -495,7 +503,8 @@ def _patch_counts(manifest: dict[str, Any], cfg: TrainConfig, names: dict[int, s
     counts = {}
     for label, name in names.items():
         n_rois = int(per_class.get(name, 0))
-        counts[label] = n_rois * int(cfg.data.patches_per_roi.get(name, 1))
+        per_roi = 1 if cfg.data.mode == "whole_image" else int(cfg.data.patches_per_roi.get(name, 1))
+        counts[label] = n_rois * per_roi
     return counts
 
 

@@ -102,8 +102,6 @@ def build_dataset(records: Input[Dataset], preset: str, dataset_config: str, sto
         storage_root: Local folder or gs:// prefix; shards go to datasets/<config>-<sha16>/.
         dataset: manifest.json and split_summary.md; metadata uri = the shards' folder.
     """
-    import json
-
     from mammoflow import storage, workflow
 
     workflow.setup_step_logging()
@@ -113,6 +111,6 @@ def build_dataset(records: Input[Dataset], preset: str, dataset_config: str, sto
     manifest = result.manifest
     dataset.metadata.update({
         "uri": result.out_uri, "config": config, "examples": manifest["examples"],
-        "classes": manifest["classes"], "counts": json.loads(json.dumps(manifest["counts"])),
+        "classes": manifest["classes"], "counts": manifest["counts"],
         "manifest_sha256": storage.sha256_of(storage.join(result.out_uri, "manifest.json")),
         "quarantined": manifest["inputs"]["records_quarantined"]})

@@ -136,7 +136,8 @@ def test_sweep_pipeline_on_a_real_dataset_folder(tmp_path: Path, monkeypatch: py
 
 def test_missing_real_data_fails_in_the_else_branch_at_once(tmp_path: Path) -> None:
     root = tmp_path / "run"
-    with pytest.raises(LocalRunError, match="Inner task failed: 'locate-data'"):
+    with pytest.raises(LocalRunError, match=r"Inner task failed: 'locate-data'.*Cause: InputError: .*absent: not "
+                       r"found\. Fix: check data_root.*full log: .*pipeline\.log"):
         run_local("training", root, {"source": "mias", "data_root": str(tmp_path / "absent")})
     assert not list(root.glob("kfp/*/demo-data")) and not list(root.glob("kfp/*/ingest"))
     assert not (root / "store").exists()

@@ -88,6 +88,22 @@ def test_run_folders_are_stable_per_pipeline_run() -> None:
     assert workflow.sweep_uri("/data/r", "6f1c-22") == "/data/r/sweeps/6f1c-22"
 
 
+def test_available_cpus_follows_the_container_limit(tmp_path: Path) -> None:
+    import os
+
+    here = len(os.sched_getaffinity(0))
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs -> 2 slots
+    assert workflow.available_cpus(tmp_path / "v2") == min(here, 2)
+    (tmp_path / "v2" / "cpu.max").write_text("max 100000\n")
+    assert workflow.available_cpus(tmp_path / "v2") == here
+    (tmp_path / "v1" / "cpu").mkdir(parents=True)
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert workflow.available_cpus(tmp_path / "v1") == 1
+    assert workflow.available_cpus(tmp_path / "none") == here
+
+
 def test_preprocessing_choice() -> None:
     assert workflow.preprocess_config_for("mias-rois", "yu2020") == "none"  # released already processed
     assert workflow.preprocess_config_for("mias", "yu2020") == "yu2020"

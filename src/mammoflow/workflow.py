@@ -347,6 +347,30 @@ def package_run(run: str, dest: str | os.PathLike[str]) -> list[str]:
     return copied
 
 
+def available_cpus(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: the container's CPU limit (cgroup v2 ``cpu.max`` or v1 CFS quota), else the
+    CPUs it may run on. ``os.cpu_count()`` gives the node's count, which would start a Ray with far more trial
+    slots than the pod's limit allows."""
+    import math
+
+    root = Path(cgroup_root)
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = period = None
+    try:
+        if (root / "cpu.max").is_file():
+            q, p = (root / "cpu.max").read_text().split()[:2]
+            quota, period = (None if q == "max" else int(q)), int(p)
+        elif (root / "cpu" / "cpu.cfs_quota_us").is_file():
+            q = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+            quota = q if q > 0 else None
+            period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        quota = None
+    if quota is not None and period:
+        count = min(count, max(1, math.ceil(quota / period)))
+    return count
+
+
 def sweep(spec_ref: str, data_uri: str, out_uri: str, *, address: str | None = None, num_cpus: int | None = None,
           max_concurrent: int | None = None, cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Run a sweep spec on Ray Tune (``mammoflow sweep``) over one dataset; resumes a sweep left by an earlier
@@ -356,6 +380,8 @@ def sweep(spec_ref: str, data_uri: str, out_uri: str, *, address: str | None = N
 
     spec = load_spec(_local_config(spec_ref, cache))
     resume = storage.exists(storage.join(out_uri, "spec.yaml"))
+    if not address and num_cpus is None:
+        num_cpus = available_cpus()  # a Ray inside this pod: as many CPUs as the pod may use
     return run_sweep(spec, {name: data_uri for name in spec.datasets}, out_uri, address=address or None,
                      resume=resume, num_cpus=num_cpus, max_concurrent=max_concurrent,
                      cache_dir=str(cache_dir(cache)))

@@ -156,13 +156,14 @@ def compile_cmd(name: str, out: Path, **compile_opts: Any) -> None:
 @click.option("--local", "local", is_flag=True, required=True, help="Run on this machine with kfp.local.")
 @click.option("--root", default="runs/local", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the object store, KFP's artifacts, caches and the report.")
+@click.option("--verbose", "-v", is_flag=True, help="Stream every step's output (default: ROOT/pipeline.log).")
 @_PARAM
-def run_cmd(name: str, local: bool, root: Path, params: tuple[str, ...]) -> None:
+def run_cmd(name: str, local: bool, root: Path, verbose: bool, params: tuple[str, ...]) -> None:
     """Run a whole pipeline on this machine: kfp.local (subprocesses of this Python, no containers), a local
     object store under --root, a local Ray for sweeps. Prints where the report is."""
     from mammoflow.pipelines.local import run_local
 
-    summary = run_local(name, root, _params(params))
+    summary = run_local(name, root, _params(params), verbose=verbose)
     metrics = summary["metrics"]
     click.echo(f"pipeline {name} succeeded in {summary['seconds']:.0f} s")
     for key in HEADLINE:

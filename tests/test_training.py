@@ -237,3 +237,46 @@ def test_whole_image_mode_trains_on_cbis_like_dicoms(tmp_path):
     assert result.epochs_run == 1 and np.isfinite(result.best_val_loss)
     labels = json.loads((tmp_path / "run" / "metrics.json").read_text())["label_names"]
     assert set(labels.values()) == {"benign", "malignant"}
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_mid_epoch_and_the_rerun_finishes_the_same(phantom_dataset, tmp_path):
+    """Spot preemption: SIGTERM -> checkpoint at the next step, exit 143; the same command then resumes mid-epoch
+    and ends with the same weights as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    over = {**TINY, "data.patches_per_roi": {"normal": 24, "tumour": 64},
+            "schedule.checkpoint_every_steps": 1000,
+            "schedule.phases": [{"epochs": 1, "learning_rate": 0.003, "trainable_backbone": True}]}
+    cfg = load_train_config("demo", over)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    reference = train(cfg, str(phantom_dataset), str(tmp_path / "reference"))
+
+    cmd = [sys.executable, "-m", "mammoflow.cli", "train", "--config", str(tmp_path / "cfg.yaml"),
+           "--data", str(phantom_dataset), "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "CI": "true"})
+    # Wait until training has started (TensorBoard writes its event file at the first epoch), then preempt.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "run").rglob("events.out.tfevents*")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    state = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())
+    assert state["epochs_done"] == 0 and state["step_in_epoch"] > 0, state
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "CI": "true"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
+    for a, b in zip(_weights(tmp_path / "reference" / "model.keras"), _weights(tmp_path / "run" / "model.keras"),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert reference.epochs_run == 1

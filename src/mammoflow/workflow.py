@@ -11,7 +11,7 @@ Where things live, under a ``storage_root`` (local folder or ``gs://bucket/prefi
     runs/<run id>/train/                   the training run folder (checkpoints, TensorBoard, model.keras)
     sweeps/<run id>/                       a sweep folder (Ray Tune state, one run folder per trial, results)
 
-Records folders and preprocessed images travel as KFP artifacts (small, self-contained folders); raw images stay
+Records folders (with the preprocessed images) travel as KFP artifacts, self-contained folders; raw images stay
 where they are: when a source is in object storage, ingest writes its URI as the records' ``image_root`` and the
 next step fetches the images into a local cache (:func:`localise_records`), since every reader of the library
 takes local files.

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mammoflow.dataset.splits import SPLITS, SplitConfig, SplitPlan, check_plan, extend_plan, plan_splits
-from mammoflow.errors import ConfigError, InputError, MammoflowError
+from mammoflow.dataset.splits import SplitConfig, SplitPlan, check_plan, extend_plan, plan_splits
+from mammoflow.errors import ConfigError, MammoflowError
 from mammoflow.records import QuarantineEntry, Record, RecordsTable, atomic_write_text
 from mammoflow.sources import SourceOptions, read_source
 from mammoflow.storage import file_sha256
@@ -233,7 +233,7 @@ def annotation_signature(rec: Record) -> str:
                       None if les.center_row is None else round(les.center_row, 1),
                       None if les.center_col is None else round(les.center_col, 1),
                       None if les.radius is None else round(les.radius, 1)) for les in rec.lesions)
-    source_split = rec.extra.get("source_split", rec.split) if "source_split" in rec.extra else rec.split
+    source_split = rec.extra["source_split"] if "source_split" in rec.extra else rec.split
     return json.dumps([rec.patient_id, rec.label, rec.laterality, rec.view, source_split, lesions], default=str)
 
 
@@ -289,7 +289,7 @@ def _read_fresh(source: str, opts: SourceOptions, prev: RecordsTable, prev_dir: 
         now = {r.record_id: annotation_signature(r) for r in meta.records}
         candidates = [rec for rec in candidates if now.get(rec.record_id) == annotation_signature(rec)]
     carried_files = {k for rec in candidates for k in files_of[rec.record_id] or ()}
-    view = out_dir / ".view"
+    view = (out_dir / ".view").resolve()
     shutil.rmtree(view, ignore_errors=True)
     try:
         linked = 0
@@ -304,9 +304,8 @@ def _read_fresh(source: str, opts: SourceOptions, prev: RecordsTable, prev_dir: 
     finally:
         shutil.rmtree(view, ignore_errors=True)
     table.image_root = str(root)
-    prefix = str(view.resolve())
     carried_ids = {r.record_id for r in candidates}
-    table.quarantine = [dataclasses.replace(q, path=q.path.replace(prefix, str(root)))
+    table.quarantine = [dataclasses.replace(q, path=q.path.replace(str(view), str(root)))
                         for q in table.quarantine if q.record_id not in carried_ids]
     table.records = [r for r in table.records if r.record_id not in carried_ids]
     table.meta = {**prev.meta, "last_read": {k: v for k, v in table.meta.items() if k != "line_accounting"}}
@@ -469,8 +468,6 @@ def split_of_patients(records: Iterable[Record]) -> dict[str, str]:
     return out
 
 
-__all__ = ["DELTA_FILE", "INDEX_FILE", "PLAN_FILE", "SPLITS", "ChangeScan", "FileState", "IngestDelta",
+__all__ = ["DELTA_FILE", "INDEX_FILE", "PLAN_FILE", "ChangeScan", "FileState", "IngestDelta",
            "annotation_signature", "first_plan", "incremental_ingest", "read_index", "read_plan", "scan_changes",
            "split_of_patients"]
-
-_ = InputError  # re-exported errors callers catch around ingest

@@ -130,6 +130,13 @@ def class_weight_map(spec: str | dict[str, float], counts: dict[int, int], names
     return {by_name[name]: float(w) for name, w in spec.items()}
 
 
+def _progress_bar() -> int:
+    """Keras' step progress bar in an interactive terminal; silent in CI, pipelines and logs."""
+    import sys
+
+    return 1 if sys.stdout.isatty() and os.environ.get("CI") != "true" else 0
+
+
 def _seed_everything(seed: int) -> None:
     import keras
 
@@ -343,7 +350,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                 # One fit() per epoch over a finite dataset: Keras' "ran out of data" note is expected here.
                 warnings.filterwarnings("ignore", message=".*ran out of data.*")
                 hist = fit_model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
-                                 class_weight=class_weight, verbose=0, shuffle=False,
+                                 class_weight=class_weight, verbose=_progress_bar(), shuffle=False,
                                  callbacks=[monitor, tensorboard, stepper.callback])
             if stepper.preempted:
                 raise Preempted(f"stopped by SIGTERM during epoch {epoch + 1}; checkpoint saved, rerun to resume")

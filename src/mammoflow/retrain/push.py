@@ -1,0 +1,97 @@
+"""Retraining metrics for Prometheus, pushed to a Pushgateway (a retrain is a batch job: nothing to scrape after it).
+
+Every push sends the *complete* set of the retraining's metrics (``push_to_gateway`` replaces the group), built
+from the state the retrain loop keeps, so a Pushgateway restart or a "nothing new" run never leaves a partial
+picture. Counters (names ending in ``_total``) are cumulative over the life of the retraining work folder.
+``k8s/base/alerts.yaml`` alerts on these names and ``k8s/grafana/mammoflow-dashboard.json`` plots them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+JOB = "mammoflow_retrain"
+LabelledValues = Sequence[tuple[Mapping[str, str], float]]
+MetricValue = float | LabelledValues
+
+#: Every metric a retraining pushes, with its help text (the alert rules and the dashboard use these names).
+METRICS: dict[str, str] = {
+    "mammoflow_retrain_last_run_timestamp_seconds": "When the last retrain run ended (any outcome), Unix time.",
+    "mammoflow_retrain_last_success_timestamp_seconds":
+        "When the last retrain ended with a verdict (a challenger trained and judged), Unix time.",
+    "mammoflow_retrain_first_run_timestamp_seconds": "When this retraining ran for the first time, Unix time.",
+    "mammoflow_retrain_last_duration_seconds": "Wall time of the last retrain run.",
+    "mammoflow_retrain_last_run_nothing_new": "1 when the last run found no new data (and stopped early).",
+    "mammoflow_retrain_last_run_failed": "1 when the last run failed with an error.",
+    "mammoflow_retrain_last_verdict_blessed": "1 when the last judged challenger was blessed, 0 when refused.",
+    "mammoflow_retrain_last_verdict_forced": "1 when the last blessing was a forced (audited) override.",
+    "mammoflow_retrain_champion_version": "Number of the champion version in the registry (v0007 -> 7).",
+    "mammoflow_retrain_champion_metric": "The champion's metric on the evaluation split (label level, metric).",
+    "mammoflow_retrain_challenger_metric": "The last challenger's metric on the evaluation split.",
+    "mammoflow_retrain_records_ingested": "Records added or changed by the last ingest.",
+    "mammoflow_retrain_records_quarantined": "Inputs newly quarantined by the last ingest (and its preprocessing).",
+    "mammoflow_retrain_records": "Records in the retraining's records table after the last ingest.",
+    "mammoflow_retrain_runs_total": "Retrain runs, by outcome (label status).",
+    "mammoflow_retrain_nothing_new_runs_total": "Runs that found no new data.",
+    "mammoflow_retrain_records_ingested_total": "Records added or changed, over all ingests.",
+    "mammoflow_retrain_records_quarantined_total": "Inputs quarantined, over all ingests.",
+}
+
+
+def push_metrics(gateway_url: str, job: str, values: Mapping[str, MetricValue], *,
+                 grouping_key: Mapping[str, str] | None = None, timeout: float = 10.0) -> None:
+    """Push ``values`` to the Pushgateway at ``gateway_url`` as one group (job + ``grouping_key``).
+
+    ``values`` maps a metric name to a number, or to ``[(labels, number), ...]`` for labelled series. Names ending
+    in ``_total`` are counters (cumulative; pass the running total), everything else a gauge. The group's previous
+    metrics are replaced (``push_to_gateway``, HTTP PUT), so always pass the complete set.
+    """
+    from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+
+    registry = CollectorRegistry()
+    for name, value in sorted(values.items()):
+        series: LabelledValues = [({}, float(value))] if isinstance(value, (int, float)) else list(value)
+        label_names = sorted({k for labels, _ in series for k in labels})
+        doc = METRICS.get(name, name.replace("_", " "))
+        if name.endswith("_total"):
+            metric: Any = Counter(name.removesuffix("_total"), doc, label_names, registry=registry)
+        else:
+            metric = Gauge(name, doc, label_names, registry=registry)
+        for labels, number in series:
+            child = metric.labels(**{k: str(labels.get(k, "")) for k in label_names}) if label_names else metric
+            if name.endswith("_total"):
+                child.inc(max(0.0, float(number)))
+            else:
+                child.set(float(number))
+    push_to_gateway(gateway_url, job=job, registry=registry, grouping_key=dict(grouping_key or {}), timeout=timeout)
+    log.info("pushed %d retraining metrics to %s (job %s, %s)", len(values), gateway_url, job, dict(grouping_key or {}))
+
+
+def retrain_values(state_metrics: Mapping[str, Any]) -> dict[str, MetricValue]:
+    """The full metric set from the retrain state's ``metrics`` section (see :mod:`mammoflow.retrain.loop`)."""
+    m = dict(state_metrics)
+    out: dict[str, MetricValue] = {}
+    for name in METRICS:
+        if name in ("mammoflow_retrain_champion_metric", "mammoflow_retrain_challenger_metric",
+                    "mammoflow_retrain_runs_total"):
+            continue
+        if m.get(name) is not None:
+            out[name] = float(m[name])
+    for name, key in (("mammoflow_retrain_champion_metric", "champion_metrics"),
+                      ("mammoflow_retrain_challenger_metric", "challenger_metrics")):
+        series = []
+        for full, value in sorted((m.get(key) or {}).items()):
+            if value is None:
+                continue
+            level, _, metric = full.rpartition(".")
+            series.append(({"level": level or "", "metric": metric}, float(value)))
+        if series:
+            out[name] = series
+    runs = m.get("runs_by_status") or {}
+    if runs:
+        out["mammoflow_retrain_runs_total"] = [({"status": s}, float(n)) for s, n in sorted(runs.items())]
+    return out

@@ -49,7 +49,7 @@ $(SYSTEM_STAMP): $(STAMP)
 system-deps: $(SYSTEM_STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/mammoflow demo-run --out $(RUN_DIR) $(if $(DATA),--data $(DATA),)
+	$(VENV)/bin/mammoflow pipeline run --local --root $(RUN_DIR) $(if $(DATA),--param source=mias-rois --param data_root=$(abspath $(DATA)),)
 
 test: $(STAMP) $(SYSTEM_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) || { rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc; }

@@ -122,6 +122,7 @@ def run_local(name: str, root: str | os.PathLike[str], params: dict[str, Any] | 
     finished, or everything with ``verbose``.
     """
     from kfp import local
+
     from mammoflow.pipelines import build_pipeline
     from mammoflow.pipelines.options import PipelineOptions
 

@@ -25,6 +25,7 @@ def server() -> Any:
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kfp import compiler
+
     from mammoflow.pipelines import get_pipeline
 
     out = tmp_path_factory.mktemp("pkg") / "training.yaml"

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from mammoflow.pipelines import PIPELINES, build_pipeline, get_pipeline
-from mammoflow.pipelines.options import PipelineOptions
 
 from mammoflow.cli import cli
 from mammoflow.errors import ConfigError
+from mammoflow.pipelines import PIPELINES, build_pipeline, get_pipeline
+from mammoflow.pipelines.options import PipelineOptions
 
 GPU_STAGES = {"train", "sweep", "explain"}
 TRAINING_STAGES = {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "train", "evaluate",

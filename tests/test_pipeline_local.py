@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from mammoflow.pipelines.local import LocalRunError, run_local
 
 from mammoflow import storage
 from mammoflow.cli import cli
 from mammoflow.errors import ConfigError
+from mammoflow.pipelines.local import LocalRunError, run_local
 
 pytest_plugins = ["tests.gcs_emulator"]  # the gcs_bucket fixture
 

@@ -434,7 +434,7 @@ def test_monitors_scrape_ports_that_exist(overlays, overlay):
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
 def test_alert_rules_pass_promtool(overlays, tmp_path):
-    rule = one(overlays["gke"], "PrometheusRule")
+    rule = one(overlays["gke"], "PrometheusRule", "mammoflow")
     rules = write(tmp_path, "rules.yaml", yaml.safe_dump(rule["spec"]))
     result = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

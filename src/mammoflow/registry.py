@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getpass
+import hashlib
 import json
 import logging
 import os
@@ -187,8 +188,6 @@ def put_if_unchanged(uri: str, data: bytes, expected: storage.ObjectInfo | None)
 
 
 def _sha256(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 

@@ -55,10 +55,17 @@ be read, the records folder is written, so quarantine.md says what went wrong an
 @click.option("--any-modality", is_flag=True,
               help="dicom-dir: accept DICOM files of any modality (default: mammography, MG, only).")
 @click.option("--strict", is_flag=True, help="Exit with status 3 if anything was quarantined.")
+@click.option("--incremental", "previous", type=click.Path(path_type=Path, file_okay=False), default=None,
+              metavar="PREVIOUS_DIR",
+              help="Read only what changed since records folder PREVIOUS_DIR: unchanged files are not opened, new "
+                   "records join its split plan (no patient moves); writes ingest_delta.json and says 'nothing "
+                   "new' explicitly.")
+@click.option("--freeze-test", is_flag=True, help="With --incremental: new patients go to train/val only.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Records folder to write (records.jsonl, quarantine.jsonl/.md, ingest_summary.json).")
 def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path, ...], labels: Path | None,
-            metadata_only: bool, salt: str | None, any_modality: bool, strict: bool, out: Path) -> None:
+            metadata_only: bool, salt: str | None, any_modality: bool, strict: bool, previous: Path | None,
+            freeze_test: bool, out: Path) -> None:
     """Read a dataset into a records folder: one record per usable image, the rest quarantined.
 
     Every bad input (missing, truncated or corrupt image, RGB, wrong bit depth or modality, annotation
@@ -71,6 +78,16 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
     site_salt = bool(salt or os.environ.get(SALT_ENV))
     opts = SourceOptions(root=root, info=info, csvs=tuple(csvs), labels=labels, metadata_only=metadata_only,
                          salt=salt, any_modality=any_modality)
+    if previous is not None:
+        from mammoflow.retrain.ingest import incremental_ingest
+
+        if metadata_only:
+            raise click.UsageError("--incremental cannot be combined with --metadata-only")
+        d = incremental_ingest(source, opts, previous, out, freeze_test=freeze_test)
+        click.echo(f"ingest {source}: nothing new -> {out}" if d.nothing_new else
+                   f"ingest {source}: {d.new_records} new, {d.changed_records} changed, {d.removed_records} "
+                   f"removed, {d.quarantined_new} quarantined -> {out}")
+        return
     try:
         table = SOURCES[source](opts)
     except InputError as err:

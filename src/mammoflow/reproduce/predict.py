@@ -58,20 +58,24 @@ def predict_tta(model: Any, x: np.ndarray, n_views: int = 1) -> np.ndarray:
 
 
 def grid_predictions(model: Any, shard_paths: Sequence[str], input_cfg: Any, n_views: int = 1,
-                     positive_index: int = 1) -> pd.DataFrame:
+                     positive_index: int = 1, image_size: int | None = None) -> pd.DataFrame:
     """One row per grid patch of every ROI in ``shard_paths``: ``example_id``, ``label``, ``prob`` (P(tumour),
     TTA-averaged), ``p0``..``pK-1``, ``patch_index`` (row-major grid position).
 
-    The rows feed :func:`mammoflow.evaluation.evaluate.compute_metrics` (voting, metrics with CIs) unchanged.
+    With ``image_size`` the model is a whole-ROI model: one row per ROI, resized to ``image_size`` (the
+    ``whole_image`` data mode). The rows feed :func:`mammoflow.evaluation.evaluate.compute_metrics` (voting,
+    metrics with CIs) unchanged.
     """
-    from mammoflow.dataset.pipeline import eval_dataset
+    from mammoflow.dataset.pipeline import eval_dataset, whole_image_dataset
     from mammoflow.logs import progress
 
+    paths = list(map(str, shard_paths))
+    data = eval_dataset(paths, input_cfg) if image_size is None else \
+        whole_image_dataset(paths, input_cfg, int(image_size))
     ids: list[str] = []
     labels: list[np.ndarray] = []
     outputs: list[np.ndarray] = []
-    for x, y, example_ids in progress(eval_dataset(list(map(str, shard_paths)), input_cfg), desc="grid patches",
-                                      unit="batch"):
+    for x, y, example_ids in progress(data, desc="predict", unit="batch"):
         outputs.append(predict_tta(model, np.asarray(x), n_views))
         labels.append(np.asarray(y))
         ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in np.asarray(example_ids).tolist())

@@ -32,13 +32,14 @@ The output folder is a complete records folder (as ``mammoflow ingest`` writes) 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -258,6 +259,30 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
+class _DropCarried(logging.Filter):
+    """Drops the readers' quarantine warnings about carried records (their images are left out of the view on
+    purpose; those entries are dropped too)."""
+
+    def __init__(self, carried_ids: set[str]):
+        super().__init__()
+        self.carried_ids = carried_ids
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and args[0] in self.carried_ids)
+
+
+@contextlib.contextmanager
+def _quiet_about(carried_ids: set[str]) -> Iterator[None]:
+    source_log = logging.getLogger("mammoflow.sources._common")
+    drop = _DropCarried(carried_ids)
+    source_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        source_log.removeFilter(drop)
+
+
 @dataclass
 class _Read:
     table: RecordsTable
@@ -300,11 +325,12 @@ def _read_fresh(source: str, opts: SourceOptions, prev: RecordsTable, prev_dir: 
                 linked += 1
         view.mkdir(parents=True, exist_ok=True)
         log.info("incremental ingest: %d previous records carried over, %d files to read", len(candidates), linked)
-        table = read_source(source, dataclasses.replace(opts, root=view))
+        carried_ids = {r.record_id for r in candidates}
+        with _quiet_about(carried_ids):
+            table = read_source(source, dataclasses.replace(opts, root=view))
     finally:
         shutil.rmtree(view, ignore_errors=True)
     table.image_root = str(root)
-    carried_ids = {r.record_id for r in candidates}
     table.quarantine = [dataclasses.replace(q, path=q.path.replace(str(view), str(root)))
                         for q in table.quarantine if q.record_id not in carried_ids]
     table.records = [r for r in table.records if r.record_id not in carried_ids]

@@ -300,7 +300,7 @@ def record_verdict(registry: ModelRegistry, version: str, verdict: Verdict, by: 
     """The verdict's audit event: ``bless``, ``refuse`` or ``force_bless`` (an override, with its reason)."""
     action = "force_bless" if verdict.forced else ("bless" if verdict.blessed else "refuse")
     registry.record(action, reason=verdict.force_reason if verdict.forced else verdict.reason,  # type: ignore[arg-type]
-                    by=verdict.forced_by if verdict.forced else (by or "retrain"), version=version,
+                    by=verdict.forced_by if verdict.forced else by, version=version,
                     details={"kind": verdict.kind, "champion": verdict.champion,
                              "would_have_blessed": verdict.would_have_blessed,
                              "verdict_reason": verdict.reason,
@@ -338,12 +338,12 @@ def _update_metrics(state: RetrainState, result: RetrainResult, registry: ModelR
     runs[result.status] = runs.get(result.status, 0) + 1
     if result.status == "nothing_new":
         m["mammoflow_retrain_nothing_new_runs_total"] = m.get("mammoflow_retrain_nothing_new_runs_total", 0) + 1
-    if result.ingest:
+    if result.ingest and "mode" in result.ingest:  # gauges of the last ingest; a run stopped by the scan keeps them
         ingested = result.ingest["new_records"] + result.ingest["changed_records"]
         quarantined = result.ingest["quarantined_new"] + result.ingest.get("preprocess_quarantined", 0)
-        m["mammoflow_retrain_records_ingested"] = ingested
-        m["mammoflow_retrain_records_quarantined"] = quarantined
-        m["mammoflow_retrain_records"] = result.ingest["total_records"]
+        m["mammoflow_retrain_last_ingest_records"] = ingested
+        m["mammoflow_retrain_last_ingest_quarantined"] = quarantined
+        m["mammoflow_retrain_table_records"] = result.ingest["total_records"]
         m["mammoflow_retrain_records_ingested_total"] = m.get("mammoflow_retrain_records_ingested_total", 0) + ingested
         m["mammoflow_retrain_records_quarantined_total"] = \
             m.get("mammoflow_retrain_records_quarantined_total", 0) + quarantined
@@ -418,6 +418,8 @@ def retrain_once(cfg: RetrainConfig, *, force_bless_reason: str | None = None, b
 def _run(cfg: RetrainConfig, state: RetrainState, registry: ModelRegistry, work: Path, result: RetrainResult,
          force_reason: str | None, by: str | None, pipeline_run_id: str | None) -> RetrainResult:
     cache = work / "cache"
+    # Automated decisions are recorded as the retrain job, under the account it runs as.
+    actor = by or f"mammoflow-retrain ({who()})"
     previous = work / state.last_records if state.last_records else None
     config_sha = cfg.sha256()
     scan = None
@@ -510,14 +512,14 @@ def _run(cfg: RetrainConfig, state: RetrainState, registry: ModelRegistry, work:
                "ingest": {k: delta.to_dict()[k] for k in ("new_records", "changed_records", "removed_records",
                                                           "total_records", "new_patients", "new_by_split")}}
     version = register_step(registry, run_uri, ch_eval, verdict, evaluation=evaluation, lineage=lineage,
-                            key=f"retrain:{state.token}:{rid}", by=by)
+                            key=f"retrain:{state.token}:{rid}", by=actor)
     result.version = version.version
     state.stage(work, "registered")
     if not _done(state, "recorded"):
-        record_verdict(registry, version.version, verdict, by=by)
+        record_verdict(registry, version.version, verdict, by=actor)
         state.stage(work, "recorded")
     if verdict.blessed:
-        registry.promote(version.version, by=verdict.forced_by if verdict.forced else (by or "retrain"),
+        registry.promote(version.version, by=verdict.forced_by if verdict.forced else actor,
                          reason=(f"forced blessing in retrain {rid}: {verdict.force_reason}" if verdict.forced
                                  else f"blessed by retrain {rid}: {verdict.reason}"))
         result.promoted = True

@@ -100,13 +100,9 @@ class ModelMeta(ModelParts):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-able data (tuples become lists)."""
-        def plain(v: Any) -> Any:
-            if isinstance(v, (list, tuple)):
-                return [plain(i) for i in v]
-            if isinstance(v, dict):
-                return {k: plain(i) for k, i in v.items()}
-            return v
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        from mammoflow.config import to_dict
+
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMeta:

@@ -2,7 +2,7 @@
 
 - ASHA stops the bad trials early; the results table is sorted by the metric; the best config trains;
   trials write TensorBoard logs; the ray.util.metrics counters and gauges reach Ray's Prometheus endpoint.
-- The sweep folder on gs:// (a real GCS emulator): Ray's experiment state through pyarrow's GcsFileSystem,
+- The sweep folder on gs:// (a real GCS emulator, in its own process: see ``gcs_bucket_elsewhere``): Ray's experiment state through pyarrow's GcsFileSystem,
   the trials' run folders through mammoflow.storage; resuming reads the state back from the bucket.
 - The sweep driver killed (SIGKILL) mid-sweep and resumed: every trial ends exactly once, finished trials are not
   touched again, the interrupted one continues after its last checkpointed epoch.
@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -35,8 +36,6 @@ from mammoflow.errors import ConfigError
 from mammoflow.sweep.runner import TRIAL_STATUS_FILE, ray_default_installed, run_sweep
 from mammoflow.sweep.spec import cell_name, load_spec
 
-pytest_plugins = ["tests.gcs_emulator"]  # the gcs_emulator / gcs_bucket fixtures
-
 pytestmark = pytest.mark.slow
 
 EPOCHS = 3
@@ -48,12 +47,14 @@ BASE = {
     "schedule": {"phases": [{"epochs": EPOCHS, "learning_rate": 1.0e-3, "trainable_backbone": True}]},
     "seed": 7,
 }
+KILL_EPOCHS = 2
 GOOD = ["balanced", "none"]
 BAD = [{"normal": 1.0, "tumour": 300.0}, {"normal": 1.0, "tumour": 1000.0}]
 
 
-def _spec(name: str, weights: list, **more) -> dict:
-    return {"name": name, "base": BASE, "axes": {"class_weights": {"grid": weights}}, "metric": "val_loss",
+def _spec(name: str, weights: list, epochs: int = EPOCHS, **more) -> dict:
+    base = {**BASE, "schedule": {"phases": [{**BASE["schedule"]["phases"][0], "epochs": epochs}]}}
+    return {"name": name, "base": base, "axes": {"class_weights": {"grid": weights}}, "metric": "val_loss",
             "mode": "min", "resources": {"cpu": 1}, "max_failures": 0, **more}
 
 
@@ -90,14 +91,83 @@ def phantom_data(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray (2 CPUs) for the module; with ray[default], its metrics endpoint on a known port."""
+    """One local Ray (2 CPUs) for the module; with ray[default], its metrics endpoint on a known port, exported
+    every second (Ray's default is 10 s)."""
     import ray
 
     port = _free_port() if ray_default_installed() else None
-    kwargs = {"_metrics_export_port": port} if port else {}
+    kwargs = {"_metrics_export_port": port, "_system_config": {"metrics_report_interval_ms": 1000}} if port else {}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **kwargs)
     yield port
     ray.shutdown()
+
+
+class _MetricsPoller:
+    """Scrapes Ray's Prometheus endpoint every second in a thread and keeps every sample of ray_mammoflow_*.
+
+    Gauges of a trial live only as long as its worker process (Ray drops a series about two export intervals after
+    its emitter stops), so they are watched while the sweep runs, as Prometheus would.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                m = re.match(r"^(ray_mammoflow_\w+)\{(.*)\} (\S+)$", line)
+                if m:
+                    labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+                    self.samples.setdefault(m.group(1), []).append((labels, float(m.group(3))))
+
+    def values(self, name: str, **labels: str) -> list[float]:
+        return [v for lab, v in list(self.samples.get(name, [])) if all(lab.get(k) == x for k, x in labels.items())]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def gcs_bucket_elsewhere(monkeypatch, tmp_path) -> str:
+    """A fresh bucket in a GCS emulator running in *its own process* (gcp-storage-emulator on loopback).
+
+    Not the in-process server of tests/gcs_emulator.py: pyarrow's GCS file object starts its download lazily, from
+    its ``closed`` property, which pyarrow's ``NativeFile.size()/read()`` call while holding the GIL
+    (``_assert_open``). ``Tuner.restore`` reads ``tuner.pkl`` that way, so a server thread in the same Python
+    process can never answer and the test deadlocks (py-spy: the driver in ``GcsRandomAccessFile::InitializeStream``
+    under ``NativeFile.closed``, the server thread waiting for the GIL). A real bucket, or an emulator in another
+    process, is not affected.
+    """
+    port = _free_port()
+    log = (tmp_path / "emulator.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                             "--port", str(port), "--in-memory"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"the GCS emulator did not start: {(tmp_path / 'emulator.log').read_text()}") from None
+                time.sleep(0.2)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "mammoflow-test")
+        storage.create_bucket("gs://sweep-test")
+        yield "gs://sweep-test"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +175,15 @@ def asha_sweep(ray_local, phantom_data, tmp_path_factory):
     spec = load_spec(_spec("asha_test", GOOD + BAD, scheduler={"name": "asha", "grace_period": 1,
                                                                 "reduction_factor": 2}, max_concurrent=2))
     out = tmp_path_factory.mktemp("asha") / "sweep"
+    poller = _MetricsPoller(ray_local) if ray_local else None
     summary = run_sweep(spec, {"default": phantom_data}, str(out), cache_dir=str(out.parent / "cache"))
-    return spec, out, summary
+    yield spec, out, summary, poller
+    if poller:
+        poller.stop()
 
 
 def test_asha_stops_the_bad_trials_early(asha_sweep):
-    _, out, summary = asha_sweep
+    _, out, summary, _ = asha_sweep
     assert summary == _json(str(out / "summary.json"))
     assert summary["trials"] == 4 and summary["failed"] == 0
     assert summary["stopped_early"] >= 2 and summary["finished"] >= 1
@@ -140,7 +213,7 @@ def test_asha_stops_the_bad_trials_early(asha_sweep):
 def test_results_are_sorted_by_the_metric_and_match_the_run_folders(asha_sweep):
     import csv
 
-    _, out, summary = asha_sweep
+    _, out, summary, _ = asha_sweep
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4
@@ -163,7 +236,7 @@ def test_the_best_config_is_the_best_trials_and_trains(asha_sweep, phantom_data,
     from mammoflow.training.config import load_train_config
     from mammoflow.training.loop import train
 
-    _, out, summary = asha_sweep
+    _, out, summary, _ = asha_sweep
     path = out / "best_config.yaml"
     config = load_train_config(str(path))
     trial_config = (out / "trials" / summary["best_trial"] / "config.yaml").read_text()
@@ -175,7 +248,7 @@ def test_the_best_config_is_the_best_trials_and_trains(asha_sweep, phantom_data,
 
 
 def test_trials_write_tensorboard_logs(asha_sweep):
-    _, out, _ = asha_sweep
+    _, out, _, _ = asha_sweep
     for weights in GOOD + BAD:
         events = list((out / "trials" / _name(weights) / "tensorboard").rglob("events.out.tfevents.*"))
         assert {p.parent.name for p in events} == {"train", "validation"}
@@ -184,52 +257,45 @@ def test_trials_write_tensorboard_logs(asha_sweep):
     assert len(ray_events) == 4
 
 
-def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for line in text.splitlines():
-        m = re.match(r"^(ray_mammoflow_\w+)\{(.*)\} (\S+)$", line)
-        if m:
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-            samples.setdefault(m.group(1), []).append((labels, float(m.group(3))))
-    return samples
-
-
 def test_sweep_metrics_reach_rays_prometheus_endpoint(asha_sweep, ray_local):
     if ray_local is None:
         pytest.skip("Ray is the minimal install (ray[tune]): no metrics agent exports ray.util.metrics; "
                     "install ray[default] to run this")
-    _, out, summary = asha_sweep
-    want = {"ray_mammoflow_sweep_trials_finished_total", "ray_mammoflow_sweep_trials_stopped_early_total",
-            "ray_mammoflow_sweep_best_metric", "ray_mammoflow_trial_epoch", "ray_mammoflow_trial_val_loss",
-            "ray_mammoflow_trial_running"}
-    deadline = time.monotonic() + 60  # the agent exports every few seconds
-    samples: dict = {}
+    _, out, summary, poller = asha_sweep
+    stopped = "ray_mammoflow_sweep_trials_stopped_early_total"
+    finished = "ray_mammoflow_sweep_trials_finished_total"
+    deadline = time.monotonic() + 30  # the driver's last counts reach the endpoint within an export interval
     while time.monotonic() < deadline:
-        samples = _scrape(ray_local)
-        stopped = [v for labels, v in samples.get("ray_mammoflow_sweep_trials_stopped_early_total", [])
-                   if labels.get("sweep") == "asha_test"]
-        epochs = {labels["trial"] for labels, _ in samples.get("ray_mammoflow_trial_epoch", [])}
-        if want <= set(samples) and stopped and len(epochs) >= 4:
+        if poller.values(stopped, sweep="asha_test")[-1:] == [summary["stopped_early"]] and \
+                poller.values(finished, sweep="asha_test")[-1:] == [summary["finished"]]:
             break
-        time.sleep(2)
-    assert want <= set(samples)
-    assert stopped == [summary["stopped_early"]]
-    last_epoch = {labels["trial"]: v for labels, v in samples["ray_mammoflow_trial_epoch"]}
-    for weights in GOOD + BAD:
-        history = json.loads((out / "trials" / _name(weights) / "history.json").read_text())
-        assert last_epoch[_name(weights)] == len(history)
-    assert all(v == 0 for _, v in samples["ray_mammoflow_trial_running"])  # every trial has ended
+        time.sleep(1)
+    assert poller.values(stopped, sweep="asha_test")[-1] == summary["stopped_early"]
+    assert poller.values(finished, sweep="asha_test")[-1] == summary["finished"]
+    losses = [r["val_loss"] for w in GOOD + BAD for r in json.loads((out / "trials" / _name(w) / "history.json")
+                                                                     .read_text())]
+    best = poller.values("ray_mammoflow_sweep_best_metric", sweep="asha_test")
+    assert best and best == sorted(best, reverse=True)  # it only ever improves
+    assert all(any(b == pytest.approx(v) for v in losses) for b in best)
+    # per-trial gauges, from the trial processes while they ran
+    assert 1.0 in poller.values("ray_mammoflow_trial_running")
+    seen = {lab["trial"] for lab, _ in poller.samples.get("ray_mammoflow_trial_epoch", [])}
+    assert seen and seen <= {_name(w) for w in GOOD + BAD}
+    for trial in seen:
+        epochs = len(json.loads((out / "trials" / trial / "history.json").read_text()))
+        assert set(poller.values("ray_mammoflow_trial_epoch", trial=trial)) <= set(map(float, range(1, epochs + 1)))
+        assert poller.values("ray_mammoflow_trial_val_loss", trial=trial)
 
 
-def test_sweep_folder_on_gcs_and_resume_from_it(ray_local, phantom_data, gcs_bucket, tmp_path):
+def test_sweep_folder_on_gcs_and_resume_from_it(ray_local, phantom_data, gcs_bucket_elsewhere, tmp_path):
     from mammoflow.workflow import publish_tree
 
+    gcs_bucket = gcs_bucket_elsewhere
     data_uri = f"{gcs_bucket}/datasets/phantoms"
     publish_tree(phantom_data, data_uri)
     out = f"{gcs_bucket}/sweeps/gcs_test"
     # One trial at a time, the good one first: the bad one is always compared with it at ASHA's first rung.
-    spec = load_spec(_spec("gcs_test", ["none", BAD[1]], max_concurrent=1,
+    spec = load_spec(_spec("gcs_test", ["none", BAD[1]], epochs=2, max_concurrent=1,
                            scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2}))
     summary = run_sweep(spec, {"default": data_uri}, out, cache_dir=str(tmp_path / "cache"))
     assert (summary["trials"], summary["finished"], summary["stopped_early"]) == (2, 1, 1)
@@ -243,7 +309,7 @@ def test_sweep_folder_on_gcs_and_resume_from_it(ray_local, phantom_data, gcs_buc
     good, bad = f"{out}/trials/{_name('none')}", f"{out}/trials/{_name(BAD[1])}"
     for rel in ("model.keras", "metrics.json", "run.json", "history.json", "checkpoints/state.json"):
         assert storage.exists(f"{good}/{rel}"), rel
-    assert len(_json(f"{good}/history.json")) == EPOCHS
+    assert len(_json(f"{good}/history.json")) == 2
     assert any("/tensorboard/" in o for o in objects if o.startswith(good))
     assert _json(f"{bad}/{TRIAL_STATUS_FILE}")["status"] == "stopped_early"
     assert len(_json(f"{bad}/checkpoints/state.json")["history"]) == 1
@@ -299,7 +365,7 @@ def test_driver_killed_mid_sweep_then_resumed_runs_every_trial_exactly_once(ray_
 
     weights = ["none", "balanced", BAD[0]]
     spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(_spec("kill_test", weights, scheduler={"name": "fifo"})))
+    spec_path.write_text(yaml.safe_dump(_spec("kill_test", weights, epochs=KILL_EPOCHS, scheduler={"name": "fifo"})))
     out, cache = tmp_path / "sweep", tmp_path / "cache"
     folders = {w if isinstance(w, str) else "bad": out / "trials" / _name(w) for w in weights}
     args = ["sweep", "--spec", str(spec_path), "--data", phantom_data, "--out", str(out), "--cache-dir", str(cache),
@@ -311,7 +377,7 @@ def test_driver_killed_mid_sweep_then_resumed_runs_every_trial_exactly_once(ray_
     try:
         # Kill once the first trial has ended and the second has checkpointed an epoch (one trial at a time, so
         # no other trial is half-way through writing a checkpoint at that moment).
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 400
         while time.monotonic() < deadline and driver.poll() is None:
             if (folders["none"] / TRIAL_STATUS_FILE).exists() and _epochs_done(folders["balanced"]) >= 1:
                 break
@@ -330,16 +396,16 @@ def test_driver_killed_mid_sweep_then_resumed_runs_every_trial_exactly_once(ray_
     first_mtimes = sorted((p.name, p.stat().st_mtime_ns) for p in first.rglob("*") if p.is_file())
     k = _epochs_done(folders["balanced"])
     interrupted = json.loads((folders["balanced"] / "checkpoints" / "state.json").read_text())["history"][:k]
-    assert 1 <= k < EPOCHS
+    assert 1 <= k < KILL_EPOCHS
 
     result = CliRunner().invoke(cli, [*args, "--resume"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["trials"], summary["finished"], summary["failed"]) == (3, 3, 0)
-    assert summary["trial_epochs"] == 3 * EPOCHS  # counted from the run folders: nothing twice, nothing missing
+    assert summary["trial_epochs"] == 3 * KILL_EPOCHS  # counted from the run folders: nothing twice, nothing missing
     for folder in folders.values():
         history = json.loads((folder / "history.json").read_text())
-        assert [r["epoch"] for r in history] == list(range(1, EPOCHS + 1))
+        assert [r["epoch"] for r in history] == list(range(1, KILL_EPOCHS + 1))
         assert json.loads((folder / "run.json").read_text())["status"] == "finished"
         assert json.loads((folder / TRIAL_STATUS_FILE).read_text())["status"] == "finished"
     # the trial that had ended before the kill was not touched
@@ -353,9 +419,9 @@ def test_driver_killed_mid_sweep_then_resumed_runs_every_trial_exactly_once(ray_
     reported = _reported(out / "ray" / "kill_test")
     rows = reported[_name("balanced")]
     epochs = [e for e, _ in rows]
-    assert epochs == sorted(set(epochs)) and set(range(k + 1, EPOCHS + 1)) <= set(epochs)  # none twice
+    assert epochs == sorted(set(epochs)) and set(range(k + 1, KILL_EPOCHS + 1)) <= set(epochs)  # none twice
     assert {e - i for e, i in rows if e > k} == {k}
-    assert reported[_name(BAD[0])] == [(e, e) for e in range(1, EPOCHS + 1)]  # had not started: all of it
+    assert reported[_name(BAD[0])] == [(e, e) for e in range(1, KILL_EPOCHS + 1)]  # had not started: all of it
 
 
 def _reported(ray_dir: Path) -> dict[str, list[tuple[int, int]]]:

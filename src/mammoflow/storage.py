@@ -322,7 +322,9 @@ class _GcsBackend:
     def list(cls, uri: str) -> builtins.list[str]:
         bucket, key = split_gs(uri)
         prefix = key.rstrip("/") + "/" if key else ""
-        names = [b.name for b in cls.client().list_blobs(bucket, prefix=prefix, retry=None)]
+        # Folder placeholders (GCS console, pyarrow create_dir) end in "/" and are not files.
+        names = [b.name for b in cls.client().list_blobs(bucket, prefix=prefix, retry=None)
+                 if not b.name.endswith("/")]
         if key and not key.endswith("/"):
             exact = cls.client().bucket(bucket).get_blob(key, retry=None)
             if exact is not None:
@@ -378,6 +380,78 @@ def put_bytes(uri: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``uri`` atomically."""
     with open_write(uri) as fh:
         fh.write(data)
+
+
+def put_bytes_if_absent(uri: str | os.PathLike[str], data: bytes) -> bool:
+    """Create ``uri`` holding ``data`` only if nothing exists there; True if this call created it.
+
+    Local: a finished temporary file is hard-linked to the final name (``link`` fails if the name exists, so the
+    object appears atomically and complete, or not at all). GCS: one upload with ``if_generation_match=0``; HTTP
+    412 means the object exists. A transient error is retried; a retry that finds the object (412) reports False
+    even if the first attempt wrote it, so callers read the object back to learn whose it is.
+    """
+    uri = str(uri)
+    if is_remote(uri):
+        from google.api_core import exceptions as api
+
+        def upload() -> None:
+            blob = _GcsBackend.blob(uri)
+            blob.metadata = {SHA256_KEY: hashlib.sha256(data).hexdigest()}
+            blob.upload_from_string(data, if_generation_match=0, retry=None)
+
+        try:
+            _with_retry("create", uri, upload)
+        except api.PreconditionFailed:
+            return False
+        return True
+    dest = local_path(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def put_bytes_if_version(uri: str | os.PathLike[str], data: bytes, expected: ObjectInfo | None) -> bool:
+    """Replace ``uri`` with ``data`` only if it is still the object ``expected`` (as :func:`stat` gave it; None:
+    still absent). True if written; False if the object changed or appeared since it was read (nothing written).
+
+    GCS: ``if_generation_match`` = the generation read (0 when absent), so the check and the write are one atomic
+    request (HTTP 412 when they differ). Local: the object's mtime is compared, then the write is atomic (temp file
+    + rename); the check and the write are two operations, so local callers that can race hold a lock as well.
+    """
+    uri = str(uri)
+    if is_remote(uri):
+        from google.api_core import exceptions as api
+
+        generation = int(expected.version) if expected is not None else 0
+
+        def upload() -> None:
+            blob = _GcsBackend.blob(uri)
+            blob.metadata = {SHA256_KEY: hashlib.sha256(data).hexdigest()}
+            blob.upload_from_string(data, if_generation_match=generation, retry=None)
+
+        try:
+            _with_retry("update", uri, upload)
+        except api.PreconditionFailed:
+            return False
+        return True
+    current = stat(uri)
+    if (current is None) != (expected is None) or (current is not None and expected is not None
+                                                   and current.version != expected.version):
+        return False
+    put_bytes(uri, data)
+    return True
 
 
 @contextlib.contextmanager

@@ -118,6 +118,6 @@ def write_results(spec: SweepSpec, grid, out_uri: str, *, base: dict[str, Any], 
 def _fmt(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+    if isinstance(value, float):  # 0.5652, 0.75, 18.7
+        return (f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}").rstrip("0").rstrip(".")
     return str(value).replace("|", "\\|")

@@ -20,6 +20,17 @@ Early stopping: the scheduler sees one result per epoch, with the epoch itself a
 Ray's ``training_iteration``, which restarts at 1 when a trial is restarted). The last epoch of a trial is
 reported only after ``train()`` has returned, so that a scheduler stopping the trial at ``max_t`` cannot cut the
 writing of its model and metrics short.
+
+Monitoring: TensorBoard logs per trial (``OUT/trials/*/tensorboard``, written by ``train()``) and Tune's own per-trial
+logs (``OUT/ray/<name>/*/events.out.tfevents.*``); Prometheus metrics through ray.util.metrics, exported by Ray's
+metrics agent (needs ``ray[default]``) as ``ray_mammoflow_trial_{epoch,val_loss,running}{trial=...}`` from the
+trials while they run and ``ray_mammoflow_sweep_trials_{finished,stopped_early,failed}_total{sweep=...}`` and
+``ray_mammoflow_sweep_best_metric{sweep=...}`` from the driver.
+
+Storage on ``gs://``: Ray's experiment state goes through pyarrow's GcsFileSystem
+(:func:`mammoflow.storage.pyarrow_filesystem`, which honours ``STORAGE_EMULATOR_HOST``), the trials' run folders
+and the results through :mod:`mammoflow.storage`. pyarrow creates zero-byte "directory" objects (``.../ray/``)
+there, as GCS folders made in the console are.
 """
 
 from __future__ import annotations
@@ -314,6 +325,9 @@ def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, addre
 
     from mammoflow.sweep.results import write_results
 
+    if (dashboard or metrics_export_port) and address is None and not ray_default_installed():
+        raise ConfigError("--dashboard / --metrics-export-port: this Ray is the minimal install (ray[tune]) without "
+                          "dashboard or metrics agent. Fix: pip install 'ray[default,tune]' (the same version)")
     cells = expand_cells(spec)
     validate_cells(spec, cells)
     base = base_config(spec)
@@ -339,9 +353,6 @@ def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, addre
     storage.put_bytes(spec_uri, text.encode())
 
     started_ray = not ray.is_initialized()
-    if started_ray and address is None and (dashboard or metrics_export_port) and not ray_default_installed():
-        raise ConfigError("--dashboard / --metrics-export-port: this Ray is the minimal install (ray[tune]) without "
-                          "dashboard or metrics agent. Fix: pip install 'ray[default,tune]' (same version)")
     if started_ray:
         init_kw: dict[str, Any] = {"address": address, "log_to_driver": False}
         if address is None:

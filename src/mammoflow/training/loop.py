@@ -103,6 +103,13 @@ class RunFolder:
             elif src.exists():
                 storage.put_file(src, storage.join(self.uri, rel))
 
+    def save_model(self, model, rel: str) -> None:
+        """Save a Keras model atomically: a kill mid-save must not leave a truncated checkpoint to resume from."""
+        p = self.path(rel)
+        tmp = p.with_name(f".{p.stem}.tmp.keras")
+        model.save(tmp)
+        os.replace(tmp, p)
+
     def write_text(self, rel: str, text: str) -> None:
         p = self.path(rel)
         tmp = p.with_name(f".{p.name}.tmp")
@@ -308,9 +315,9 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(run.path("tensorboard/x").parent), write_graph=False)
 
     def save_checkpoint(epochs_done: int, step_in_epoch: int) -> None:
-        model.save(run.path(LAST_CKPT))
+        run.save_model(model, LAST_CKPT)
         if fit_model is not model:
-            fit_model.save(run.path(LAST_HEAD))
+            run.save_model(fit_model, LAST_HEAD)
         st = dict(state, epochs_done=epochs_done, step_in_epoch=step_in_epoch)
         run.write_text(STATE_FILE, json.dumps(st, indent=2))
         run.push(LAST_CKPT, LAST_HEAD, STATE_FILE)
@@ -362,7 +369,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
             improved = state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"]
             if improved:
                 state.update(best_val_loss=row["val_loss"], best_epoch=epoch + 1, phase_wait=0)
-                model.save(run.path(BEST_CKPT))
+                run.save_model(model, BEST_CKPT)
                 run.push(BEST_CKPT)
             else:
                 state["phase_wait"] += 1

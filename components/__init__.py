@@ -1,8 +1,8 @@
 """KFP v2 components: thin adapters from Kubeflow artifacts to the pipeline steps of :mod:`mammoflow.workflow`.
 
-Each stage is a plain typed function in this package (``data.py``, ``training.py``, ``evaluation.py``): it unpacks
-KFP artifacts into local folders and URIs, calls one :mod:`mammoflow.workflow` step (itself a call into the
-library), and records what the KFP UI shows (artifact metadata, scalar metrics, ROC curve and confusion matrix,
+Each stage is a plain typed function in this package (``data.py``, ``training.py``, ``evaluation.py``,
+``retrain.py``): it unpacks KFP artifacts into local folders and URIs, calls one :mod:`mammoflow.workflow` step
+(itself a call into the library), and records what the KFP UI shows (artifact metadata, scalar metrics, ROC curve and confusion matrix,
 the HTML report). The functions import everything inside their bodies, so KFP can ship each one alone as a
 lightweight component running on the project's image (which has mammoflow installed; no pip install at run
 time), and the same functions run under ``kfp.local.SubprocessRunner(use_venv=False)`` on a laptop.
@@ -26,7 +26,7 @@ IMAGE_ENV, GPU_IMAGE_ENV = "MAMMOFLOW_IMAGE", "MAMMOFLOW_GPU_IMAGE"
 DEFAULT_IMAGE = f"mammoflow/mammoflow:{__version__}"
 DEFAULT_GPU_IMAGE = f"mammoflow/mammoflow-gpu:{__version__}"
 #: Stages that run a model over many patches or whole images: they get the GPU image (and a GPU, see pipelines/).
-GPU_STAGES = ("train", "sweep", "explain")
+GPU_STAGES = ("train", "sweep", "explain", "retrain_train")
 
 
 def default_images() -> tuple[str, str]:
@@ -36,7 +36,7 @@ def default_images() -> tuple[str, str]:
 
 def stage_functions() -> dict[str, Callable[..., Any]]:
     """Stage name -> the plain function behind its component, in pipeline order."""
-    from mammoflow.components import data, evaluation, training
+    from mammoflow.components import data, evaluation, retrain, training
 
     return {
         "demo_data": data.demo_data, "locate_data": data.locate_data, "ingest": data.ingest,
@@ -44,6 +44,10 @@ def stage_functions() -> dict[str, Callable[..., Any]]:
         "train": training.train, "sweep": training.sweep,
         "evaluate": evaluation.evaluate, "explain": evaluation.explain, "report": evaluation.report,
         "sweep_report": evaluation.sweep_report,
+        "retrain_scan": retrain.retrain_scan, "retrain_ingest": retrain.retrain_ingest,
+        "retrain_preprocess": retrain.retrain_preprocess, "retrain_build_dataset": retrain.retrain_build_dataset,
+        "retrain_train": retrain.retrain_train, "retrain_evaluate": retrain.retrain_evaluate, "bless": retrain.bless,
+        "register": retrain.register, "promote": retrain.promote, "push_retrain_metrics": retrain.push_retrain_metrics,
     }
 
 

@@ -7,7 +7,10 @@ Python (``SubprocessRunner(use_venv=False)``: mammoflow is importable, nothing i
     root/store/     the object store (storage_root): phantoms, shards, training run folders, sweeps
     root/cache/     local copies of remote inputs and verified shard files
     root/pipeline.log   everything the steps printed (the terminal shows when each step starts and ends)
-    root/report.html, root/summary.json    the last run's report and summary
+    root/report.html (root/report.md for retrain), root/summary.json    the last run's report and summary
+
+The retraining pipeline keeps its state under the storage root, so running it again with the same ``root`` (or
+``storage_root``) is the next scheduled run: only what is new in the watched folder is ingested.
 
 A sweep starts a local Ray inside its step. kfp.local ignores resources, GPUs and node selectors; it would honour
 the retries with their minutes of back-off, so a local run is built without them and a failing step fails at once.
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
+MARKDOWN_REPORT_FILE = "report.md"
 LOG_FILE = "pipeline.log"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # kfp.local colours task names for terminals
 _PROGRESS = re.compile(r"Executing task|finished with status|Skipping")
@@ -57,9 +61,10 @@ def local_params(pipeline: Any, root: Path, params: dict[str, Any]) -> dict[str,
     out.setdefault("storage_root", str(root / "store"))
     if "metrics_port" in (pipeline.component_spec.inputs or {}):
         out.setdefault("metrics_port", 0)
-    data_root = out.get("data_root")
-    if isinstance(data_root, str) and data_root and not storage.is_remote(data_root):
-        out["data_root"] = str(Path(data_root).expanduser().absolute())
+    for key in ("data_root", "config"):  # local paths made absolute: the steps may run from another folder
+        value = out.get(key)
+        if isinstance(value, str) and value and not storage.is_remote(value):
+            out[key] = str(Path(value).expanduser().absolute())
     return out
 
 
@@ -115,8 +120,8 @@ def failure_cause(log_path: Path) -> str | None:
 
 def run_local(name: str, root: str | os.PathLike[str], params: dict[str, Any] | None = None, *,
               verbose: bool = False) -> dict[str, Any]:
-    """Run pipeline ``name`` (training, sweep) end to end under ``root``; returns the run's summary (also written
-    to ``root/summary.json``): where the report is, the headline metrics and the wall time.
+    """Run pipeline ``name`` (training, sweep, retrain) end to end under ``root``; returns the run's summary (also
+    written to ``root/summary.json``): where the report is, the headline metrics and the wall time.
 
     Every step's output goes to ``root/pipeline.log``; the terminal (stderr) gets one line per step started or
     finished, or everything with ``verbose``.
@@ -152,11 +157,13 @@ def run_local(name: str, root: str | os.PathLike[str], params: dict[str, Any] | 
         raise LocalRunError(f"local run of pipeline {name!r} failed: {_ANSI.sub('', str(failed))}"
                             f"{f' Cause: {cause}' if cause else ''} (full log: {log_path})")
     seconds = time.perf_counter() - started
-    report = root / REPORT_FILE
-    shutil.copyfile(task.outputs["report"].path, report)
+    # training and sweep end in an HTML report; retrain in a Markdown summary of the run's outcome.
+    artifact = task.outputs["report"] if "report" in task.outputs else task.outputs["summary"]
+    report = root / (MARKDOWN_REPORT_FILE if artifact.schema_title == "system.Markdown" else REPORT_FILE)
+    shutil.copyfile(artifact.path, report)
     summary: dict[str, Any] = {
         "pipeline": name, "status": "succeeded", "report": str(report),
-        "report_artifact": task.outputs["report"].path, "storage_root": args["storage_root"],
+        "report_artifact": artifact.path, "storage_root": args["storage_root"],
         "pipeline_root": str(root / "kfp"), "log": str(log_path), "seconds": round(seconds, 1),
         "metrics": dict(task.outputs["metrics"].metadata),
     }

@@ -5,10 +5,10 @@ node pool, spot nodes, credentials) is fixed when compiling, from :class:`Pipeli
 (``mammoflow pipeline compile --image ... --gpu-node-selector ...`` or the environment variables below).
 
 Every step gets CPU and memory requests and limits, the pod labels ``app.kubernetes.io/part-of=mammoflow`` and
-``app.kubernetes.io/component=<stage>`` (``training`` for the train step: the ``mammoflow-training`` PodMonitor of
-k8s/base/monitoring.yaml selects it), and its caching setting. GPU stages (train, sweep, explain) ask for one
-``nvidia.com/gpu``, tolerate the GPU taint and select the GPU node pool. Train and sweep are retried with
-back-off: they checkpoint to object storage and resume, so a preempted pod costs minutes, not the run.
+``app.kubernetes.io/component=<stage>`` (``training`` for the train steps: the ``mammoflow-training`` PodMonitor of
+k8s/base/monitoring.yaml selects it), and its caching setting. GPU stages (train, sweep, explain, the retraining's
+train) ask for one ``nvidia.com/gpu``, tolerate the GPU taint and select the GPU node pool. The training steps are
+retried with back-off: they checkpoint to object storage and resume, so a preempted pod costs minutes, not the run.
 
 Pods authenticate to GCS with Workload Identity: submit runs with the Kubernetes service account
 ``mammoflow-pipeline-runner`` (k8s/base/rbac.yaml; the default of ``mammoflow pipeline submit``). Without Workload
@@ -61,6 +61,17 @@ RESOURCES: dict[str, Resources] = {
     "explain": Resources("2", "4", "8Gi", "16Gi", gpu=True),
     "report": Resources("500m", "1", "1Gi", "2Gi"),
     "sweep_report": Resources("500m", "1", "1Gi", "2Gi"),
+    # The retraining pipeline (pipelines/retrain.py).
+    "retrain_scan": Resources("500m", "1", "1Gi", "2Gi"),
+    "retrain_ingest": Resources("1", "2", "2Gi", "4Gi"),
+    "retrain_preprocess": Resources("2", "4", "4Gi", "8Gi"),
+    "retrain_build_dataset": Resources("2", "4", "4Gi", "8Gi"),
+    "retrain_train": Resources("4", "8", "16Gi", "32Gi", gpu=True),
+    "retrain_evaluate": Resources("2", "4", "8Gi", "16Gi"),
+    "bless": Resources("1", "2", "2Gi", "4Gi"),
+    "register": Resources("500m", "1", "1Gi", "2Gi"),
+    "promote": Resources("250m", "500m", "256Mi", "512Mi"),
+    "push_retrain_metrics": Resources("250m", "500m", "512Mi", "1Gi"),
 }
 
 #: KFP caching per stage. On where the outputs are a pure function of the inputs (data steps read immutable
@@ -69,14 +80,22 @@ RESOURCES: dict[str, Resources] = {
 CACHING: dict[str, bool] = {
     "demo_data": False, "locate_data": False, "ingest": True, "preprocess": True, "build_dataset": True,
     "train": False, "sweep": False, "evaluate": True, "explain": True, "report": True, "sweep_report": True,
+    # Retraining reads and writes shared state (the watched folder, state.json, the registry): never cached.
+    **{stage: False for stage in ("retrain_scan", "retrain_ingest", "retrain_preprocess", "retrain_build_dataset",
+                                  "retrain_train", "retrain_evaluate", "bless", "register", "promote",
+                                  "push_retrain_metrics")},
 }
 
 #: Retries of the preemptible steps (exponential back-off from 1 minute, at most 1 hour apart).
-RETRIES: dict[str, int] = {"train": 3, "sweep": 3}
+RETRIES: dict[str, int] = {"train": 3, "sweep": 3, "retrain_train": 3}
 #: Wall-clock ceilings, so a hung step does not hold a GPU for ever.
-TIMEOUTS_S: dict[str, int] = {"train": 48 * 3600, "sweep": 72 * 3600, "explain": 6 * 3600}
-#: Pod label app.kubernetes.io/component per stage (default: the stage name with dashes).
-COMPONENT_NAMES = {"train": "training"}
+TIMEOUTS_S: dict[str, int] = {"train": 48 * 3600, "sweep": 72 * 3600, "explain": 6 * 3600,
+                              "retrain_train": 48 * 3600}
+#: Stages that read patient identifiers and pseudonymise them with the site's salt (Secret salt_secret).
+SALTED_STAGES = ("ingest", "retrain_ingest")
+#: Pod label app.kubernetes.io/component per stage (default: the stage name with dashes). Both training steps are
+#: ``training``: the mammoflow-training PodMonitor scrapes their metrics port.
+COMPONENT_NAMES = {"train": "training", "retrain_train": "training"}
 
 
 def _parse_selector(text: str) -> dict[str, str]:
@@ -168,7 +187,7 @@ def configure(task: Any, stage: str, options: PipelineOptions) -> Any:
             kubernetes.add_node_selector(task, key, value)
         kubernetes.add_toleration(task, key="cloud.google.com/gke-spot", operator="Equal", value="true",
                                   effect="NoSchedule")
-    if stage == "ingest" and options.salt_secret:
+    if stage in SALTED_STAGES and options.salt_secret:
         kubernetes.use_secret_as_env(task, options.salt_secret, {SALT_ENV: SALT_ENV}, optional=True)
     if options.gcs_secret:
         kubernetes.use_secret_as_volume(task, options.gcs_secret, mount_path=GCS_KEY_MOUNT)

@@ -175,3 +175,32 @@ def test_schedule_command(server: FakeKfpServer) -> None:
     rr = server.recurring_runs[rr_id]
     assert rr["display_name"] == "mammoflow-training" and rr["max_concurrency"] == 1 and rr["no_catchup"] is True
     assert all(r.headers.get("authorization") == "Bearer abc" for r in server.requests)
+
+
+def test_schedule_command_for_the_retraining_pipeline(server: FakeKfpServer) -> None:
+    """The nightly retraining of the README: one recurring run of mammoflow-retrain, 6-field cron, one run at a time,
+    no catch-up of the nights the cluster was down."""
+    result = invoke("pipeline", "schedule", "--host", server.url, "--pipeline", "retrain", "--cron", "0 0 2 * * *",
+                    "--param", "storage_root=gs://b/m", "--param", "config=gs://b/retrain.yaml",
+                    "--param", "push_gateway=http://prometheus-pushgateway.monitoring:9091", "--no-gpu")
+    assert result.exit_code == 0, result.output
+    (rr_id,) = server.recurring_runs
+    rr = server.recurring_runs[rr_id]
+    assert rr["display_name"] == "mammoflow-retrain"
+    assert rr["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * *"}}
+    assert rr["max_concurrency"] == 1 and rr["no_catchup"] is True and rr["mode"] == "ENABLE"
+    assert rr["runtime_config"]["parameters"] == {"storage_root": "gs://b/m", "config": "gs://b/retrain.yaml",
+                                                  "push_gateway": "http://prometheus-pushgateway.monitoring:9091"}
+    (upload,) = server.calls("POST", "/pipelines/upload")
+    assert upload.query["name"] == "mammoflow-retrain"
+    spec = next(yaml.safe_load_all(upload.files["uploadfile"]))
+    assert spec["pipelineInfo"]["name"] == "mammoflow-retrain"
+    assert "exec-push-retrain-metrics" in spec["deploymentSpec"]["executors"]
+
+
+def test_schedule_command_refuses_an_unknown_retrain_parameter(server: FakeKfpServer) -> None:
+    result = CliRunner().invoke(cli, ["pipeline", "schedule", "--host", server.url, "--pipeline", "retrain",
+                                      "--cron", "0 0 2 * * *", "--param", "storage_root=gs://b/m",
+                                      "--param", "train_config=demo"])
+    assert result.exit_code != 0 and "train_config" in str(result.exception)
+    assert server.requests == []

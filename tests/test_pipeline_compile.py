@@ -15,7 +15,7 @@ from mammoflow.errors import ConfigError
 from mammoflow.pipelines import PIPELINES, build_pipeline, get_pipeline
 from mammoflow.pipelines.options import PipelineOptions
 
-GPU_STAGES = {"train", "sweep", "explain"}
+GPU_STAGES = {"train", "sweep", "explain", "retrain-train"}
 TRAINING_STAGES = {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "train", "evaluate",
                    "explain", "report"}
 SWEEP_STAGES = {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "sweep", "sweep-report"}
@@ -56,6 +56,11 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return compile_to_dict("sweep", tmp_path_factory.mktemp("ir"))
 
 
+@pytest.fixture(scope="module")
+def retrain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return compile_to_dict("retrain", tmp_path_factory.mktemp("ir"))
+
+
 def test_training_pipeline_has_every_stage_and_the_data_branch(training: dict[str, Any]) -> None:
     assert set(executors(training)) == TRAINING_STAGES
     assert set(tasks(training)) == TRAINING_STAGES
@@ -89,8 +94,9 @@ def test_artifact_types_are_the_kfp_ones(training: dict[str, Any]) -> None:
     assert outputs("report") == {"html": "system.HTML", "markdown": "system.Markdown"}
 
 
-def test_gpu_only_on_train_sweep_explain(training: dict[str, Any], sweep: dict[str, Any]) -> None:
-    for spec in (training, sweep):
+def test_gpu_only_on_train_sweep_explain(training: dict[str, Any], sweep: dict[str, Any],
+                                        retrain: dict[str, Any]) -> None:
+    for spec in (training, sweep, retrain):
         platform = spec["_platform"]
         for stage, container in executors(spec).items():
             resources = container.get("resources", {})
@@ -109,15 +115,17 @@ def test_gpu_only_on_train_sweep_explain(training: dict[str, Any], sweep: dict[s
                 assert "tolerations" not in platform.get(f"exec-{stage}", {}), stage
 
 
-def test_every_step_has_requests_limits_and_labels(training: dict[str, Any], sweep: dict[str, Any]) -> None:
-    for spec in (training, sweep):
+def test_every_step_has_requests_limits_and_labels(training: dict[str, Any], sweep: dict[str, Any],
+                                                    retrain: dict[str, Any]) -> None:
+    for spec in (training, sweep, retrain):
         for stage, container in executors(spec).items():
             res = container["resources"]
             assert res["resourceCpuRequest"] and res["resourceCpuLimit"], stage
             assert res["resourceMemoryRequest"] and res["resourceMemoryLimit"], stage
             labels = spec["_platform"][f"exec-{stage}"]["podMetadata"]["labels"]
             assert labels["app.kubernetes.io/part-of"] == "mammoflow"
-            assert labels["app.kubernetes.io/component"] == ("training" if stage == "train" else stage)
+            component = "training" if stage in ("train", "retrain-train") else stage.removesuffix("-2")
+            assert labels["app.kubernetes.io/component"] == component, stage
             # The image holds kfp and mammoflow: a step starts without pip or network.
             assert "pip install" not in " ".join(container["command"]), stage
     train = executors(training)["train"]["resources"]
@@ -193,10 +201,9 @@ def test_sweep_pipeline(sweep: dict[str, Any]) -> None:
     assert int(sweep["_platform"]["exec-sweep"]["activeDeadlineSeconds"]) == 72 * 3600
 
 
-def test_registry_names_and_the_missing_retrain_pipeline() -> None:
+def test_registry_names() -> None:
     assert set(PIPELINES) == {"training", "sweep", "retrain"}
-    with pytest.raises(ConfigError, match="not available in this version"):
-        get_pipeline("retrain")
+    assert get_pipeline("retrain").name == "mammoflow-retrain"
     with pytest.raises(ConfigError, match="valid: training, sweep, retrain"):
         get_pipeline("nope")
 
@@ -210,3 +217,108 @@ def test_compile_command_writes_the_yaml(tmp_path: Path) -> None:
     spec = yaml.safe_load_all(out.read_text()).__next__()
     assert spec["pipelineInfo"]["name"] == "mammoflow-training"
     assert {c["image"] for c in executors(spec).values()} == {"r/x:1"}
+
+
+# ----------------------------------------------------------------------------------------------- retrain
+
+RETRAIN_STAGES = {"retrain-scan", "retrain-ingest", "retrain-preprocess", "retrain-build-dataset", "retrain-train",
+                  "retrain-evaluate", "retrain-evaluate-2", "bless", "register", "promote", "push-retrain-metrics"}
+
+
+def dags(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Component name -> its DAG's tasks (root included as "root")."""
+    out = {"root": spec["root"]["dag"]["tasks"]}
+    out.update({name: c["dag"]["tasks"] for name, c in spec["components"].items() if "dag" in c})
+    return out
+
+
+def test_retrain_pipeline_steps_conditions_and_exit_handler(retrain: dict[str, Any]) -> None:
+    assert retrain["pipelineInfo"]["name"] == "mammoflow-retrain"
+    assert set(executors(retrain)) == RETRAIN_STAGES
+    graph = dags(retrain)
+
+    # The exit handler: the push step runs after the handler's body whatever happened, and gets its final status.
+    push = graph["root"]["push-retrain-metrics"]
+    assert push["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert push["inputs"]["parameters"]["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    assert set(graph["root"]) == {"exit-handler-1", "push-retrain-metrics"}
+    assert graph["root"]["exit-handler-1"]["taskInfo"]["name"] == "record-and-push"
+
+    # Nested conditions: files changed -> new records -> (judged) blessed; each names the step that decides it.
+    def condition(task: dict[str, Any]) -> str:
+        return task["triggerPolicy"]["condition"]
+
+    body = graph["comp-exit-handler-1"]
+    assert set(body) == {"retrain-scan", "condition-2"}
+    assert condition(body["condition-2"]) == "inputs.parameter_values['pipelinechannel--retrain-scan-Output'] == true"
+    changed = graph["comp-condition-2"]
+    assert set(changed) == {"retrain-ingest", "condition-3"}
+    assert condition(changed["condition-3"]) == \
+        "inputs.parameter_values['pipelinechannel--retrain-ingest-Output'] == false"
+    new_records = graph["comp-condition-3"]
+    assert set(new_records) == {"retrain-preprocess", "retrain-build-dataset", "retrain-train", "retrain-evaluate",
+                                "retrain-evaluate-2", "bless", "register", "condition-4"}
+    assert condition(new_records["condition-4"]) == "inputs.parameter_values['pipelinechannel--bless-Output'] == true"
+    assert set(graph["comp-condition-4"]) == {"promote"}
+    assert {new_records[t]["taskInfo"]["name"] for t in ("retrain-evaluate", "retrain-evaluate-2")} == {
+        "evaluate-challenger", "evaluate-champion"}
+
+    # Both evaluations read the same shards; the champion's is the registry version train found.
+    for task in ("retrain-evaluate", "retrain-evaluate-2"):
+        inputs = new_records[task]["inputs"]
+        assert inputs["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == "retrain-build-dataset"
+    uris = {new_records[t]["inputs"]["parameters"]["model_uri"]["taskOutputParameter"]["outputParameterKey"]
+            for t in ("retrain-evaluate", "retrain-evaluate-2")}
+    assert uris == {"run_uri", "champion_uri"}
+    # register hands the train step's model to the registry with the verdict; promote takes its version.
+    register = new_records["register"]["inputs"]
+    assert register["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == "retrain-train"
+    assert register["artifacts"]["verdict"]["taskOutputArtifact"] == {"outputArtifactKey": "verdict_json",
+                                                                      "producerTask": "bless"}
+    assert register["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    promote = graph["comp-condition-4"]["promote"]["inputs"]["parameters"]["version"]
+    assert promote["componentInputParameter"] == "pipelinechannel--register-Output"
+
+
+def test_retrain_outputs_parameters_and_cluster_settings(retrain: dict[str, Any]) -> None:
+    comps = retrain["components"]
+
+    def outputs(comp: str) -> dict[str, str]:
+        arts = comps[f"comp-{comp}"]["outputDefinitions"]["artifacts"]
+        return {k: v["artifactType"]["schemaTitle"] for k, v in arts.items()}
+
+    # The verdict is Markdown (the KFP UI renders it), blessed a metric; the run's outcome is the pipeline's output.
+    assert outputs("bless") == {"verdict": "system.Markdown", "verdict_json": "system.Artifact",
+                                "metrics": "system.Metrics"}
+    assert comps["comp-bless"]["outputDefinitions"]["parameters"] == {"Output": {"parameterType": "BOOLEAN"}}
+    assert outputs("retrain-ingest") == {"records": "system.Dataset", "summary": "system.Markdown",
+                                         "metrics": "system.Metrics"}
+    assert outputs("push-retrain-metrics") == {"summary": "system.Markdown", "metrics": "system.Metrics"}
+    root_out = retrain["root"]["outputDefinitions"]["artifacts"]
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in root_out.items()} == {"summary": "system.Markdown",
+                                                                                "metrics": "system.Metrics"}
+    params = retrain["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == {"config", "config_overrides", "storage_root", "force_bless_reason", "requested_by",
+                           "push_gateway", "metrics_port"}
+    assert params["force_bless_reason"]["defaultValue"] == "" and params["metrics_port"]["defaultValue"] == 9400
+    # Only the training step is retried (it resumes from its checkpoints) and nothing is cached: every step reads
+    # or writes the retraining's shared state.
+    for name, task in tasks(retrain).items():
+        assert task.get("cachingOptions", {}).get("enableCache", False) is False, name
+        if name == "retrain-train":
+            assert task["retryPolicy"]["maxRetryCount"] == 3
+            train_inputs = task["inputs"]["parameters"]
+            assert train_inputs["metrics_port"]["componentInputParameter"] == "pipelinechannel--metrics_port"
+        else:
+            assert "retryPolicy" not in task, name
+    assert int(retrain["_platform"]["exec-retrain-train"]["activeDeadlineSeconds"]) == 48 * 3600
+    # Incremental ingest pseudonymises patient ids with the site's salt, like ingest.
+    (secret,) = retrain["_platform"]["exec-retrain-ingest"]["secretAsEnv"]
+    assert (secret["secretName"], secret["optional"]) == ("mammoflow-salt", True)
+    assert [k for k, v in retrain["_platform"].items() if "secretAsEnv" in v] == ["exec-retrain-ingest"]
+    assert executors(retrain)["retrain-train"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+
+
+def test_local_build_has_no_retries(tmp_path: Path) -> None:
+    spec = compile_to_dict("retrain", tmp_path, PipelineOptions(retries=False))
+    assert not any("retryPolicy" in t for t in tasks(spec).values())

@@ -115,76 +115,20 @@ def version_number(name: str) -> int:
 
 
 # --------------------------------------------------------------------------------- create-only and guarded writes
-# These two primitives belong in mammoflow.storage (as put_bytes_if_absent / put_bytes_if_version); they live here
-# until storage grows them, and are the only place in this module that touches a storage backend directly.
 
 
 def put_if_absent(uri: str, data: bytes) -> bool:
-    """Create ``uri`` holding ``data`` only if nothing exists there; True if this call created it.
-
-    Local: a finished temporary file is hard-linked to the final name (``link`` fails if the name exists, so the
-    object appears atomically and complete, or not at all). GCS: one upload with ``if_generation_match=0``; HTTP
-    412 means the object exists. A transient error is retried; a retry that finds the object (412) reports False
-    even if the first attempt wrote it, so callers read the object back to learn whose it is.
-    """
-    if storage.is_remote(uri):
-        from google.api_core import exceptions as api
-
-        def upload() -> None:
-            blob = storage._GcsBackend.blob(uri)  # noqa: SLF001 - see the note above
-            blob.metadata = {storage.SHA256_KEY: _sha256(data)}
-            blob.upload_from_string(data, if_generation_match=0, retry=None)
-
-        try:
-            storage._with_retry("create", uri, upload)  # noqa: SLF001
-        except api.PreconditionFailed:
-            return False
-        return True
-    dest = storage.local_path(uri)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=storage.PARTIAL_SUFFIX, dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        try:
-            os.link(tmp, dest)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        os.unlink(tmp)
+    """Create ``uri`` holding ``data`` only if nothing exists there; True if this call created it
+    (:func:`mammoflow.storage.put_bytes_if_absent`: ``link`` locally, ``if_generation_match=0`` on GCS)."""
+    return storage.put_bytes_if_absent(uri, data)
 
 
 def put_if_unchanged(uri: str, data: bytes, expected: storage.ObjectInfo | None) -> None:
-    """Replace ``uri`` with ``data`` only if it is still the object ``expected`` (None: still absent).
-
-    GCS: ``if_generation_match`` = the generation read (0 when absent); 412 -> :class:`RegistryConflict`.
-    Local: the caller holds :meth:`ModelRegistry._alias_lock`; the object's mtime is checked, then written atomically.
-    """
-    if storage.is_remote(uri):
-        from google.api_core import exceptions as api
-
-        generation = int(expected.version) if expected is not None else 0
-
-        def upload() -> None:
-            blob = storage._GcsBackend.blob(uri)  # noqa: SLF001 - see the note above
-            blob.metadata = {storage.SHA256_KEY: _sha256(data)}
-            blob.upload_from_string(data, if_generation_match=generation, retry=None)
-
-        try:
-            storage._with_retry("update", uri, upload)  # noqa: SLF001
-        except api.PreconditionFailed:
-            raise RegistryConflict(f"{uri} changed while this update was being made. Fix: re-run the command") \
-                from None
-        return
-    current = storage.stat(uri)
-    if (current is None) != (expected is None) or (current is not None and expected is not None
-                                                   and current.version != expected.version):
+    """Replace ``uri`` with ``data`` only if it is still the object ``expected`` (None: still absent), else raise
+    :class:`RegistryConflict` (:func:`mammoflow.storage.put_bytes_if_version`). Local registries: the caller holds
+    :meth:`ModelRegistry._alias_lock`, since there the check and the write are two operations."""
+    if not storage.put_bytes_if_version(uri, data, expected):
         raise RegistryConflict(f"{uri} changed while this update was being made. Fix: re-run the command")
-    storage.put_bytes(uri, data)
 
 
 def _sha256(data: bytes) -> str:

@@ -13,7 +13,7 @@ from mammoflow.pipelines import PIPELINES
 
 #: Metrics a local run prints (when the pipeline logs them), in this order.
 HEADLINE = ("roi_accuracy", "roi_roc_auc", "image_accuracy", "image_roc_auc", "patch_accuracy", "trials",
-            "failed", "best_val_loss")
+            "failed", "best_val_loss", "new_records", "blessed", "nothing_new")
 
 _EPILOG = """\b
 Examples:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mammoflow.evaluation import calibration, metrics
+from mammoflow.models import ours as _ours_models  # noqa: F401  registers scratch_fusion (the yu2020_cpu model)
 from mammoflow.reproduce.predict import choose_threshold, grid_predictions
 
 log = logging.getLogger(__name__)
@@ -28,56 +31,92 @@ log = logging.getLogger(__name__)
 class OursProtocol:
     """How our model's ROI decisions are made (fixed on validation, see EXPERIMENTS.md)."""
 
+    members: int = 1  # ensemble: the preset trained with seeds seed, seed + 1, ...; probabilities averaged
     tta_views: int = 8  # dihedral views per patch (1 = none)
     method: str = "soft"  # ROI vote: soft (mean P(tumour) >= threshold) or majority
     target_recall: float = 0.9565  # tumour recall the threshold must keep on validation (the paper's best: 22/23)
     fit_threshold: bool = True  # False: threshold 0.5 (the paper's rule)
     calibrate: bool = True  # temperature fitted on validation patches (reported; decisions use the threshold)
 
+    def __post_init__(self) -> None:
+        from mammoflow.errors import ConfigError
+
+        if self.members < 1 or self.method not in ("soft", "majority") or not 0 < self.target_recall <= 1:
+            raise ConfigError(f"OursProtocol: members must be >= 1, method soft or majority and target_recall in "
+                              f"(0, 1]; got {self.members}, {self.method!r}, {self.target_recall}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-PAPER_RULE = OursProtocol(tta_views=1, method="majority", fit_threshold=False, calibrate=False)
+#: The protocol of ``--budget cpu`` (chosen on the validation split: EXPERIMENTS.md).
+CPU_PROTOCOL = OursProtocol()
+
+#: Our model under the paper's decision rule: one model, one view, majority vote of the 25 patches at 0.5.
+PAPER_RULE = OursProtocol(members=1, tta_views=1, method="majority", fit_threshold=False, calibrate=False)
 
 
-def evaluate_ours(run: str, data_uri: str, out: str | Path, protocol: OursProtocol = OursProtocol(), *,
-                  split: str = "test", n_bootstrap: int = 2000, seed: int = 0,
+def _prob_columns(df: Any) -> list[str]:
+    return [c for c in df.columns if c.startswith("p") and c[1:].isdigit()]
+
+
+def ensemble_predictions(models: Sequence[Any], shard_paths: Sequence[str], input_cfg: Any, n_views: int,
+                         image_size: int | None = None) -> Any:
+    """Grid-patch rows with the members' softmax outputs averaged (one member: its own rows)."""
+    tables = [grid_predictions(m, shard_paths, input_cfg, n_views, image_size=image_size) for m in models]
+    rows = tables[0].copy()
+    for column in ["prob", *_prob_columns(rows)]:
+        rows[column] = np.mean([t[column].to_numpy() for t in tables], axis=0)
+    return rows
+
+
+def evaluate_ours(runs: str | Sequence[str], data_uri: str, out: str | Path, protocol: OursProtocol = OursProtocol(),
+                  *, split: str = "test", n_bootstrap: int = 2000, seed: int = 0,
                   cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a training run folder under ``protocol``; write ``metrics.json`` & co. into ``out``; return the
-    report (``mammoflow evaluate``'s schema, with ``protocol`` added)."""
+    """Evaluate one training run folder, or the members of an ensemble, under ``protocol``; write ``metrics.json``
+    & co. into ``out``; return the report (``mammoflow evaluate``'s schema, with ``protocol`` added).
+
+    The first ``protocol.members`` runs are used; their input configs must agree (one preset, several seeds).
+    """
+    from mammoflow.errors import ConfigError
     from mammoflow.evaluation import evaluate as ev
 
+    runs = [runs] if isinstance(runs, str) else list(runs)[:protocol.members]
+    if len(runs) < protocol.members:
+        raise ConfigError(f"protocol asks for {protocol.members} ensemble members, {len(runs)} run(s) given")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = ev.load_model(run, cache_dir)
+    members = [ev.load_model(r, cache_dir) for r in runs]
+    loaded = members[0]
     manifest, shards, data_sha = dataset_files(data_uri, cache_dir)
     cfg = loaded.input_config()
+    if any(m.input_config().replace(seed=cfg.seed) != cfg for m in members[1:]):
+        raise ConfigError(f"ensemble members {runs} were trained on different inputs; use one preset and seeds")
     image_size = loaded.config.data.image_size if loaded.whole_image and loaded.config is not None else None
     val_split = loaded.config.data.val_split if loaded.config is not None else "val"
+    models = [m.model for m in members]
 
     chosen: dict[str, Any] = {"threshold": 0.5, "fitted_on": None}
     temperature_info = None
-    needs_val = protocol.fit_threshold or protocol.calibrate
-    if needs_val:
-        val = grid_predictions(loaded.model, split_shards(shards, val_split, data_uri), cfg,
-                               protocol.tta_views, image_size=image_size)
+    if protocol.fit_threshold or protocol.calibrate:
+        val = ensemble_predictions(models, split_shards(shards, val_split, data_uri), cfg, protocol.tta_views,
+                                   image_size)
         if protocol.fit_threshold:
             chosen = choose_threshold(val, protocol.method, protocol.target_recall).to_dict()
         if protocol.calibrate:
-            probs = val[[c for c in val.columns if c.startswith("p") and c[1:].isdigit()]].to_numpy()
+            probs = val[_prob_columns(val)].to_numpy()
             y = val["label"].astype(int).to_numpy()
             temperature = calibration.fit_temperature(probs, y)
             temperature_info = {"value": temperature, "fitted_on": val_split, "n": len(val), "unit": "patch",
                                 "val_ece_before": calibration.expected_calibration_error(y, val["prob"].to_numpy()),
                                 "val_ece_after": calibration.expected_calibration_error(
                                     y, calibration.apply_temperature(probs, temperature)[:, 1])}
-    rows = grid_predictions(loaded.model, split_shards(shards, split, data_uri), cfg, protocol.tta_views,
-                            image_size=image_size)
+    # The test split is predicted once, after every choice above is fixed.
+    rows = ensemble_predictions(models, split_shards(shards, split, data_uri), cfg, protocol.tta_views, image_size)
     rows["split"] = split
     if temperature_info is not None:
-        probs = rows[[c for c in rows.columns if c.startswith("p") and c[1:].isdigit()]].to_numpy()
-        rows["prob_calibrated"] = calibration.apply_temperature(probs, temperature_info["value"])[:, 1]
+        rows["prob_calibrated"] = calibration.apply_temperature(rows[_prob_columns(rows)].to_numpy(),
+                                                                temperature_info["value"])[:, 1]
     threshold = float(chosen["threshold"])
     part, tables = ev.compute_metrics(rows, class_names=tuple(loaded.label_names), method=protocol.method,  # type: ignore[arg-type]
                                       n_bootstrap=n_bootstrap, seed=seed, threshold=threshold)
@@ -85,13 +124,13 @@ def evaluate_ours(run: str, data_uri: str, out: str | Path, protocol: OursProtoc
     report = {
         "kind": ev.METRICS_KIND, "evaluation_schema_version": ev.EVALUATION_SCHEMA_VERSION,
         "schema_version": metrics.METRICS_SCHEMA_VERSION, "split": split, "fold": None, "threshold": threshold,
-        "model": loaded.describe(),
+        "model": {**loaded.describe(), "members": [m.describe() for m in members]},
         "data": {"uri": data_uri, "manifest_sha256": data_sha,
                  "counts": (manifest.get("splits", {}).get(split) or {}).get("counts"),
                  "patients": (manifest.get("splits", {}).get(split) or {}).get("patients")},
         "class_names": list(loaded.label_names), "positive_class": loaded.label_names[1],
         **part, "paper_comparison": None, "n_bootstrap": n_bootstrap, "seed": seed,
-        "protocol": {**protocol.to_dict(), "threshold": chosen},
+        "protocol": {**protocol.to_dict(), "threshold": chosen, "runs": runs},
     }
     ev.write_parquet(ev.predictions_table(tables, loaded.name), out / ev.PREDICTIONS_FILE)
     report["figures"] = ev.write_figures(part, tables, out, tuple(loaded.label_names), split)

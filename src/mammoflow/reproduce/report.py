@@ -150,12 +150,10 @@ def _ours_section(info: Mapping[str, Any], n_bootstrap: int) -> dict[str, Any]:
     comparisons = [{"model": e["model"], "branches": e.get("branches"), "table": e["source"].get("table"),
                     "metrics": metric_cells(e, roi, paper_ci(e, n_bootstrap))} for e in best]
     paper_rule = info.get("paper_rule_report")
-    run = Path(info["run"])
-    run_json = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
-    history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
+    members = [_member_summary(Path(m["run"])) for m in info.get("members") or [{"run": info["run"]}]]
     return {
         "model": info.get("model"), "run": info["run"], "evaluation": info["evaluation"],
-        "cell_report": info.get("cell_report"), "config": info.get("config"),
+        "cell_report": info.get("cell_report"), "config": info.get("config"), "members": members,
         "headline": headline(report), "target": target_check(report), "protocol": report.get("protocol"),
         "temperature": (report.get("calibration") or {}).get("temperature"),
         "calibration": {k: (report.get("calibration") or {}).get(k) for k in ("roi", "patch")},
@@ -164,12 +162,20 @@ def _ours_section(info: Mapping[str, Any], n_bootstrap: int) -> dict[str, Any]:
             "headline": headline(paper_rule), "protocol": paper_rule.get("protocol"),
             "metrics": metric_cells(best[0], paper_rule["levels"]["roi"]["metrics"], None)},
         "comparisons": comparisons,
-        "train_wall_s": info.get("train_wall_s") or run_json.get("wall_time_s_this_call"),
-        "epochs": len(history), "best_epoch": next((h["epoch"] for h in history
-                                                   if h.get("val_loss") == min(r["val_loss"] for r in history)), None)
-        if history else None,
+        # This call's training time; a resumed, already finished run reports the wall time its runs recorded.
+        "train_wall_s": info.get("train_wall_s") or sum(m["wall_s"] or 0.0 for m in members),
         "experiments": _experiments_file(),
     }
+
+
+def _member_summary(run: Path) -> dict[str, Any]:
+    """Epochs, best epoch (lowest validation loss) and recorded wall time of one training run folder."""
+    run_json = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
+    best = min(history, key=lambda h: h["val_loss"]) if history else {}
+    return {"run": str(run), "epochs": len(history), "best_epoch": best.get("epoch"),
+            "best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy"),
+            "wall_s": run_json.get("wall_time_s_this_call")}
 
 
 def _experiments_file() -> str | None:
@@ -293,10 +299,14 @@ def _ours_markdown(ours: Mapping[str, Any]) -> list[str]:
     t = ours["target"]
     proto = ours.get("protocol") or {}
     thr = proto.get("threshold") or {}
+    members = ours.get("members") or []
+    epochs = ", ".join(f"{m['best_epoch']} of {m['epochs']}" for m in members)
+    what = "one model" if len(members) == 1 else f"an ensemble of {len(members)} models (the preset with seeds " \
+        "seed, seed + 1, ...; probabilities averaged)"
     lines = ["## Our from-scratch CPU model", "",
-             f"Model `{ours['model']}` trained from scratch (no ImageNet weights) on the train split, best epoch by "
-             f"validation loss ({ours.get('best_epoch')} of {ours.get('epochs')}); training wall time "
-             f"{fmt(ours.get('train_wall_s'), 0)} s on this machine.", "",
+             f"Model `{ours['model']}` trained from scratch (no ImageNet weights) on the train split: {what}; best "
+             f"epoch by validation loss {epochs}; training wall time {fmt(ours.get('train_wall_s'), 0)} s on this "
+             "machine (2 CPU cores shared with other jobs).", "",
              f"ROI decision (fixed on the validation split): {proto.get('tta_views')} test-time views per patch "
              f"(rotations/mirrors), {proto.get('method')} vote, threshold {fmt(thr.get('threshold'), 2)} fitted on "
              f"validation (val tumour recall {fmt(thr.get('val_recall'))}, val accuracy {fmt(thr.get('val_accuracy'))}).",

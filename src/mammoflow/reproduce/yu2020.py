@@ -182,7 +182,7 @@ def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None =
     unset for ``budget="cpu"`` (our model is trained from scratch).
     """
     from mammoflow.reproduce import report as rep
-    from mammoflow.reproduce.ours import PAPER_RULE, OursProtocol, evaluate_ours
+    from mammoflow.reproduce.ours import CPU_PROTOCOL, PAPER_RULE, evaluate_ours
 
     b = get_budget(budget)
     if b.name == "cpu" and weights not in (None, "none"):
@@ -195,17 +195,23 @@ def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None =
     result = ReproduceResult(out=out, budget=b.name, weights=None if b.name == "cpu" else (weights or "imagenet"))
 
     if b.name == "cpu":
-        config = cell_config(b, None, None, overrides)
-        info = _train_cell(config, dataset, out / "runs" / OURS_CELL, cache_dir)
-        info["model"] = config.model.name
-        info["config"] = config.to_dict()
-        protocol = OursProtocol()
+        protocol = CPU_PROTOCOL
+        base = cell_config(b, None, None, overrides)
+        info: dict[str, Any] = {"model": base.model.name, "config": base.to_dict(), "members": [],
+                                "train_wall_s": 0.0}
+        for k in range(protocol.members):  # an ensemble: the same preset with seeds seed, seed + 1, ...
+            config = cell_config(b, None, None, {**(overrides or {}), "seed": base.seed + k})
+            member = _train_cell(config, dataset, out / "runs" / OURS_CELL / f"member{k}", cache_dir)
+            info["members"].append(member)
+            info["train_wall_s"] += member["train_wall_s"] or 0.0
+        info["run"] = info["members"][0]["run"]
+        runs = [m["run"] for m in info["members"]]
         info["evaluation"] = str(out / "evaluations" / OURS_CELL)
-        info["report"] = evaluate_ours(info["run"], dataset, info["evaluation"], protocol, n_bootstrap=n_bootstrap,
+        info["report"] = evaluate_ours(runs, dataset, info["evaluation"], protocol, n_bootstrap=n_bootstrap,
                                        seed=seed, cache_dir=cache_dir)
-        # The same model under the paper's decision rule (no TTA, majority vote, threshold 0.5), for comparison.
+        # The first member under the paper's decision rule (one view, majority vote at 0.5), for comparison.
         info["paper_rule_evaluation"] = str(out / "evaluations" / f"{OURS_CELL}_paper_rule")
-        info["paper_rule_report"] = evaluate_ours(info["run"], dataset, info["paper_rule_evaluation"], PAPER_RULE,
+        info["paper_rule_report"] = evaluate_ours(runs[0], dataset, info["paper_rule_evaluation"], PAPER_RULE,
                                                   n_bootstrap=n_bootstrap, seed=seed, cache_dir=cache_dir)
         result.cells[OURS_CELL] = info
     else:

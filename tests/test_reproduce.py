@@ -237,10 +237,30 @@ def test_cpu_budget_on_the_released_rois_fits_its_choices_on_validation(mias_roi
 
     summary = json.loads((out / "summary.json").read_text())
     ours = summary["ours"]
-    assert ours["model"] == "scratch_fusion" and ours["train_wall_s"] > 0
+    assert ours["model"] == "compact_fusion" and ours["train_wall_s"] > 0
     assert ours["target"]["met"] == (ours["target"]["accuracy_met"] and ours["target"]["recall_met"])
     assert [c["model"] for c in ours["comparisons"]] == ["VGG16_Fusion1", "VGG16_Fusion2"]
     md = (out / "report.md").read_text()
     assert "## Our from-scratch CPU model" in md and "fitted on validation" in md
     assert ("**met**" in md) == ours["target"]["met"]
     assert (out / "tsne" / "tsne.png").exists()
+
+
+def test_paper_budget_sweeps_every_cell_of_tables_1_to_3_with_the_paper_counts():
+    from mammoflow.reproduce.budgets import get_budget
+    from mammoflow.reproduce.yu2020 import paper_sweep_spec
+    from mammoflow.sweep.spec import base_config, expand_cells, trial_config, validate_cells
+
+    spec = paper_sweep_spec(get_budget("paper"), "/mirror/vgg_notop.h5")
+    cells = expand_cells(spec)
+    validate_cells(spec, cells)
+    configs = [trial_config(base_config(spec), c)[1] for c in cells]
+    assert len(configs) == 22  # 4 fusion models x 5 branch subsets + the VGG16/VGG19 GAP baselines
+    names = {(c.model.name, tuple(c.model.params.get("branches", ()))) for c in configs}
+    assert ("vgg19_fusion2", (2, 3, 4, 5)) in names and ("vgg16_gap", ()) in names
+    for c in configs:  # the paper's protocol (Sec. 3.2 and the released code) in every trial
+        assert c.data.patches_per_roi == {"normal": 500, "tumour": 2000} and c.total_epochs == 5
+        assert c.data.patch_size == 72 and c.data.eval_grid == (5, 5) and c.data.centring == "patch_mean"
+        assert c.model.params["backbone_weights"] == "/mirror/vgg_notop.h5"  # also in the baselines
+    assert spec.resources["gpu"] in (0.0, 1.0) and spec.resources["cpu"] >= 1  # a local Ray can run it
+    assert paper_sweep_spec(get_budget("paper"), None, address="auto").resources == {"cpu": 4, "gpu": 1}

@@ -65,6 +65,8 @@ def run_budget(budget: str, data: Path, out: Path) -> None:
     ours = result.summary.get("ours")
     if ours:
         t = ours["target"]
+        print(f"  training wall time of the {len(ours['members'])} member(s): {ours['train_wall_s']:.0f} s "
+              f"(as recorded by their run folders)")
         print(f"  target acc >= {t['accuracy_target']} and T recall >= {t['recall_target']}: "
               f"{'met' if t['met'] else 'not met'} (shortfall acc {t['accuracy_shortfall']:.4f}, recall "
               f"{t['recall_shortfall']:.4f}); threshold {ours['protocol']['threshold']['threshold']} fitted on val")

@@ -14,7 +14,7 @@ def command() -> None:
     """Reproduce a paper's experiment on real data and compare every number with the paper's."""
 
 
-@command.command("yu2020")
+@command.command("yu2020", short_help="Yu et al. 2020 (MIAS fusion models): Tables 1-3 on the released ROIs.")
 @click.option("--data", "data", default=_DEFAULT_DATA, show_default=True, type=click.Path(exists=True),
               help="Yu et al.'s released MIAS_ROIs.zip (or its extracted folder); `mammoflow fetch mias-rois` "
                    "downloads it.")

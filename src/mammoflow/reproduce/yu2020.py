@@ -111,23 +111,40 @@ def _train_cell(config, dataset: str, run: Path, cache_dir: str | None) -> dict[
             "resumed_finished_run": finished}
 
 
+def paper_sweep_spec(budget: Budget, weights: str | None, overrides: Mapping[str, Any] | None = None,
+                     address: str | None = None):
+    """The sweep of ``--budget paper``: the ``yu2020_branches`` cells on the yu2020 preset with ``weights``.
+
+    On a local Ray (no ``address``) each trial takes every core and a GPU only if there is one, so trials run one
+    at a time; on a cluster the spec's own resources apply.
+    """
+    import dataclasses
+
+    from mammoflow.sweep.spec import load_spec
+
+    spec = load_spec(budget.sweep or "yu2020_branches")
+    weight_keys = weights_overrides(weights)
+    base = cell_config(budget, None, None, {**weight_keys, **(overrides or {})}).to_dict()
+    extra = [dict(t) for t in spec.extra_trials]
+    backbone_file = weight_keys.get("model.params.backbone_weights")
+    if backbone_file:  # extra trials replace model.params: keep the backbone file in them
+        for trial in extra:
+            if "model.params" in trial:
+                trial["model.params"] = {**trial["model.params"], "backbone_weights": backbone_file}
+    resources = dict(spec.resources)
+    if address is None:
+        resources = {"cpu": float(os.cpu_count() or 1), "gpu": float(min(1, _gpu_count()))}
+    return dataclasses.replace(spec, base=base, extra_trials=extra, resources=resources)
+
+
 def _paper_sweep(budget: Budget, weights: str | None, dataset: str, out: Path, overrides: Mapping[str, Any] | None,
                  address: str | None, cache_dir: str | None) -> list[str]:
     """Train every cell of Tables 1-3 through the sweep machinery; return the finished trial run folders."""
-    import copy
-
     from mammoflow.evaluation.evaluate import sweep_trials
     from mammoflow.sweep.runner import run_sweep
-    from mammoflow.sweep.spec import SweepSpec, load_spec
 
-    spec = load_spec(budget.sweep or "yu2020_branches")
-    base = cell_config(budget, None, None, {**weights_overrides(weights), **(overrides or {})}).to_dict()
-    resources = copy.deepcopy(spec.resources)
-    if address is None:  # a local Ray: one trial at a time on every core, a GPU only if there is one
-        resources = {"cpu": float(os.cpu_count() or 1), "gpu": float(min(1, _gpu_count()))}
-    local = SweepSpec(**{**{k: getattr(spec, k) for k in spec.__dataclass_fields__}, "base": base,
-                         "resources": resources})
-    run_sweep(local, {"default": dataset}, str(out / "sweep"), address=address,
+    spec = paper_sweep_spec(budget, weights, overrides, address)
+    run_sweep(spec, {"default": dataset}, str(out / "sweep"), address=address,
               resume=(out / "sweep" / "spec.yaml").exists(), cache_dir=cache_dir)
     return sweep_trials(str(out / "sweep"))
 
@@ -234,8 +251,9 @@ def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None =
         info["cell_report"] = _cell_report(info["run"], Path(info["evaluation"]), out / "reports" / name, cache_dir)
     if tsne and result.cells:
         name = _tsne_cell(result.cells)
+        what = "ours, ensemble member 1" if name == OURS_CELL else name
         result.cells[name]["tsne"] = _tsne(result.cells[name]["run"], dataset, out / "tsne",
-                                           f"t-SNE of the test ROIs' features ({name})", seed, cache_dir)
+                                           f"t-SNE of the test ROIs' features ({what})", seed, cache_dir)
     result.summary = rep.summarise(result, overrides=dict(overrides or {}), n_bootstrap=n_bootstrap,
                                    wall_time_s=time.perf_counter() - t_start, budget=b)
     atomic_write_text(out / "summary.json", json.dumps(rep.jsonable(result.summary), indent=2) + "\n")

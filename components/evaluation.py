@@ -20,24 +20,13 @@ def evaluate(model: Input[Model], dataset: Input[Dataset], split: str, n_bootstr
         metrics: Scalar metrics of the primary level (ROI) and the patch level, with CI bounds.
         classification: ROC curve and confusion matrix of the primary level, drawn by the KFP UI.
     """
-    import json
-    import os
 
     from mammoflow import workflow
 
     workflow.setup_step_logging()
     report = workflow.evaluate(model.path, dataset.metadata["uri"], evaluation.path, split=split,
                                n_bootstrap=n_bootstrap, seed=seed)
-    for name, value in workflow.primary_metrics(report).items():
-        metrics.log_metric(name, value)
-    with open(os.path.join(evaluation.path, "classification_metrics.json")) as fh:
-        kfp_view = json.load(fh)
-    if kfp_view.get("roc"):
-        roc = kfp_view["roc"]
-        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
-    if kfp_view.get("confusion_matrix"):
-        cm = kfp_view["confusion_matrix"]
-        classification.log_confusion_matrix(cm["categories"], cm["matrix"])
+    workflow.log_kfp_evaluation(report, evaluation.path, metrics, classification)
     evaluation.metadata.update({"split": split, "level": report["primary_level"], "model": report["model"]["name"],
                                 "data_uri": dataset.metadata["uri"]})
 

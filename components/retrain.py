@@ -196,7 +196,6 @@ def retrain_evaluate(config: str, config_overrides: dict, storage_root: str, mod
         metrics: Scalar metrics of the primary level and the patch level, with CI bounds.
         classification: ROC curve and confusion matrix of the primary level.
     """
-    import json
     import os
 
     from mammoflow import workflow
@@ -210,16 +209,7 @@ def retrain_evaluate(config: str, config_overrides: dict, storage_root: str, mod
     cfg = workflow.load_retrain(config, config_overrides, storage_root)
     report = evaluate_step(cfg, model_uri, dataset.metadata["uri"], evaluation.path,
                            split_sha256=dataset.metadata["split_sha256"], cache_dir=workflow.cache_dir())
-    for name, value in workflow.primary_metrics(report).items():
-        metrics.log_metric(name, value)
-    with open(os.path.join(evaluation.path, "classification_metrics.json")) as fh:
-        kfp_view = json.load(fh)
-    if kfp_view.get("roc"):
-        roc = kfp_view["roc"]
-        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
-    if kfp_view.get("confusion_matrix"):
-        cm = kfp_view["confusion_matrix"]
-        classification.log_confusion_matrix(cm["categories"], cm["matrix"])
+    workflow.log_kfp_evaluation(report, evaluation.path, metrics, classification)
     evaluation.metadata.update({"absent": False, "model_uri": model_uri, "split": cfg.evaluation.split,
                                 "level": report["primary_level"], "data_uri": dataset.metadata["uri"]})
 

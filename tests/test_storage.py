@@ -176,3 +176,33 @@ def test_local_file_uri(tmp_path: Path) -> None:
     storage.put_bytes(storage.join(uri, "a.txt"), b"hi")
     assert (tmp_path / "f" / "a.txt").read_bytes() == b"hi"
     assert storage.list(uri) == [storage.join(uri, "a.txt")]
+
+
+def test_local_lock_serialises_read_decide_write(tmp_path: Path) -> None:
+    """Without the lock, threads that read a counter, wait and write it back lose increments; with it, none."""
+    import threading
+    import time
+
+    uri = str(tmp_path / "state" / "counter.txt")
+    storage.put_bytes(uri, b"0")
+
+    def bump() -> None:
+        with storage.local_lock(uri, ".counter.lock"):
+            value = int(storage.get_bytes(uri))
+            time.sleep(0.01)  # widen the window in which an unlocked writer would interleave
+            storage.put_bytes(uri, str(value + 1).encode())
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert int(storage.get_bytes(uri)) == 8
+    assert (tmp_path / "state" / ".counter.lock").exists()
+
+
+def test_local_lock_is_a_no_op_for_remote_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with storage.local_lock("gs://bucket/state/state.json"):
+        pass
+    assert list(tmp_path.iterdir()) == []

@@ -37,7 +37,6 @@ versions from -> to.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import getpass
 import hashlib
@@ -48,7 +47,7 @@ import re
 import secrets
 import socket
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,7 +125,7 @@ def put_if_absent(uri: str, data: bytes) -> bool:
 def put_if_unchanged(uri: str, data: bytes, expected: storage.ObjectInfo | None) -> None:
     """Replace ``uri`` with ``data`` only if it is still the object ``expected`` (None: still absent), else raise
     :class:`RegistryConflict` (:func:`mammoflow.storage.put_bytes_if_version`). Local registries: the caller holds
-    :meth:`ModelRegistry._alias_lock`, since there the check and the write are two operations."""
+    :func:`mammoflow.storage.local_lock`, since there the check and the write are two operations."""
     if not storage.put_bytes_if_version(uri, data, expected):
         raise RegistryConflict(f"{uri} changed while this update was being made. Fix: re-run the command")
 
@@ -451,28 +450,10 @@ class ModelRegistry:
         return ModelVersion(name, dest, info)
 
     # ------------------------------------------------------------------------------------------- aliases
-    @contextlib.contextmanager
-    def _alias_lock(self) -> Iterator[None]:
-        """Local registries: an exclusive file lock around read-decide-write of an alias. GCS relies on the
-        generation precondition of :func:`put_if_unchanged` instead."""
-        if storage.is_remote(self.root):
-            yield
-            return
-        import fcntl
-
-        path = storage.local_path(self.root) / "aliases" / ".lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     def _set_alias(self, alias: str, to_version: str, *, action: str, reason: str, by: str | None,
                    pop_history: bool, details: Mapping[str, Any] | None = None) -> AliasChange:
         uri = self._alias_uri(alias)
-        with self._alias_lock():
+        with storage.local_lock(uri):
             before = storage.stat(uri)
             current = _read_json(uri) if before is not None else None
             from_version = current["version"] if current else None

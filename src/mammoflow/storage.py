@@ -455,6 +455,26 @@ def put_bytes_if_version(uri: str | os.PathLike[str], data: bytes, expected: Obj
 
 
 @contextlib.contextmanager
+def local_lock(uri: str | os.PathLike[str], name: str = ".lock") -> Iterator[None]:
+    """An exclusive file lock ``name`` in the folder of local ``uri``, around a read-decide-write of that object; a
+    no-op for gs:// URIs, where :func:`put_bytes_if_version`'s generation precondition makes the check and the write
+    one request. Locally they are two operations (and mtimes can tie), so concurrent writers must hold this lock."""
+    if is_remote(uri):
+        yield
+        return
+    import fcntl
+
+    path = local_path(uri).parent / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def open_write(uri: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """A binary file to write; the object appears at ``uri`` only if the block ends without an exception.
 

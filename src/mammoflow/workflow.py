@@ -21,14 +21,13 @@ takes local files.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -421,6 +420,22 @@ def primary_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def log_kfp_evaluation(report: Mapping[str, Any], evaluation_dir: str | os.PathLike[str], metrics: Any,
+                       classification: Any) -> None:
+    """Show an evaluation in the KFP UI: the scalar metrics (:func:`primary_metrics`) on a ``Metrics`` artifact, the
+    ROC curve and confusion matrix of ``classification_metrics.json`` on a ``ClassificationMetrics`` artifact."""
+    for name, value in primary_metrics(report).items():
+        metrics.log_metric(name, value)
+    with open(os.path.join(evaluation_dir, "classification_metrics.json")) as fh:
+        kfp_view = json.load(fh)
+    if kfp_view.get("roc"):
+        roc = kfp_view["roc"]
+        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
+    if kfp_view.get("confusion_matrix"):
+        cm = kfp_view["confusion_matrix"]
+        classification.log_confusion_matrix(cm["categories"], cm["matrix"])
+
+
 def records_to_explain(records_dir: str | os.PathLike[str], data_uri: str | None, limit: int) -> list[str]:
     """Record ids for the CAM gallery: held-out (test split) records first, those with known lesions first among
     them, then other abnormal ones, then normal ones; at most ``limit``."""
@@ -557,7 +572,7 @@ def update_retrain_state(cfg: Any, change: Any, attempts: int = 5) -> Any:
 
     uri = retrain_uri(cfg, STATE_FILE)
     for attempt in range(attempts):
-        with _state_lock(uri):
+        with storage.local_lock(uri, ".state.lock"):
             state, info = load_retrain_state(cfg)
             out = change(state)
             if storage.put_bytes_if_version(uri, _json_bytes(dataclasses.asdict(state)), info):
@@ -565,25 +580,6 @@ def update_retrain_state(cfg: Any, change: Any, attempts: int = 5) -> Any:
         log.warning("%s changed while being updated (attempt %d/%d); reading it again", uri, attempt + 1, attempts)
     raise ConfigError(f"{uri}: another run keeps updating the retrain state. Fix: run one retrain of {cfg.name!r} "
                       "at a time (the schedule allows one concurrent run), then re-run this one")
-
-
-@contextlib.contextmanager
-def _state_lock(uri: str) -> Iterator[None]:
-    """A local state file is also guarded by a file lock: there the version check (mtime) and the write are two
-    operations, and mtimes can tie. On GCS the generation precondition makes them one request."""
-    if storage.is_remote(uri):
-        yield
-        return
-    import fcntl
-
-    path = storage.local_path(uri).with_name(".state.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_step(cfg: Any, run_id: str, step: str, record: Mapping[str, Any]) -> None:
@@ -663,13 +659,6 @@ def _previous_records(cfg: Any, local_cfg: Any, uri: str | None, dest: Path) -> 
     return local
 
 
-def _count_records(records_dir: Path | None) -> int:
-    if records_dir is None or not (records_dir / "records.jsonl").exists():
-        return 0
-    with open(records_dir / "records.jsonl", encoding="utf-8") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
 def retrain_scan(cfg: Any, run_id: str, *, cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Step 1: compare the watched source with the last completed ingest (no image is decoded).
 
@@ -681,6 +670,7 @@ def retrain_scan(cfg: Any, run_id: str, *, cache: str | os.PathLike[str] | None 
 
     from mammoflow.registry import iso, utc_now
     from mammoflow.retrain.ingest import scan_changes
+    from mammoflow.retrain.loop import count_records
 
     started = iso(utc_now())
     state, _ = load_retrain_state(cfg)
@@ -688,7 +678,7 @@ def retrain_scan(cfg: Any, run_id: str, *, cache: str | os.PathLike[str] | None 
     with tempfile.TemporaryDirectory(prefix="mammoflow-retrain-") as tmp:
         previous = _previous_records(cfg, local_cfg, state.last_records, Path(tmp) / "previous")
         scan = scan_changes(local_cfg.source.options(), previous)
-        total = _count_records(previous)
+        total = count_records(previous)
     out: dict[str, Any] = {"started": started, "pipeline_run_id": run_id, "changed": not scan.nothing_changed,
                            "files": scan.summary(), "previous_records": state.last_records,
                            "total_records": total, "retrain_id": None}
@@ -971,17 +961,17 @@ def retrain_finalize(cfg: Any, run_id: str, *, failed: bool, error: str | None =
     Returns the result and the state's metrics.
     """
     from mammoflow.registry import ModelRegistry
-    from mammoflow.retrain.loop import _rule_keys, _update_metrics
+    from mammoflow.retrain.loop import rule_keys, update_metrics
     from mammoflow.retrain.push import push_metrics, retrain_values
 
     steps = read_steps(cfg, run_id)
     result = retrain_result(cfg, run_id, steps, failed=failed, error=error)
     registry = ModelRegistry(cfg.registry_uri)
-    rules = _rule_keys(cfg, registry)  # the loop's own bookkeeping: the pipeline and `mammoflow retrain` count alike
+    rules = rule_keys(cfg, registry)  # the loop's own bookkeeping: the pipeline and `mammoflow retrain` count alike
 
     def record(state: Any) -> dict[str, Any]:
         if state.metrics.get(_COUNTED_RUN) != run_id:  # a retried exit step must not count the run twice
-            _update_metrics(state, result, None if result.status == "failed" else registry, rules)
+            update_metrics(state, result, None if result.status == "failed" else registry, rules)
             state.metrics[_COUNTED_RUN] = run_id
             if result.status != "failed" and "ingest" in steps:
                 state.last_records = steps["ingest"]["records_uri"]

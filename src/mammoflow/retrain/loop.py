@@ -325,8 +325,10 @@ def _history(work: Path, result: RetrainResult) -> None:
         fh.write(json.dumps(line, sort_keys=True, default=str) + "\n")
 
 
-def _update_metrics(state: RetrainState, result: RetrainResult, registry: ModelRegistry | None,
-                    rules: list[str]) -> None:
+def update_metrics(state: RetrainState, result: RetrainResult, registry: ModelRegistry | None,
+                   rules: list[str]) -> None:
+    """Fold one run's outcome into the state's Prometheus values (the CLI loop and the KFP pipeline alike);
+    ``rules``: the judged metrics (:func:`rule_keys`) whose champion values are exported."""
     m = state.metrics
     now = time.time()
     m.setdefault("mammoflow_retrain_first_run_timestamp_seconds", now)
@@ -371,7 +373,7 @@ def _push(cfg: RetrainConfig, state: RetrainState) -> bool:
         return False
 
 
-def _rule_keys(cfg: RetrainConfig, registry: ModelRegistry) -> list[str]:
+def rule_keys(cfg: RetrainConfig, registry: ModelRegistry) -> list[str]:
     """The judged metrics as "level.metric" (the level the champion was judged at, when the policy says primary)."""
     champion = registry.champion()
     judged = (champion.evaluation.get("level") if champion else None) or "roi"
@@ -398,13 +400,13 @@ def retrain_once(cfg: RetrainConfig, *, force_bless_reason: str | None = None, b
             result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
             result.finished, result.seconds = iso(utc_now()), round(time.perf_counter() - t0, 2)
             if not isinstance(exc, KeyboardInterrupt):
-                _update_metrics(state, result, None, [])
+                update_metrics(state, result, None, [])
                 state.save(work)
                 _history(work, result)
                 result.pushed = _push(cfg, state)
             raise
         result.finished, result.seconds = iso(utc_now()), round(time.perf_counter() - t0, 2)
-        _update_metrics(state, result, registry, _rule_keys(cfg, registry))
+        update_metrics(state, result, registry, rule_keys(cfg, registry))
         state.save(work)
         _history(work, result)
         result.pushed = _push(cfg, state)
@@ -434,7 +436,7 @@ def _run(cfg: RetrainConfig, state: RetrainState, registry: ModelRegistry, work:
             result.status = "nothing_new"
             result.ingest = {"nothing_new": True, "new_records": 0, "changed_records": 0, "removed_records": 0,
                              "quarantined_new": 0, "files": scan.summary(),
-                             "total_records": _count_records(previous)}
+                             "total_records": count_records(previous)}
             return result
         rid = f"r{state.next_id:04d}"
         state.next_id += 1
@@ -531,7 +533,8 @@ def _run(cfg: RetrainConfig, state: RetrainState, registry: ModelRegistry, work:
     return result
 
 
-def _count_records(records_dir: Path | None) -> int:
+def count_records(records_dir: Path | None) -> int:
+    """Records in a records folder (0 when there is none yet)."""
     if records_dir is None or not (records_dir / "records.jsonl").exists():
         return 0
     with open(records_dir / "records.jsonl", encoding="utf-8") as fh:

@@ -164,6 +164,7 @@ def _ours_section(info: Mapping[str, Any], n_bootstrap: int) -> dict[str, Any]:
         "comparisons": comparisons,
         # This call's training time; a resumed, already finished run reports the wall time its runs recorded.
         "train_wall_s": info.get("train_wall_s") or sum(m["wall_s"] or 0.0 for m in members),
+        "reused_runs": sum(1 for m in info.get("members") or [] if m.get("resumed_finished_run")),
         "experiments": _experiments_file(),
     }
 
@@ -179,8 +180,20 @@ def _member_summary(run: Path) -> dict[str, Any]:
 
 
 def _experiments_file() -> str | None:
+    """The experiment log shipped inside the package, named relative to the package (not this machine's path)."""
     path = Path(__file__).with_name("EXPERIMENTS.md")
-    return str(path) if path.exists() else None
+    return path.relative_to(Path(__file__).parents[2]).as_posix() if path.exists() else None
+
+
+def _wall_time_line(summary: Mapping[str, Any]) -> str:
+    """This invocation's wall time, saying so when finished training runs were reused (a re-run resumes)."""
+    line = f"Wall time of this invocation: {summary['wall_time_s']:.0f} s"
+    ours = summary.get("ours") or {}
+    reused = ours.get("reused_runs") or 0
+    if reused:
+        line += (f" ({reused} of {len(ours.get('members') or [])} training runs of our model were already finished "
+                 "and reused; the training time below is what those runs recorded)")
+    return line + "."
 
 
 def summarise(result: Any, *, overrides: Mapping[str, Any], n_bootstrap: int, wall_time_s: float,
@@ -264,7 +277,7 @@ def render_markdown(summary: Mapping[str, Any], tsne_src: str | None) -> str:
     lines += ["## Data", "", "Yu et al.'s released 120x120 ROIs, their split kept:", "",
               "| split | normal | tumour |", "| --- | --- | --- |"]
     lines += [f"| {s} | {c.get('normal', 0)} | {c.get('tumour', 0)} |" for s, c in counts.items()]
-    lines += ["", f"Budget: {summary['budget']['description']}. Total wall time {summary['wall_time_s']:.0f} s.", ""]
+    lines += ["", f"Budget: {summary['budget']['description']}.", "", _wall_time_line(summary), ""]
     if summary.get("ours"):
         lines += _ours_markdown(summary["ours"])
     lines += ["## Our cells next to the paper's (Tables 1-3)", "",

@@ -62,7 +62,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks
 
-# The full reproduction of Yu et al. on their released ROIs (needs ../shared/data; about 30 minutes on 2 cores).
+# Our from-scratch model on Yu et al.'s released ROIs (reproduce yu2020 --budget cpu; needs ../shared/data; ~15 minutes on 2 cores).
 bench-real: $(STAMP)
 	$(PY) -m tests.benchmarks real
 

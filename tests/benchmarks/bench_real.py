@@ -1,7 +1,7 @@
 """Yu et al. 2020 on their released MIAS ROIs: our from-scratch CPU model end to end (``make bench-real``).
 
-Runs ``mammoflow reproduce yu2020 --budget cpu`` (train preset ``yu2020_cpu``: about 30 minutes of training on two
-CPU cores, then TTA evaluation with a validation-fitted threshold) and prints the test-split table with 95% CIs
+Runs ``mammoflow reproduce yu2020 --budget cpu`` (train preset ``yu2020_cpu``: 3 models, about 13 minutes of
+training on two CPU cores, then TTA evaluation with a validation-fitted threshold) and prints the test-split table with 95% CIs
 next to the paper's best cells, the training wall time and CPU time, and the load of the machine (other jobs on the
 same cores slow the run down; the numbers do not depend on it, as every step is seeded).
 

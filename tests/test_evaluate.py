@@ -145,6 +145,8 @@ def test_cross_validation_fold_of_each(tiny, tmp_path):
     assert doc["kind"] == ev.CV_KIND and doc["split"] == ["train"]
     (group,) = doc["groups"].values()
     assert group["folds"] == [0, 1] and group["runs"] == ["fold0", "fold1"]
+    assert group["members"] == [{"run": f"fold{k}", "model": "compact_fusion", "fold": k, "uri": runs[k]}
+                                for k in (0, 1)]
     roi = group["levels"]["roi"]
     assert roi["n_folds"] == 2 and roi["metrics"]["accuracy"]["n"] == 2
     accs = [json.loads((out / f"fold{k}" / "metrics.json").read_text())["levels"]["roi"]["metrics"]["accuracy"]["value"]
@@ -193,6 +195,80 @@ def test_sweep_folder_as_model(tiny, tmp_path):
     assert [r["name"] for r in doc["runs"]] == ["model.name=a", "model.name=b"]
     (group,) = doc["groups"].values()  # identical configs: one group, zero spread
     assert group["levels"]["roi"]["metrics"]["accuracy"]["std"] == 0.0
+
+
+def test_several_bare_keras_files_are_each_named_and_not_pooled_as_folds(tiny, tmp_path):
+    """Two different .keras files without a run folder, both with the Keras name compact_fusion: each is its own
+    group, named by its own model (not the first one's), and neither is summarised as a fold of the other."""
+    from mammoflow.models import create_model
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copyfile(tiny["run"] / "model.keras", bare / "trained.keras")
+    create_model("compact_fusion", input_shape=(24, 24, 1), widths=[4], fc_units=[4], seed=0).save(
+        bare / "untrained.keras")
+    uris = [str(bare / "trained.keras"), str(bare / "untrained.keras")]
+    doc = ev.evaluate_many(uris, str(tiny["data"]), tmp_path / "many", n_bootstrap=20, cache_dir=tiny["cache"])
+    assert len(doc["groups"]) == 2
+    members = [g["members"] for g in doc["groups"].values()]
+    assert sorted(m[0]["run"] for m in members) == ["trained", "untrained"] and all(len(m) == 1 for m in members)
+    for group in doc["groups"].values():
+        (member,) = group["members"]
+        assert group["model"] == member["model"] and group["levels"]["roi"]["n_folds"] == 1
+    # The same file given twice is one model: one group of two runs.
+    twice = ev.evaluate_many([uris[0], uris[0]], str(tiny["data"]), tmp_path / "twice", n_bootstrap=20,
+                             cache_dir=tiny["cache"])
+    (group,) = twice["groups"].values()
+    assert [m["run"] for m in group["members"]] == ["trained", "trained_"]
+
+
+def test_evaluation_keeps_the_roi_features_of_its_prediction_pass(tiny, evaluated, tmp_path, caplog):
+    """save_features: each ROI's mean penultimate features from the pass that predicts, equal to a separate
+    feature extraction, with the predictions unchanged; a re-run reuses both."""
+    from mammoflow.dataset.cache import LocalCache
+    from mammoflow.reproduce.features import roi_features
+
+    out = tmp_path / "with_features"
+    ev.evaluate(str(tiny["run"]), str(tiny["data"]), out, n_bootstrap=20, cache_dir=tiny["cache"],
+                save_features=True)
+    rois, feats = ev.read_roi_features(out)
+    assert len(rois) == 20 and rois["example_id"].is_unique and set(rois["label"]) == {0, 1}
+    assert feats.shape == (20, 16)  # fc_units [16]: the input of the softmax layer
+    loaded = ev.load_model(str(tiny["run"]))
+    shards = LocalCache(tiny["cache"] / "shards").fetch(str(tiny["data"]))["test"]
+    ref_rois, ref_feats = roi_features(loaded.model, [str(p) for p in shards], loaded.input_config())
+    assert ref_rois["example_id"].tolist() == rois["example_id"].tolist()
+    assert ref_rois["label"].tolist() == rois["label"].tolist()
+    np.testing.assert_allclose(feats, ref_feats, rtol=1e-4, atol=1e-5)
+    # The two-output forward pass predicts what the plain one did.
+    plain = pd.read_parquet(evaluated / "predictions.parquet").query("level == 'patch'").set_index("id")["prob"]
+    mine = pd.read_parquet(out / "predictions.parquet").query("level == 'patch'").set_index("id")["prob"]
+    np.testing.assert_allclose(mine[plain.index], plain, atol=1e-6)
+    with caplog.at_level(logging.INFO, logger="mammoflow.evaluation.evaluate"):
+        ev.evaluate(str(tiny["run"]), str(tiny["data"]), out, n_bootstrap=20, cache_dir=tiny["cache"],
+                    save_features=True)
+    assert "reusing the predictions" in caplog.text and ev.read_roi_features(out) is not None
+    # Features of another evaluation are not taken for this one's.
+    assert ev.read_roi_features(out, fingerprint="0" * 64) is None
+    assert ev.read_roi_features(evaluated) is None  # evaluated without save_features
+
+
+def test_report_of_an_ensemble_evaluation_names_every_member(tiny, evaluated, tmp_path):
+    """An evaluation of an ensemble (``model.members``, as `mammoflow reproduce` writes) is reported as every
+    member, not as its first one."""
+    from mammoflow.evaluation.report import build_report
+
+    evaluation = tmp_path / "ensemble_eval"
+    shutil.copytree(evaluated, evaluation)
+    doc = json.loads((evaluation / "metrics.json").read_text())
+    members = [{**doc["model"], "uri": f"/runs/ours/member{k}", "sha256": f"{k}" * 64} for k in range(3)]
+    doc["model"] = {**members[0], "members": members}
+    (evaluation / "metrics.json").write_text(json.dumps(doc))
+    paths = build_report(str(evaluation), tmp_path / "report")
+    md, html = paths["markdown"].read_text(), paths["html"].read_text()
+    assert "Evaluation of ensemble of 3 models (compact_fusion)" in md
+    assert all(f"/runs/ours/member{k}" in md and f"{k}" * 64 in html for k in range(3))
+    assert "first of the 3 ensemble members" in md
 
 
 def test_whole_image_model(tmp_path):
@@ -291,6 +367,13 @@ def test_missing_model_is_a_clear_error(tmp_path):
     (tmp_path / "config.yaml").write_text("{}\n")
     with pytest.raises(InputError, match="no trained model here"):
         ev.load_model(tmp_path)
+
+
+def test_roi_means_average_each_roi_in_order_of_first_appearance():
+    ids, means = ev.roi_means(["b", "a", "b", "a", "c"], np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0],
+                                                                  [9.0, 10.0]]))
+    assert ids == ["b", "a", "c"]
+    np.testing.assert_allclose(means, [[3.0, 4.0], [5.0, 6.0], [9.0, 10.0]])
 
 
 def test_roi_constants_match_the_support_data():

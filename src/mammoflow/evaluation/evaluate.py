@@ -23,6 +23,7 @@ Outputs in ``out`` (schema of ``metrics.json`` in :data:`METRICS_DOC`)::
 
     metrics.json                 every level's report with CIs, curves, calibration, paper comparison
     predictions.parquet          one row per patch, ROI (or image), breast and patient: ids, label, P(tumour)
+    roi_features.npz             (with save_features) each ROI's mean penultimate-layer features
     roc.png pr.png               patch and ROI curves (ROI curves from mean P(tumour))
     confusion.png confusion_normalised.png    ROI decisions (image decisions for whole-image models)
     calibration.png              reliability diagram (before / after temperature scaling)
@@ -35,6 +36,7 @@ recomputes everything else.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import tempfile
@@ -64,6 +66,7 @@ METRICS_KIND = "mammoflow.evaluation"
 CV_KIND = "mammoflow.evaluation.cross_validation"
 EVALUATION_SCHEMA_VERSION = 1
 PREDICTIONS_FILE = "predictions.parquet"
+FEATURES_FILE = "roi_features.npz"  # with save_features: each ROI's mean penultimate features (t-SNE, Fig. 1)
 METRICS_FILE = "metrics.json"
 KFP_METRICS_FILE = "classification_metrics.json"
 FIGURES = ("roc.png", "pr.png", "confusion.png", "confusion_normalised.png", "calibration.png")
@@ -294,24 +297,86 @@ def _shard_metadata(shard_paths: Sequence[str | Path]) -> dict[str, dict[str, An
     return meta
 
 
-def predict_patches(loaded: LoadedModel, shard_paths: Sequence[str | Path], split: str,
-                    batch_size: int | None = None) -> pd.DataFrame:
-    """One row per grid patch: ids, patch index and origin, label, softmax outputs and P(positive)."""
-    from mammoflow.dataset.pipeline import eval_dataset, grid_patch_origins
+@dataclass
+class ModelOutputs:
+    """One forward pass over a dataset of ``(x, y, example_id)`` batches, one entry per input row."""
+
+    ids: list[str]
+    labels: np.ndarray  # the dataset's y (-1: unlabelled)
+    probs: np.ndarray  # softmax outputs [N, K]
+    features: np.ndarray | None = None  # penultimate-layer features [N, D], when asked for
+
+
+def penultimate_and_output(model: keras.Model) -> keras.Model:
+    """``model`` with two outputs: the input of its last layer (the classifier's features, the penultimate layer)
+    and its own output, so that one forward pass gives both."""
+    import keras
+
+    return keras.Model(model.inputs, [model.layers[-1].input, model.outputs[0]], name=f"{model.name}_features")
+
+
+def run_model(model: keras.Model, data: Any, desc: str, *, with_features: bool = False) -> ModelOutputs:
+    """Run ``model`` over every batch of ``data``; with ``with_features`` also keep its penultimate features."""
     from mammoflow.logs import progress
 
-    cfg = loaded.input_config(batch_size)
-    meta = _shard_metadata(shard_paths)
+    net = penultimate_and_output(model) if with_features else model
     ids: list[str] = []
+    labels: list[np.ndarray] = []
     outputs: list[np.ndarray] = []
-    for x, _y, example_ids in progress(eval_dataset(list(map(str, shard_paths)), cfg), desc=f"predict {split}",
-                                       unit="batch"):
-        outputs.append(np.asarray(loaded.model.predict_on_batch(x), np.float64))
+    features: list[np.ndarray] = []
+    for x, y, example_ids in progress(data, desc=desc, unit="batch"):
+        out = net.predict_on_batch(x)
+        if with_features:
+            feats, out = out
+            features.append(np.asarray(feats, np.float32).reshape(int(x.shape[0]), -1))
+        outputs.append(np.asarray(out, np.float64))
+        labels.append(np.asarray(y, np.int64))
         ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in np.asarray(example_ids).tolist())
     if not ids:
+        empty = np.zeros((0, 0))
+        return ModelOutputs([], np.zeros(0, np.int64), empty, empty if with_features else None)
+    return ModelOutputs(ids, np.concatenate(labels), np.concatenate(outputs),
+                        np.concatenate(features) if with_features else None)
+
+
+def predict_rows(loaded: LoadedModel, shard_paths: Sequence[str | Path], split: str,
+                 batch_size: int | None = None, *, with_features: bool = False
+                 ) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The model's rows on ``shard_paths``: one per grid patch (patch models) or per image (whole-image models):
+    ids, label, softmax outputs ``p0..`` and P(positive) ``prob``; patch rows also their index and origin.
+
+    ``with_features``: the penultimate-layer features of each row too (``[rows, D]``, row-aligned), from the same
+    forward pass (the t-SNE of Yu et al.'s Fig. 1 reuses them instead of running the model again).
+    """
+    from mammoflow.dataset.pipeline import eval_dataset, whole_image_dataset
+
+    cfg = loaded.input_config(batch_size)
+    paths = list(map(str, shard_paths))
+    if loaded.whole_image:
+        size = (loaded.config.data.image_size if loaded.config is not None else None) or loaded.model.input_shape[1]
+        if not size:
+            raise ConfigError(f"{loaded.uri}: whole-image model without data.image_size in its config.yaml")
+        data = whole_image_dataset(paths, cfg, int(size))
+    else:
+        data = eval_dataset(paths, cfg)
+    meta = _shard_metadata(shard_paths)
+    result = run_model(loaded.model, data, f"predict {split}", with_features=with_features)
+    if not result.ids:
         raise InputError(split, "the split holds no examples", "evaluate a split the dataset has", code="empty")
-    probs = np.concatenate(outputs)
-    df = pd.DataFrame({"example_id": ids})
+    df = pd.DataFrame({"example_id": result.ids})
+    if not loaded.whole_image:
+        _add_patch_positions(df, meta, cfg)
+    _attach_meta(df, meta, split)
+    df["prob"] = positive_probability(result.probs, loaded.positive_index)
+    for j in range(result.probs.shape[1]):
+        df[f"p{j}"] = result.probs[:, j]
+    return df, result.features
+
+
+def _add_patch_positions(df: pd.DataFrame, meta: Mapping[str, Mapping[str, Any]], cfg: Any) -> None:
+    """``patch_index`` (row-major grid position) and the patch's origin ``patch_row``/``patch_col`` in its ROI."""
+    from mammoflow.dataset.pipeline import grid_patch_origins
+
     df["patch_index"] = df.groupby("example_id", sort=False).cumcount()
     origins: dict[str, list[tuple[int, int]]] = {}
     rows, cols = [], []
@@ -325,40 +390,34 @@ def predict_patches(loaded: LoadedModel, shard_paths: Sequence[str | Path], spli
         cols.append(c)
     df["patch_row"] = pd.array(rows, dtype="Int64")
     df["patch_col"] = pd.array(cols, dtype="Int64")
-    _attach_meta(df, meta, split)
-    df["prob"] = positive_probability(probs, loaded.positive_index)
-    for j in range(probs.shape[1]):
-        df[f"p{j}"] = probs[:, j]
-    return df
+
+
+def predict_patches(loaded: LoadedModel, shard_paths: Sequence[str | Path], split: str,
+                    batch_size: int | None = None) -> pd.DataFrame:
+    """One row per grid patch: ids, patch index and origin, label, softmax outputs and P(positive)."""
+    if loaded.whole_image:
+        raise ConfigError(f"{loaded.uri}: a whole-image model has no grid patches; use predict_images")
+    return predict_rows(loaded, shard_paths, split, batch_size)[0]
 
 
 def predict_images(loaded: LoadedModel, shard_paths: Sequence[str | Path], split: str,
                    batch_size: int | None = None) -> pd.DataFrame:
     """Whole-image models: one row per image."""
-    from mammoflow.dataset.pipeline import whole_image_dataset
-    from mammoflow.logs import progress
+    if not loaded.whole_image:
+        raise ConfigError(f"{loaded.uri}: a patch model is evaluated per grid patch; use predict_patches")
+    return predict_rows(loaded, shard_paths, split, batch_size)[0]
 
-    cfg = loaded.input_config(batch_size)
-    size = loaded.config.data.image_size if loaded.config is not None else None
-    size = size or loaded.model.input_shape[1]
-    if not size:
-        raise ConfigError(f"{loaded.uri}: whole-image model without data.image_size in its config.yaml")
-    meta = _shard_metadata(shard_paths)
-    ids: list[str] = []
-    outputs: list[np.ndarray] = []
-    for x, _y, example_ids in progress(whole_image_dataset(list(map(str, shard_paths)), cfg, int(size)),
-                                       desc=f"predict {split}", unit="batch"):
-        outputs.append(np.asarray(loaded.model.predict_on_batch(x), np.float64))
-        ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in np.asarray(example_ids).tolist())
-    if not ids:
-        raise InputError(split, "the split holds no examples", "evaluate a split the dataset has", code="empty")
-    probs = np.concatenate(outputs)
-    df = pd.DataFrame({"example_id": ids})
-    _attach_meta(df, meta, split)
-    df["prob"] = positive_probability(probs, loaded.positive_index)
-    for j in range(probs.shape[1]):
-        df[f"p{j}"] = probs[:, j]
-    return df
+
+def roi_means(example_ids: Sequence[str], values: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(example ids in order of first appearance, the mean of ``values``' rows per id): ROI features from patch
+    features (Yu et al. 2020, Fig. 1: an ROI is the mean of its grid patches)."""
+    ids = pd.Series(list(example_ids), dtype=object)
+    order = list(pd.unique(ids))
+    codes = pd.Categorical(ids, categories=order).codes
+    values = np.asarray(values, np.float64).reshape(len(ids), -1)
+    sums = np.zeros((len(order), values.shape[1]))
+    np.add.at(sums, codes, values)
+    return order, sums / np.bincount(codes, minlength=len(order))[:, None]
 
 
 def _attach_meta(df: pd.DataFrame, meta: Mapping[str, Mapping[str, Any]], split: str) -> None:
@@ -605,6 +664,42 @@ def predictions_table(tables: Tables, model_name: str) -> pd.DataFrame:
     return out
 
 
+def write_roi_features(rows: pd.DataFrame, features: np.ndarray, path: Path, fingerprint: str) -> Path:
+    """``roi_features.npz``: per ROI (or image) its ``example_id``, ``label`` (-1: none) and the mean of its rows'
+    penultimate features, with the evaluation's fingerprint (which model, data, split and fold they belong to)."""
+    from mammoflow.io.images import atomic_write_bytes
+
+    ids, means = roi_means(rows["example_id"].tolist(), features)
+    first = rows.groupby("example_id", sort=False)["label"].first()
+    labels = np.array([-1 if pd.isna(first[i]) else int(first[i]) for i in ids], np.int64)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, example_id=np.array(ids, dtype=str), label=labels, features=means.astype(np.float32),
+                        fingerprint=np.array(fingerprint))
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_roi_features(out: str | Path, fingerprint: str | None = None) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """(ROI rows ``example_id``, ``label``; features ``[n, D]``) that :func:`evaluate` wrote into ``out`` with
+    ``save_features``, or None when there are none, or none of the evaluation now in ``out`` (or of
+    ``fingerprint``)."""
+    out = Path(out)
+    path = out / FEATURES_FILE
+    if fingerprint is None:
+        try:
+            fingerprint = json.loads((out / METRICS_FILE).read_text()).get("fingerprint")
+        except (OSError, ValueError):
+            return None
+    try:
+        with np.load(path) as npz:
+            if str(npz["fingerprint"]) != fingerprint:
+                return None
+            rois = pd.DataFrame({"example_id": npz["example_id"].astype(str).tolist(), "label": npz["label"]})
+            return rois, np.asarray(npz["features"], np.float64)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def write_parquet(df: pd.DataFrame, path: Path) -> Path:
     """Write a DataFrame as Parquet atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -725,7 +820,7 @@ def fit_calibration(loaded: LoadedModel, shards: Mapping[str, list[str]], val_sp
                     batch_size: int | None) -> tuple[float, dict[str, Any]]:
     """Temperature fitted on the validation split's patch (or image) predictions (Guo et al. 2017)."""
     paths = _split_shards(shards, val_split, data_uri)
-    rows = (predict_images if loaded.whole_image else predict_patches)(loaded, paths, val_split, batch_size)
+    rows = predict_rows(loaded, paths, val_split, batch_size)[0]
     rows = rows[rows["label"].notna()]
     probs = rows[[c for c in rows.columns if c.startswith("p") and c[1:].isdigit()]].to_numpy()
     y = rows["label"].astype(int).to_numpy()
@@ -741,11 +836,13 @@ def fit_calibration(loaded: LoadedModel, shards: Mapping[str, list[str]], val_sp
 def evaluate(model_uri: str, data_uri: str, out: str | Path, *, split: str = "test", method: Method = "majority",
              calibrate: bool = False, n_bootstrap: int = 2000, seed: int = 0, threshold: float = 0.5,
              batch_size: int | None = None, fold: int | None = None, cache_dir: str | Path | None = None,
-             loaded: LoadedModel | None = None) -> dict[str, Any]:
+             loaded: LoadedModel | None = None, save_features: bool = False) -> dict[str, Any]:
     """Evaluate one model on one split; write every output into ``out`` (see module docstring); return metrics.
 
     ``fold``: evaluate only the examples of that cross-validation fold within ``split`` (Xi et al. 2018's
-    five-fold protocol: each fold's model on its own held-out fold).
+    five-fold protocol: each fold's model on its own held-out fold). ``save_features``: also write
+    ``roi_features.npz`` (:func:`read_roi_features`), each ROI's mean penultimate-layer features, taken from the
+    forward pass that makes the predictions (no second pass over the split).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -762,16 +859,22 @@ def evaluate(model_uri: str, data_uri: str, out: str | Path, *, split: str = "te
     paths = _split_shards(shards, split, data_uri)
     fingerprint = _fingerprint(loaded, data_sha, split, fold)
     cached = _cached_predictions(out, fingerprint)
+    if cached is not None and save_features and read_roi_features(out, fingerprint) is None:
+        cached = None  # the features come from the prediction pass: run it once more, for both
     level = "image" if loaded.whole_image else "patch"
     if cached is not None:
         log.info("%s: reusing the predictions of an earlier run on the same model, data and split", out)
         rows = _restore_rows(cached, level)
     else:
-        rows = (predict_images if loaded.whole_image else predict_patches)(loaded, paths, split, batch_size)
+        rows, features = predict_rows(loaded, paths, split, batch_size, with_features=save_features)
         if fold is not None:
-            rows = rows[rows["fold"] == fold].reset_index(drop=True)
+            keep = (rows["fold"] == fold).to_numpy()
+            rows = rows[keep].reset_index(drop=True)
+            features = None if features is None else features[keep]
             if rows.empty:
                 raise ConfigError(f"{data_uri}: no {split!r} example belongs to fold {fold}")
+        if features is not None:
+            write_roi_features(rows, features, out / FEATURES_FILE, fingerprint)
     temperature_info = None
     if calibrate:
         val_split = loaded.config.data.val_split if loaded.config is not None else "val"
@@ -835,11 +938,13 @@ def sweep_trials(sweep_uri: str) -> list[str]:
 
 
 def _group_key(loaded: LoadedModel) -> str:
-    """Runs that differ only by their cross-validation fold share a key."""
+    """Runs that differ only by their cross-validation fold share a key. A bare .keras file (no config.yaml) has
+    no known fold or setup, so it is a group of its own (unless the very same file is given twice): pooling it
+    with another model of the same Keras name (often just ``functional``) would summarise two models as folds."""
     from mammoflow.config import to_dict
 
     if loaded.config is None:
-        return loaded.name
+        return f"{loaded.name}-{loaded.sha256[:8]}"
     cfg = to_dict(loaded.config)
     cfg["data"].pop("fold", None)
     digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
@@ -856,8 +961,9 @@ def evaluate_many(model_uris: Sequence[str], data_uri: str, out: str | Path, *, 
     group; each group gets :func:`~mammoflow.evaluation.metrics.cross_validation_summary` (mean, sd, min, max
     over folds) per level. ``fold_of_each`` evaluates every run on its own fold (``data.fold`` of its config)
     within ``split`` (default: the runs' training split, where build-dataset puts the K folds), instead of all of
-    ``split`` (default ``test``); temperature scaling is refused then, as the fold is also the validation data. Writes ``out/metrics.json`` (kind
-    ``mammoflow.evaluation.cross_validation``) and ``out/roc.png`` with one curve per run.
+    ``split`` (default ``test``); temperature scaling is refused then, as the fold is also the validation data.
+    Writes ``out/metrics.json`` (kind ``mammoflow.evaluation.cross_validation``; each group as
+    :func:`group_summary`, naming every member run and its model) and ``out/roc.png`` with one curve per run.
     """
     out = Path(out)
     if fold_of_each and calibrate:
@@ -888,15 +994,7 @@ def evaluate_many(model_uris: Sequence[str], data_uri: str, out: str | Path, *, 
         level = report["primary_level"]
         if level in report["curves"]:
             roc[f"{name} ({level})"] = report["curves"][level]["roc"]
-    summary: dict[str, Any] = {}
-    for key, members in groups.items():
-        levels = sorted({lvl for m in members for lvl in m["report"]["levels"]})
-        summary[key] = {
-            "model": members[0]["model"], "runs": [m["name"] for m in members],
-            "folds": [m["fold"] for m in members],
-            "levels": {lvl: metrics.cross_validation_summary([m["report"]["levels"][lvl] for m in members
-                                                              if lvl in m["report"]["levels"]]) for lvl in levels},
-        }
+    summary = {key: group_summary(members) for key, members in groups.items()}
     if roc:
         plots.plot_roc(roc, out / "roc.png", title="ROC curves per run")
     doc = {"kind": CV_KIND, "evaluation_schema_version": EVALUATION_SCHEMA_VERSION,
@@ -905,6 +1003,20 @@ def evaluate_many(model_uris: Sequence[str], data_uri: str, out: str | Path, *, 
            "runs": [{k: v for k, v in r.items() if k != "report"} for r in runs], "groups": summary}
     metrics.write_metrics_json(doc, out / METRICS_FILE)
     return doc
+
+
+def group_summary(members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One group of ``metrics.json`` (kind ``mammoflow.evaluation.cross_validation``): every member run with its
+    model and fold, and per level the mean, sd, min and max over the members."""
+    models = list(dict.fromkeys(str(m["model"]) for m in members))
+    levels = sorted({lvl for m in members for lvl in m["report"]["levels"]})
+    return {
+        "model": " / ".join(models), "models": models,
+        "members": [{"run": m["name"], "model": m["model"], "fold": m["fold"], "uri": m["uri"]} for m in members],
+        "runs": [m["name"] for m in members], "folds": [m["fold"] for m in members],
+        "levels": {lvl: metrics.cross_validation_summary([m["report"]["levels"][lvl] for m in members
+                                                          if lvl in m["report"]["levels"]]) for lvl in levels},
+    }
 
 
 def is_sweep_folder(uri: str) -> bool:

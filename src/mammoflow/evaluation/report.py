@@ -419,15 +419,46 @@ def cv_section(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     groups = []
     for key, group in doc.get("groups", {}).items():
+        members = group_members(group)
+        models = list(dict.fromkeys(str(m.get("model")) for m in members)) or [str(group.get("model"))]
+        runs = ", ".join(_member_label(m, name_model=len(models) > 1) for m in members)
         for lvl, summary in group["levels"].items():
             rows = []
             for metric, s in summary["metrics"].items():
                 rows.append({"metric": metric, "mean": f"{s['mean']:.4f}",
                              "sd": "n/a" if s["std"] is None else f"{s['std']:.4f}",
                              "range": f"{s['min']:.4f} to {s['max']:.4f}", "n": s["n"]})
-            groups.append({"group": key, "model": group["model"], "level": LEVEL_TITLES.get(lvl, lvl),
-                           "runs": ", ".join(group["runs"]), "rows": rows})
+            groups.append({"group": key, "model": " / ".join(models), "level": LEVEL_TITLES.get(lvl, lvl),
+                           "runs": runs, "members": members, "rows": rows})
     return {"groups": groups, "split": doc.get("split"), "fold_of_each": doc.get("fold_of_each")}
+
+
+def group_members(group: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each run of a cross-validation group with its model and fold (older metrics.json: from runs and folds)."""
+    if group.get("members"):
+        return [dict(m) for m in group["members"]]
+    folds = group.get("folds") or [None] * len(group.get("runs", []))
+    return [{"run": r, "model": group.get("model"), "fold": f} for r, f in zip(group.get("runs", []), folds,
+                                                                              strict=False)]
+
+
+def _member_label(member: Mapping[str, Any], name_model: bool) -> str:
+    details = ([str(member.get("model"))] if name_model else []) + \
+        ([f"fold {member['fold']}"] if member.get("fold") is not None else [])
+    return f"{member['run']} ({', '.join(details)})" if details else str(member["run"])
+
+
+def model_summary(model: Mapping[str, Any]) -> dict[str, Any]:
+    """Name, URI and sha256 of an evaluated model as the report shows them. An ensemble (``members``, as
+    ``mammoflow reproduce`` evaluates one) is named by every member, not by its first one."""
+    members = [m for m in model.get("members") or [] if isinstance(m, Mapping)]
+    if len(members) <= 1:
+        return {"name": model.get("name"), "uri": model.get("uri"), "sha256": model.get("sha256"),
+                "members": members}
+    names = list(dict.fromkeys(str(m.get("name")) for m in members))
+    return {"name": f"ensemble of {len(members)} models ({', '.join(names)})",
+            "uri": ", ".join(str(m.get("uri")) for m in members),
+            "sha256": ", ".join(str(m.get("sha256")) for m in members), "members": members}
 
 
 # ============================================================================================ build
@@ -463,7 +494,10 @@ def build_context(inputs: Inputs, n_worst: int = 8, cache_dir: str | Path | None
         "cams": cam_gallery(inputs.explain), "worst": None, "history": history_rows(inputs.run),
         "sweep": sweep_section(inputs.sweep), "cv": cv_section(cv_doc), "data": None,
     }
-    model = (single or {}).get("model") or {}
+    model = model_summary((single or {}).get("model") or {})
+    if len(model["members"]) > 1 and inputs.run is not None:
+        ctx["notes"].append(f"the training history and configuration shown are those of the first of the "
+                            f"{len(model['members'])} ensemble members")
     ctx["title"] = _title(inputs, single, run_info)
     if single:
         levels, rows = metrics_rows(single)
@@ -471,6 +505,7 @@ def build_context(inputs: Inputs, n_worst: int = 8, cache_dir: str | Path | None
                                "class_names": single["class_names"], "positive": single["positive_class"],
                                "threshold": single["threshold"], "model_name": model.get("name"),
                                "model_uri": model.get("uri"), "model_sha256": model.get("sha256"),
+                               "model_members": model["members"],
                                "voting": single.get("voting"), "primary_level": single["primary_level"],
                                "bootstrap_unit": single.get("bootstrap_unit"), "n_bootstrap": single.get("n_bootstrap")},
                    levels=level_columns(single, levels), metric_rows=rows, paper=paper_rows(single),
@@ -501,7 +536,7 @@ def _title(inputs: Inputs, single: Mapping[str, Any] | None, run_info: Mapping[s
     if inputs.kind == "sweep" and inputs.sweep is not None:
         return f"Sweep {inputs.sweep.name}"
     if single:
-        return f"Evaluation of {single['model'].get('name')} on the {single['split']} split"
+        return f"Evaluation of {model_summary(single['model'])['name']} on the {single['split']} split"
     if inputs.kind == "cross_validation":
         return "Cross-validation summary"
     return f"Training run {inputs.run.name if inputs.run else ''} ({run_info.get('model', '')})"

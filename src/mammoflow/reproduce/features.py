@@ -19,38 +19,25 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
-def penultimate_model(model: Any) -> Any:
-    """A Keras model from ``model``'s input to the input of its last layer (the softmax classifier)."""
-    import keras
-
-    return keras.Model(model.inputs, model.layers[-1].input, name=f"{model.name}_features")
-
-
 def roi_features(model: Any, shard_paths: Sequence[str], input_cfg: Any,
                  image_size: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """(one row per ROI: ``example_id``, ``label``; features ``[n_rois, d]``), the mean over each ROI's patches."""
-    from mammoflow.dataset.pipeline import eval_dataset, whole_image_dataset
+    """(one row per ROI: ``example_id``, ``label``; features ``[n_rois, d]``), the mean over each ROI's patches.
 
-    features = penultimate_model(model)
+    For a model without an evaluation to reuse: ``evaluate(..., save_features=True)`` keeps the same features
+    from its prediction pass (:func:`mammoflow.evaluation.evaluate.read_roi_features`).
+    """
+    from mammoflow.dataset.pipeline import eval_dataset, whole_image_dataset
+    from mammoflow.evaluation.evaluate import roi_means, run_model
+
     paths = list(map(str, shard_paths))
     data = eval_dataset(paths, input_cfg) if image_size is None else \
         whole_image_dataset(paths, input_cfg, int(image_size))
-    ids: list[str] = []
-    labels: list[int] = []
-    rows: list[np.ndarray] = []
-    for x, y, example_ids in data:
-        rows.append(np.asarray(features.predict_on_batch(x), np.float64).reshape(int(x.shape[0]), -1))
-        labels.extend(int(v) for v in np.asarray(y).tolist())
-        ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in np.asarray(example_ids).tolist())
-    patch_df = pd.DataFrame({"example_id": ids, "label": labels})
-    matrix = np.concatenate(rows)
-    order = pd.unique(patch_df["example_id"])
-    codes = pd.Categorical(patch_df["example_id"], categories=order).codes
-    sums = np.zeros((len(order), matrix.shape[1]))
-    np.add.at(sums, codes, matrix)
-    counts = np.bincount(codes, minlength=len(order))[:, None]
-    rois = patch_df.groupby("example_id", sort=False)["label"].first().reindex(order).reset_index()
-    return rois, sums / counts
+    out = run_model(model, data, "ROI features", with_features=True)
+    if not out.ids:
+        raise ValueError(f"no ROI in {paths}")
+    ids, feats = roi_means(out.ids, out.features)  # type: ignore[arg-type]
+    first = pd.Series(out.labels).groupby(pd.Series(out.ids)).first()
+    return pd.DataFrame({"example_id": ids, "label": [int(first[i]) for i in ids]}), feats
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float | None = None) -> np.ndarray:
@@ -93,17 +80,16 @@ def plot_tsne(embedding: np.ndarray, labels: Sequence[int], path: Path | str, ti
     return Path(path)
 
 
-def write_tsne(model: Any, shard_paths: Sequence[str], input_cfg: Any, out: Path, title: str, seed: int = 0,
-               image_size: int | None = None) -> dict[str, Any]:
-    """``tsne.png`` and ``tsne.csv`` (example_id, label, x, y) of the ROIs in ``shard_paths`` into ``out``."""
+def write_tsne(rois: pd.DataFrame, features: np.ndarray, out: Path, title: str, seed: int = 0) -> dict[str, Any]:
+    """``tsne.png`` and ``tsne.csv`` (example_id, label, x, y) of ROI features (:func:`roi_features`, or those an
+    evaluation kept) into ``out``."""
     from mammoflow.records import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    rois, feats = roi_features(model, shard_paths, input_cfg, image_size)
-    emb = tsne_embedding(feats, seed=seed)
-    table = rois.assign(x=emb[:, 0], y=emb[:, 1])
+    emb = tsne_embedding(features, seed=seed)
+    table = rois[["example_id", "label"]].assign(x=emb[:, 0], y=emb[:, 1])
     atomic_write_text(out / "tsne.csv", table.to_csv(index=False))
     plot_tsne(emb, rois["label"].to_numpy(), out / "tsne.png", title)
-    log.info("t-SNE of %d ROIs (%d features each) written to %s", len(rois), feats.shape[1], out / "tsne.png")
+    log.info("t-SNE of %d ROIs (%d features each) written to %s", len(rois), features.shape[1], out / "tsne.png")
     return {"png": str(out / "tsne.png"), "csv": str(out / "tsne.csv"), "n_rois": len(rois),
-            "n_features": int(feats.shape[1])}
+            "n_features": int(features.shape[1])}

@@ -159,8 +159,9 @@ def _evaluate_cell(run: str, dataset: str, out: Path, n_bootstrap: int, seed: in
                    cache_dir: str | None) -> dict[str, Any]:
     from mammoflow.evaluation.evaluate import evaluate
 
+    # save_features: the t-SNE (Fig. 1) reuses the penultimate features of this prediction pass.
     return evaluate(run, dataset, out, split="test", method="majority", n_bootstrap=n_bootstrap, seed=seed,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, save_features=True)
 
 
 def _cell_report(run: str, evaluation: Path, out: Path, cache_dir: str | None) -> str | None:
@@ -174,16 +175,27 @@ def _cell_report(run: str, evaluation: Path, out: Path, cache_dir: str | None) -
         return None
 
 
-def _tsne(run: str, dataset: str, out: Path, title: str, seed: int, cache_dir: str | None) -> dict[str, Any] | None:
-    from mammoflow.evaluation.evaluate import load_model
-    from mammoflow.reproduce.features import write_tsne
-    from mammoflow.reproduce.ours import dataset_files, split_shards
+def _tsne(info: Mapping[str, Any], dataset: str, out: Path, title: str, seed: int,
+          cache_dir: str | None) -> dict[str, Any] | None:
+    """t-SNE of the cell's test-ROI features: those its evaluation kept from its prediction pass, else (our
+    ensemble, whose evaluation averages the members) the first member's, computed here."""
+    from mammoflow.evaluation.evaluate import read_roi_features
+    from mammoflow.reproduce.features import roi_features, write_tsne
 
-    loaded = load_model(run, cache_dir)
-    _, shards, _ = dataset_files(dataset, cache_dir)
-    size = loaded.config.data.image_size if loaded.whole_image and loaded.config is not None else None
-    return write_tsne(loaded.model, split_shards(shards, "test", dataset), loaded.input_config(), out, title,
-                      seed=seed, image_size=size)
+    kept = read_roi_features(info["evaluation"]) if info.get("evaluation") else None
+    if kept is not None:
+        log.info("t-SNE: reusing the ROI features of the evaluation in %s", info["evaluation"])
+        rois, feats = kept
+    else:
+        from mammoflow.evaluation.evaluate import load_model
+        from mammoflow.reproduce.ours import dataset_files, split_shards
+
+        loaded = load_model(info["run"], cache_dir)
+        _, shards, _ = dataset_files(dataset, cache_dir)
+        size = loaded.config.data.image_size if loaded.whole_image and loaded.config is not None else None
+        rois, feats = roi_features(loaded.model, split_shards(shards, "test", dataset), loaded.input_config(),
+                                   image_size=size)
+    return write_tsne(rois, feats, out, title, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -252,7 +264,7 @@ def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None =
     if tsne and result.cells:
         name = _tsne_cell(result.cells)
         what = "ours, ensemble member 1" if name == OURS_CELL else name
-        result.cells[name]["tsne"] = _tsne(result.cells[name]["run"], dataset, out / "tsne",
+        result.cells[name]["tsne"] = _tsne(result.cells[name], dataset, out / "tsne",
                                            f"t-SNE of the test ROIs' features ({what})", seed, cache_dir)
     result.summary = rep.summarise(result, overrides=dict(overrides or {}), n_bootstrap=n_bootstrap,
                                    wall_time_s=time.perf_counter() - t_start, budget=b)

@@ -17,11 +17,13 @@ trial whose ``sweep_trial.json`` says it ended is never trained again, even if R
 every few seconds) still listed it as running when the driver died.
 
 Early stopping: the scheduler sees one result per epoch, with the epoch itself as its time axis (``epoch``, not
-Ray's ``training_iteration``, which restarts at 1 when a trial is restarted). The last epoch of a trial is
-reported only after ``train()`` has returned, so that a scheduler stopping the trial at ``max_t`` cannot cut the
-writing of its model and metrics short.
+Ray's ``training_iteration``, which restarts at 1 when a trial is restarted). The last epoch of a trial (``train()``
+says which: the last of its schedule, or the one where early stopping ended its last phase) is reported only after
+``train()`` has returned, with ``run_finished: 1``, so that a scheduler stopping the trial at ``max_t`` cannot cut
+the writing of its model and metrics short.
 
-Monitoring: TensorBoard logs per trial (``OUT/trials/*/tensorboard``, written by ``train()``) and Tune's own per-trial
+Monitoring: TensorBoard logs per trial (``OUT/trials/*/tensorboard``, written by ``train()`` and, on ``gs://``,
+published after every epoch, as is each trial's ``history.csv``) and Tune's own per-trial
 logs (``OUT/ray/<name>/*/events.out.tfevents.*``); Prometheus metrics through ray.util.metrics, exported by Ray's
 metrics agent (needs ``ray[default]``) as ``ray_mammoflow_trial_{epoch,val_loss,running}{trial=...}`` from the
 trials while they run and ``ray_mammoflow_sweep_trials_{finished,stopped_early,failed}_total{sweep=...}`` and
@@ -163,9 +165,9 @@ def make_trainable(base: dict[str, Any], cells: list[dict[str, Any]], data_uris:
 
         reported: set[int] = set()
 
-        def on_epoch(row: dict[str, float]) -> None:
+        def on_epoch(row: dict[str, float], is_last: bool) -> None:
             _gauges().epoch(name, row)
-            if row["epoch"] < total:  # the last epoch is reported after train() has written the model
+            if not is_last:  # the last epoch is reported after train() has written the model
                 reported.add(int(row["epoch"]))
                 tune.report({**row, **extra, "run_finished": 0})
 

@@ -10,6 +10,10 @@ A run folder (local path or ``gs://``) ends up holding::
     checkpoints/         last.keras + state.json (resume point), best.keras
     tensorboard/         TensorBoard logs
 
+On ``gs://`` the run is watchable while it trains: ``history.csv``/``history.json`` and the new TensorBoard event
+files are published after every epoch (only what changed since the last push), so ``tensorboard --logdir gs://...``
+or a look at the history shows a long run or a sweep trial before it ends.
+
 Resume: the data of epoch ``e`` is a pure function of ``(seed, e)`` (the input pipeline is stateless) and every
 epoch starts from a re-seeded RNG, so a run killed after any epoch (or after any checkpointed step) and started again
 with the same command ends with the same weights as an uninterrupted run.
@@ -45,6 +49,10 @@ LAST_CKPT = "checkpoints/last.keras"
 LAST_HEAD = "checkpoints/last_head.keras"  # head_cache: the head with its optimizer state
 BEST_CKPT = "checkpoints/best.keras"
 META_FILE = "model_meta.json"  # layer names (taps, CAM layer, backbone) that a saved .keras file does not keep
+WATCH_FILES = ("history.csv", "history.json", "tensorboard")  # published after every epoch, for watching a run
+
+EpochCallback = Callable[[dict[str, float], bool], None]
+"""``epoch_callback(row, is_last)``: an epoch's history row, and whether the run is finished after it."""
 
 
 class Preempted(RuntimeError):
@@ -74,6 +82,8 @@ class RunFolder:
         else:
             self.local = Path(self.uri)
         self.local.mkdir(parents=True, exist_ok=True)
+        # relative path -> sha256 of the content the run URI holds (as far as this object knows): what push skips
+        self._published: dict[str, str] = {}
 
     def path(self, rel: str) -> Path:
         p = self.local / rel
@@ -85,23 +95,52 @@ class RunFolder:
         if not storage.is_remote(self.uri):
             return (self.local / rel).exists()
         remote = storage.join(self.uri, rel)
-        if not storage.exists(remote):
+        info = storage.stat(remote)
+        if info is None:
             return False
         storage.get_file(remote, self.path(rel))
+        if info.sha256:  # recorded at upload: a pulled file is not pushed back unchanged
+            self._published[rel] = info.sha256
         return True
 
-    def push(self, *rels: str) -> None:
-        """Publish local files to the run URI (atomic per object); no-op for local runs."""
+    def push(self, *rels: str, best_effort: bool = False) -> list[str]:
+        """Publish local files and folders to the run URI; return the files uploaded. No-op for local runs.
+
+        Only files whose content differs from what this folder last published are uploaded, each as one atomic
+        object write (readers see the old or the new object). ``best_effort``: an upload that still fails after
+        storage's retries is logged and the push stops there; what was not published stays pending and goes with
+        the next push. For the pushes that only let people watch a run, so an object-store outage does not end a
+        long training; the final push of a run is not best-effort, so a run never ends unpublished in silence.
+        """
         if not storage.is_remote(self.uri):
-            return
+            return []
+        uploaded: list[str] = []
+        for rel in self._files(rels):
+            src = self.local / rel
+            sha = storage.file_sha256(src)
+            if self._published.get(rel) == sha:
+                continue
+            try:
+                storage.put_file(src, storage.join(self.uri, rel))
+            except Exception as exc:  # any error: the run's final push meets it again and raises it
+                if not best_effort:
+                    raise
+                log.warning("could not publish %s to %s (%s); retried at the next push", rel, self.uri, exc)
+                break
+            self._published[rel] = sha
+            uploaded.append(rel)
+        return uploaded
+
+    def _files(self, rels: tuple[str, ...]) -> list[str]:
+        """The existing files among ``rels``, folders expanded (sorted), as paths relative to the local folder."""
+        files: list[str] = []
         for rel in rels:
             src = self.local / rel
             if src.is_dir():
-                for f in sorted(src.rglob("*")):
-                    if f.is_file():
-                        storage.put_file(f, storage.join(self.uri, f.relative_to(self.local).as_posix()))
-            elif src.exists():
-                storage.put_file(src, storage.join(self.uri, rel))
+                files += [f.relative_to(self.local).as_posix() for f in sorted(src.rglob("*")) if f.is_file()]
+            elif src.is_file():
+                files.append(rel)
+        return files
 
     def save_model(self, model, rel: str) -> None:
         """Save a Keras model atomically: a kill mid-save must not leave a truncated checkpoint to resume from."""
@@ -229,13 +268,15 @@ class _StepCheckpoint:
 
 # ----------------------------------------------------------------------------------------------- train
 def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | Path | None = None,
-          stop_after_epochs: int | None = None,
-          epoch_callback: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+          stop_after_epochs: int | None = None, epoch_callback: EpochCallback | None = None) -> TrainResult:
     """Train ``config``'s model on the shards at ``data_uri``; write (or resume) the run folder at ``out_uri``.
 
     ``stop_after_epochs`` ends the call early after that many epochs *of this call* (used by tests and by Ray Tune
-    trials that are paused); the run folder is then resumable. ``epoch_callback(row)`` is called after every epoch
-    with that epoch's history row, once its checkpoint is written (Ray Tune reports from it).
+    trials that are paused); the run folder is then resumable. ``epoch_callback(row, is_last)`` is called after
+    every epoch with that epoch's history row, once its checkpoint and history are written (and published, on
+    ``gs://``); ``is_last`` is True when the run is finished after this epoch (its last epoch, or early stopping
+    in the last phase): ``train()`` then writes ``model.keras`` and ``metrics.json`` and returns. Ray Tune
+    reports from it.
     """
     import keras
     import tensorflow as tf
@@ -341,7 +382,8 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     previous_handler = _install_sigterm(stepper)
     epochs_this_call = 0
     try:
-        for epoch in range(state["epochs_done"], config.total_epochs):
+        while state["epochs_done"] < config.total_epochs:
+            epoch = state["epochs_done"]  # early stopping moves it to the next phase's first epoch
             phase_idx, phase = config.phase_of_epoch(epoch)
             phase_start = sum(p.epochs for p in config.schedule.phases[:phase_idx])
             if epoch == phase_start and epoch > 0 and state["step_in_epoch"] == 0:
@@ -376,10 +418,6 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                 _maybe_reduce_lr(fit_model, config, state)
             state["epochs_done"] = epoch + 1
             save_checkpoint(epoch + 1, 0)
-            _write_history(run, state["history"])
-            epochs_this_call += 1
-            if epoch_callback is not None:
-                epoch_callback(dict(row))
             patience = config.schedule.early_stopping_patience
             phase_end = phase_start + phase.epochs
             if patience is not None and state["phase_wait"] >= patience and epoch + 1 < phase_end:
@@ -393,8 +431,12 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                     model = fit_model = _load(run, BEST_CKPT)
                     _enter_phase(model, fit_model, config, config.phase_of_epoch(phase_end)[1])
                 save_checkpoint(phase_end, 0)
-                if phase_end >= config.total_epochs:
-                    break
+            _write_history(run, state["history"])
+            run.push(*WATCH_FILES, best_effort=True)  # watchable while it trains; a failure waits for the next
+            epochs_this_call += 1
+            is_last = state["epochs_done"] >= config.total_epochs
+            if epoch_callback is not None:
+                epoch_callback(dict(row), is_last)
             if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
                 break
     finally:
@@ -421,7 +463,8 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
         "epochs_done": state["epochs_done"], "wall_time_s_this_call": round(time.perf_counter() - t_start, 2),
         "tensorflow": tf.__version__, "keras": keras.__version__,
     }, indent=2, sort_keys=True) + "\n")
-    run.push("run.json", "metrics.json", "model.keras", META_FILE, "history.csv", "history.json", "tensorboard")
+    # Not best-effort: whatever an epoch's push left pending is published here, or the error is raised.
+    run.push("run.json", "metrics.json", "model.keras", META_FILE, *WATCH_FILES)
     return result
 
 

@@ -35,38 +35,47 @@ def demo_data(storage_root: str, n_images: int, seed: int, phantoms: Output[Data
     return summary["source"], uri
 
 
-def locate_data(source: str, data_root: str) -> NamedTuple("DataSource", [("source", str), ("data_root", str)]):
-    """Check that a real dataset is where the run says before any work starts.
+def locate_data(source: str, data_root: str, labels: str
+                ) -> NamedTuple("DataSource", [("source", str), ("data_root", str)]):
+    """Check that a real dataset (and its labels CSV) is where the run says before any work starts.
 
     Args:
         source: Reader name: mias, mias-rois, cbis-ddsm or dicom-dir.
         data_root: The dataset's folder, zip file or gs:// URI.
+        labels: dicom-dir: labels CSV relative to data_root, or a full path / gs:// URI; empty: none given.
 
     Returns:
         source and data_root (local paths made absolute).
     """
+    import logging
 
     from mammoflow import workflow
 
     workflow.setup_step_logging()
-    return source, workflow.locate_data(source, data_root)
+    root = workflow.locate_data(source, data_root)
+    csv = workflow.locate_labels(source, root, labels)
+    if csv:
+        logging.getLogger("mammoflow.components").info("labels CSV: %s", csv)
+    return source, root
 
 
-def ingest(source: str, data_root: str, records: Output[Dataset]):
+def ingest(source: str, data_root: str, labels: str, records: Output[Dataset]):
     """Read a dataset into a records folder: records, quarantine (with the fix for each bad file) and counts.
 
     Args:
         source: Reader name (mias, mias-rois, cbis-ddsm, dicom-dir).
         data_root: The dataset's folder, zip or gs:// URI (fetched into a local cache when remote).
+        labels: dicom-dir: labels CSV relative to data_root, or a full path / gs:// URI (fetched when remote);
+            empty: data_root/labels.csv when it exists, else unlabelled.
         records: The records folder (records.jsonl, quarantine.jsonl/.md, ingest_summary.json).
     """
 
     from mammoflow import workflow
 
     workflow.setup_step_logging()
-    summary = workflow.ingest(source, data_root, records.path)
-    records.metadata.update({"source": source, "data_root": data_root, "read": summary["read"],
-                             "used": summary["used"], "quarantined": summary["quarantined"],
+    summary = workflow.ingest(source, data_root, records.path, labels=labels)
+    records.metadata.update({"source": source, "data_root": data_root, "labels_csv": summary["labels_csv"] or "",
+                             "read": summary["read"], "used": summary["used"], "quarantined": summary["quarantined"],
                              "labels": summary["labels"], "patients": summary["patients"]})
 
 

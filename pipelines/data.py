@@ -1,5 +1,9 @@
-"""The data steps both pipelines start with: the data source (built-in phantoms or a real dataset, a ``dsl.If``),
-ingest, preprocess and build-dataset."""
+"""The data steps the training and sweep pipelines start with, and their parameters.
+
+Data source (a ``dsl.If``: the built-in phantoms, or a check that the real dataset and its labels CSV are where the
+run says) -> ingest -> preprocess -> build-dataset. :class:`DataParameters` are the pipeline parameters these steps
+take, declared once for both pipelines (see :mod:`mammoflow.pipelines.signature`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from mammoflow.pipelines.options import PipelineOptions, configure
+from mammoflow.pipelines.signature import parameter
+
+
+@dataclass(frozen=True)
+class DataParameters:
+    """The data steps' pipeline parameters; while a pipeline is defined, each field holds the run's value."""
+
+    source: str = parameter("phantoms", "phantoms (built-in demo data) or a reader: mias, mias-rois, cbis-ddsm, "
+                            "dicom-dir.")
+    data_root: str = parameter("", "The real dataset's folder, zip or gs:// URI (unused for phantoms).")
+    labels: str = parameter("", "dicom-dir: labels CSV (columns path,label[,patient_id,laterality,view]), relative "
+                            "to data_root, or a full path / gs:// URI; empty: data_root/labels.csv when it exists, "
+                            "else the images are unlabelled. Other sources take none.")
+    preset: str = parameter("yu2020", "Paper preset for preprocessing and dataset building: yu2020, jaamour2023, "
+                            "xi2018.")
+    preprocess_config: str = parameter("auto", "Preprocessing preset or YAML; auto = the preset's (none for "
+                                       "released ROIs).")
+    dataset_config: str = parameter("auto", "Dataset preset or YAML; auto = the preset.")
+    storage_root: str = parameter("", "Local folder or gs:// prefix for phantoms, shards and run folders.")
+    n_demo_images: int = parameter(96, "Number of phantom mammograms (source=phantoms).")
+    seed: int = parameter(0, "Seed of the phantoms, and of the bootstrap of the training pipeline's evaluation.")
 
 
 @dataclass
@@ -14,6 +39,7 @@ class DataSteps:
     """The tasks of the data steps whose outputs later steps use."""
 
     source: Any  # the reader used (a dsl.OneOf of the two branches)
+    ingest: Any
     preprocess: Any
     build_dataset: Any
 
@@ -26,25 +52,31 @@ class DataSteps:
         return self.build_dataset.outputs["dataset"]
 
 
-def add_data_steps(ops: dict[str, Any], options: PipelineOptions, *, source: Any, data_root: Any, preset: Any,
-                   preprocess_config: Any, dataset_config: Any, storage_root: Any, n_demo_images: Any,
-                   seed: Any) -> DataSteps:
-    """Add the data steps to the pipeline being defined; the arguments are its pipeline parameters."""
+def add_ingest_steps(ops: dict[str, Any], options: PipelineOptions, data: DataParameters) -> tuple[Any, Any]:
+    """Add the data source and ingest to the pipeline being defined; returns (the reader used, the ingest task)."""
     from kfp import dsl
 
     from mammoflow.workflow import PHANTOM_SOURCE
 
-    with dsl.If(source == PHANTOM_SOURCE, name="built-in-phantoms"):
-        demo = configure(ops["demo_data"](storage_root=storage_root, n_images=n_demo_images, seed=seed),
-                         "demo_data", options)
+    with dsl.If(data.source == PHANTOM_SOURCE, name="built-in-phantoms"):
+        demo = configure(ops["demo_data"](storage_root=data.storage_root, n_images=data.n_demo_images,
+                                          seed=data.seed), "demo_data", options)
     with dsl.Else(name="real-data"):
-        located = configure(ops["locate_data"](source=source, data_root=data_root), "locate_data", options)
+        located = configure(ops["locate_data"](source=data.source, data_root=data.data_root, labels=data.labels),
+                            "locate_data", options)
     reader = dsl.OneOf(demo.outputs["source"], located.outputs["source"])
     root = dsl.OneOf(demo.outputs["data_root"], located.outputs["data_root"])
-    ingest = configure(ops["ingest"](source=reader, data_root=root), "ingest", options)
-    preprocess = configure(ops["preprocess"](records=ingest.outputs["records"], source=reader, preset=preset,
-                                             preprocess_config=preprocess_config), "preprocess", options)
-    build = configure(ops["build_dataset"](records=preprocess.outputs["preprocessed"], preset=preset,
-                                           dataset_config=dataset_config, storage_root=storage_root),
+    # With phantoms, a labels CSV reaches ingest too, which refuses it (they are read as mias).
+    ingest = configure(ops["ingest"](source=reader, data_root=root, labels=data.labels), "ingest", options)
+    return reader, ingest
+
+
+def add_data_steps(ops: dict[str, Any], options: PipelineOptions, data: DataParameters) -> DataSteps:
+    """Add the data steps to the pipeline being defined."""
+    reader, ingest = add_ingest_steps(ops, options, data)
+    preprocess = configure(ops["preprocess"](records=ingest.outputs["records"], source=reader, preset=data.preset,
+                                             preprocess_config=data.preprocess_config), "preprocess", options)
+    build = configure(ops["build_dataset"](records=preprocess.outputs["preprocessed"], preset=data.preset,
+                                           dataset_config=data.dataset_config, storage_root=data.storage_root),
                       "build_dataset", options)
-    return DataSteps(source=reader, preprocess=preprocess, build_dataset=build)
+    return DataSteps(source=reader, ingest=ingest, preprocess=preprocess, build_dataset=build)

@@ -8,8 +8,9 @@ right after the scan, or after the ingest when files changed but no record did; 
 like any other. The retraining's state (records baseline, running totals) is ``retrain/<name>/state.json`` under
 the storage root, so successive runs share it.
 
-``retrain_pipeline`` is built with the options of the environment (:meth:`PipelineOptions.from_env`);
-:func:`build` makes one for other images, node pools or credentials.
+The watched source, its labels CSV included, is the config's ``source`` section (``{name: dicom-dir, root:
+gs://BUCKET/site, labels: gs://BUCKET/site-labels.csv}``; a ``labels.csv`` inside a dicom-dir root is read without
+being named), so this pipeline takes no data_root or labels parameter.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline's parameter and output types from the live
@@ -17,23 +18,18 @@ the storage root, so successive runs share it.
 from typing import Any
 
 from mammoflow.pipelines.options import METRICS_PORT, PipelineOptions, configure
+from mammoflow.pipelines.signature import pipeline_outputs
 
 NAME = "mammoflow-retrain"
 
 
 def build(options: PipelineOptions | None = None) -> Any:
     """The retraining pipeline (a KFP ``GraphComponent``) for ``options``."""
-    from typing import NamedTuple
-
     from kfp import dsl
-    from kfp.dsl import Markdown, Metrics
 
     options = options or PipelineOptions.from_env()
     ops = options.components()
-
-    class Outputs(NamedTuple):
-        summary: Markdown
-        metrics: Metrics
+    Outputs = pipeline_outputs("summary", "Markdown")  # the return annotation below
 
     @dsl.pipeline(name=NAME, description="Scheduled retraining: only new data is ingested, a challenger is trained "
                   "(warm started from the champion), judged against the champion on the same evaluation split, "
@@ -48,9 +44,11 @@ def build(options: PipelineOptions | None = None) -> Any:
         push_gateway: str = "",
         metrics_port: int = METRICS_PORT,
     ) -> Outputs:
-        """Args:
-            config: Retrain config YAML, a path in the image or a gs:// URI (watched source, train preset,
-                blessing policy, push.gateway).
+        """Parameters of the retraining pipeline.
+
+        Args:
+            config: Retrain config YAML, a path in the image or a gs:// URI (watched source with its labels CSV,
+                train preset, blessing policy, push.gateway).
             config_overrides: Nested overrides of the config, e.g. {"train_overrides": {"seed": 3}}.
             storage_root: Local folder or gs:// prefix: state, shards, runs and (by default) the registry.
             force_bless_reason: Bless this run's challenger whatever the verdict, for this reason (audited).

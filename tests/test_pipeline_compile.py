@@ -201,6 +201,39 @@ def test_sweep_pipeline(sweep: dict[str, Any]) -> None:
     assert int(sweep["_platform"]["exec-sweep"]["activeDeadlineSeconds"]) == 72 * 3600
 
 
+def test_training_and_sweep_share_the_data_parameters_each_described(training: dict[str, Any],
+                                                                       sweep: dict[str, Any],
+                                                                       retrain: dict[str, Any]) -> None:
+    from dataclasses import fields
+
+    from mammoflow.pipelines.data import DataParameters
+
+    shared = {f.name for f in fields(DataParameters)}
+    train_params = training["root"]["inputDefinitions"]["parameters"]
+    sweep_params = sweep["root"]["inputDefinitions"]["parameters"]
+    assert shared <= set(train_params) and shared <= set(sweep_params)
+    assert set(sweep_params) - shared == {"spec", "ray_address", "max_concurrent"}
+    for name in shared:  # declared once: the same type, default and words in both pipelines
+        assert train_params[name] == sweep_params[name], name
+    # Every parameter of every pipeline is described in the KFP UI (the shared ones and each pipeline's own).
+    for spec in (training, sweep, retrain):
+        params = spec["root"]["inputDefinitions"]["parameters"]
+        assert all(p.get("description") for p in params.values()), [k for k, p in params.items()
+                                                                     if not p.get("description")]
+    assert train_params["labels"]["defaultValue"] == "" and "relative to data_root" in \
+        train_params["labels"]["description"]
+
+
+def test_the_labels_parameter_reaches_locate_data_and_ingest(training: dict[str, Any],
+                                                             sweep: dict[str, Any]) -> None:
+    for spec in (training, sweep):
+        steps = tasks(spec)
+        # locate-data sits in the real-data branch (a nested DAG, fed through a channel); ingest in the root DAG.
+        for step, channel in (("locate-data", "pipelinechannel--labels"), ("ingest", "labels")):
+            assert steps[step]["inputs"]["parameters"]["labels"] == {"componentInputParameter": channel}, step
+        assert "labels" not in steps["demo-data"]["inputs"]["parameters"]
+
+
 def test_registry_names() -> None:
     assert set(PIPELINES) == {"training", "sweep", "retrain"}
     assert get_pipeline("retrain").name == "mammoflow-retrain"

@@ -122,3 +122,52 @@ def test_any_modality_accepts_non_mammograms(tmp_path: Path):
     assert [q.code for q in read_dicom_dir(tmp_path, salt=SALT).quarantine] == ["modality"]
     table = read_dicom_dir(tmp_path, salt=SALT, expect_modality=None)
     assert [r.image_path for r in table.records] == ["ct.dcm"] and table.quarantine == []
+
+
+def test_labels_csv_in_the_folder_is_used_when_none_is_given(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    _write(tmp_path / "a.dcm", 1)
+    _write(tmp_path / "b.dcm", 2, laterality="R")
+    (tmp_path / "labels.csv").write_text("path,label\na.dcm,malignant\nb.dcm,normal\n")
+    with caplog.at_level("INFO", logger="mammoflow.sources.dicom_dir"):
+        table = read_dicom_dir(tmp_path, salt=SALT)
+    assert {r.image_path: r.label for r in table.records} == {"a.dcm": "malignant", "b.dcm": "normal"}
+    assert table.meta["labels_file"] == "labels.csv" and table.meta["labels_found_in_root"] is True
+    assert "no labels CSV given: using" in caplog.text and "labels.csv" in caplog.text
+
+    # A CSV given wins; find_labels=False reads the folder unlabelled.
+    other = tmp_path.parent / f"{tmp_path.name}-other.csv"
+    other.write_text("path,label\na.dcm,benign\n")
+    given = read_dicom_dir(tmp_path, labels=other, salt=SALT)
+    assert {r.image_path: r.label for r in given.records} == {"a.dcm": "benign", "b.dcm": None}
+    assert given.meta["labels_found_in_root"] is False
+    plain = read_dicom_dir(tmp_path, salt=SALT, find_labels=False)
+    assert {r.label for r in plain.records} == {None} and plain.meta["labels_file"] is None
+
+
+def test_an_unreadable_labels_csv_in_the_folder_says_why_it_was_read(tmp_path: Path):
+    from mammoflow.errors import InputError
+
+    _write(tmp_path / "a.dcm", 1)
+    (tmp_path / "labels.csv").write_text("file,diagnosis\na.dcm,benign\n")
+    with pytest.raises(InputError, match="needs the columns path and label.*no labels CSV was given and it is "
+                       "labels.csv in the DICOM folder: rename it") as err:
+        read_dicom_dir(tmp_path, salt=SALT)
+    assert err.value.code == "bad_csv"
+
+
+def test_ingest_command_reads_the_folders_labels_csv(tmp_path: Path):
+    import json
+
+    from click.testing import CliRunner
+
+    from mammoflow.cli import cli
+
+    site = tmp_path / "site"
+    _write(site / "a.dcm", 1)
+    (site / "labels.csv").write_text("path,label\na.dcm,benign\n")
+    result = CliRunner().invoke(cli, ["ingest", "--source", "dicom-dir", "--root", str(site), "--salt", SALT,
+                                      "--out", str(tmp_path / "records")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "records" / "records_meta.json").read_text())
+    assert meta["labels_found_in_root"] is True
+    assert json.loads((tmp_path / "records" / "records.jsonl").read_text())["label"] == "benign"

@@ -194,28 +194,99 @@ def locate_data(source: str, data_root: str) -> str:
     return str(path)
 
 
-def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, salt: str | None = None,
-           cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Read a dataset into a records folder (``mammoflow ingest``); returns the ingest summary.
+#: Sources that read a labels CSV (``labels`` of :func:`ingest`, ``--labels`` of ``mammoflow ingest``).
+LABELLED_SOURCES = ("dicom-dir",)
 
-    A remote ``data_root`` is fetched into the cache and the records' ``image_root`` is written as the remote URI,
-    so that the records folder stays valid in the next step's pod.
+
+def check_labels(source: str, labels: str | os.PathLike[str] | None) -> None:
+    """Refuse a labels CSV for a source that does not read one (it would be ignored without a word)."""
+    if labels and source not in LABELLED_SOURCES:
+        phantoms = f" (the built-in {PHANTOM_SOURCE} are read as mias)" if source == "mias" else ""
+        raise ConfigError(f"a labels CSV ({labels}) was given for source {source!r}{phantoms}, which takes none: "
+                          f"only {', '.join(LABELLED_SOURCES)} reads labels from a CSV. Fix: give no labels CSV, or "
+                          f"use source {LABELLED_SOURCES[0]}")
+
+
+def labels_uri(data_root: str, labels: str) -> str:
+    """Where the labels CSV ``labels`` is: a ``gs://`` URI or an absolute path as it is, a relative path under
+    ``data_root`` (the folder the CSV describes); ``""`` for none."""
+    if not labels or storage.is_remote(labels):
+        return labels
+    path = storage.local_path(labels).expanduser()
+    return str(path) if path.is_absolute() else storage.join(data_root, labels)
+
+
+def locate_labels(source: str, data_root: str, labels: str) -> str:
+    """Check, before any work starts, that ``source`` takes a labels CSV and that ``labels`` (see
+    :func:`labels_uri`) exists; returns where it is (``""`` for none)."""
+    check_labels(source, labels)
+    uri = labels_uri(data_root, labels)
+    if uri and not storage.exists(uri):
+        raise InputError(uri, "labels CSV not found", "pass labels as a path relative to data_root, an absolute "
+                         "path or a gs:// URI of an existing file (or leave it empty)", code="missing_file")
+    return uri
+
+
+def _local_labels(uri: str, data_root: str, local_root: Path, cache: str | os.PathLike[str] | None) -> Path | None:
+    """A local copy of the labels CSV at ``uri``: the file itself when local, the already fetched copy when it lies
+    in a remote ``data_root``, else fetched into the cache."""
+    if not uri:
+        return None
+    prefix = data_root.rstrip("/") + "/"
+    if storage.is_remote(uri) and uri.startswith(prefix) and local_root.is_dir():
+        local = local_root / uri[len(prefix):]
+        if local.is_file():
+            return local
+    return fetch_tree(uri, cache)
+
+
+def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labels: str = "",
+           salt: str | None = None, cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Read a dataset into a records folder (``mammoflow ingest``); returns the ingest summary, with
+    ``labels_csv``: where the labels CSV read was (None: none).
+
+    ``labels``: the labels CSV of a ``dicom-dir`` source, relative to ``data_root`` or an absolute path / ``gs://``
+    URI (see :func:`labels_uri`); empty: ``data_root/labels.csv`` when it exists, else none. A remote
+    ``data_root`` (and labels CSV) is fetched into the cache and the records' ``image_root`` is written as the
+    remote URI, so that the records folder stays valid in the next step's pod; quarantine entries name the remote
+    files too.
     """
     from mammoflow.sources import SALT_ENV, SourceOptions, read_source
 
+    check_labels(source, labels)
     local_root = fetch_tree(data_root, cache)
-    table = read_source(source, SourceOptions(root=local_root, salt=salt))
+    uri = labels_uri(data_root, labels)
+    local_labels = _local_labels(uri, data_root, local_root, cache)
+    table = read_source(source, SourceOptions(root=local_root, labels=local_labels, salt=salt))
+    if not uri and table.meta.get("labels_found_in_root"):  # dicom-dir read data_root/labels.csv by itself
+        uri = storage.join(data_root, str(table.meta["labels_file"]))
     if storage.is_remote(data_root):
         table.image_root = _portable_root(table.image_root, local_root, data_root)
+        remote_of = {str(local_root): data_root.rstrip("/")}
+        if local_labels is not None:
+            remote_of[str(local_labels)] = uri
+        table.quarantine = [_portable_entry(q, remote_of) for q in table.quarantine]
     site_salt = bool(salt or os.environ.get(SALT_ENV))
-    table.meta["ingest"] = {"source": source, "data_root": data_root, "metadata_only": False,
+    table.meta["ingest"] = {"source": source, "data_root": data_root, "labels_csv": uri or None,
+                            "metadata_only": False,
                             "salt": "site salt" if site_salt else "public default salt (set MAMMOFLOW_SALT)"}
     out_dir = Path(out_dir)
     summary = table.write(out_dir)
     if summary["used"] == 0:
         raise InputError(out_dir / "quarantine.md", f"nothing usable was read from {data_root}",
                          "see the quarantine report for each file's problem and fix", code="empty")
-    return summary
+    return {**summary, "labels_csv": uri or None}
+
+
+def _portable_entry(entry: Any, remote_of: Mapping[str, str]) -> Any:
+    """A quarantine entry naming the remote file instead of its local copy in the cache (``remote_of``: local
+    path -> URI)."""
+    import dataclasses
+
+    for local, remote in remote_of.items():
+        if entry.path == local or entry.path.startswith(local + "/"):
+            return dataclasses.replace(entry, path=remote + entry.path[len(local):])
+    return entry
 
 
 def _portable_root(image_root: str, local_root: Path, remote_root: str) -> str:

@@ -24,6 +24,7 @@ Examples:
   mammoflow ingest --source cbis-ddsm --root /data/CBIS-DDSM --csv calc_case_description_train_set.csv \\
       --csv mass_case_description_train_set.csv --out runs/records/cbis
   mammoflow ingest --source dicom-dir --root /site/dicoms --labels labels.csv --salt "$SITE_SALT" --out runs/site
+  mammoflow ingest --source dicom-dir --root /site/dicoms --out runs/site   # reads /site/dicoms/labels.csv
 
 \b
 Exit status: 0 when at least one record is usable; 1 when nothing usable is left (or the input
@@ -45,7 +46,8 @@ be read, the records folder is written, so quarantine.md says what went wrong an
                    "ones found in ROOT).")
 @click.option("--labels", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="dicom-dir: CSV with columns path,label[,patient_id,laterality,view]; paths relative to ROOT. "
-                   "Images without a row are kept unlabelled.")
+                   "Images without a row are kept unlabelled. Default: ROOT/labels.csv when it exists (said in "
+                   "the log and in records_meta.json). Other sources take no labels CSV.")
 @click.option("--metadata-only", is_flag=True,
               help="Read the annotations without the images (split planning; mias and cbis-ddsm need no "
                    "--root then). Every annotation line/row is still accounted for.")
@@ -74,7 +76,9 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
     DICOM identifier is written anywhere.
     """
     from mammoflow.sources import SALT_ENV, SOURCES, SourceOptions
+    from mammoflow.workflow import check_labels
 
+    check_labels(source, labels)
     site_salt = bool(salt or os.environ.get(SALT_ENV))
     opts = SourceOptions(root=root, info=info, csvs=tuple(csvs), labels=labels, metadata_only=metadata_only,
                          salt=salt, any_modality=any_modality)

@@ -25,7 +25,24 @@ Examples:
   mammoflow pipeline submit --host http://localhost:8080 --param storage_root=gs://BUCKET/mammoflow \\
       --param source=cbis-ddsm --param data_root=gs://BUCKET/raw/CBIS-DDSM --param preset=jaamour2023
   mammoflow pipeline schedule --host http://localhost:8080 --cron '0 0 2 * * *' \\
-      --param storage_root=gs://BUCKET/mammoflow"""
+      --param storage_root=gs://BUCKET/mammoflow
+
+\b
+A site's own DICOM folder with a labels CSV (columns path,label; labels is relative to data_root, a full
+path or a gs:// URI; without it, data_root/labels.csv is read when it exists). A site folder has no official
+test split, which the jaamour2023 dataset preset keeps: give a dataset config that plans one (site.yaml:
+jaamour2023's with splits: {ratios: [0.6, 0.2, 0.2], group_by: patient, stratify_by: label}):
+  mammoflow pipeline run --local --root runs/site --param source=dicom-dir --param data_root=/site/dicoms \\
+      --param labels=labels.csv --param preset=jaamour2023 --param dataset_config=site.yaml \\
+      --param train_config=jaamour2023
+
+\b
+Scheduled retraining; the retrain config names the watched source, labels CSV included, e.g.
+source: {name: dicom-dir, root: gs://BUCKET/site/dicoms, labels: gs://BUCKET/site/labels.csv}
+  mammoflow pipeline run --local --pipeline retrain --root runs/retrain --param config=retrain.yaml
+  mammoflow pipeline schedule --host http://localhost:8080 --pipeline retrain --cron '0 0 2 * * *' \\
+      --param config=gs://BUCKET/retrain.yaml --param storage_root=gs://BUCKET/mammoflow \\
+      --param push_gateway=http://prometheus-pushgateway.monitoring:9091"""
 
 
 def _params(items: tuple[str, ...]) -> dict[str, object]:
@@ -136,8 +153,10 @@ def _run_params(pipeline: Any, items: tuple[str, ...]) -> dict[str, Any]:
 def command() -> None:
     """Kubeflow pipelines: compile to IR YAML, run locally with kfp.local, submit or schedule on a cluster.
 
-    training: data (built-in phantoms or a real dataset) -> ingest -> preprocess -> build-dataset -> train ->
-    evaluate -> explain -> report. sweep: the same data steps -> Ray Tune sweep -> report.
+    training: data (built-in phantoms or a real dataset, with its labels CSV for dicom-dir) -> ingest ->
+    preprocess -> build-dataset -> train -> evaluate -> explain -> report. sweep: the same data steps -> Ray Tune
+    sweep -> report. retrain: scan the watched source of a retrain config -> ingest what is new -> preprocess ->
+    build-dataset -> train a challenger -> evaluate it and the champion -> bless -> register -> promote.
     """
 
 

@@ -6,6 +6,12 @@ one record. The labels CSV has the columns ``path,label`` and optionally ``patie
 and view come from the CSV, else from the DICOM header. The patient id is the salted pseudonym of the CSV's
 ``patient_id`` or, failing that, of the header's PatientID (the same function, so both give the same id for
 the same patient); no DICOM identifier leaves :mod:`mammoflow.io.dicom`.
+
+Which labels CSV: the one given (``mammoflow ingest --labels``, the pipelines' ``labels`` parameter, a retrain
+config's ``source.labels``). When none is given and ``root/labels.csv`` exists, that file is used, so a site
+folder that carries its labels (a hospital's export copied to a bucket as it is) needs no extra argument. The
+choice is logged and written in the records' meta (``labels_file``, ``labels_found_in_root``); to ingest such a
+folder unlabelled, rename the file (or call :func:`read_dicom_dir` with ``find_labels=False``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ LABEL_ALIASES = {"tumor": "tumour", "": None}  # the American spelling, as in Yu
 SIDES = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
 VIEWS = ("CC", "MLO")
 _FIX_LABELS = "correct this row of the labels CSV (columns path,label[,patient_id,laterality,view])"
+#: The labels CSV of a folder given none: ``root/labels.csv`` (see the module docstring).
+DEFAULT_LABELS = "labels.csv"
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,12 @@ def find_dicoms(root: Path) -> list[Path]:
                 if fh.read(132)[128:] == b"DICM":
                     found.append(path)
     return found
+
+
+def labels_in_root(root: Path) -> Path | None:
+    """``root/labels.csv`` when it exists: the labels CSV of a DICOM folder given none."""
+    path = Path(root) / DEFAULT_LABELS
+    return path if path.is_file() else None
 
 
 def _relative(value: str, root: Path) -> str | None:
@@ -126,6 +140,18 @@ def parse_labels(path: Path, root: Path) -> ParsedLabels:
     return out
 
 
+def _parse_labels(path: Path, root: Path, found: bool) -> ParsedLabels:
+    """:func:`parse_labels`; an unreadable CSV that nobody named says why it was read."""
+    try:
+        return parse_labels(path, root)
+    except InputError as err:
+        if not found:
+            raise
+        raise InputError(err.path, err.problem, f"{err.fix}. It was read because no labels CSV was given and it is "
+                         f"{DEFAULT_LABELS} in the DICOM folder: rename it to ingest the folder unlabelled",
+                         code=err.code, record_id=err.record_id) from None
+
+
 def _record(path: Path, root: Path, row: LabelRow | None, salt: str, metadata_only: bool,
             modality: str | None) -> Record:
     from mammoflow.io.dicom import read_dicom, read_dicom_header
@@ -161,9 +187,11 @@ def _record(path: Path, root: Path, row: LabelRow | None, salt: str, metadata_on
 
 
 def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = None,
-                   metadata_only: bool = False, expect_modality: str | None = "MG") -> RecordsTable:
+                   metadata_only: bool = False, expect_modality: str | None = "MG", *,
+                   find_labels: bool = True) -> RecordsTable:
     """One record per DICOM file under ``root``; bad files, labels and rows go to the quarantine.
 
+    ``labels`` None reads ``root/labels.csv`` when it exists (``find_labels=False``: no labels at all).
     ``metadata_only`` reads headers only (no pixel decoding, no content hash). ``expect_modality=None``
     accepts any modality.
     """
@@ -172,7 +200,11 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
         raise InputError(root, "DICOM folder not found", "pass --root with an existing folder", code="missing_file")
     salt = resolve_salt(salt)
     table = RecordsTable(records=[], image_root=str(root.resolve()), source=SOURCE)
-    parsed = parse_labels(Path(labels), root) if labels is not None else ParsedLabels()
+    found = labels_in_root(root) if labels is None and find_labels else None
+    if found is not None:
+        labels = found
+        log.info("no labels CSV given: using %s, found in the DICOM folder", found)
+    parsed = _parse_labels(Path(labels), root, found is not None) if labels is not None else ParsedLabels()
     for err in parsed.problems:
         quarantine_error(table, err, SOURCE)
     bad = {e.record_id for e in parsed.problems}
@@ -197,7 +229,8 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
     table.check_unique_ids()
     table.meta.update({"metadata_only": metadata_only, "dicom_files": len(files),
                        "labelled": sum(1 for r in table.records if r.label is not None),
-                       "labels_file": Path(labels).name if labels is not None else None})
+                       "labels_file": Path(labels).name if labels is not None else None,
+                       "labels_found_in_root": found is not None})
     log.info("DICOM folder: %d file(s) -> %d used (%d labelled), %d quarantined", len(files), len(table.records),
              table.meta["labelled"], len(table.quarantine))
     return table

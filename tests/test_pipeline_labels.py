@@ -203,3 +203,25 @@ def test_the_retraining_reads_the_folders_labels_incrementally(tmp_path: Path) -
     second = incremental_ingest("dicom-dir", opts, tmp_path / "r1", tmp_path / "r2")
     assert (second.new_records, second.carried_records, second.quarantined_total) == (2, len(truth) - 2, 0)
     assert labels_of(tmp_path / "r2") == truth
+
+
+def test_the_site_dataset_preset_plans_a_patient_grouped_split(tmp_path: Path) -> None:
+    """A site folder has no official split: the ``site`` dataset preset plans 60/20/20 by patient, so evaluation
+    finds a test split and no patient's images sit in two splits."""
+    from mammoflow.dataset.build import build_dataset
+    from mammoflow.preprocess.run import preprocess_records
+
+    site = tmp_path / "site"
+    truth = hospital_folder(site, n_images=24, seed=3)
+    write_labels(site / "labels.csv", truth)
+    workflow.ingest("dicom-dir", str(site), tmp_path / "records", salt=SALT)
+    preprocess_records(tmp_path / "records", "jaamour2023", tmp_path / "pre")
+    build_dataset(tmp_path / "pre", "site", str(tmp_path / "data"))
+    plan = json.loads((tmp_path / "data" / "split_plan.json").read_text())
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert {"train", "val", "test"} <= set(manifest["splits"])
+    patients = {}
+    for record in RecordsTable.read(tmp_path / "pre").records:
+        patients.setdefault(record.patient_id, set()).add(plan["assignments"][record.record_id])
+    assert len(patients) > 3 and all(len(splits) == 1 for splits in patients.values()), patients
+    assert set().union(*patients.values()) == {"train", "val", "test"}

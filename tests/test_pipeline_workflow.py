@@ -170,3 +170,26 @@ def test_yu_rois_are_ingested_and_kept_as_released(mias_rois_zip: Path, tmp_path
     config = workflow.preprocess_config_for("mias-rois", "yu2020")
     out = workflow.preprocess(tmp_path / "records", config, tmp_path / "pre", workers=2)
     assert config == "none" and out["usable"] == summary["used"] and out["quarantined_new"] == 0
+
+
+def test_an_edited_small_object_is_fetched_again(gcs_bucket: str, tmp_path: Path) -> None:
+    """A config edited in the bucket keeps its size ("0.6" -> "0.7"): the cached copy must not be reused."""
+    uri = f"{gcs_bucket}/cfg/site.yaml"
+    storage.put_bytes(uri, b"ratio: 0.6\n")
+    assert workflow.fetch_tree(uri, tmp_path / "cache").read_text() == "ratio: 0.6\n"
+    storage.put_bytes(uri, b"ratio: 0.7\n")
+    assert workflow.fetch_tree(uri, tmp_path / "cache").read_text() == "ratio: 0.7\n"
+
+
+def test_build_dataset_takes_a_dataset_config_by_uri(phantom_dataset: Path, gcs_bucket: str, tmp_path: Path) -> None:
+    from mammoflow.config import dump_yaml, resolve_config
+
+    config = resolve_config("yu2020", "dataset")
+    config["description"] = "Yu's ROIs, from a dataset YAML in a bucket"
+    uri = f"{gcs_bucket}/configs/rois.yaml"
+    storage.put_bytes(uri, dump_yaml(config).encode())
+    result = workflow.build_dataset(phantom_dataset.parent / "pre", uri, str(tmp_path / "store"))
+    datasets = sorted((tmp_path / "store" / "datasets").iterdir())
+    assert [d.name.split("-")[0] for d in datasets] == ["rois"]
+    assert (datasets[0] / "manifest.json").exists()
+    assert result is not None

@@ -97,12 +97,25 @@ def fetch_tree(uri: str, cache: str | os.PathLike[str] | None = None) -> Path:
     single = objects == [uri.rstrip("/")]
     for obj in objects:
         dest = local if single else local / obj[len(uri.rstrip("/")) + 1:]
-        info = storage.stat(obj)
-        if dest.is_file() and info is not None and dest.stat().st_size == info.size:
+        if _cached_copy_current(dest, storage.stat(obj)):
             continue
         storage.get_file(obj, dest)
     log.info("fetched %s (%d object(s)) into %s", uri, len(objects), local)
     return local
+
+
+SMALL_OBJECT = 1 << 20  # bytes: below this a remote object without a recorded sha256 is simply fetched again
+
+
+def _cached_copy_current(dest: Path, info: Any) -> bool:
+    """Whether the cached ``dest`` still holds the remote object ``info`` describes: same size, and the same sha256
+    when the upload recorded one. Without a recorded sha256 only large objects (images) are trusted on size alone;
+    a small one (a config, a labels CSV) is fetched again, since an edit can keep its size."""
+    if info is None or not dest.is_file() or dest.stat().st_size != info.size:
+        return False
+    if info.sha256:
+        return storage.file_sha256(dest) == info.sha256
+    return info.size >= SMALL_OBJECT
 
 
 def cached_copy_path(uri: str, cache: str | os.PathLike[str] | None = None) -> Path:
@@ -361,6 +374,7 @@ def build_dataset(records_dir: str | os.PathLike[str], config: str, storage_root
     """Shards + manifest for a records folder (``mammoflow build-dataset``) at :func:`dataset_uri`."""
     from mammoflow.dataset.build import build_dataset as build
 
+    config = _local_config(config, None)  # a dataset YAML may be a gs:// URI, like a train config
     return build(records_dir, config, dataset_uri(storage_root, records_dir, config))
 
 

@@ -30,10 +30,10 @@ Examples:
 \b
 A site's own DICOM folder with a labels CSV (columns path,label; labels is relative to data_root, a full
 path or a gs:// URI; without it, data_root/labels.csv is read when it exists). A site folder has no official
-test split, which the jaamour2023 dataset preset keeps: give a dataset config that plans one (site.yaml:
-jaamour2023's with splits: {ratios: [0.6, 0.2, 0.2], group_by: patient, stratify_by: label}):
+test split, which the jaamour2023 dataset preset keeps: the site dataset preset plans one (60/20/20 by
+patient, stratified by label):
   mammoflow pipeline run --local --root runs/site --param source=dicom-dir --param data_root=/site/dicoms \\
-      --param labels=labels.csv --param preset=jaamour2023 --param dataset_config=site.yaml \\
+      --param labels=labels.csv --param preset=jaamour2023 --param dataset_config=site \\
       --param train_config=jaamour2023
 
 \b

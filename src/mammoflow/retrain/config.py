@@ -103,6 +103,9 @@ class RetrainConfig:
             raise ConfigError(f"source.name: {self.source.name!r} is not one of {', '.join(SOURCES)}")
         if self.source.root is None and self.source.name != "cbis-ddsm":
             raise ConfigError("source.root: the folder to watch is required")
+        from mammoflow.workflow import check_labels
+
+        check_labels(self.source.name, self.source.labels)  # a labels CSV another source would ignore is an error
         if storage.is_remote(self.work_dir):
             raise ConfigError("work_dir must be a local folder (records and preprocessed images are read from local "
                               "disk). Fix: put datasets and runs in object storage with storage_root")

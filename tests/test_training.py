@@ -89,6 +89,12 @@ def test_run_folder_is_self_describing(phantom_dataset, tmp_path):
     # The saved config re-runs the same thing.
     again = load_train_config(str(run / "config.yaml"))
     assert again == cfg
+    # Re-running the finished run redoes nothing and rewrites nothing.
+    first = json.loads((run / "metrics.json").read_text())
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    rerun = train(cfg, str(phantom_dataset), str(run))
+    assert rerun.metrics == first and rerun.epochs_run == 1 and rerun.best_epoch == first["best_epoch"]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == stamps
     # A different config in the same folder is refused rather than mixed in.
     other = load_train_config("demo", {**TINY, "seed": 99})
     with pytest.raises(ConfigError, match="different config"):

@@ -308,6 +308,11 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     cfg_yaml = dump_yaml(config.to_dict())
     if run.pull("config.yaml") and run.path("config.yaml").read_text() != cfg_yaml:
         raise ConfigError(f"{out_uri}: holds a run with a different config.yaml; use a new --out or the same config")
+    done = _finished_result(run, out_uri, manifest_sha)
+    if done is not None:  # a re-run of a finished run: nothing to redo, nothing rewritten
+        log.info("%s: already finished (best epoch %d of %d); nothing to do", out_uri, done.best_epoch,
+                 done.epochs_run)
+        return done
     run.write_text("config.yaml", cfg_yaml)
     run.push("config.yaml")
 
@@ -466,6 +471,22 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     # Not best-effort: whatever an epoch's push left pending is published here, or the error is raised.
     run.push("run.json", "metrics.json", "model.keras", META_FILE, *WATCH_FILES)
     return result
+
+
+def _finished_result(run: RunFolder, out_uri: str, manifest_sha: str) -> TrainResult | None:
+    """The result of a run folder that already finished on the same data (its config was checked equal); None
+    when there is anything left to do (or the data changed: then it is trained again, as a resume would)."""
+    if not (run.pull("run.json") and run.pull(STATE_FILE) and run.pull("metrics.json") and run.pull("model.keras")):
+        return None
+    info = json.loads(run.path("run.json").read_text())
+    if info.get("status") != "finished" or info.get("data_manifest_sha256") != manifest_sha:
+        return None
+    state = json.loads(run.path(STATE_FILE).read_text())
+    return TrainResult(run_uri=out_uri, best_epoch=state["best_epoch"] or 0,
+                       best_val_loss=float(state["best_val_loss"] or float("nan")),
+                       epochs_run=len(state["history"]), history=state["history"],
+                       metrics=json.loads(run.path("metrics.json").read_text()),
+                       resumed_from_epoch=state["epochs_done"])
 
 
 def _load(run: RunFolder, rel: str):

@@ -109,3 +109,29 @@ def test_default_salt_is_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert "public default salt" in caplog.text
     meta = json.loads((tmp_path / "o" / "records_meta.json").read_text())
     assert meta["ingest"]["salt"].startswith("public default")
+
+
+def test_pseudonymise_paths_keeps_folder_names_out_of_record_ids(tmp_path: Path):
+    from test_sources_dicom_dir import _write
+
+    root = tmp_path / "export"
+    _write(root / "DOE^JANE" / "cc.dcm", 1)
+    _write(root / "DOE^JANE" / "mlo.dcm", 2, view="MLO")
+    out = tmp_path / "records"
+    args = ["--source", "dicom-dir", "--root", str(root), "--salt", "site", "--out", str(out)]
+    result = _run([*args, "--pseudonymise-paths"])
+    assert result.exit_code == 0 and "read 2, used 2" in result.output
+    table = RecordsTable.read(out)
+    assert sorted(r.record_id for r in table.records) == sorted(
+        f"dicom-dir:{pseudonym(f'DOE^JANE/{name}', 'site', prefix='img-')}" for name in ("cc.dcm", "mlo.dcm"))
+    # The path to read the image stays in the records table, and nowhere else in the ids.
+    assert sorted(r.image_path for r in table.records) == ["DOE^JANE/cc.dcm", "DOE^JANE/mlo.dcm"]
+    assert table.meta["paths_pseudonymised"] is True and "DOE" not in result.output
+
+    plain = _run(args)
+    assert plain.exit_code == 0
+    assert {r.record_id for r in RecordsTable.read(out).records} == {"dicom-dir:DOE^JANE/cc.dcm",
+                                                                     "dicom-dir:DOE^JANE/mlo.dcm"}
+    refused = CliRunner().invoke(command, ["--source", "mias", "--root", str(root), "--pseudonymise-paths",
+                                           "--out", str(tmp_path / "m")])
+    assert refused.exit_code == 2 and "--pseudonymise-paths is for --source dicom-dir" in refused.output

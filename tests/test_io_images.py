@@ -154,6 +154,25 @@ def test_missing_and_empty(tmp_path: Path) -> None:
     assert _code(tmp_path / "nopixels.pgm") == "empty"
 
 
+def test_files_the_system_cannot_open_are_unreadable(tmp_path: Path, grey8: np.ndarray) -> None:
+    """OS errors other than "not found" (a symlink loop, a name over the system's limit, no permission) are
+    an InputError the sources quarantine, not a traceback that ends the job."""
+    import os
+
+    os.symlink(tmp_path / "b.png", tmp_path / "a.png")
+    os.symlink(tmp_path / "a.png", tmp_path / "b.png")
+    assert _code(tmp_path / "a.png") == "unreadable"
+    assert _code(tmp_path / ("x" * 300 + ".png")) == "unreadable"
+    for read in (read_bytes, file_sha256):
+        with pytest.raises(InputError) as err:
+            read(tmp_path / "a.png")
+        assert err.value.code == "unreadable" and "permissions" in err.value.fix
+    if os.geteuid() != 0:  # root reads anything: the permission case needs an ordinary user
+        write_png(tmp_path / "locked.png", grey8)
+        (tmp_path / "locked.png").chmod(0)
+        assert _code(tmp_path / "locked.png") == "unreadable"
+
+
 def test_truncated_pgm(tmp_path: Path, grey8: np.ndarray, grey16: np.ndarray) -> None:
     for img in (grey8, grey16):
         data = encode_pgm(img)

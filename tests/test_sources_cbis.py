@@ -281,3 +281,23 @@ def test_phantom_bad_files_are_quarantined(phantom_cbis, tmp_path: Path):
     assert acc["as_lesions"] + acc["bad_rows"] + acc["in_quarantined_images"] == acc["rows"]
     doubled = next(r for r in table.records if r.record_id == rid[images[5]["file"]])
     assert doubled.image_path == images[5]["file"] and twin in doubled.extra["same_image_also_at"][0]
+
+
+def test_a_description_csv_that_is_not_utf8_text_is_a_bad_csv(tmp_path: Path):
+    from mammoflow.errors import InputError
+
+    path = tmp_path / "mass_case_description_train_set.csv"
+    body = "\n".join([HEADER, _row(), _row(patient="P_00002").replace("OVAL", "OVALE-é")]) + "\n"
+    path.write_bytes(body.encode("cp1252"))  # saved by Excel on Windows
+    with pytest.raises(InputError) as err:
+        read_cbis_ddsm([path], metadata_only=True, salt=SALT)
+    # Line 5: the first row spans lines 2-4 (two embedded newlines), the accent is on the second row.
+    assert err.value.code == "bad_csv" and "not UTF-8" in err.value.problem and "line 5" in err.value.problem
+    assert err.value.path == str(path) and "UTF-8" in err.value.fix
+    path.write_bytes(b"\x00" + body.encode())
+    with pytest.raises(InputError) as err:
+        parse_csv(path)
+    assert err.value.code == "bad_csv" and "NUL" in err.value.problem
+    path.write_bytes("\ufeff".encode() + body.encode())  # UTF-8 with a byte-order mark: read as it is
+    parsed = parse_csv(path)
+    assert len(parsed.rows) == 2 and parsed.rows[1].raw["mass shape"] == "OVALE-é"

@@ -171,3 +171,81 @@ def test_ingest_command_reads_the_folders_labels_csv(tmp_path: Path):
     meta = json.loads((tmp_path / "records" / "records_meta.json").read_text())
     assert meta["labels_found_in_root"] is True
     assert json.loads((tmp_path / "records" / "records.jsonl").read_text())["label"] == "benign"
+
+
+def test_every_file_is_used_quarantined_or_a_known_sidecar(tmp_path: Path):
+    """A DICOM file named by its SOP UID has a "suffix" but is read; a file that is neither DICOM nor a
+    sidecar is quarantined (not_dicom), so read = used + quarantined covers the whole folder."""
+    import os
+
+    root = tmp_path / "site"
+    _write(root / "a.dcm", 1)
+    _write(root / "series" / "uid.dcm", 2)
+    (root / "series" / "uid.dcm").rename(root / "series" / "1.2.840.113619.2.55.3.604688119")
+    (root / "series" / "scan.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))  # not DICOM
+    (root / "series" / "1.2.840.113619.2.55.3.99").write_bytes(bytes(300))  # UID-like name, not DICOM
+    (root / "broken").symlink_to(root / "gone.dcm")  # a dangling link is counted, not skipped
+    for sidecar in ("labels.csv", "README.txt", "meta.json", "notes.md", "DICOMDIR", ".hidden", ".git/x.dcm"):
+        (root / sidecar).parent.mkdir(parents=True, exist_ok=True)
+        (root / sidecar).write_text("path,label\n" if sidecar == "labels.csv" else "x")
+    os.mkfifo(root / "pipe")  # not a regular file: quarantined without being opened (a read would block)
+
+    assert find_dicoms(root) == [root / "a.dcm", root / "series" / "1.2.840.113619.2.55.3.604688119"]
+    table = read_dicom_dir(root, salt=SALT)
+    assert sorted(r.image_path for r in table.records) == ["a.dcm", "series/1.2.840.113619.2.55.3.604688119"]
+    codes = {q.record_id: q.code for q in table.quarantine}
+    assert codes == {"dicom-dir:series/scan.png": "not_dicom", "dicom-dir:series/1.2.840.113619.2.55.3.99": "not_dicom",
+                     "dicom-dir:broken": "missing_file", "dicom-dir:pipe": "not_dicom"}
+    s = table.summary()
+    assert s["read"] == s["used"] + s["quarantined"] == 6
+    assert table.meta["sidecar_files"] == 5 and table.meta["other_files_quarantined"] == 4
+
+
+def test_a_labels_csv_that_is_not_utf8_text_is_a_bad_csv(tmp_path: Path):
+    from mammoflow.errors import InputError
+
+    _write(tmp_path / "site" / "a.dcm", 1)
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("path,label,patient_id\na.dcm,benign,Hélène\n".encode("latin-1"))  # an Excel export
+    with pytest.raises(InputError) as err:
+        read_dicom_dir(tmp_path / "site", labels=labels, salt=SALT)
+    assert err.value.code == "bad_csv" and err.value.path == str(labels)
+    assert "not UTF-8" in err.value.problem and "line 2" in err.value.problem and "UTF-8" in err.value.fix
+    labels.write_bytes(b"path,label\na.dcm,ben\x00ign\n")
+    with pytest.raises(InputError) as err:
+        read_dicom_dir(tmp_path / "site", labels=labels, salt=SALT)
+    assert err.value.code == "bad_csv" and "NUL" in err.value.problem and "line 2" in err.value.problem
+    # UTF-8 with a byte-order mark (Excel's "CSV UTF-8") is fine, accents included.
+    labels.write_bytes("\ufeffpath,label,patient_id\na.dcm,benign,Hélène\n".encode())
+    [rec] = read_dicom_dir(tmp_path / "site", labels=labels, salt=SALT).records
+    assert rec.label == "benign" and rec.patient_id == pseudonym("Hélène", SALT)
+
+
+def test_paths_with_person_names_are_warned_about_and_can_be_pseudonymised(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture):
+    root = tmp_path / "export"
+    _write(root / "DOE^JANE" / "1" / "cc.dcm", 1)
+    _write(root / "DOE^JANE" / "1" / "mlo.dcm", 2, view="MLO")
+    (root / "DOE^JANE" / "1" / "bad.dcm").write_bytes(b"junk")
+    (root / "labels.csv").write_text("path,label\nDOE^JANE/1/cc.dcm,benign\nDOE^JANE/2/gone.dcm,normal\n")
+
+    with caplog.at_level("INFO"):
+        plain = read_dicom_dir(root, salt=SALT)
+    assert "3 file path(s) under --root contain '^'" in caplog.text and "--pseudonymise-paths" in caplog.text
+    assert {r.record_id for r in plain.records} == {"dicom-dir:DOE^JANE/1/cc.dcm", "dicom-dir:DOE^JANE/1/mlo.dcm"}
+
+    caplog.clear()
+    with caplog.at_level("DEBUG"):
+        table = read_dicom_dir(root, salt=SALT, pseudonymise_paths=True)
+    ids = {r.image_path: r.record_id for r in table.records}
+    # The same salted pseudonym as patient ids, so ids are stable between runs with the same salt.
+    assert ids == {rel: f"dicom-dir:{pseudonym(rel, SALT, prefix='img-')}"
+                   for rel in ("DOE^JANE/1/cc.dcm", "DOE^JANE/1/mlo.dcm")}
+    assert {r.image_path: r.label for r in table.records} == {"DOE^JANE/1/cc.dcm": "benign", "DOE^JANE/1/mlo.dcm": None}
+    assert {q.code: q.record_id for q in table.quarantine} == {
+        "corrupt": f"dicom-dir:{pseudonym('DOE^JANE/1/bad.dcm', SALT, prefix='img-')}",
+        "missing_file": f"dicom-dir:{pseudonym('DOE^JANE/2/gone.dcm', SALT, prefix='img-')}"}
+    assert table.meta["paths_pseudonymised"] is True
+    assert "DOE" not in caplog.text and "JANE" not in caplog.text
+    assert "Record ids and logs use path pseudonyms" in caplog.text
+    assert read_dicom_dir(root, salt=SALT, pseudonymise_paths=True).records == table.records

@@ -214,3 +214,20 @@ def test_phantom_lesion_centre_lands_on_the_lesion(tmp_path: Path):
             assert core > around + 5, (rec.record_id, lesion.kind, core, around)
             located += 1
     assert located >= 2
+
+
+def test_a_second_image_file_of_one_reference_is_counted(tmp_path: Path):
+    """mdb001.pgm and mdb001.png both present: the .pgm is read, the .png is quarantined, not silently ignored."""
+    (tmp_path / "Info.txt").write_text("mdb001 G NORM\nmdb002 G NORM\n")
+    write_pgm(tmp_path / "mdb001.pgm", _image(1))
+    (tmp_path / "mdb001.png").write_bytes(encode_png(_image(1)))
+    (tmp_path / "mdb002.png").write_bytes(encode_png(_image(2)))
+    (tmp_path / "MDB002.PGM").write_bytes(b"")  # differs from the listed name in case: never read, still counted
+    table = read_mias(root=tmp_path)
+    assert {r.record_id: r.image_path for r in table.records} == {"mias:mdb001": "mdb001.pgm",
+                                                                  "mias:mdb002": "mdb002.png"}
+    assert sorted((Path(q.path).name, q.code, q.record_id) for q in table.quarantine) == [
+        ("MDB002.PGM", "duplicate_file", None), ("mdb001.png", "duplicate_file", None)]
+    assert "mdb001.pgm is the one read" in next(q.problem for q in table.quarantine if q.path.endswith(".png"))
+    s = table.summary()
+    assert s["read"] == s["used"] + s["quarantined"] == 4

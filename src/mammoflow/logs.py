@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -12,7 +13,12 @@ T = TypeVar("T")
 
 
 def setup_logging(level: str | int = "INFO") -> None:
-    """Configure the root logger once (idempotent): time, level, module, message on stderr."""
+    """Configure the root logger once (idempotent): time, level, module, message on stderr.
+
+    Python warnings go through logging too (logger ``py.warnings``), so each is printed once, in the same
+    format. pydicom already logs every warning it issues (to the ``pydicom`` logger): its copies through
+    :mod:`warnings` are dropped here, or each would be printed twice.
+    """
     root = logging.getLogger()
     if getattr(root, "_mammoflow_configured", False):
         root.setLevel(level)
@@ -21,6 +27,8 @@ def setup_logging(level: str | int = "INFO") -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     root._mammoflow_configured = True  # type: ignore[attr-defined]
 
 

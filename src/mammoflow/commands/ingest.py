@@ -25,6 +25,8 @@ Examples:
       --csv mass_case_description_train_set.csv --out runs/records/cbis
   mammoflow ingest --source dicom-dir --root /site/dicoms --labels labels.csv --salt "$SITE_SALT" --out runs/site
   mammoflow ingest --source dicom-dir --root /site/dicoms --out runs/site   # reads /site/dicoms/labels.csv
+  mammoflow ingest --source dicom-dir --root /export/by-patient --pseudonymise-paths --salt "$SITE_SALT" \\
+      --out runs/site
 
 \b
 Exit status: 0 when at least one record is usable; 1 when nothing usable is left (or the input
@@ -56,6 +58,11 @@ be read, the records folder is written, so quarantine.md says what went wrong an
                    "salt, with a warning). Keep it: a new salt gives new ids.")
 @click.option("--any-modality", is_flag=True,
               help="dicom-dir: accept DICOM files of any modality (default: mammography, MG, only).")
+@click.option("--pseudonymise-paths", is_flag=True,
+              help="dicom-dir: record ids (which name every output: preprocessed images, predictions, CAMs) are "
+                   "salted pseudonyms of the file paths instead of the paths, for exports foldered by patient "
+                   "name (DOE^JANE/...). The real paths stay in the records folder only (records.jsonl, "
+                   "quarantine), to read and fix the files. Use the same --salt on every run: ids stay stable.")
 @click.option("--strict", is_flag=True, help="Exit with status 3 if anything was quarantined.")
 @click.option("--incremental", "previous", type=click.Path(path_type=Path, file_okay=False), default=None,
               metavar="PREVIOUS_DIR",
@@ -66,8 +73,8 @@ be read, the records folder is written, so quarantine.md says what went wrong an
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Records folder to write (records.jsonl, quarantine.jsonl/.md, ingest_summary.json).")
 def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path, ...], labels: Path | None,
-            metadata_only: bool, salt: str | None, any_modality: bool, strict: bool, previous: Path | None,
-            freeze_test: bool, out: Path) -> None:
+            metadata_only: bool, salt: str | None, any_modality: bool, pseudonymise_paths: bool, strict: bool,
+            previous: Path | None, freeze_test: bool, out: Path) -> None:
     """Read a dataset into a records folder: one record per usable image, the rest quarantined.
 
     Every bad input (missing, truncated or corrupt image, RGB, wrong bit depth or modality, annotation
@@ -79,9 +86,12 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
     from mammoflow.workflow import check_labels
 
     check_labels(source, labels)
+    if pseudonymise_paths and source != "dicom-dir":
+        raise click.UsageError(f"--pseudonymise-paths is for --source dicom-dir; {source} ids are the dataset's "
+                               "own public ids")
     site_salt = bool(salt or os.environ.get(SALT_ENV))
     opts = SourceOptions(root=root, info=info, csvs=tuple(csvs), labels=labels, metadata_only=metadata_only,
-                         salt=salt, any_modality=any_modality)
+                         salt=salt, any_modality=any_modality, pseudonymise_paths=pseudonymise_paths)
     if previous is not None:
         from mammoflow.retrain.ingest import incremental_ingest
 

@@ -4,6 +4,14 @@ tensorflow-io is not used (abandoned; its DICOM op breaks with TF 2.21, see READ
 common transfer syntaxes through its pixel-data plugins: uncompressed (implicit/explicit little endian)
 and RLE Lossless natively, JPEG Lossless (Process 14 / SV1), JPEG-LS and JPEG 2000 through pylibjpeg or GDCM.
 
+**Decoding plugins.** Each compressed file is decoded with an explicit plugin order (:func:`decoding_plugins`):
+pydicom's own, pylibjpeg, Pillow, pyjpegls; GDCM only for a transfer syntax none of those decodes, because
+python-gdcm lets a C++ exception escape on some damaged JPEG 2000 streams and that aborts the whole process
+(``terminate called after throwing ...``), where the other plugins raise a Python error that is quarantined.
+A warning from the decoder (e.g. an RLE segment with non-conformant padding) means the pixels cannot be
+trusted: the file is rejected (code ``corrupt``) instead of being used. Warnings while reading the header are
+logged once, naming the file.
+
 **Pixel mapping.** :func:`read_dicom` returns what a viewer would display, tissue bright, on one scale:
 
 1. stored values (bits above ``BitsStored`` masked off);
@@ -30,7 +38,9 @@ import hashlib
 import io
 import logging
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -48,6 +58,13 @@ MG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image 
 # SNOMED / SRT codes of the two standard views, for files without ViewPosition.
 _VIEW_CODES = {"R-10242": "CC", "399162004": "CC", "R-10226": "MLO", "399368009": "MLO"}
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR", "YBR_PARTIAL_420")
+# pydicom decoding plugins in the order they are tried. GDCM is not among them on purpose: python-gdcm lets C++
+# exceptions escape on some damaged JPEG 2000 streams (std::terminate aborts the process; nothing in Python can
+# catch it), while pylibjpeg and Pillow reject the same bytes with an exception. It is used only as the last
+# resort for a transfer syntax that no other installed plugin decodes (see decoding_plugins).
+_PLUGIN_ORDER = ("pydicom", "pylibjpeg", "pillow", "pyjpegls")
+_LAST_RESORT_PLUGINS = ("gdcm",)
+_CODEC_FIX = "install pylibjpeg with its plugins (pylibjpeg-libjpeg, -openjpeg) or python-gdcm"
 
 # Transfer syntax names accepted by write_dicom -> (UID, encoder). "gdcm" encoders transcode an
 # uncompressed file with GDCM; "pydicom" ones use Dataset.compress with pydicom's own plugins.
@@ -123,7 +140,7 @@ def _shown(src: str | Path | BinaryIO, shown_path: object | None) -> str:
 
 @contextmanager
 def _binary_stream(src: str | Path | BinaryIO, where: str) -> Iterator[BinaryIO]:
-    from mammoflow.io.images import read_bytes, split_zip_path
+    from mammoflow.io.images import read_bytes, split_zip_path, unreadable_error
 
     if not isinstance(src, (str, Path)):
         yield src
@@ -135,11 +152,13 @@ def _binary_stream(src: str | Path | BinaryIO, where: str) -> Iterator[BinaryIO]
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise InputError(where, "file not found", "check the path and the records folder's image_root",
                              code="missing_file") from None
+        except OSError as exc:  # permissions, a symlink loop, a name too long, a storage error
+            raise unreadable_error(where, exc) from None
         with fh:
             yield fh
 
 
-def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bool) -> Any:
+def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bool, log_as: str | None = None) -> Any:
     """pydicom Dataset of a path, a path through a zip, or a binary stream; file errors -> InputError."""
     with _binary_stream(src, where) as fh:
         start = fh.tell()
@@ -149,9 +168,15 @@ def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bo
             raise InputError(where, "the file is empty (0 bytes)", "re-download or re-export the image",
                              code="empty")
         try:
-            ds = _dcmread(fh, start, where, stop_before_pixels)
+            with pydicom_warnings() as caught:
+                ds = _dcmread(fh, start, where, stop_before_pixels)
+            _log_header_warnings(where, log_as, caught)
         except InputError:
             raise
+        except OSError as exc:  # a read error of the storage, not of the DICOM content
+            from mammoflow.io.images import unreadable_error
+
+            raise unreadable_error(where, exc) from None
         except Exception as exc:  # pydicom raises many types on damaged files (EOFError, ValueError, ...)
             text = str(exc).lower()
             truncated = isinstance(exc, EOFError) or "end of file" in text or "prematurely" in text
@@ -302,9 +327,14 @@ def _header(ds: Any, where: str, salt: str, expect_modality: str | None) -> Dico
     )
 
 
-def _safe_header(ds: Any, where: str, salt: str, expect_modality: str | None) -> DicomHeader:
+def _safe_header(ds: Any, where: str, salt: str, expect_modality: str | None,
+                 log_as: str | None = None) -> DicomHeader:
     try:
-        return _header(ds, where, salt, expect_modality)
+        # Values are validated when first read: pydicom's warnings about them are logged once, naming the file.
+        with pydicom_warnings() as caught:
+            header = _header(ds, where, salt, expect_modality)
+        _log_header_warnings(where, log_as, caught)
+        return header
     except InputError:
         raise
     except Exception as exc:  # elements are converted lazily: a malformed value fails only when read
@@ -321,24 +351,25 @@ def _transfer_syntax_name(ds: Any) -> str:
 
 
 def read_dicom_header(src: str | Path | BinaryIO, salt: str = "", expect_modality: str | None = "MG",
-                      shown_path: object | None = None) -> DicomHeader:
+                      shown_path: object | None = None, log_as: str | None = None) -> DicomHeader:
     """Validated safe header fields without decoding pixels (stops before Pixel Data: fast for indexing)."""
     where = _shown(src, shown_path)
-    ds = _open_dataset(src, where, stop_before_pixels=True)
-    return _safe_header(ds, where, salt, expect_modality)
+    ds = _open_dataset(src, where, stop_before_pixels=True, log_as=log_as)
+    return _safe_header(ds, where, salt, expect_modality, log_as)
 
 
 def read_dicom(src: str | Path | BinaryIO, salt: str = "", expect_modality: str | None = "MG",
-               shown_path: object | None = None) -> DicomImage:
+               shown_path: object | None = None, log_as: str | None = None) -> DicomImage:
     """Decode one DICOM mammogram into display pixels (tissue bright, ``uint16``) and safe header fields.
 
-    ``src`` is a path (also through a zip archive) or a binary stream; ``shown_path`` names it in errors.
-    Raises :class:`InputError` (codes ``missing_file``, ``empty``, ``truncated``, ``corrupt``, ``modality``,
-    ``rgb``, ``bit_depth``, ``multiframe``).
+    ``src`` is a path (also through a zip archive) or a binary stream; ``shown_path`` names it in errors,
+    ``log_as`` in log lines (default: the file's name; a source passes its record id, which may be a pseudonym).
+    Raises :class:`InputError` (codes ``missing_file``, ``unreadable``, ``empty``, ``truncated``, ``corrupt``
+    (also when the decoder warns), ``codec``, ``modality``, ``rgb``, ``bit_depth``, ``multiframe``).
     """
     where = _shown(src, shown_path)
-    ds = _open_dataset(src, where, stop_before_pixels=False)
-    header = _safe_header(ds, where, salt, expect_modality)
+    ds = _open_dataset(src, where, stop_before_pixels=False, log_as=log_as)
+    header = _safe_header(ds, where, salt, expect_modality, log_as)
     if "PixelData" not in ds:
         raise InputError(where, "no pixel data in the file", "re-export the image with its pixel data",
                          code="corrupt")
@@ -351,31 +382,138 @@ def read_dicom(src: str | Path | BinaryIO, salt: str = "", expect_modality: str 
     return DicomImage(**{f.name: getattr(header, f.name) for f in fields(DicomHeader)}, pixels=pixels)
 
 
+def decoding_plugins(transfer_syntax: Any) -> tuple[str, ...]:
+    """The pydicom decoding plugins to try for a transfer syntax UID, in order; ``()`` for native (uncompressed)
+    syntaxes, which need no plugin.
+
+    Installed plugins are tried in :data:`_PLUGIN_ORDER`; GDCM only when no other installed plugin decodes the
+    syntax (it can abort the process on damaged JPEG 2000 data, see the module docstring). Raises
+    ``NotImplementedError`` when pydicom has no decoder at all for the syntax.
+    """
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    decoder = get_decoder(UID(str(transfer_syntax)))
+    if not decoder.is_encapsulated:
+        return ()
+    available = decoder.available_plugins
+    rank = {name: i for i, name in enumerate(_PLUGIN_ORDER)}
+    safe = sorted((p for p in available if p not in _LAST_RESORT_PLUGINS), key=lambda p: (rank.get(p, len(rank)), p))
+    return tuple(safe) or tuple(p for p in _LAST_RESORT_PLUGINS if p in available)
+
+
+class _Collect(logging.Handler):
+    """Takes the records of the ``pydicom`` logger tree while it does not propagate: warnings and errors are kept
+    (reported once by the caller), anything lower goes on to the root logger as it would have."""
+
+    def __init__(self, into: list[str]):
+        super().__init__(logging.DEBUG)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.into.append(record.getMessage())
+        else:
+            logging.getLogger().handle(record)
+
+
+@contextmanager
+def pydicom_warnings() -> Iterator[list[str]]:
+    """Collect what pydicom warns about inside the block (and errors it only logs), once per message, in order.
+
+    pydicom sends each warning both to :mod:`warnings` and to its ``pydicom`` logger (so it would be printed
+    twice, without the file's name), and logs a failed decoding plugin with a traceback: all of it is caught here
+    and the caller decides (reject the file, or log the messages naming it). The list is filled when the block
+    ends. ``warnings.catch_warnings`` is process-global: do not decode in several threads at once (mammoflow
+    parallelises with processes).
+    """
+    messages: list[str] = []
+    logged: list[str] = []
+    pydicom_log = logging.getLogger("pydicom")
+    collect = _Collect(logged)
+    propagate = pydicom_log.propagate
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        pydicom_log.addHandler(collect)
+        pydicom_log.propagate = False  # child loggers (pydicom.pixels...) end here too
+        try:
+            yield messages
+        finally:
+            pydicom_log.removeHandler(collect)
+            pydicom_log.propagate = propagate
+            messages.extend(dict.fromkeys([*(str(w.message) for w in recorded), *logged]))
+
+
+def _log_header_warnings(where: str, log_as: str | None, messages: list[str]) -> None:
+    # Without log_as, the file's name, not its path: folder names of a site's export may hold patient names.
+    for message in messages:
+        log.warning("%s: DICOM header: %s", log_as or Path(where).name, message)
+
+
 def _decode(ds: Any, where: str, header: DicomHeader) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     expected = header.rows * header.cols * header.bits_allocated // 8
-    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+    uid = ds.file_meta.TransferSyntaxUID
+    if not uid.is_compressed:
         have = len(ds.PixelData)
         if have < expected:
             raise InputError(where, f"truncated pixel data: {have} of {expected} bytes present",
                              "re-download or re-export the image", code="truncated")
     try:
-        arr = pixel_array(ds)
-    except Exception as exc:  # the plugins raise many types (RuntimeError, ValueError, ...)
-        text = str(exc).lower()
-        truncated = "truncat" in text or "end of" in text or "insufficient" in text or "too short" in text
-        if isinstance(exc, (ImportError, NotImplementedError)) or "no pixel data decoders" in text \
-                or "missing required dependencies" in text:
-            raise InputError(where, f"no decoder for {header.transfer_syntax} ({exc})",
-                             "install pylibjpeg with its plugins or python-gdcm", code="codec") from None
-        raise InputError(where, f"the pixel data cannot be decoded ({type(exc).__name__}: {exc})",
-                         "re-download or re-export the image", code="truncated" if truncated else "corrupt"
-                         ) from None
+        plugins = decoding_plugins(uid)
+    except NotImplementedError:
+        raise InputError(where, f"no decoder for {header.transfer_syntax}", _CODEC_FIX, code="codec") from None
+    if uid.is_compressed and not plugins:
+        raise InputError(where, f"no decoder for {header.transfer_syntax} is installed", _CODEC_FIX,
+                         code="codec")
+    failures: list[tuple[str, Exception]] = []
+    arr = None
+    for plugin in plugins or ("",):  # "": a native syntax, decoded by pydicom itself
+        # Only the warnings of the plugin that succeeds count; a plugin that fails is reported by its exception.
+        with pydicom_warnings() as caught:
+            try:
+                arr = pixel_array(ds, decoding_plugin=plugin)
+            except Exception as exc:  # the plugins raise many types (RuntimeError, ValueError, ...)
+                failures.append((plugin, exc))
+        if arr is not None:
+            break
+    if arr is None:
+        raise _decode_error(where, header, failures)
+    if caught:
+        # A decoder that warns has met data that breaks the standard (e.g. RLE segments longer than the image):
+        # the pixels it returns cannot be trusted.
+        raise InputError(where, f"the pixel data is damaged (decoder warning: {'; '.join(caught)})",
+                         "re-download or re-export the image", code="corrupt")
     if arr.ndim != 2:
         raise InputError(where, f"decoded pixel array has shape {arr.shape}, expected 2-D",
                          "give single-frame greyscale images", code="corrupt")
     return arr
+
+
+def _decode_error(where: str, header: DicomHeader, failures: list[tuple[str, Exception]]) -> InputError:
+    """One InputError for the plugins that all failed: ``codec`` when none could run, else corrupt/truncated."""
+    texts = [str(exc).lower() for _, exc in failures]
+    said = "; ".join(f"{plugin or 'pydicom'}: {_plugin_message(plugin, exc)}" for plugin, exc in failures)
+    if all(isinstance(exc, (ImportError, NotImplementedError)) or "no pixel data decoders" in text
+           or "missing required dependencies" in text or "missing dependencies" in text
+           for (_, exc), text in zip(failures, texts, strict=True)):
+        return InputError(where, f"no decoder for {header.transfer_syntax} ({said})", _CODEC_FIX, code="codec")
+    truncated = any("truncat" in t or "end of" in t or "insufficient" in t or "too short" in t for t in texts)
+    return InputError(where, f"the pixel data cannot be decoded ({said})", "re-download or re-export the image",
+                      code="truncated" if truncated else "corrupt")
+
+
+def _plugin_message(plugin: str, exc: Exception) -> str:
+    """The plugin's own words: pydicom wraps them in "Unable to decode as exceptions were raised by all available
+    plugins:\n  <plugin>: <message>"; object reprs (``<_io.BytesIO object at 0x7f...>``) vary between runs."""
+    text = str(exc)
+    marker = f"\n  {plugin}: "
+    if plugin and marker in text:
+        text = text.split(marker, 1)[1]
+    else:
+        text = f"{type(exc).__name__}: {text}"
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<data>", " ".join(text.split()))
 
 
 # --------------------------------------------------------------------------- display pipeline

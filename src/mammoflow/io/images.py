@@ -11,6 +11,7 @@ with a stable ``code`` so that sources can quarantine the file and go on:
 ``rgb``           a colour image whose channels differ (a grey image stored as RGB is accepted)
 ``bit_depth``     not 8- or 16-bit greyscale (1/2/4-bit, maxval above 65535, 32-bit DICOM, ...)
 ``format``        not a PGM, PNG or DICOM file
+``unreadable``    the operating system refuses to open or read it (permissions, symlink loop, I/O error)
 ==============  ===========================================================================
 
 A path may go *through* a zip archive: ``data/MIAS_ROIs.zip/MIAS_ROIs/test/Normal (1).png`` is the member
@@ -67,6 +68,13 @@ def _missing(path: str | Path, what: str = "file") -> InputError:
                       code="missing_file")
 
 
+def unreadable_error(path: object, exc: OSError) -> InputError:
+    """The ``unreadable`` InputError of a file the operating system refuses to open or read."""
+    return InputError(path, f"the file cannot be opened or read ({exc.strerror or type(exc).__name__})",
+                      "check that it is readable by the user running mammoflow (permissions) and that its "
+                      "storage is reachable", code="unreadable")
+
+
 @contextmanager
 def open_binary(path: str | Path) -> Iterator[BinaryIO]:
     """Open a file, or a member of a zip archive, for binary reading (``InputError`` when missing)."""
@@ -76,6 +84,8 @@ def open_binary(path: str | Path) -> Iterator[BinaryIO]:
             fh = open(path, "rb")  # noqa: SIM115 - closed below
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise _missing(path) from None
+        except OSError as exc:  # permissions, a symlink loop, a name too long, a storage error
+            raise unreadable_error(path, exc) from None
         with fh:
             yield fh
         return
@@ -85,6 +95,8 @@ def open_binary(path: str | Path) -> Iterator[BinaryIO]:
     except zipfile.BadZipFile as exc:
         raise InputError(archive, f"not a readable zip archive ({exc})", "re-download or re-create the archive",
                          code="corrupt") from None
+    except OSError as exc:
+        raise unreadable_error(archive, exc) from None
     with zf:
         try:
             fh = zf.open(member)
@@ -101,6 +113,8 @@ def read_bytes(path: str | Path) -> bytes:
             return fh.read()
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
             raise _damaged_member(path, exc) from None
+        except OSError as exc:
+            raise unreadable_error(path, exc) from None
 
 
 def _damaged_member(path: str | Path, exc: Exception) -> InputError:
@@ -117,6 +131,8 @@ def file_sha256(path: str | Path) -> str:
                 digest.update(block)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
             raise _damaged_member(path, exc) from None
+        except OSError as exc:
+            raise unreadable_error(path, exc) from None
     return digest.hexdigest()
 
 

@@ -30,6 +30,8 @@ class SourceOptions:
     metadata_only: bool = False  # annotations without images (split planning, tests on the real metadata)
     salt: str | None = None  # pseudonymisation salt (default: $MAMMOFLOW_SALT, then the public default)
     any_modality: bool = False  # dicom-dir: accept DICOM files that are not mammograms (Modality MG)
+    # dicom-dir: record ids from a salted pseudonym of the file's path, not the path (folder names may be names)
+    pseudonymise_paths: bool = False
 
 
 def resolve_salt(salt: str | None = None) -> str:
@@ -66,4 +68,43 @@ def require_file(path: Path, what: str, fix: str) -> Path:
     if not path.is_file():
         raise InputError(path, f"{what} not found", fix, code="missing_file")
     return path
+
+
+_CSV_FIX = ("save the CSV as UTF-8 (Excel: File > Save As > 'CSV UTF-8'; or `iconv -f latin1 -t utf-8 in.csv > "
+            "out.csv`)")
+
+
+def read_csv_text(path: Path, what: str = "the CSV") -> str:
+    """The text of a CSV file that must be UTF-8 (a UTF-8 byte-order mark is accepted and dropped).
+
+    Another encoding (Latin-1 or Windows-1252 from an Excel export, UTF-16) or a NUL byte raises
+    ``InputError(code="bad_csv")`` naming the line; a file that cannot be opened raises code ``unreadable``.
+    Parse the result with ``csv.reader(io.StringIO(text, newline=""))``.
+    """
+    from mammoflow.io.images import unreadable_error
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, f"{what} not found", "check the path", code="missing_file") from None
+    except OSError as exc:
+        raise unreadable_error(path, exc) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise InputError(path, f"{what} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}; Latin-1 "
+                         "or Windows-1252 from an Excel export, or UTF-16)", _CSV_FIX, code="bad_csv") from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        raise InputError(path, f"{what} holds a NUL byte on line {line} (a binary or damaged file, not CSV text)",
+                         f"{_CSV_FIX}, or re-export it", code="bad_csv")
+    return text
+
+
+def csv_error(path: Path, line: int, exc: Exception, what: str = "the CSV") -> InputError:
+    """The ``bad_csv`` InputError of a :class:`csv.Error` (an unclosed quote, a field over the size limit)."""
+    return InputError(path, f"{what} cannot be parsed near line {line} ({exc})",
+                      f"{_CSV_FIX}; check the quotes around that line", code="bad_csv")
 

@@ -19,6 +19,7 @@ an official test image) and patient-grouped split planning regroups the rest.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -34,7 +35,14 @@ from mammoflow.errors import InputError
 from mammoflow.io.dicom import pseudonym  # the one pseudonymisation path (salted SHA-256)
 from mammoflow.logs import progress
 from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable
-from mammoflow.sources._common import SourceOptions, add_quarantine, quarantine_error, resolve_salt
+from mammoflow.sources._common import (
+    SourceOptions,
+    add_quarantine,
+    csv_error,
+    quarantine_error,
+    read_csv_text,
+    resolve_salt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +184,8 @@ def parse_csv(path: Path) -> ParsedCsv:
                          code="missing_file")
     out = ParsedCsv(path)
     file_split = _split_from_name(path.stem)
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
+    reader = csv.reader(io.StringIO(read_csv_text(path, "the description CSV"), newline=""))
+    try:
         header = next(reader, None)
         if header is None:
             raise InputError(path, "the CSV is empty", "use an official CBIS-DDSM description CSV", code="empty")
@@ -200,6 +208,8 @@ def parse_csv(path: Path) -> ParsedCsv:
                 out.rows.append(parse_row(dict(zip(columns, cells, strict=True)), path, line, file_split))
             except InputError as err:
                 out.problems.append(err)
+    except csv.Error as exc:
+        raise csv_error(path, reader.line_num, exc, "the description CSV") from None
     return out
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mammoflow.errors import InputError
+from mammoflow.logs import progress
 from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable
 from mammoflow.sources._common import SourceOptions, add_quarantine, quarantine_error, require_file
 
@@ -339,7 +340,7 @@ def read_mias(root: Path | None = None, info: Path | None = None, metadata_only:
     for p in problems_by_ref.get(None, []):  # lines whose reference number is unreadable
         add_quarantine(table, _problem_entry(info, [p]))
         lines["quarantined"] += 1
-    for ref in refs:
+    for ref in progress(refs, desc="MIAS images", unit="image"):
         entries, problems = by_ref.get(ref, []), problems_by_ref.get(ref, [])
         if problems:
             add_quarantine(table, _problem_entry(info, problems))
@@ -363,7 +364,7 @@ def read_mias(root: Path | None = None, info: Path | None = None, metadata_only:
         lines["normal" if record.label == "normal" else "lesions"] += len(unique)
 
     if not metadata_only and root is not None:
-        _quarantine_unlisted(table, Path(root), set(refs))
+        _quarantine_unused_images(table, Path(root), set(refs))
     table.check_unique_ids()
     lines["total"] = parsed.record_lines
     table.meta.update({
@@ -381,14 +382,28 @@ def read_mias(root: Path | None = None, info: Path | None = None, metadata_only:
     return table
 
 
-def _quarantine_unlisted(table: RecordsTable, root: Path, refs: set[str]) -> None:
-    """Images in the folder that Info.txt does not list cannot be labelled: quarantine them, do not drop them."""
+def _quarantine_unused_images(table: RecordsTable, root: Path, refs: set[str]) -> None:
+    """Every image file in ``root`` that no record uses is quarantined, never silently dropped: images that
+    Info.txt does not list (they cannot be labelled), and a second copy of a listed image (``mdb003.png`` beside
+    the ``mdb003.pgm`` that is used; the .pgm is preferred, as :data:`IMAGE_SUFFIXES` orders them)."""
     for path in sorted(root.iterdir()):
         stem = path.stem.lower()
-        if path.suffix.lower() in IMAGE_SUFFIXES and _REF.match(stem) and stem not in refs:
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not _REF.match(stem):
+            continue
+        if stem not in refs:
             add_quarantine(table, QuarantineEntry(
                 path=str(path), code="no_annotation", source=SOURCE, record_id=f"{SOURCE}:{stem}",
                 problem="image not listed in Info.txt", fix="add its line(s) to Info.txt or move it out of --root"))
+            continue
+        used = _find_image(root, stem)
+        if used is not None and used.name == path.name:
+            continue
+        # No record id: the listed image's id belongs to its record (used or quarantined on its own).
+        add_quarantine(table, QuarantineEntry(
+            path=str(path), code="duplicate_file", source=SOURCE,
+            problem=f"a second image file for {stem}: {used.name} is the one read" if used is not None else
+                    f"the file name does not match {stem}.pgm / {stem}.png exactly (case), so it is not read",
+            fix="keep one image file per MIAS reference number, named mdbNNN.pgm (or .png)"))
 
 
 def read_source(opts: SourceOptions) -> RecordsTable:

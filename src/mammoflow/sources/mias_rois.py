@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from mammoflow.errors import InputError
+from mammoflow.logs import progress
 from mammoflow.records import QuarantineEntry, Record, RecordsTable
 from mammoflow.sources._common import SourceOptions, add_quarantine, quarantine_error, sha256_bytes
 
@@ -108,7 +109,8 @@ def read_mias_rois(root: Path, metadata_only: bool = False) -> RecordsTable:
         # Released order (train, val, test; by class and number): of two copies of one ROI, the later split's
         # copy is the one quarantined.
         order = (*SPLITS, "trainval")
-        for split, cls, index, name in sorted(members, key=lambda m: (order.index(m[0]), m[1].lower(), m[2])):
+        ordered = sorted(members, key=lambda m: (order.index(m[0]), m[1].lower(), m[2]))
+        for split, cls, index, name in progress(ordered, desc="MIAS ROIs", unit="ROI"):
             try:
                 digest = sha256_bytes(files.read(name))
             except InputError as err:

@@ -59,7 +59,7 @@ def locate_data(source: str, data_root: str, labels: str
     return source, root
 
 
-def ingest(source: str, data_root: str, labels: str, records: Output[Dataset]):
+def ingest(source: str, data_root: str, labels: str, pseudonymise_paths: bool, records: Output[Dataset]):
     """Read a dataset into a records folder: records, quarantine (with the fix for each bad file) and counts.
 
     Args:
@@ -67,13 +67,16 @@ def ingest(source: str, data_root: str, labels: str, records: Output[Dataset]):
         data_root: The dataset's folder, zip or gs:// URI (fetched into a local cache when remote).
         labels: dicom-dir: labels CSV relative to data_root, or a full path / gs:// URI (fetched when remote);
             empty: data_root/labels.csv when it exists, else unlabelled.
+        pseudonymise_paths: dicom-dir: record ids are salted pseudonyms of the file paths (folders named after
+            patients stay out of every output).
         records: The records folder (records.jsonl, quarantine.jsonl/.md, ingest_summary.json).
     """
 
     from mammoflow import workflow
 
     workflow.setup_step_logging()
-    summary = workflow.ingest(source, data_root, records.path, labels=labels)
+    summary = workflow.ingest(source, data_root, records.path, labels=labels,
+                               pseudonymise_paths=pseudonymise_paths)
     records.metadata.update({"source": source, "data_root": data_root, "labels_csv": summary["labels_csv"] or "",
                              "read": summary["read"], "used": summary["used"], "quarantined": summary["quarantined"],
                              "labels": summary["labels"], "patients": summary["patients"]})

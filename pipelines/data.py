@@ -24,6 +24,8 @@ class DataParameters:
     labels: str = parameter("", "dicom-dir: labels CSV (columns path,label[,patient_id,laterality,view]), relative "
                             "to data_root, or a full path / gs:// URI; empty: data_root/labels.csv when it exists, "
                             "else the images are unlabelled. Other sources take none.")
+    pseudonymise_paths: bool = parameter(False, "dicom-dir: record ids are salted pseudonyms of the file paths, "
+                                         "for site folders named after patients (see mammoflow ingest --help).")
     preset: str = parameter("yu2020", "Paper preset for preprocessing and dataset building: yu2020, jaamour2023, "
                             "xi2018.")
     preprocess_config: str = parameter("auto", "Preprocessing preset or YAML; auto = the preset's (none for "
@@ -67,7 +69,8 @@ def add_ingest_steps(ops: dict[str, Any], options: PipelineOptions, data: DataPa
     reader = dsl.OneOf(demo.outputs["source"], located.outputs["source"])
     root = dsl.OneOf(demo.outputs["data_root"], located.outputs["data_root"])
     # With phantoms, a labels CSV reaches ingest too, which refuses it (they are read as mias).
-    ingest = configure(ops["ingest"](source=reader, data_root=root, labels=data.labels), "ingest", options)
+    ingest = configure(ops["ingest"](source=reader, data_root=root, labels=data.labels,
+                                     pseudonymise_paths=data.pseudonymise_paths), "ingest", options)
     return reader, ingest
 
 

@@ -225,3 +225,25 @@ def test_the_site_dataset_preset_plans_a_patient_grouped_split(tmp_path: Path) -
         patients.setdefault(record.patient_id, set()).add(plan["assignments"][record.record_id])
     assert len(patients) > 3 and all(len(splits) == 1 for splits in patients.values()), patients
     assert set().union(*patients.values()) == {"train", "val", "test"}
+
+
+def test_pseudonymised_paths_keep_a_patients_folder_name_out_of_record_ids(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site export foldered by patient name: with pseudonymise_paths the pipelines' ingest path gives record ids
+    that are salted pseudonyms, stable between runs; other sources refuse the option."""
+    monkeypatch.setenv("MAMMOFLOW_SALT", SALT)
+    export = tmp_path / "export"
+    truth = hospital_folder(tmp_path / "plain", n_images=4, seed=2)
+    for rel in truth:  # P_00001/L_CC.dcm -> DOE^JANE_P_00001/L_CC.dcm, as a PACS export names folders
+        dest = export / f"DOE^JANE_{rel}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / "plain" / rel, dest)
+    write_labels(export / "labels.csv", {f"DOE^JANE_{rel}": label for rel, label in truth.items()})
+    first = run_ingest_path(tmp_path / "a", source="dicom-dir", data_root=str(export), pseudonymise_paths=True)
+    ids = [r.record_id for r in RecordsTable.read(first).records]
+    assert len(ids) == len(truth) and all(i.startswith("dicom-dir:img-") and "DOE" not in i for i in ids)
+    assert sorted(labels_of(first).values(), key=str) == sorted(truth.values())
+    again = run_ingest_path(tmp_path / "b", source="dicom-dir", data_root=str(export), pseudonymise_paths=True)
+    assert sorted(r.record_id for r in RecordsTable.read(again).records) == sorted(ids)
+    with pytest.raises(ConfigError, match="pseudonymise_paths"):
+        workflow.ingest("mias", str(export), tmp_path / "c", pseudonymise_paths=True)

@@ -189,6 +189,8 @@ def test_config_errors_come_before_any_work(tmp_path):
         load_retrain_config({**base, "work_dir": "gs://bucket/work"})
     with pytest.raises(ConfigError, match="takes none"):  # a labels CSV that mias would silently ignore
         load_retrain_config({**base, "source": {"name": "mias", "root": "in", "labels": "labels.csv"}})
+    with pytest.raises(ConfigError, match="pseudonymise_paths"):
+        load_retrain_config({**base, "source": {"name": "mias", "root": "in", "pseudonymise_paths": True}})
     cfg_file = tmp_path / "r.yaml"
     cfg_file.write_text(yaml.safe_dump({**base, "work_dir": "work", "source": {"name": "mias", "root": "in"}}))
     cfg = load_retrain_config(cfg_file)

@@ -220,6 +220,13 @@ def check_labels(source: str, labels: str | os.PathLike[str] | None) -> None:
                           f"use source {LABELLED_SOURCES[0]}")
 
 
+def check_pseudonymise_paths(source: str, pseudonymise_paths: bool) -> None:
+    """Refuse path pseudonyms for a source whose record ids do not come from file paths under a site's folder."""
+    if pseudonymise_paths and source not in LABELLED_SOURCES:
+        raise ConfigError(f"pseudonymise_paths was asked for source {source!r}, whose record ids are the dataset's "
+                          f"public names, not a site's paths. Fix: use it with {', '.join(LABELLED_SOURCES)} only")
+
+
 def labels_uri(data_root: str, labels: str) -> str:
     """Where the labels CSV ``labels`` is: a ``gs://`` URI or an absolute path as it is, a relative path under
     ``data_root`` (the folder the CSV describes); ``""`` for none."""
@@ -254,7 +261,8 @@ def _local_labels(uri: str, data_root: str, local_root: Path, cache: str | os.Pa
 
 
 def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labels: str = "",
-           salt: str | None = None, cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+           salt: str | None = None, cache: str | os.PathLike[str] | None = None,
+           pseudonymise_paths: bool = False) -> dict[str, Any]:
     """Read a dataset into a records folder (``mammoflow ingest``); returns the ingest summary, with
     ``labels_csv``: where the labels CSV read was (None: none).
 
@@ -262,15 +270,18 @@ def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labe
     URI (see :func:`labels_uri`); empty: ``data_root/labels.csv`` when it exists, else none. A remote
     ``data_root`` (and labels CSV) is fetched into the cache and the records' ``image_root`` is written as the
     remote URI, so that the records folder stays valid in the next step's pod; quarantine entries name the remote
-    files too.
+    files too. ``pseudonymise_paths`` (dicom-dir): record ids are salted pseudonyms of the file paths, for site
+    folders named after patients.
     """
     from mammoflow.sources import SALT_ENV, SourceOptions, read_source
 
     check_labels(source, labels)
+    check_pseudonymise_paths(source, pseudonymise_paths)
     local_root = fetch_tree(data_root, cache)
     uri = labels_uri(data_root, labels)
     local_labels = _local_labels(uri, data_root, local_root, cache)
-    table = read_source(source, SourceOptions(root=local_root, labels=local_labels, salt=salt))
+    table = read_source(source, SourceOptions(root=local_root, labels=local_labels, salt=salt,
+                                              pseudonymise_paths=pseudonymise_paths))
     if not uri and table.meta.get("labels_found_in_root"):  # dicom-dir read data_root/labels.csv by itself
         uri = storage.join(data_root, str(table.meta["labels_file"]))
     if storage.is_remote(data_root):
@@ -281,7 +292,7 @@ def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labe
         table.quarantine = [_portable_entry(q, remote_of) for q in table.quarantine]
     site_salt = bool(salt or os.environ.get(SALT_ENV))
     table.meta["ingest"] = {"source": source, "data_root": data_root, "labels_csv": uri or None,
-                            "metadata_only": False,
+                            "metadata_only": False, "pseudonymise_paths": pseudonymise_paths,
                             "salt": "site salt" if site_salt else "public default salt (set MAMMOFLOW_SALT)"}
     out_dir = Path(out_dir)
     summary = table.write(out_dir)

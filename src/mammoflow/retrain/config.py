@@ -49,11 +49,13 @@ class SourceConfig:
     labels: str | None = None
     csvs: list[str] = field(default_factory=list)
     any_modality: bool = False
+    pseudonymise_paths: bool = False  # dicom-dir: record ids are salted pseudonyms of the file paths
 
     def options(self) -> SourceOptions:
         return SourceOptions(root=Path(self.root) if self.root else None, info=Path(self.info) if self.info else None,
                              labels=Path(self.labels) if self.labels else None,
-                             csvs=tuple(Path(c) for c in self.csvs), any_modality=self.any_modality)
+                             csvs=tuple(Path(c) for c in self.csvs), any_modality=self.any_modality,
+                             pseudonymise_paths=self.pseudonymise_paths)
 
 
 @dataclass
@@ -103,9 +105,10 @@ class RetrainConfig:
             raise ConfigError(f"source.name: {self.source.name!r} is not one of {', '.join(SOURCES)}")
         if self.source.root is None and self.source.name != "cbis-ddsm":
             raise ConfigError("source.root: the folder to watch is required")
-        from mammoflow.workflow import check_labels
+        from mammoflow.workflow import check_labels, check_pseudonymise_paths
 
         check_labels(self.source.name, self.source.labels)  # a labels CSV another source would ignore is an error
+        check_pseudonymise_paths(self.source.name, self.source.pseudonymise_paths)
         if storage.is_remote(self.work_dir):
             raise ConfigError("work_dir must be a local folder (records and preprocessed images are read from local "
                               "disk). Fix: put datasets and runs in object storage with storage_root")

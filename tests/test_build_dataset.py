@@ -146,7 +146,7 @@ def test_roi_examples_are_centred_on_lesions_and_normals_avoid_them(mias_records
         assert [c.extra.get("box") for c in cut_examples(rec, image, cfg)] == [c.extra.get("box") for c in cuts]
 
 
-def test_unreadable_images_are_quarantined_and_the_run_goes_on(mias_records, tmp_path):
+def test_unreadable_images_are_quarantined_and_the_run_goes_on(mias_records, tmp_path, caplog):
     import shutil
 
     records = tmp_path / "records"
@@ -160,8 +160,13 @@ def test_unreadable_images_are_quarantined_and_the_run_goes_on(mias_records, tmp
     victim.image_path = str(Path("..") / "broken.pgm") if not Path(table.image_root).is_absolute() else str(
         tmp_path / "broken.pgm")
     table.write(records)
-    result = build_dataset(records, ROI_CONFIG, str(tmp_path / "ds"))
+    with caplog.at_level("WARNING", logger="mammoflow.dataset.build"):
+        result = build_dataset(records, ROI_CONFIG, str(tmp_path / "ds"))
     assert [q.record_id for q in result.quarantine] == [victim.record_id]
+    # The log line says which record, which file, what is wrong and the fix, as ingest's lines do.
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("quarantined")]
+    assert victim.record_id in line and "broken.pgm" in line and "[truncated]" in line
+    assert f"Fix: {result.quarantine[0].fix}" in line
     assert result.quarantine[0].code == "truncated"
     lines = (tmp_path / "ds" / "quarantine.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["record_id"] == victim.record_id
@@ -317,6 +322,18 @@ def test_cli_build_dataset(mias_records, tmp_path):
     assert "--export-png" in help_text and "yu2020" in help_text
 
 
+def test_cli_out_pointing_at_a_file_is_a_clean_error(mias_records, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for out in (afile, afile / "sub"):
+        result = CliRunner().invoke(cli, ["build-dataset", "--records", str(mias_records), "--config", "yu2020",
+                                          "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert isinstance(result.exception, SystemExit)  # a usage error, not a NotADirectoryError traceback
+        assert f"{afile} is a file, not a folder" in result.output and "Fix:" in result.output
+    assert afile.read_text() == "keep me"
+
+
 @pytest.mark.realdata
 def test_yu_preset_on_the_released_rois_reproduces_the_released_split(mias_rois_zip, tmp_path):
     from mammoflow.sources.mias_rois import read_mias_rois
@@ -326,3 +343,15 @@ def test_yu_preset_on_the_released_rois_reproduces_the_released_split(mias_rois_
     assert result.manifest["counts"] == {"train": {"normal": 125, "tumour": 72}, "val": {"normal": 41, "tumour": 24},
                                          "test": {"normal": 41, "tumour": 23}}
     assert result.manifest["inputs"]["records_quarantined"] == 0
+
+
+def test_library_refuses_a_file_as_the_output_folder(phantom_dataset, tmp_path) -> None:
+    from mammoflow.dataset.build import build_dataset
+    from mammoflow.errors import ConfigError
+
+    blocker = tmp_path / "taken.txt"
+    blocker.write_text("not a folder")
+    for out in (blocker, blocker / "dataset"):
+        with pytest.raises(ConfigError, match="not a folder"):
+            build_dataset(phantom_dataset.parent / "pre", "yu2020", str(out))
+    assert blocker.read_text() == "not a folder"

@@ -29,6 +29,7 @@ def _check_png(path) -> None:
     assert image.shape[0] > 300 and image.shape[1] > 300
     assert image[..., :3].std() > 0.05  # not a blank canvas
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    assert path.stat().st_mode & 0o777 == 0o644  # shared like every output, not owner-only like a temporary file
 
 
 def test_plot_roc_and_pr(tmp_path, scores):

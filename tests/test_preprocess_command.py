@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from mammoflow.cli import cli
+from mammoflow.errors import ConfigError
 from mammoflow.io.images import encode_png, read_image, write_pgm, write_png
 from mammoflow.preprocess.run import preprocess_records, safe_name
 from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable
@@ -112,12 +113,61 @@ def test_preprocess_resumes_without_redoing(records_dir: Path, tmp_path: Path) -
     assert {p: p.stat().st_mtime_ns for p in images} == stamps
     assert [r.record_id for r in RecordsTable.read(out).records] == ["demo:a/1", "demo:b"]
 
-    # Another config redoes everything, and so does a changed input image.
-    other = preprocess_records(records_dir, "minimal", out)
+    # Another config (allowed with overwrite) redoes everything, and so does a changed input image.
+    other = preprocess_records(records_dir, "minimal", out, overwrite=True)
     assert (other.processed, other.reused) == (2, 0)
     write_pgm(records_dir / "raw" / "b.pgm", mammogram(dtype=np.uint16, seed=2))
     changed = preprocess_records(records_dir, "minimal", out)
     assert (changed.processed, changed.reused) == (1, 1)
+
+
+def test_another_config_into_the_same_out_is_refused_unless_overwrite(records_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run("--records", str(records_dir), "--config", "yu2020", "--out", str(out)).exit_code == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    with pytest.raises(ConfigError) as refused:
+        preprocess_records(records_dir, "jaamour2023_breast", out)
+    assert str(out) in str(refused.value) and "--overwrite" in str(refused.value) and "another --out" in str(
+        refused.value)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    result = CliRunner().invoke(cli, ["preprocess", "--records", str(records_dir), "--config", "jaamour2023_breast",
+                                      "--out", str(out)])
+    assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    # The same config resumes, as before.
+    assert "reused 2" in run("--records", str(records_dir), "--config", "yu2020", "--out", str(out)).output
+    replaced = run("--records", str(records_dir), "--config", "jaamour2023_breast", "--out", str(out), "--overwrite")
+    assert replaced.exit_code == 0 and "preprocessed 2, reused 0" in replaced.output
+    assert all(read_image(out / r.image_path).shape == (512, 512) for r in RecordsTable.read(out).records)
+
+
+def test_a_records_folder_not_written_by_preprocess_is_refused_as_out(records_dir: Path, tmp_path: Path) -> None:
+    """Pointing --out at an ingest output must not replace its records.jsonl."""
+    victim = tmp_path / "ingested"
+    RecordsTable([Record("other:x", "other", "p9", "x.png")], image_root=".").write(victim)
+    original = (victim / "records.jsonl").read_bytes()
+    with pytest.raises(ConfigError, match="records.jsonl"):
+        preprocess_records(records_dir, "yu2020", victim)
+    assert (victim / "records.jsonl").read_bytes() == original
+    assert not (victim / "images").exists() and not (victim / "preprocess_config.yaml").exists()
+    assert preprocess_records(records_dir, "yu2020", victim, overwrite=True).processed == 2
+    assert [r.record_id for r in RecordsTable.read(victim).records] == ["demo:a/1", "demo:b"]
+
+
+def test_outputs_are_readable_by_others_and_quarantine_lines_say_path_and_fix(
+        records_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out, view = tmp_path / "out", tmp_path / "view"
+    with caplog.at_level("WARNING", logger="mammoflow.preprocess.run"):
+        preprocess_records(records_dir, "yu2020", out, view)
+    (line,) = [r.getMessage() for r in caplog.records if "quarantined" in r.getMessage()]
+    assert "demo:c" in line and str(records_dir / "raw" / "c.png") in line and "truncated" in line
+    assert "Fix: " in line and line.split("Fix: ")[1]
+    files = [*view.glob("*.png"), *(out / "images").glob("*.png"), *(out / "masks").glob("*.png")]
+    assert len(files) == 5
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}
 
 
 def test_yu2020_keeps_the_frame_and_removes_the_label(records_dir: Path, tmp_path: Path) -> None:

@@ -9,8 +9,39 @@ import click
 
 from mammoflow.config import preset_names
 
+_EPILOG = """\b
+Examples:
+  mammoflow demo-data --out raw --n-images 48 --seed 1 --format mias
+  mammoflow ingest --source mias --root raw --out records
+  mammoflow preprocess --records records --config yu2020 --out pre
+  mammoflow build-dataset --records pre --config yu2020 --out data --export-png rois
+  mammoflow build-dataset --records pre --config yu2020 --out data   # again: same plan, shards unchanged
+  mammoflow build-dataset --records pre --config yu2020 --out gs://BUCKET/mammoflow/datasets/demo
+  mammoflow ingest --source mias-rois --root data/mias_rois/MIAS_ROIs.zip --out runs/records/yu
+  mammoflow build-dataset --records runs/records/yu --config yu2020 --out runs/datasets/yu   # released split kept
 
-@click.command(name="build-dataset")
+\b
+OUT gets split_plan.json, split_summary.md, dataset_config.yaml, the shards, quarantine.jsonl and
+manifest.json (written last). An OUT holding a dataset built from other records or another split config is refused."""
+
+
+def _check_local_out(out_uri: str) -> None:
+    """A local --out must be a folder, or not exist yet (then it is created), and so must its parents."""
+    from mammoflow import storage
+
+    if storage.is_remote(out_uri):
+        return
+    path = storage.local_path(out_uri)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise click.BadParameter(f"{folder} is a file, not a folder: the dataset is a folder of shards. "
+                                         "Fix: give a folder path (new or existing) or a gs:// prefix",
+                                         param_hint="--out")
+            return
+
+
+@click.command(name="build-dataset", epilog=_EPILOG)
 @click.option("--records", "records_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Records folder written by `mammoflow ingest` or `mammoflow preprocess`.")
 @click.option("--config", "config", required=True, metavar="NAME_OR_YAML",
@@ -28,6 +59,7 @@ def command(records_dir: Path, config: str, out_uri: str, export_png: Path | Non
     """
     from mammoflow.dataset.build import build_dataset
 
+    _check_local_out(out_uri)
     result = build_dataset(records_dir, config, out_uri, export_png=export_png)
     m = result.manifest
     click.echo(json.dumps({"out": out_uri, "counts": m["counts"], "examples": m["examples"],

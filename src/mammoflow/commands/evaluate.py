@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import click
 
+_EPILOG = """\b
+Examples:
+  mammoflow evaluate --model run --data data --split test --out eval
+  mammoflow evaluate --model run --data data --out eval-soft --method soft --calibrate --n-bootstrap 500
+  mammoflow evaluate --model runs/sweeps/demo --data data --out eval-sweep   # every finished trial
+  mammoflow evaluate --model runs/xi/fold0 --model runs/xi/fold1 --model runs/xi/fold2 \\
+      --data runs/datasets/xi --fold-of-each --out runs/xi/eval            # each run on its own fold
+  mammoflow evaluate --model gs://BUCKET/mammoflow/runs/demo --data gs://BUCKET/mammoflow/datasets/demo \\
+      --out eval --cache-dir /tmp/mammoflow-cache
 
-@click.command("evaluate")
+\b
+Then: mammoflow report --run run --evaluation eval --out report"""
+
+
+@click.command("evaluate", epilog=_EPILOG)
 @click.option("--model", "models", required=True, multiple=True, metavar="RUN_OR_MODEL_URI",
               help="Training run folder (local or gs://), a .keras file, or a sweep folder. Repeat for several runs "
                    "(e.g. the five folds of a cross-validation).")

@@ -16,7 +16,22 @@ def _circle(text: str) -> tuple[float, float, float]:
     return row, col, radius
 
 
-@click.command("explain")
+_EPILOG = """\b
+Examples:
+  mammoflow explain --model run --records pre --image mias:mdb011 --out cams
+  mammoflow explain --model run --records pre --limit 16 --out cams   # first 16 records with lesions
+  mammoflow explain --model run --image raw/mdb011.pgm --preprocess yu2020 --out cams-raw
+  mammoflow explain --model run --image raw/mdb002.pgm --preprocess yu2020 --lesion 594,278,47 \\
+      --method gradcam --stride 24 --out cams-raw
+
+\b
+Lesions come from the records, from --lesion/--mask, or from a ground_truth.json beside the image
+(demo-data writes one). An unreadable image or unknown id is quarantined in OUT/explain.json (path,
+problem, fix) and the others go on; re-running reuses the maps made with the same model, settings
+and input, so only new or changed images are computed."""
+
+
+@click.command("explain", epilog=_EPILOG)
 @click.option("--model", "model_uri", required=True, help="Training run folder (local or gs://) or a .keras file.")
 @click.option("--image", "images", multiple=True, metavar="PATH_OR_ID",
               help="Image file (PGM, PNG, DICOM) or a record id from --records. Repeatable.")
@@ -61,7 +76,12 @@ def command(model_uri: str, images: tuple[str, ...], records: str | None, prepro
                     method=method, layer=layer, iou_fraction=iou_threshold,  # type: ignore[arg-type]
                     tolerance=tolerance, cache_dir=cache_dir)
     summary = index["summary"]
+    n_reused, n_held = len(index["reused_now"]), len(index["quarantined_now"])
     line = f"explained {len(index['explained_now'])} image(s) with {index['method']} on {index['layer']}"
+    if n_reused:
+        line += f" ({n_reused} reused: same model, settings and input as before)"
+    if n_held:
+        line += f"; {n_held} quarantined (path, problem and fix in {out}/explain.json)"
     if summary.get("n_scored"):
         line += (f"; over the {summary['n_scored']} annotated image(s) in {out}: pointing game "
                  f"{summary['pointing_game_hits']}/{summary['n_scored']} (chance {summary['chance_rate_mean']:.3f}), "

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import click
 
+_EPILOG = """\b
+Examples:
+  mammoflow predict --model run --images rois/test/tumour
+  mammoflow predict --model run --images a.png --images b.pgm --out predictions.jsonl
+  mammoflow predict --model gs://BUCKET/mammoflow/runs/demo --images raw/mdb009.pgm --preprocess yu2020
 
-@click.command("predict")
+\b
+One JSON line per image: image, probabilities per class, predicted (the patch vote's winner), votes
+and n_patches. --out is written atomically and left as it was when no image could be predicted."""
+
+
+@click.command("predict", epilog=_EPILOG)
 @click.option("--model", "run_uri", required=True, help="Training run folder (local or gs://).")
 @click.option("--images", "images", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Image files (PNG/PGM/DICOM) or folders of them; ROIs or full images.")
@@ -39,12 +49,13 @@ def command(run_uri: str, images: tuple[Path, ...], preprocess: str | None, out:
         except InputError as exc:
             failed += 1
             log.error("%s", exc)
-    text = "\n".join(lines) + ("\n" if lines else "")
+    if not lines:  # before writing: a failed run leaves an earlier --out as it was
+        raise click.ClickException("no image could be predicted")
+    text = "\n".join(lines) + "\n"
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        from mammoflow.records import atomic_write_text
+
+        atomic_write_text(out, text)  # a reader never sees half a file
         click.echo(f"predicted {len(lines)} image(s), {failed} unreadable -> {out}")
     else:
         click.echo(text, nl=False)
-    if not lines:
-        raise click.ClickException("no image could be predicted")

@@ -8,8 +8,22 @@ import click
 
 from mammoflow.preprocess.run import preprocess_records
 
+_EPILOG = """\b
+Examples:
+  mammoflow demo-data --out raw --n-images 48 --seed 1 --format mias
+  mammoflow ingest --source mias --root raw --out records
+  mammoflow preprocess --records records --config yu2020 --out pre --export-png pre-png
+  mammoflow preprocess --records records --config yu2020 --out pre   # again: resumes, nothing redone
+  mammoflow preprocess --records records --config xi2018 --out pre-xi --workers 2
+  mammoflow preprocess --records records --config minimal --out pre --overwrite   # replaces the yu2020 images
 
-@click.command("preprocess")
+\b
+OUT gets images/, masks/, records.jsonl, quarantine.md, preprocess_config.yaml (the resolved chain)
+and preprocess_summary.json. An OUT made with another config, or holding records that preprocess
+did not write (an ingest folder), is refused unless --overwrite is given."""
+
+
+@click.command("preprocess", epilog=_EPILOG)
 @click.option("--records", "records_dir", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Records folder to read (made by `mammoflow ingest`).")
@@ -22,14 +36,17 @@ from mammoflow.preprocess.run import preprocess_records
 @click.option("--strict", is_flag=True, help="Exit non-zero if any record was quarantined in this run.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes to use (one image per process at a time).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace what --out holds when it was made with another config, or is a records folder that "
+                   "preprocess did not write (default: refuse).")
 def command(records_dir: Path, config: str, out_dir: Path, export_dir: Path | None, strict: bool,
-            workers: int) -> None:
+            workers: int, overwrite: bool) -> None:
     """Preprocess every image of a records folder with one chain and write a new records folder.
 
     Lesion centres, radii and masks are moved with the image. Unusable images are quarantined and the run goes
     on; re-running with the same config skips records already done.
     """
-    summary = preprocess_records(records_dir, config, out_dir, export_dir, workers)
+    summary = preprocess_records(records_dir, config, out_dir, export_dir, workers, overwrite=overwrite)
     click.echo(f"preprocessed {summary.processed}, reused {summary.reused}, quarantined "
                f"{summary.quarantined_new} new ({summary.quarantined_total} in total) -> {out_dir}")
     if summary.usable == 0:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import click
 
+_EPILOG = """\b
+Examples:
+  mammoflow report --run run --evaluation eval --explain cams --out report   # report/report.html
+  mammoflow report --run run --out report        # uses run/evaluation and run/explain when present
+  mammoflow report --run eval --out report-eval  # an evaluation folder on its own
+  mammoflow report --run runs/sweeps/demo --out report-sweep   # every trial and the best config
+  mammoflow report --run gs://BUCKET/mammoflow/runs/demo --out report --cache-dir /tmp/mammoflow-cache"""
 
-@click.command("report")
+
+@click.command("report", epilog=_EPILOG)
 @click.option("--run", "run", required=True,
               help="A training run folder, an evaluation folder (`mammoflow evaluate --out`) or a sweep folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for report.html/.md.")

@@ -8,13 +8,28 @@ from mammoflow.commands.train import parse_overrides
 
 _DEFAULT_DATA = "../shared/data/mias_rois/MIAS_ROIs.zip"
 
+_EPILOG = """\b
+Examples:
+  mammoflow fetch mias-rois --out data/mias_rois
+  mammoflow reproduce yu2020 --data data/mias_rois/MIAS_ROIs.zip --out runs/yu2020-fast --weights none
+  mammoflow reproduce yu2020 --data data/mias_rois/MIAS_ROIs.zip --out runs/yu2020-fast --weights none \\
+      --set schedule.steps_per_epoch=5 --n-bootstrap 200 --no-tsne   # a minutes-long smoke test
+  mammoflow reproduce yu2020 --data data/mias_rois/MIAS_ROIs.zip --out runs/yu2020-cpu --budget cpu
+  mammoflow reproduce yu2020 --data data/mias_rois/MIAS_ROIs.zip --out runs/yu2020 --budget paper \\
+      --address ray://127.0.0.1:10001   # ImageNet weights, every cell of Tables 1-3: a GPU cluster
 
-@click.group("reproduce")
+\b
+Re-running the same command resumes: finished cells are reused. OUT/report.html puts each cell
+next to the paper's numbers with 95% bootstrap CIs."""
+
+
+@click.group("reproduce", epilog=_EPILOG)
 def command() -> None:
     """Reproduce a paper's experiment on real data and compare every number with the paper's."""
 
 
-@command.command("yu2020", short_help="Yu et al. 2020 (MIAS fusion models): Tables 1-3 on the released ROIs.")
+@command.command("yu2020", short_help="Yu et al. 2020 (MIAS fusion models): Tables 1-3 on the released ROIs.",
+                 epilog=_EPILOG)
 @click.option("--data", "data", default=_DEFAULT_DATA, show_default=True, type=click.Path(exists=True),
               help="Yu et al.'s released MIAS_ROIs.zip (or its extracted folder); `mammoflow fetch mias-rois` "
                    "downloads it.")

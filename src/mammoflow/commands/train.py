@@ -19,7 +19,22 @@ def parse_overrides(items: tuple[str, ...]) -> dict[str, object]:
     return out
 
 
-@click.command("train")
+_EPILOG = """\b
+Examples:
+  mammoflow train --config demo --data data --out run   # re-run the same command to resume
+  mammoflow train --config demo --data data --out run-quick --set schedule.steps_per_epoch=5   # a smoke test
+  mammoflow train --config yu2020 --data runs/datasets/yu --out runs/yu/vgg19-fusion2 \\
+      --set model.name=vgg19_fusion2 --set 'model.params.branches=[3,4,5]'
+  mammoflow train --config run/config.yaml --data data --out run-again   # the config a run saved
+  mammoflow train --config xi2018 --data runs/datasets/xi --out runs/xi/fold0 --set data.fold=0
+  mammoflow train --config demo --data gs://BUCKET/mammoflow/datasets/demo --out gs://BUCKET/mammoflow/runs/demo
+
+\b
+The run folder holds config.yaml (the resolved config), checkpoints, history, metrics.json and
+model.keras; evaluate, explain, predict and report take it as --model / --run."""
+
+
+@click.command("train", epilog=_EPILOG)
 @click.option("--config", "config_ref", required=True,
               help="Preset name (yu2020, jaamour2023, xi2018, demo, ...) or a YAML path.")
 @click.option("--data", "data_uri", required=True, help="Dataset folder or gs:// prefix holding manifest.json.")

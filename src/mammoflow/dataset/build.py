@@ -473,6 +473,9 @@ def build_dataset(records_dir: Path | str, config: DatasetConfig | str | Path | 
     records_dir = Path(records_dir)
     table = RecordsTable.read(records_dir)
     out_uri = str(out_uri)
+    if not storage.is_remote(out_uri) and any(p.is_file() for p in (Path(out_uri), *Path(out_uri).parents)):
+        raise ConfigError(f"{out_uri}: is (or is under) a file, not a folder. Fix: give a folder path or a gs:// "
+                          "prefix for the dataset")
 
     # 1. Which records can give examples (metadata only).
     skipped: Counter[str] = Counter()
@@ -523,7 +526,8 @@ def build_dataset(records_dir: Path | str, config: DatasetConfig | str | Path | 
             except InputError as err:
                 err.record_id = err.record_id or rec.record_id
                 quarantine.append(QuarantineEntry.from_error(err, source=rec.source))
-                log.warning("quarantined %s [%s]: %s", rec.record_id, err.code, err.problem)
+                log.warning("quarantined %s (%s) [%s]: %s. Fix: %s", rec.record_id, err.path, err.code, err.problem,
+                            err.fix)
                 continue
             if cuts:
                 used_records.add(rec.record_id)

@@ -34,10 +34,12 @@ the patch-sized window around it, which is the same thing at the window's centre
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -600,6 +602,9 @@ class ExplainResult:
     iou_threshold: float | None = None
     chance_hit_rate: float | None = None
     lesion_area_fraction: float | None = None
+    # sha256 of the model, the settings and the input's content (see explain()): a re-run reuses these outputs when
+    # it matches, and computes them again when anything they depend on changed.
+    fingerprint: str | None = None
 
 
 def safe_name(text: str) -> str:
@@ -637,8 +642,12 @@ def _prepare(item: ImageToExplain, chain: Any) -> tuple[np.ndarray, np.ndarray |
 
 def explain_image(loaded: LoadedModel, item: ImageToExplain, out: Path, *, chain: Any = None,
                   target: CamTarget | None = None, stride: int | None = None, tile: int = 1024,
-                  iou_fraction: float = 0.5, tolerance: float = 0.0) -> ExplainResult:
-    """Map one image, write ``<name>_overlay.png``, ``<name>_cam.npy`` and ``<name>.json`` into ``out``."""
+                  iou_fraction: float = 0.5, tolerance: float = 0.0, fingerprint: str | None = None
+                  ) -> ExplainResult:
+    """Map one image, write ``<name>_overlay.png``, ``<name>_cam.npy`` and ``<name>.json`` into ``out``.
+
+    The JSON is written last, so an interrupted image never looks finished to a re-run (see :func:`explain`).
+    """
     t0 = time.perf_counter()
     target = target or loaded.cam_target()
     image, lesion, breast = _prepare(item, chain)
@@ -650,7 +659,7 @@ def explain_image(loaded: LoadedModel, item: ImageToExplain, out: Path, *, chain
     result = ExplainResult(name=item.name, source=item.source, record_id=item.record_id, label=item.label,
                            method=target.method, layer=target.layer, shape=list(image.shape),
                            overlay=f"{item.name}_overlay.png", cam_npy=f"{item.name}_cam.npy", seconds=0.0,
-                           n_lesions=len(item.lesion_circles) + len(item.lesion_masks))
+                           n_lesions=len(item.lesion_circles) + len(item.lesion_masks), fingerprint=fingerprint)
     peak_at = peak(cam, breast)
     result.peak_row, result.peak_col = int(peak_at[0]), int(peak_at[1])
     if lesion is not None and lesion.any():
@@ -686,25 +695,40 @@ def summarise(results: Sequence[ExplainResult]) -> dict[str, Any]:
     return summary
 
 
-def write_index(out: Path, results: Sequence[ExplainResult], info: dict[str, Any]) -> Path:
-    """``explain.json``: the settings, the per-image results and their summary (read by the report).
+def write_index(out: Path, results: Sequence[ExplainResult], info: dict[str, Any],
+                quarantine: Sequence[dict[str, Any]] = (), last_run: dict[str, int] | None = None) -> Path:
+    """``explain.json`` (written atomically): the settings, the per-image results, the quarantined images (path,
+    problem, fix, code) and their summary (read by the report).
 
     Explaining more images into the same folder with the same model and settings adds them to the index (an image
-    explained again replaces its entry); other settings start a new index.
+    explained or quarantined again replaces its entry; an image is listed in ``images`` or in ``quarantine``, never
+    both); other settings start a new index.
     """
     path = out / EXPLAIN_INDEX
-    merged: dict[str, dict[str, Any]] = {}
+    images: dict[str, dict[str, Any]] = {}
+    held: dict[str, dict[str, Any]] = {}
     previous = _read_index(path)
     same = previous is not None and all(previous.get(k) == v for k, v in info.items() if k != "model") and \
         (previous.get("model") or {}).get("sha256") == (info.get("model") or {}).get("sha256")
     if same:
-        merged = {img["name"]: img for img in previous["images"]}  # type: ignore[index]
+        images = {img["name"]: img for img in previous["images"]}  # type: ignore[index]
+        held = {q["name"]: q for q in previous.get("quarantine", [])}  # type: ignore[union-attr]
     for r in results:
-        merged[r.name] = asdict(r)
-    images = [merged[k] for k in sorted(merged)]
-    scored = [ExplainResult(**img) for img in images]
-    index = {"schema_version": 1, "kind": "mammoflow.explain", **info, "summary": summarise(scored),
-             "images": images}
+        images[r.name] = asdict(r)
+        held.pop(r.name, None)
+    for q in quarantine:
+        held[q["name"]] = dict(q)
+        images.pop(q["name"], None)
+    listed = [images[k] for k in sorted(images)]
+    summary = summarise([ExplainResult(**img) for img in listed])
+    by_code: dict[str, int] = {}
+    for q in held.values():
+        by_code[q["code"]] = by_code.get(q["code"], 0) + 1
+    summary.update({"n_quarantined": len(held), "quarantined_by_code": dict(sorted(by_code.items()))})
+    index = {"schema_version": 1, "kind": "mammoflow.explain", **info, "summary": summary, "images": listed,
+             "quarantine": [held[k] for k in sorted(held)]}
+    if last_run is not None:
+        index["last_run"] = last_run
     atomic_write_text(path, json.dumps(index, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 
@@ -761,31 +785,44 @@ def _read_mask(path: str | Path, shape: tuple[int, ...], record_id: str | None =
     return mask
 
 
+def _record_item(table: Any, records_dir: str | Path, rec: Any) -> ImageToExplain:
+    """Read one record's image and lesion masks."""
+    from mammoflow.io.images import read_image
+
+    image = read_image(table.image_path(rec, records_dir))
+    circles = [(les.center_row, les.center_col, les.radius) for les in rec.lesions
+               if les.center_row is not None and les.center_col is not None and les.radius]
+    masks = [_read_mask(_record_relative(table, records_dir, les.mask_path), image.shape, rec.record_id)
+             for les in rec.lesions if les.mask_path]
+    return ImageToExplain(name=safe_name(rec.record_id), image=image, source=rec.record_id,
+                          lesion_circles=circles, lesion_masks=masks, record_id=rec.record_id, label=rec.label)
+
+
+def _chosen_records(table: Any, records_dir: str | Path, ids: Sequence[str], limit: int | None) -> list[Any]:
+    """Records by id (or, with no ids, the first ``limit`` that have lesion geometry); an unknown id raises."""
+    by_id = {r.record_id: r for r in table.records}
+    if not ids:
+        return [r for r in table.records if any(les.has_geometry for les in r.lesions)][:limit]
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise _missing_record(records_dir, missing[0])
+    return [by_id[i] for i in ids]
+
+
+def _missing_record(records_dir: str | Path, record_id: str) -> InputError:
+    return InputError(Path(records_dir) / "records.jsonl", f"no record with id {record_id!r}",
+                      "give an image path or a record_id listed in records.jsonl", code="missing_record",
+                      record_id=record_id)
+
+
 def images_from_records(records_dir: str | Path, ids: Sequence[str] = (), limit: int | None = None
                         ) -> Iterator[ImageToExplain]:
     """Records by id (or, with no ids, the first ``limit`` records that have lesion geometry) with their lesions."""
-    from mammoflow.io.images import read_image
     from mammoflow.records import RecordsTable
 
     table = RecordsTable.read(records_dir)
-    by_id = {r.record_id: r for r in table.records}
-    if ids:
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise InputError(records_dir, f"no record with id {missing[0]!r}",
-                             "give an image path or a record_id listed in records.jsonl", code="missing_record")
-        chosen = [by_id[i] for i in ids]
-    else:
-        chosen = [r for r in table.records if any(les.has_geometry for les in r.lesions)][:limit]
-    for rec in chosen:
-        path = table.image_path(rec, records_dir)
-        image = read_image(path)
-        circles = [(les.center_row, les.center_col, les.radius) for les in rec.lesions
-                   if les.center_row is not None and les.center_col is not None and les.radius]
-        masks = [_read_mask(_record_relative(table, records_dir, les.mask_path), image.shape, rec.record_id)
-                 for les in rec.lesions if les.mask_path]
-        yield ImageToExplain(name=safe_name(rec.record_id), image=image, source=rec.record_id,
-                             lesion_circles=circles, lesion_masks=masks, record_id=rec.record_id, label=rec.label)
+    for rec in _chosen_records(table, records_dir, ids, limit):
+        yield _record_item(table, records_dir, rec)
 
 
 def _record_relative(table: Any, records_dir: str | Path, rel: str) -> Path:
@@ -793,6 +830,123 @@ def _record_relative(table: Any, records_dir: str | Path, rel: str) -> Path:
     if not root.is_absolute():
         root = Path(records_dir) / root
     return root / rel
+
+
+# ----------------------------------------------------------------------------------------- one call, resumable
+
+
+def _sha256_json(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _content_sha256(path: str | Path) -> str:
+    """sha256 of a file's (or zip member's) bytes; ``InputError`` when it cannot be read."""
+    from mammoflow.io.images import file_sha256
+
+    try:
+        return file_sha256(path)
+    except OSError as exc:  # missing files already raise InputError; this is permissions, I/O errors, ...
+        raise InputError(path, f"the file cannot be read ({exc.strerror or exc})",
+                         "check that the file exists and is readable", code="unreadable") from None
+
+
+@dataclass
+class _Pending:
+    """One image of an explain call, not read yet: its output name, what its outputs depend on, how to read it."""
+
+    name: str
+    source: str  # the path or record id the user gave
+    path: str  # the image file (named in the quarantine)
+    files: tuple[str, ...]  # the image and mask files whose content the outputs depend on
+    about: dict[str, Any]  # lesions and label the outputs depend on
+    load: Callable[[], ImageToExplain]
+    record_id: str | None = None
+    data_source: str = ""  # the dataset source of a record
+
+    def fingerprint(self, settings: str) -> str:
+        """sha256 of the settings fingerprint, the input files' content and the known lesions."""
+        return _sha256_json({"settings": settings, "source": self.source, "about": self.about,
+                             "files": [_content_sha256(f) for f in self.files]})
+
+
+def _path_pending(path: str, circles: Sequence[LesionCircle], mask_paths: Sequence[str]) -> _Pending:
+    known = list(circles) if (circles or mask_paths) else (_ground_truth_circles(Path(path)) or [])
+    return _Pending(name=safe_name(Path(path).stem), source=str(path), path=str(path),
+                    files=(str(path), *map(str, mask_paths)),
+                    about={"lesion_circles": [[float(v) for v in c] for c in known]},
+                    load=functools.partial(image_from_path, path, known, mask_paths))
+
+
+def _record_pendings(records_dir: str | Path, ids: Sequence[str], limit: int | None
+                     ) -> tuple[list[_Pending], list[InputError]]:
+    """The records to explain, and an error for each id that is not in the table."""
+    from mammoflow.records import RecordsTable
+
+    table = RecordsTable.read(records_dir)
+    by_id = {r.record_id: r for r in table.records}
+    missing = [_missing_record(records_dir, i) for i in ids if i not in by_id]
+    if ids:
+        chosen = [by_id[i] for i in ids if i in by_id]
+    else:
+        chosen = _chosen_records(table, records_dir, (), limit)
+    pending = []
+    for rec in chosen:
+        masks = [str(_record_relative(table, records_dir, les.mask_path)) for les in rec.lesions if les.mask_path]
+        image_path = str(table.image_path(rec, records_dir))
+        pending.append(_Pending(
+            name=safe_name(rec.record_id), source=rec.record_id, path=image_path, files=(image_path, *masks),
+            about={"label": rec.label, "lesions": rec.to_dict()["lesions"]},
+            load=functools.partial(_record_item, table, records_dir, rec), record_id=rec.record_id,
+            data_source=rec.source))
+    return pending, missing
+
+
+def _distinct(pending: Sequence[_Pending], out: Path) -> list[_Pending]:
+    """Drop repeated inputs; give distinct inputs distinct output names (two ``x.png`` in different folders, in this
+    call or an earlier one into ``out``), and never the index's own name."""
+    kept: list[_Pending] = []
+    sources: set[str] = set()
+    names = {Path(EXPLAIN_INDEX).stem}
+    for p in pending:
+        if p.source in sources:
+            continue
+        sources.add(p.source)
+        if p.name in names or _written_for_another_source(out, p.name, p.source):
+            p.name = f"{p.name}-{hashlib.sha256(p.source.encode()).hexdigest()[:8]}"
+        names.add(p.name)
+        kept.append(p)
+    return kept
+
+
+def _written_for_another_source(out: Path, name: str, source: str) -> bool:
+    try:
+        written = json.loads((out / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(written, dict) and written.get("source") not in (None, source)
+
+
+def _reusable(out: Path, name: str, fingerprint: str) -> ExplainResult | None:
+    """The result an earlier call wrote for ``name`` when it has the same fingerprint and its files are there."""
+    try:
+        result = ExplainResult(**json.loads((out / f"{name}.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    if result.fingerprint != fingerprint or result.name != name:
+        return None
+    return result if (out / result.overlay).is_file() and (out / result.cam_npy).is_file() else None
+
+
+def _quarantine_entry(name: str, err: InputError, record_id: str | None = None, source: str = "") -> dict[str, Any]:
+    from mammoflow.records import QuarantineEntry
+
+    if err.record_id is None:
+        err.record_id = record_id
+    entry = {"name": name, **asdict(QuarantineEntry.from_error(err, source=source))}
+    log.warning("quarantined %s (%s) [%s]: %s. Fix: %s", err.record_id or name, err.path, err.code, err.problem,
+                err.fix)
+    return entry
 
 
 def explain(model_uri: str, *, out: str | Path, images: Sequence[str] = (), records: str | Path | None = None,
@@ -805,10 +959,16 @@ def explain(model_uri: str, *, out: str | Path, images: Sequence[str] = (), reco
     With ``records`` and no ``images``, the first ``limit`` records with lesion geometry are explained. Lesions
     come from the records (centre/radius, masks), from ``circles``/``mask_paths`` (a single path image), or from a
     ``ground_truth.json`` beside the image. Writes per image ``<name>_overlay.png``, ``<name>_cam.npy``,
-    ``<name>.json`` and ``explain.json`` (index + pointing game / IoU summary of every image in ``out``). Returns
-    the index, with ``explained_now`` listing the images of this call.
+    ``<name>.json`` and ``explain.json`` (index + pointing game / IoU summary of every image in ``out``).
+
+    An image that cannot be used (unreadable, unknown record id, mask of the wrong size, ...) is quarantined in
+    ``explain.json`` with its path, problem, fix and code, and the others go on. An image whose outputs an earlier
+    call wrote with the same fingerprint (model weights, settings, the input's content and lesions) is reused, not
+    computed again. Returns the index, with ``explained_now`` (the images of this call, computed or reused),
+    ``reused_now`` and ``quarantined_now``. Raises ``InputError`` when no image of the call could be explained.
     """
     from mammoflow.evaluation.evaluate import load_model
+    from mammoflow.logs import progress
     from mammoflow.preprocess.chain import Chain
 
     out = Path(out)
@@ -822,27 +982,63 @@ def explain(model_uri: str, *, out: str | Path, images: Sequence[str] = (), reco
                          "record ids", code="missing_file")
     if (circles or mask_paths) and len(images) != 1:
         raise ConfigError("--lesion / --mask describe one image: give exactly one --image with them")
-    items: list[ImageToExplain] = [image_from_path(p, circles, mask_paths) for p in paths]
-    results: list[ExplainResult] = []
-    todo: list[Any] = [iter(items)]
-    if records is not None and (ids or not images):
-        todo.append(images_from_records(records, ids, None if ids else limit))
-    from mammoflow.logs import progress
-
-    for source in todo:
-        for item in progress(source, desc="explain", unit="img"):
-            results.append(explain_image(loaded, item, out, chain=chain, target=target, stride=stride, tile=tile,
-                                         iou_fraction=iou_fraction, tolerance=tolerance))
-    if not results:
-        raise InputError(records or out, "nothing to explain", "give --image PATH_OR_ID, or --records with "
-                         "records that have lesions", code="empty")
     info = {"model": loaded.describe(), "preprocess": chain.resolved() if chain is not None else None,
             "method": target.method, "layer": target.layer, "centring": target.centring,
             "patch_size": target.patch_size, "stride": stride or (target.patch_size // 2 if target.method ==
                                                                     "gradcam" else None),
             "pointing_game_tolerance_px": tolerance,
             "coordinates": "maps, overlays and peaks are in the preprocessed image's pixel frame (row 0 at the top)"}
-    write_index(out, results, info)
+    # Everything else a map or a score depends on, besides the input itself.
+    settings = {**{k: v for k, v in info.items() if k not in ("model", "coordinates")}, "model_sha256": loaded.sha256,
+                "tile": tile, "iou_fraction": iou_fraction, "value_range": target.value_range,
+                "positive_index": target.positive_index, "channels": target.channels}
+    info["fingerprint"] = _sha256_json(settings)
+
+    pending = [_path_pending(p, circles, mask_paths) for p in paths]
+    quarantine: list[dict[str, Any]] = []
+    if records is not None and (ids or not images):
+        from_records, missing = _record_pendings(records, ids, None if ids else limit)
+        pending += from_records
+        quarantine += [_quarantine_entry(safe_name(err.record_id or ""), err) for err in missing]
+    pending = _distinct(pending, out)
+
+    results: list[ExplainResult] = []
+    reused: list[str] = []
+    try:
+        for p in progress(pending, desc="explain", unit="img"):
+            try:
+                fingerprint = p.fingerprint(info["fingerprint"])
+                done = _reusable(out, p.name, fingerprint)
+                if done is not None:
+                    results.append(done)
+                    reused.append(done.name)
+                    continue
+                item = p.load()
+                item.name = p.name
+                results.append(explain_image(loaded, item, out, chain=chain, target=target, stride=stride, tile=tile,
+                                             iou_fraction=iou_fraction, tolerance=tolerance, fingerprint=fingerprint))
+            except InputError as err:
+                quarantine.append(_quarantine_entry(p.name, err, p.record_id, p.data_source))
+    except BaseException:
+        # Index what this call finished before the failure, so its maps are not left out of explain.json.
+        if results or quarantine:
+            write_index(out, results, info, quarantine)
+        raise
+    last_run = {"computed": len(results) - len(reused), "reused": len(reused), "quarantined": len(quarantine)}
+    if results or quarantine:
+        write_index(out, results, info, quarantine, last_run)
+    log.info("explain: %d computed, %d reused (same model, settings and input), %d quarantined -> %s",
+             last_run["computed"], last_run["reused"], last_run["quarantined"], out)
+    if not results:
+        if quarantine:
+            first = quarantine[0]
+            raise InputError(first["path"], f"none of the {len(quarantine)} image(s) could be explained, e.g. "
+                             f"{first['problem']}", f"{first['fix']} (every problem is listed in {out / EXPLAIN_INDEX})",
+                             code=first["code"], record_id=first["record_id"])
+        raise InputError(records or out, "nothing to explain", "give --image PATH_OR_ID, or --records with "
+                         "records that have lesions", code="empty")
     index = json.loads((out / EXPLAIN_INDEX).read_text())
     index["explained_now"] = [r.name for r in results]
+    index["reused_now"] = reused
+    index["quarantined_now"] = quarantine
     return index

@@ -45,6 +45,7 @@ def _save(fig: Any, path: Path | str) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; figures are meant to be shared (reports, KFP UI)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

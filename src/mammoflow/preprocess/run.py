@@ -11,6 +11,9 @@ Output folder layout::
 
 Record paths in the new table are relative to OUT (``image_root: .``); lesion centres and radii are in the
 preprocessed image's coordinates and ``extra["preprocess"]`` holds the chain's config hash.
+
+Re-running with the same config resumes. OUT is never replaced silently: a folder made with another config, or
+holding records that no preprocess run wrote (an ingest folder), is refused unless ``overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from mammoflow.errors import ConfigError, InputError
 from mammoflow.logs import progress
 from mammoflow.preprocess import ops
 from mammoflow.preprocess.chain import Chain, ChainResult
-from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable, atomic_write_text
+from mammoflow.records import RECORDS_FILE, Lesion, QuarantineEntry, Record, RecordsTable, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; exported views are meant to be looked at by others
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -223,11 +227,41 @@ def export_view(path: Path, image: np.ndarray, rec: Record, masks: list[np.ndarr
 # --------------------------------------------------------------------------------------------------- the run
 
 
+def check_output_folder(out_dir: Path, config_hash: str, overwrite: bool = False) -> None:
+    """Refuse to write into a folder holding other work: another config's preprocessed images (a different
+    resolved config hash in ``OUT/preprocess_config.yaml``) or records that no preprocess run wrote (an ingest
+    folder). The same config resumes; ``overwrite`` replaces."""
+    config_file = out_dir / CONFIG_FILE
+    if config_file.is_file():
+        try:
+            previous: str | None = Chain.from_config(config_file).config_hash()
+        except ConfigError:  # unreadable or from an incompatible version: not this config either
+            previous = None
+        if previous == config_hash:
+            return
+        if not overwrite:
+            raise ConfigError(
+                f"{out_dir}: already holds images preprocessed with another config ({CONFIG_FILE} hash "
+                f"{(previous or 'unreadable')[:12]}, this run {config_hash[:12]}); writing here would replace them. "
+                "Fix: give another --out, or add --overwrite to replace them")
+        log.warning("%s: replacing the images of another preprocess config (--overwrite)", out_dir)
+    elif (out_dir / RECORDS_FILE).exists():
+        if not overwrite:
+            raise ConfigError(
+                f"{out_dir}: holds a records folder ({RECORDS_FILE}) that no preprocess run wrote (no {CONFIG_FILE}; "
+                "an ingest output?); writing here would overwrite its records. Fix: give another --out, or add "
+                "--overwrite to replace them")
+        log.warning("%s: replacing a records folder that no preprocess run wrote (--overwrite)", out_dir)
+
+
 def preprocess_records(records_dir: Path | str, config: str | Path | dict[str, Any], out_dir: Path | str,
-                       export_dir: Path | str | None = None, workers: int = 1) -> PreprocessSummary:
+                       export_dir: Path | str | None = None, workers: int = 1, overwrite: bool = False
+                       ) -> PreprocessSummary:
     """Preprocess every record of ``records_dir`` into ``out_dir`` (see the module docstring); resumable.
 
-    Bad images are quarantined (input quarantine carried over) and the run goes on.
+    Bad images are quarantined (input quarantine carried over) and the run goes on. Re-running with the same config
+    resumes; a folder holding another config's output or a records folder not written by preprocess is refused
+    (:func:`check_output_folder`) unless ``overwrite``.
     """
     started = time.monotonic()
     records_dir, out_dir = Path(records_dir), Path(out_dir)
@@ -239,6 +273,7 @@ def preprocess_records(records_dir: Path | str, config: str | Path | dict[str, A
         raise ConfigError("preprocess: output_dtype float32 cannot be written as PNG. "
                           "Fix: use uint8 or uint16 (scale to [0, 1] at the model input)")
     config_hash = chain.config_hash()
+    check_output_folder(out_dir, config_hash, overwrite)
     table = RecordsTable.read(records_dir)
     root = _image_root(table, records_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +303,8 @@ def preprocess_records(records_dir: Path | str, config: str | Path | dict[str, A
                                                          out_dir, export, workers), strict=True):
         results[i] = outcome
         if isinstance(outcome, QuarantineEntry):
-            log.warning("quarantined %s: %s (%s)", outcome.record_id, outcome.problem, outcome.code)
+            log.warning("quarantined %s (%s) [%s]: %s. Fix: %s", outcome.record_id, outcome.path, outcome.code,
+                        outcome.problem, outcome.fix)
 
     records = [r for _, r in sorted(results.items()) if isinstance(r, Record)]
     new_quarantine = [q for _, q in sorted(results.items()) if isinstance(q, QuarantineEntry)]

@@ -174,10 +174,13 @@ def ingest_step(cfg: RetrainConfig, previous_records: str | Path | None, out_dir
 
 
 def preprocess_step(cfg: RetrainConfig, records_dir: str | Path, out_dir: str | Path) -> Any:
-    """Preprocess into a folder shared by every retrain: records done before are reused, only new ones run."""
+    """Preprocess into a folder shared by every retrain: records done before are reused, only new ones run.
+
+    The folder belongs to this retrain config, so a changed preprocess chain replaces its images (each image
+    records its config hash, so every one is preprocessed again) rather than being refused as foreign work."""
     from mammoflow.preprocess.run import preprocess_records
 
-    return preprocess_records(records_dir, cfg.preprocess, out_dir)
+    return preprocess_records(records_dir, cfg.preprocess, out_dir, overwrite=True)
 
 
 def build_step(cfg: RetrainConfig, preprocessed_dir: str | Path, data_uri: str) -> dict[str, Any]:

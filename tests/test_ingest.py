@@ -135,3 +135,38 @@ def test_pseudonymise_paths_keeps_folder_names_out_of_record_ids(tmp_path: Path)
     refused = CliRunner().invoke(command, ["--source", "mias", "--root", str(root), "--pseudonymise-paths",
                                            "--out", str(tmp_path / "m")])
     assert refused.exit_code == 2 and "--pseudonymise-paths is for --source dicom-dir" in refused.output
+
+
+def test_a_rerun_on_the_same_inputs_reads_nothing_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Re-running an ingest into its own folder resumes: unchanged inputs are not decoded again; a touched file, a
+    new file or another salt reads everything again."""
+    import logging
+    import os
+
+    from mammoflow.io import images
+    from mammoflow.synth.phantoms import write_mias_dataset
+
+    write_mias_dataset(tmp_path / "raw", n_images=6, seed=4)
+    args = ["--source", "mias", "--root", str(tmp_path / "raw"), "--salt", "s1", "--out", str(tmp_path / "rec")]
+    reads: list[str] = []
+    real_read = images.read_image
+    monkeypatch.setattr(images, "read_image", lambda path, *a, **k: reads.append(str(path)) or real_read(path, *a, **k))
+    first = _run(args)
+    assert first.exit_code == 0 and reads, "the first ingest decodes the images"
+    records = (tmp_path / "rec" / "records.jsonl").read_bytes()
+    stamp = (tmp_path / "rec" / "records.jsonl").stat().st_mtime_ns
+
+    reads.clear()
+    with caplog.at_level(logging.INFO, logger="mammoflow"):
+        again = _run(args)
+    assert again.exit_code == 0 and reads == [] and "nothing read again" in caplog.text
+    assert again.output.splitlines()[-1] == first.output.splitlines()[-1]  # the same summary line
+    assert (tmp_path / "rec" / "records.jsonl").stat().st_mtime_ns == stamp
+
+    pgm = sorted((tmp_path / "raw").glob("*.pgm"))[0]
+    os.utime(pgm, ns=(pgm.stat().st_atime_ns, pgm.stat().st_mtime_ns + 10**9))  # touched: read again
+    assert _run(args).exit_code == 0 and reads
+    assert (tmp_path / "rec" / "records.jsonl").read_bytes() == records  # same content, nothing duplicated
+    reads.clear()
+    assert _run(args[:-4] + ["--salt", "s2", "--out", str(tmp_path / "rec")]).exit_code == 0 and reads  # another salt

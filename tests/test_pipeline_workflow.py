@@ -193,3 +193,18 @@ def test_build_dataset_takes_a_dataset_config_by_uri(phantom_dataset: Path, gcs_
     assert [d.name.split("-")[0] for d in datasets] == ["rois"]
     assert (datasets[0] / "manifest.json").exists()
     assert result is not None
+
+
+def test_a_retried_ingest_step_reads_nothing_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mammoflow import sources
+    from mammoflow.synth.phantoms import write_mias_dataset
+
+    write_mias_dataset(tmp_path / "raw", n_images=4, seed=2)
+    first = workflow.ingest("mias", str(tmp_path / "raw"), tmp_path / "records", salt="s")
+    calls: list[str] = []
+    real = sources.read_source
+    monkeypatch.setattr(sources, "read_source", lambda name, opts: calls.append(name) or real(name, opts))
+    again = workflow.ingest("mias", str(tmp_path / "raw"), tmp_path / "records", salt="s")
+    assert calls == [] and again == first
+    workflow.ingest("mias", str(tmp_path / "raw"), tmp_path / "records", salt="other")
+    assert calls == ["mias"]

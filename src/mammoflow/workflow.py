@@ -273,15 +273,24 @@ def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labe
     files too. ``pseudonymise_paths`` (dicom-dir): record ids are salted pseudonyms of the file paths, for site
     folders named after patients.
     """
-    from mammoflow.sources import SALT_ENV, SourceOptions, read_source
+    from mammoflow.records import META_FILE
+    from mammoflow.sources import SALT_ENV, SourceOptions, read_source, resume
 
     check_labels(source, labels)
     check_pseudonymise_paths(source, pseudonymise_paths)
     local_root = fetch_tree(data_root, cache)
     uri = labels_uri(data_root, labels)
     local_labels = _local_labels(uri, data_root, local_root, cache)
-    table = read_source(source, SourceOptions(root=local_root, labels=local_labels, salt=salt,
-                                              pseudonymise_paths=pseudonymise_paths))
+    opts = SourceOptions(root=local_root, labels=local_labels, salt=salt, pseudonymise_paths=pseudonymise_paths)
+    out_dir = Path(out_dir)
+    fingerprint = resume.input_fingerprint(source, opts, {"data_root": data_root, "labels": uri})
+    done = resume.finished_summary(out_dir, fingerprint)
+    if done is not None and done.get("used"):  # a retried step: these inputs are already ingested there
+        log.info("%s: already holds the ingest of these inputs (used %d, quarantined %d); nothing read again",
+                 out_dir, done["used"], done["quarantined"])
+        meta = json.loads((out_dir / META_FILE).read_text())
+        return {**done, "labels_csv": meta.get("ingest", {}).get("labels_csv")}
+    table = read_source(source, opts)
     if not uri and table.meta.get("labels_found_in_root"):  # dicom-dir read data_root/labels.csv by itself
         uri = storage.join(data_root, str(table.meta["labels_file"]))
     if storage.is_remote(data_root):
@@ -294,8 +303,9 @@ def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labe
     table.meta["ingest"] = {"source": source, "data_root": data_root, "labels_csv": uri or None,
                             "metadata_only": False, "pseudonymise_paths": pseudonymise_paths,
                             "salt": "site salt" if site_salt else "public default salt (set MAMMOFLOW_SALT)"}
-    out_dir = Path(out_dir)
+    resume.forget(out_dir)
     summary = table.write(out_dir)
+    resume.mark_finished(out_dir, fingerprint)
     if summary["used"] == 0:
         raise InputError(out_dir / "quarantine.md", f"nothing usable was read from {data_root}",
                          "see the quarantine report for each file's problem and fix", code="empty")

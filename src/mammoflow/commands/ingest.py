@@ -82,7 +82,7 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
     and the fix, and ingestion goes on: read = used + quarantined. Patient ids are pseudonymous; no
     DICOM identifier is written anywhere.
     """
-    from mammoflow.sources import SALT_ENV, SOURCES, SourceOptions
+    from mammoflow.sources import SALT_ENV, SOURCES, SourceOptions, resume
     from mammoflow.workflow import check_labels
 
     check_labels(source, labels)
@@ -102,13 +102,20 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
                    f"ingest {source}: {d.new_records} new, {d.changed_records} changed, {d.removed_records} "
                    f"removed, {d.quarantined_new} quarantined -> {out}")
         return
-    try:
-        table = SOURCES[source](opts)
-    except InputError as err:
-        raise click.ClickException(str(err)) from None
-    table.meta["ingest"] = {"source": source, "metadata_only": metadata_only,
-                            "salt": "site salt" if site_salt else "public default salt (set --salt)"}
-    summary = table.write(out)
+    fingerprint = resume.input_fingerprint(source, opts)
+    summary = resume.finished_summary(out, fingerprint)
+    if summary is not None:
+        log.info("%s already holds the ingest of these inputs (nothing changed since): nothing read again", out)
+    else:
+        try:
+            table = SOURCES[source](opts)
+        except InputError as err:
+            raise click.ClickException(str(err)) from None
+        table.meta["ingest"] = {"source": source, "metadata_only": metadata_only,
+                                "salt": "site salt" if site_salt else "public default salt (set --salt)"}
+        resume.forget(out)
+        summary = table.write(out)
+        resume.mark_finished(out, fingerprint)
     codes = ", ".join(f"{code} {n}" for code, n in summary["quarantined_by_code"].items())
     click.echo(f"ingest {source}: read {summary['read']}, used {summary['used']}, quarantined "
                f"{summary['quarantined']}{f' ({codes})' if codes else ''} -> {out}")

@@ -231,3 +231,17 @@ def test_a_second_image_file_of_one_reference_is_counted(tmp_path: Path):
     assert "mdb001.pgm is the one read" in next(q.problem for q in table.quarantine if q.path.endswith(".png"))
     s = table.summary()
     assert s["read"] == s["used"] + s["quarantined"] == 4
+
+
+def test_a_16_bit_image_in_an_8_bit_dataset_is_used_and_noted(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    import logging
+
+    (tmp_path / "Info.txt").write_text("mdb001 G NORM\nmdb002 G NORM\n")
+    write_pgm(tmp_path / "mdb001.pgm", np.full((1024, 1024), 40_000, np.uint16))
+    write_pgm(tmp_path / "mdb002.pgm", np.full((1024, 1024), 120, np.uint8))
+    with caplog.at_level(logging.WARNING, logger="mammoflow"):
+        table = read_mias(root=tmp_path)
+    by_id = {r.record_id: r for r in table.records}
+    assert sorted(by_id) == ["mias:mdb001", "mias:mdb002"] and table.quarantine == []
+    assert by_id["mias:mdb001"].extra["bit_depth"] == 16 and "bit_depth" not in by_id["mias:mdb002"].extra
+    assert "mias:mdb001: 16-bit image" in caplog.text and "mdb002" not in caplog.text

@@ -287,6 +287,15 @@ def _problem_entry(info_path: Path, problems: list[InfoProblem]) -> QuarantineEn
                            record_id=record_id)
 
 
+def note_bit_depth(record: Record, pixels: Any) -> None:
+    """mini-MIAS and Yu's ROIs are 8-bit: a 16-bit file is not the released image. It is used (every step scales
+    by the image's own range), but said in the log and kept in the record (``extra["bit_depth"]``)."""
+    if pixels.dtype.itemsize > 1:
+        record.extra["bit_depth"] = 8 * pixels.dtype.itemsize
+        log.warning("%s: %d-bit image where the released data is 8-bit; used, but check it is the original file",
+                    record.record_id, 8 * pixels.dtype.itemsize)
+
+
 def _with_image(record: Record, root: Path) -> Record:
     """Check the image of ``record`` and fill size and content hash (raises InputError)."""
     from mammoflow.io.images import file_sha256, read_image
@@ -303,6 +312,7 @@ def _with_image(record: Record, root: Path) -> Record:
         raise InputError(path, f"image is {width}x{height}, mini-MIAS images are {MIAS_SIZE}x{MIAS_SIZE}",
                          "use the original mini-MIAS PGM (Info.txt coordinates refer to 1024x1024)",
                          code="bad_size", record_id=record.record_id)
+    note_bit_depth(record, pixels)
     record.image_path = path.name
     record.content_hash = file_sha256(path)
     return record

@@ -150,9 +150,11 @@ def read_mias_rois(root: Path, metadata_only: bool = False) -> RecordsTable:
 
 def _check_image(rec: Record, path: Path) -> None:
     from mammoflow.io.images import read_image
+    from mammoflow.sources.mias import note_bit_depth
 
     pixels = read_image(path)
     rec.height, rec.width = int(pixels.shape[0]), int(pixels.shape[1])
+    note_bit_depth(rec, pixels)
 
 
 def _check_trainval(table: RecordsTable, files: _RoiFiles, trainval: dict[str, str],

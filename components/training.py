@@ -40,13 +40,15 @@ def train(dataset: Input[Dataset], train_config: str, train_overrides: dict, sto
             metrics.log_metric(key, float(value))
 
 
-def sweep(dataset: Input[Dataset], spec: str, storage_root: str, run_id: str, ray_address: str,
+def sweep(dataset: Input[Dataset], spec: str, datasets: dict, storage_root: str, run_id: str, ray_address: str,
           max_concurrent: int, results: Output[Artifact], metrics: Output[Metrics]):
     """Run an ablation sweep on Ray Tune: every trial calls the same training function as the train step.
 
     Args:
         dataset: From build_dataset.
         spec: Sweep spec name (demo, yu2020_branches, jaamour2023_divide_conquer, xi2018_cv) or YAML path / URI.
+        datasets: For a spec that ablates datasets: the other datasets, name -> URI (``dataset`` serves the spec's
+            default one).
         storage_root: Local folder or gs:// prefix; the sweep goes to sweeps/<run_id>/ (a retry resumes it).
         run_id: Pipeline run id.
         ray_address: Ray cluster to use (e.g. ray://mammoflow-head-svc:10001); empty: a Ray inside this pod.
@@ -62,7 +64,7 @@ def sweep(dataset: Input[Dataset], spec: str, storage_root: str, run_id: str, ra
     workflow.setup_step_logging()
     out_uri = workflow.sweep_uri(storage_root, run_id)
     summary = workflow.sweep(spec, dataset.metadata["uri"], out_uri, address=ray_address or None,
-                             max_concurrent=max_concurrent or None)
+                             max_concurrent=max_concurrent or None, datasets=datasets)
     workflow.copy_files(out_uri, results.path, workflow.SWEEP_PACKAGE_FILES)
     results.metadata.update({"uri": out_uri, "spec": spec, **{k: v for k, v in summary.items()
                                                                 if isinstance(v, (str, int, float))}})

@@ -30,6 +30,7 @@ def build(options: PipelineOptions | None = None) -> Any:
     def sweep_pipeline(
         data: DataParameters,
         spec: str = "demo",
+        datasets: dict = {},  # noqa: B006 - KFP reads parameter defaults from the signature
         ray_address: str = "",
         max_concurrent: int = 0,
     ) -> Outputs:
@@ -37,13 +38,15 @@ def build(options: PipelineOptions | None = None) -> Any:
 
         Args:
             spec: Sweep spec (demo, yu2020_branches, jaamour2023_divide_conquer, xi2018_cv) or YAML path / URI.
+            datasets: A spec that ablates datasets (jaamour2023_divide_conquer): its other datasets, name -> URI,
+                built beforehand; the pipeline's own dataset serves the spec's default one.
             ray_address: Ray cluster address; empty = a Ray inside the sweep's pod.
             max_concurrent: At most this many trials at once (0: the spec's setting).
         """
         steps = add_data_steps(ops, options, data)
-        sweep = configure(ops["sweep"](dataset=steps.dataset, spec=spec, storage_root=data.storage_root,
-                                       run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, ray_address=ray_address,
-                                       max_concurrent=max_concurrent), "sweep", options)
+        sweep = configure(ops["sweep"](dataset=steps.dataset, spec=spec, datasets=datasets,
+                                       storage_root=data.storage_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                       ray_address=ray_address, max_concurrent=max_concurrent), "sweep", options)
         report = configure(ops["sweep_report"](sweep=sweep.outputs["results"]), "sweep_report", options)
         return Outputs(report=report.outputs["html"], metrics=sweep.outputs["metrics"])
 

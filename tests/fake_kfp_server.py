@@ -1,8 +1,9 @@
 """A Kubeflow Pipelines API server (REST, v2beta1) on loopback for tests: real HTTP, in-memory state.
 
 It answers the endpoints ``kfp.Client`` calls to submit and schedule (healthz, experiments, pipelines and their
-versions, uploads, runs, recurring runs) with the JSON shapes of ``kfp_server_api``'s models, and records every
-request (method, path, query, headers, JSON body or uploaded file) so a test can assert what was sent.
+versions, uploads, runs, recurring runs: create, list with paging, enable, disable, delete) with the JSON shapes of
+``kfp_server_api``'s models, and records every request (method, path, query, headers, JSON body or uploaded file)
+so a test can assert what was sent.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class FakeKfpServer:
         self.packages: dict[str, str] = {}  # pipeline version id -> the uploaded pipeline YAML
         self.runs: dict[str, dict[str, Any]] = {}
         self.recurring_runs: dict[str, dict[str, Any]] = {}
+        self.deleted_recurring_runs: dict[str, dict[str, Any]] = {}  # as they were when deleted
+        self.page_size_cap = 100  # at most this many items per list page, to exercise paging
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -85,6 +88,9 @@ class FakeKfpServer:
 
             def do_POST(self) -> None:
                 self._dispatch("POST")
+
+            def do_DELETE(self) -> None:
+                self._dispatch("DELETE")
 
             def _dispatch(self, method: str) -> None:
                 parts = urlsplit(self.path)
@@ -179,6 +185,29 @@ class FakeKfpServer:
                   "created_at": NOW, "updated_at": NOW}
             self.recurring_runs[rr["recurring_run_id"]] = rr
             return 200, rr
+        if (req.method, path) == ("GET", f"{API}/recurringruns"):
+            name = _display_name_filter(q)
+            found = [r for r in self.recurring_runs.values()
+                     if q.get("experiment_id") in (None, r.get("experiment_id"))
+                     and (name is None or r["display_name"] == name)]
+            start = int(q.get("page_token") or 0)
+            size = min(int(q.get("page_size") or 10), self.page_size_cap)
+            page: dict[str, Any] = {"recurring_runs": found[start:start + size], "total_size": len(found)}
+            if start + size < len(found):
+                page["next_page_token"] = str(start + size)
+            return 200, page if page["recurring_runs"] else {}
+        m = re.fullmatch(f"{API}/recurringruns/([^/:]+)(:disable|:enable)?", path)
+        if m and req.method in ("POST", "DELETE") and (req.method == "POST") == bool(m.group(2)):
+            rr_id = m.group(1)
+            if rr_id not in self.recurring_runs:
+                return 404, {"error": f"no recurring run {rr_id}", "code": 5}
+            if req.method == "DELETE":
+                self.deleted_recurring_runs[rr_id] = self.recurring_runs.pop(rr_id)
+            else:
+                enable = m.group(2) == ":enable"
+                self.recurring_runs[rr_id].update(status="ENABLED" if enable else "DISABLED",
+                                                  mode="ENABLE" if enable else "DISABLE", updated_at=NOW)
+            return 200, {}
         return 404, {"error": f"fake KFP server: no route for {req.method} {path}", "code": 5}
 
     def _version(self, pipeline_id: str, name: str, package: bytes) -> dict[str, Any]:

@@ -212,7 +212,7 @@ def test_training_and_sweep_share_the_data_parameters_each_described(training: d
     train_params = training["root"]["inputDefinitions"]["parameters"]
     sweep_params = sweep["root"]["inputDefinitions"]["parameters"]
     assert shared <= set(train_params) and shared <= set(sweep_params)
-    assert set(sweep_params) - shared == {"spec", "ray_address", "max_concurrent"}
+    assert set(sweep_params) - shared == {"spec", "datasets", "ray_address", "max_concurrent"}
     for name in shared:  # declared once: the same type, default and words in both pipelines
         assert train_params[name] == sweep_params[name], name
     # Every parameter of every pipeline is described in the KFP UI (the shared ones and each pipeline's own).

@@ -208,3 +208,19 @@ def test_a_retried_ingest_step_reads_nothing_again(tmp_path: Path, monkeypatch: 
     assert calls == [] and again == first
     workflow.ingest("mias", str(tmp_path / "raw"), tmp_path / "records", salt="other")
     assert calls == ["mias"]
+
+
+def test_a_dataset_ablation_needs_every_dataset_named() -> None:
+    """The pipeline builds one dataset; a spec that ablates datasets must not train them all on it."""
+    from mammoflow.sweep.spec import load_spec
+
+    assert workflow.sweep_datasets(["default"], "gs://b/d") == {"default": "gs://b/d"}
+    assert workflow.sweep_datasets(["rois"], "gs://b/d") == {"rois": "gs://b/d"}
+    names = load_spec("jaamour2023_divide_conquer").datasets
+    assert len(names) > 1
+    with pytest.raises(ConfigError, match="ablates datasets"):
+        workflow.sweep_datasets(names, "gs://b/d")
+    others = {n: f"gs://b/{n}" for n in names if n != "default"}
+    assert workflow.sweep_datasets(names, "gs://b/d", others) == {"default": "gs://b/d", **others}
+    with pytest.raises(ConfigError, match="not in the sweep spec"):
+        workflow.sweep_datasets(names, "gs://b/d", {**others, "typo": "gs://b/t"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import json
 import logging
 import re
 import sys
@@ -148,18 +149,54 @@ def upload(client: Any, package: Path, name: str, description: str = "") -> tupl
     return pipeline_id, created.pipeline_version_id
 
 
+def existing_recurring_runs(client: Any, experiment_id: str, job_name: str) -> list[Any]:
+    """The recurring runs of an experiment whose display name is ``job_name``, enabled or not, all pages."""
+    name_filter = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name",
+                                              "stringValue": job_name}]})
+    found: list[Any] = []
+    token = ""
+    while True:
+        with _quiet_stdout():
+            page = client.list_recurring_runs(page_token=token, page_size=100, experiment_id=experiment_id,
+                                              filter=name_filter)
+        # Compare names here too: the filter narrows the listing, the exact match is what decides.
+        found += [rr for rr in page.recurring_runs or [] if rr.display_name == job_name]
+        token = page.next_page_token or ""
+        if not token:
+            return found
+
+
 def schedule(package: Path, host: str, cron: str, *, job_name: str, pipeline_name: str | None = None,
              experiment: str = "mammoflow", params: dict[str, Any] | None = None, token: str | None = None,
              in_cluster: bool = False, namespace: str | None = None,
-             service_account: str | None = SERVICE_ACCOUNT) -> str:
+             service_account: str | None = SERVICE_ACCOUNT, replace: bool = False) -> str:
     """Create a recurring run of an uploaded pipeline version: no catch-up of missed runs, at most one run at a
-    time. Returns its id."""
+    time. Returns its id.
+
+    ``max_concurrency`` only bounds each recurring run, so a second one with the same name would run the same job
+    twice a night. An existing recurring run named ``job_name`` in the experiment is therefore refused
+    (ConfigError), or with ``replace`` disabled and deleted before the new one is created.
+    """
     validate_cron(cron)
     client = make_client(host, token, in_cluster, namespace)
+    with _quiet_stdout():
+        exp = client.create_experiment(name=experiment, namespace=namespace)
+    # Look before uploading, so that a refused schedule leaves no stray pipeline version behind.
+    old = existing_recurring_runs(client, exp.experiment_id, job_name)
+    if old and not replace:
+        ids = ", ".join(rr.recurring_run_id for rr in old)
+        raise ConfigError(f"experiment {experiment!r} on {host} already has a recurring run named {job_name!r} "
+                          f"({ids}); a second one would run the same job twice. Fix: pass --replace to disable "
+                          "and delete it and create the new one, or choose another --job-name")
     pipeline_id, version_id = upload(client, package, pipeline_name or job_name,
                                      description=f"uploaded by mammoflow {__version__} for schedule {job_name}")
     with _quiet_stdout():
-        exp = client.create_experiment(name=experiment, namespace=namespace)
+        for rr in old:
+            # Disable first: a deletion that fails half-way must not leave the old schedule firing.
+            client.disable_recurring_run(rr.recurring_run_id)
+            client.delete_recurring_run(rr.recurring_run_id)
+            log.info("replaced recurring run %s (%r, cron %r): disabled and deleted", rr.recurring_run_id,
+                     job_name, _cron_of(rr))
         rr = client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=job_name, cron_expression=cron, max_concurrency=1,
             no_catchup=True, params=params or {}, pipeline_id=pipeline_id, version_id=version_id,
@@ -167,3 +204,10 @@ def schedule(package: Path, host: str, cron: str, *, job_name: str, pipeline_nam
     log.info("recurring run %s created on %s with cron %r (pipeline %s, version %s)", rr.recurring_run_id, host,
              cron, pipeline_id, version_id)
     return rr.recurring_run_id
+
+
+def _cron_of(rr: Any) -> str | None:
+    """The cron expression of a listed recurring run (None for a periodic or missing trigger)."""
+    trigger = getattr(rr, "trigger", None)
+    cron = getattr(trigger, "cron_schedule", None)
+    return getattr(cron, "cron", None)

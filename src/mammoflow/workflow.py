@@ -483,18 +483,45 @@ def available_cpus(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> in
     return count
 
 
+def sweep_datasets(spec_datasets: Sequence[str], data_uri: str, given: Mapping[str, str] | None = None
+                   ) -> dict[str, str]:
+    """Which dataset URI each dataset name of a sweep spec trains on. The pipeline builds one dataset: it serves
+    the spec's ``default`` (or its only dataset); a spec that ablates datasets (preprocessing, mass/calc) needs the
+    others given by name, built beforehand. A missing one is an error, never the pipeline's dataset under another
+    name (that would report an ablation that did not happen)."""
+    from mammoflow.sweep.spec import DEFAULT_DATASET
+
+    given = {str(k): str(v) for k, v in (given or {}).items() if v}
+    unknown = sorted(set(given) - set(spec_datasets))
+    if unknown:
+        raise ConfigError(f"datasets {unknown} are not in the sweep spec (it has {list(spec_datasets)}). Fix: name "
+                          "only the spec's datasets")
+    own = DEFAULT_DATASET if DEFAULT_DATASET in spec_datasets else spec_datasets[0]
+    mapping = {own: data_uri, **given}
+    missing = [name for name in spec_datasets if name not in mapping]
+    if missing:
+        raise ConfigError(
+            f"the sweep spec ablates datasets {list(spec_datasets)}, and this pipeline builds one (used as {own!r}); "
+            f"{missing} have no dataset. Fix: build them (`mammoflow build-dataset --config ... --out "
+            "gs://.../datasets/NAME`) and pass datasets={NAME: URI, ...}, or use a spec with one dataset")
+    return mapping
+
+
 def sweep(spec_ref: str, data_uri: str, out_uri: str, *, address: str | None = None, num_cpus: int | None = None,
-          max_concurrent: int | None = None, cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Run a sweep spec on Ray Tune (``mammoflow sweep``) over one dataset; resumes a sweep left by an earlier
-    attempt at ``out_uri`` (a retried step after preemption)."""
+          max_concurrent: int | None = None, cache: str | os.PathLike[str] | None = None,
+          datasets: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run a sweep spec on Ray Tune (``mammoflow sweep``) on the pipeline's dataset (plus, for a spec that
+    ablates datasets, the other ones by name: :func:`sweep_datasets`); resumes a sweep left by an earlier attempt
+    at ``out_uri`` (a retried step after preemption)."""
     from mammoflow.sweep.runner import run_sweep
     from mammoflow.sweep.spec import load_spec
 
     spec = load_spec(_local_config(spec_ref, cache))
+    data = sweep_datasets(spec.datasets, data_uri, datasets)
     resume = storage.exists(storage.join(out_uri, "spec.yaml"))
     if not address and num_cpus is None:
         num_cpus = available_cpus()  # a Ray inside this pod: as many CPUs as the pod may use
-    return run_sweep(spec, {name: data_uri for name in spec.datasets}, out_uri, address=address or None,
+    return run_sweep(spec, data, out_uri, address=address or None,
                      resume=resume, num_cpus=num_cpus, max_concurrent=max_concurrent,
                      cache_dir=str(cache_dir(cache)))
 

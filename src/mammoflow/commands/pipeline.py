@@ -218,13 +218,15 @@ def submit_cmd(name: str, host: str, token: str | None, in_cluster: bool, namesp
 @click.option("--cron", required=True, help="KFP cron, 6 fields with seconds first, e.g. '0 0 2 * * *' (02:00 "
               "daily).")
 @click.option("--job-name", default=None, help="Recurring run name [default: mammoflow-<pipeline>].")
+@click.option("--replace", is_flag=True, help="Disable and delete the experiment's recurring run(s) with the same "
+              "name before creating this one (without it, an existing one is an error).")
 @_PARAM
 @_apply(_COMPILE)
 def schedule_cmd(name: str, host: str, token: str | None, in_cluster: bool, namespace: str | None,
-                 experiment: str, service_account: str, cron: str, job_name: str | None, params: tuple[str, ...],
-                 **compile_opts: Any) -> None:
+                 experiment: str, service_account: str, cron: str, job_name: str | None, replace: bool,
+                 params: tuple[str, ...], **compile_opts: Any) -> None:
     """Upload a pipeline version and create a recurring run of it (no catch-up of missed runs, at most one run
-    at a time)."""
+    at a time). A recurring run of the same name in the experiment is refused; --replace swaps it for the new one."""
     from mammoflow.kfp_client import schedule, validate_cron
 
     validate_cron(cron)  # before compiling or connecting: a typo fails here, not at 2 a.m.
@@ -233,5 +235,5 @@ def schedule_cmd(name: str, host: str, token: str | None, in_cluster: bool, name
         rr = schedule(package, host, cron, job_name=job_name or f"mammoflow-{name}",
                       pipeline_name=f"mammoflow-{name}", experiment=experiment,
                       params=_run_params(pipeline, params), token=token, in_cluster=in_cluster, namespace=namespace,
-                      service_account=service_account)
+                      service_account=service_account, replace=replace)
     click.echo(f"recurring run {rr}")

@@ -74,6 +74,10 @@ RESOURCES: dict[str, Resources] = {
     "push_retrain_metrics": Resources("250m", "500m", "512Mi", "1Gi"),
 }
 
+#: The sweep step when its trials run on a Ray cluster (``ray_address``, compiled with ``sweep_on_ray``): it only
+#: drives Tune, so it holds no GPU and little CPU for the days a sweep takes.
+RAY_DRIVER = Resources("1", "2", "2Gi", "4Gi")
+
 #: KFP caching per stage. On where the outputs are a pure function of the inputs (data steps read immutable
 #: inputs: a changed dataset must get a new data_root; evaluation steps read artifacts). Off for training, whose
 #: re-runs are wanted (new seeds, resumed preemptions), and for the steps that look at the outside world.
@@ -125,11 +129,13 @@ class PipelineOptions:
     storage_root: str = ""  # default of the storage_root parameter; "" = $MAMMOFLOW_STORAGE_ROOT
     caching: bool = True  # False: no step is ever taken from KFP's cache (e.g. after deleting a storage root)
     retries: bool = True  # False for local runs: kfp.local honours retries, and a laptop run should fail fast
+    sweep_on_ray: bool = False  # the sweep's trials run on a Ray cluster (ray_address): a small CPU driver step
 
     @classmethod
     def from_env(cls, **overrides: Any) -> PipelineOptions:
         """Options from MAMMOFLOW_IMAGE, MAMMOFLOW_GPU_IMAGE, MAMMOFLOW_GPU (0/1), MAMMOFLOW_GPU_NODE_SELECTOR
-        (``key=value,...`` or ``none``), MAMMOFLOW_SPOT (0/1), MAMMOFLOW_GCS_SECRET, MAMMOFLOW_STORAGE_ROOT, then
+        (``key=value,...`` or ``none``), MAMMOFLOW_SPOT (0/1), MAMMOFLOW_GCS_SECRET, MAMMOFLOW_STORAGE_ROOT,
+        MAMMOFLOW_SWEEP_ON_RAY (0/1), then
         ``overrides`` (None values are ignored)."""
         env = os.environ
         values: dict[str, Any] = {
@@ -137,6 +143,7 @@ class PipelineOptions:
             "spot": env.get("MAMMOFLOW_SPOT", "0") in ("1", "true", "yes"),
             "gcs_secret": env.get("MAMMOFLOW_GCS_SECRET", ""),
             "storage_root": env.get(STORAGE_ROOT_ENV, ""),
+            "sweep_on_ray": env.get("MAMMOFLOW_SWEEP_ON_RAY", "0") in ("1", "true", "yes"),
         }
         if "MAMMOFLOW_GPU_NODE_SELECTOR" in env:
             values["gpu_node_selector"] = _parse_selector(env["MAMMOFLOW_GPU_NODE_SELECTOR"])
@@ -163,7 +170,7 @@ def configure(task: Any, stage: str, options: PipelineOptions) -> Any:
     """Apply the stage's resources, GPU, retries, caching, timeouts, labels and credentials to a task."""
     from kfp import kubernetes
 
-    res = RESOURCES[stage]
+    res = RAY_DRIVER if stage == "sweep" and options.sweep_on_ray else RESOURCES[stage]
     task.set_display_name(stage.replace("_", "-"))
     task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory).set_memory_limit(res.memory_limit)

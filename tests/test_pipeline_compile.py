@@ -355,3 +355,12 @@ def test_retrain_outputs_parameters_and_cluster_settings(retrain: dict[str, Any]
 def test_local_build_has_no_retries(tmp_path: Path) -> None:
     spec = compile_to_dict("retrain", tmp_path, PipelineOptions(retries=False))
     assert not any("retryPolicy" in t for t in tasks(spec).values())
+
+
+def test_a_sweep_driving_a_ray_cluster_holds_no_gpu(tmp_path: Path, sweep: dict[str, Any]) -> None:
+    """With its trials on a Ray cluster the sweep step only drives Tune: no GPU, a small CPU request."""
+    on_ray = executors(compile_to_dict("sweep", tmp_path, PipelineOptions(sweep_on_ray=True)))["sweep"]
+    in_pod = executors(sweep)["sweep"]
+    assert "accelerator" not in on_ray["resources"] and in_pod["resources"]["accelerator"]
+    assert (on_ray["resources"]["resourceCpuRequest"], on_ray["resources"]["resourceMemoryRequest"]) == ("1", "2Gi")
+    assert in_pod["resources"]["resourceCpuRequest"] == "4"

@@ -192,10 +192,11 @@ class FakeKfpServer:
                      and (name is None or r["display_name"] == name)]
             start = int(q.get("page_token") or 0)
             size = min(int(q.get("page_size") or 10), self.page_size_cap)
-            page: dict[str, Any] = {"recurring_runs": found[start:start + size], "total_size": len(found)}
+            # "recurringRuns": the proto field is camelCase (kfp_server_api's attribute_map reads this key).
+            page: dict[str, Any] = {"recurringRuns": found[start:start + size], "total_size": len(found)}
             if start + size < len(found):
                 page["next_page_token"] = str(start + size)
-            return 200, page if page["recurring_runs"] else {}
+            return 200, page if page["recurringRuns"] else {}
         m = re.fullmatch(f"{API}/recurringruns/([^/:]+)(:disable|:enable)?", path)
         if m and req.method in ("POST", "DELETE") and (req.method == "POST") == bool(m.group(2)):
             rr_id = m.group(1)

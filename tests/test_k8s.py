@@ -326,10 +326,16 @@ def test_rbac_is_namespaced_and_without_wildcards(overlays, overlay):
         for field in ("apiGroups", "resources", "verbs", "resourceNames"):
             assert not any("*" in value for value in rule.get(field, [])), rule
         assert not set(rule["verbs"]) & {"delete", "deletecollection", "escalate", "bind", "impersonate"}, rule
-        assert "secrets" not in rule["resources"], "the pipeline runner reads no secrets"
+        if "secrets" in rule["resources"] or "configmaps" in rule["resources"]:
+            assert rule.get("resourceNames") and rule["verbs"] == ["get"], "only named secrets and configmaps"
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                for v in rule["verbs"]}
-    assert {("ray.io", "rayjobs", "create"), ("ray.io", "rayjobs", "get"), ("", "pods/log", "get")} <= granted
+    # KFP's launcher reads the default artifact store's credentials and its executor reports task results.
+    assert {("", "secrets", "get"), ("argoproj.io", "workflowtaskresults", "create")} <= granted
+    secrets = [n for rule in role["rules"] if "secrets" in rule["resources"] for n in rule["resourceNames"]]
+    assert secrets == ["mlpipeline-minio-artifact"]
+    # No step creates RayJobs or reads pods: a sweep step joins Ray over ray://.
+    assert not {r for _, r, _ in granted} & {"rayjobs", "pods", "pods/log"}
     binding = one(objects, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mammoflow-pipeline-runner",
@@ -346,6 +352,32 @@ def test_sweep_rayjob_runs_once_on_the_patched_cluster(overlays, overlay):
     assert job["suspend"] is True, "applying the manifests must not start a sweep"
     # The copy is taken after the overlay's patches: the sweep runs on exactly the cluster the overlay defines.
     assert job["rayClusterSpec"] == one(objects, "RayCluster", "mammoflow")["spec"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_submitter_expands_the_storage_root_from_the_settings(overlays, overlay):
+    """KubeRay's submitter shell expands the entrypoint's $MAMMOFLOW_STORAGE_ROOT, so it must have the settings."""
+    objects = overlays[overlay]
+    job = one(objects, "RayJob", "mammoflow-sweep")["spec"]
+    assert "$MAMMOFLOW_STORAGE_ROOT" in job["entrypoint"]
+    settings = one(objects, "ConfigMap", "mammoflow-settings")["metadata"]["name"]
+    (container,) = job["submitterPodTemplate"]["spec"]["containers"]
+    assert {"configMapRef": {"name": settings}} in container.get("envFrom", [])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_object_store_fits_in_shared_memory(overlays, overlay):
+    """Each group's object store fits its /dev/shm volume, else Ray falls back to a disk-backed store."""
+    for where, template in pod_templates(overlays[overlay]):
+        if "submitter" in where:
+            continue
+        kind, _, name = where.partition(" ")
+        spec = cluster_specs(overlays[overlay])[kind]
+        starts = (spec["headGroupSpec"] if name == "head" else group(spec, name))["rayStartParams"]
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        (shm,) = [m["name"] for m in template["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+        assert volumes[shm]["emptyDir"]["medium"] == "Memory", where
+        assert 0 < quantity(starts["object-store-memory"]) < quantity(volumes[shm]["emptyDir"]["sizeLimit"]), where
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -13,7 +13,7 @@ from tests.fake_kfp_server import FakeKfpServer
 
 from mammoflow.cli import cli
 from mammoflow.errors import ConfigError
-from mammoflow.kfp_client import SERVICE_ACCOUNT, make_client, schedule, submit, validate_cron
+from mammoflow.kfp_client import SERVICE_ACCOUNT, make_client, schedule, submit, upload, validate_cron
 
 
 @pytest.fixture
@@ -158,6 +158,61 @@ def test_schedule_uploads_a_version_and_creates_a_safe_recurring_run(server: Fak
     assert version_upload.query["name"].startswith("0.1.0-")
 
 
+def test_a_second_schedule_with_the_same_name_is_refused(server: FakeKfpServer, package: Path) -> None:
+    """Two recurring runs of one job would both fire each night: max_concurrency=1 bounds each one, not the pair."""
+    first = schedule(package, server.url, "0 0 2 * * *", job_name="nightly", params={"storage_root": "gs://b/m"})
+    with pytest.raises(ConfigError, match=rf"recurring run named 'nightly' \({first}\).*Fix: pass --replace"):
+        schedule(package, server.url, "0 0 3 * * *", job_name="nightly", params={"storage_root": "gs://b/m"})
+    assert list(server.recurring_runs) == [first]
+    assert server.recurring_runs[first]["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * *"}}
+    # Refused before uploading: no stray pipeline version, nothing disabled or deleted.
+    assert sum(len(v) for v in server.versions.values()) == 1
+    assert not server.calls("POST", "/recurringruns/.*") and not server.calls("DELETE", "/recurringruns/.*")
+    # The name is per experiment: the same job name elsewhere is another schedule.
+    other = schedule(package, server.url, "0 0 3 * * *", job_name="nightly", experiment="staging",
+                     params={"storage_root": "gs://b/m"})
+    assert server.recurring_runs[other]["experiment_id"] != server.recurring_runs[first]["experiment_id"]
+
+
+def test_replace_disables_and_deletes_the_old_schedule(server: FakeKfpServer, package: Path) -> None:
+    old = schedule(package, server.url, "0 0 2 * * *", job_name="nightly", params={"storage_root": "gs://b/m"})
+    new = schedule(package, server.url, "0 30 1 * * *", job_name="nightly", params={"storage_root": "gs://b/m2"},
+                   replace=True)
+    assert new != old and list(server.recurring_runs) == [new]
+    rr = server.recurring_runs[new]
+    assert rr["trigger"] == {"cron_schedule": {"cron": "0 30 1 * * *"}}
+    assert rr["runtime_config"]["parameters"] == {"storage_root": "gs://b/m2"}
+    assert server.deleted_recurring_runs[old]["status"] == "DISABLED"
+    order = [(r.method, r.path.rsplit("/", 1)[-1]) for r in server.requests if "/recurringruns" in r.path]
+    assert order == [("GET", "recurringruns"), ("POST", "recurringruns"), ("GET", "recurringruns"),
+                     ("POST", f"{old}:disable"), ("DELETE", old), ("POST", "recurringruns")]
+    # replace with nothing to replace simply creates.
+    other = schedule(package, server.url, "0 0 4 * * *", job_name="weekly", params={"storage_root": "gs://b/m"},
+                     replace=True)
+    assert set(server.recurring_runs) == {new, other} and len(server.deleted_recurring_runs) == 1
+
+
+def test_replace_removes_every_duplicate_across_pages(server: FakeKfpServer, package: Path) -> None:
+    """Duplicates left by earlier deployments (before the name check) are all found, however many pages they span."""
+    client = make_client(server.url)
+    exp = client.create_experiment(name="mammoflow")
+    pipeline_id, version_id = upload(client, package, "mammoflow-training")
+    for _ in range(3):
+        client.create_recurring_run(experiment_id=exp.experiment_id, job_name="nightly",
+                                    cron_expression="0 0 2 * * *", pipeline_id=pipeline_id, version_id=version_id)
+    unrelated = client.create_recurring_run(experiment_id=exp.experiment_id, job_name="weekly",
+                                            cron_expression="0 0 2 * * SUN", pipeline_id=pipeline_id,
+                                            version_id=version_id).recurring_run_id
+    duplicates = set(server.recurring_runs) - {unrelated}
+    server.page_size_cap = 1
+    new = schedule(package, server.url, "0 0 2 * * *", job_name="nightly", pipeline_name="mammoflow-training",
+                   params={"storage_root": "gs://b/m"}, replace=True)
+    assert set(server.recurring_runs) == {unrelated, new}
+    assert set(server.deleted_recurring_runs) == duplicates
+    assert all(rr["status"] == "DISABLED" for rr in server.deleted_recurring_runs.values())
+    assert len(server.calls("GET", "/recurringruns")) == 3  # one page per duplicate
+
+
 def test_schedule_command_refuses_a_bad_cron_before_any_request(server: FakeKfpServer) -> None:
     result = CliRunner().invoke(cli, ["pipeline", "schedule", "--host", server.url, "--cron", "0 2 * * *",
                                       "--param", "storage_root=gs://b/m"])
@@ -175,6 +230,21 @@ def test_schedule_command(server: FakeKfpServer) -> None:
     rr = server.recurring_runs[rr_id]
     assert rr["display_name"] == "mammoflow-training" and rr["max_concurrency"] == 1 and rr["no_catchup"] is True
     assert all(r.headers.get("authorization") == "Bearer abc" for r in server.requests)
+
+
+def test_schedule_command_again_needs_replace(server: FakeKfpServer) -> None:
+    args = ["pipeline", "schedule", "--host", server.url, "--cron", "0 0 2 * * *", "--param", "storage_root=gs://b/m"]
+    assert invoke(*args).exit_code == 0
+    (old,) = server.recurring_runs
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
+    assert "'mammoflow-training'" in str(result.exception) and "--replace" in str(result.exception)
+    assert list(server.recurring_runs) == [old]
+    result = invoke(*args, "--replace")
+    assert result.exit_code == 0, result.output
+    (new,) = server.recurring_runs
+    assert new != old and result.stdout.strip() == f"recurring run {new}"
+    assert server.deleted_recurring_runs[old]["status"] == "DISABLED"
 
 
 def test_schedule_command_for_the_retraining_pipeline(server: FakeKfpServer) -> None:

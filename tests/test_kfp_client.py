@@ -96,6 +96,9 @@ def test_submit_command_checks_parameters_before_any_request(server: FakeKfpServ
     assert result.exit_code != 0 and "n_images" in str(result.exception or result.output)
     result = CliRunner().invoke(cli, ["pipeline", "submit", "--host", server.url])
     assert result.exit_code != 0 and "no storage root" in result.output
+    # A local folder is not shared by the pods of a cluster run: refused, with the fix.
+    result = CliRunner().invoke(cli, ["pipeline", "submit", "--host", server.url, "--param", "storage_root=/data/mf"])
+    assert result.exit_code != 0 and "not a gs:// prefix" in result.output and "--local" in result.output
     assert server.requests == []
 
 

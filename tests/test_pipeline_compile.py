@@ -364,3 +364,11 @@ def test_a_sweep_driving_a_ray_cluster_holds_no_gpu(tmp_path: Path, sweep: dict[
     assert "accelerator" not in on_ray["resources"] and in_pod["resources"]["accelerator"]
     assert (on_ray["resources"]["resourceCpuRequest"], on_ray["resources"]["resourceMemoryRequest"]) == ("1", "2Gi")
     assert in_pod["resources"]["resourceCpuRequest"] == "4"
+
+
+def test_the_compile_command_takes_sweep_on_ray(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.yaml"
+    result = CliRunner().invoke(cli, ["pipeline", "compile", "--pipeline", "sweep", "--sweep-on-ray", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    spec = next(iter(yaml.safe_load_all(out.read_text())))
+    assert "accelerator" not in executors(spec)["sweep"]["resources"]

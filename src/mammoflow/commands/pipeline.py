@@ -94,6 +94,8 @@ _COMPILE = [
     click.option("--storage-root", default=None, help="Default of the storage_root parameter, e.g. "
                  "gs://BUCKET/mammoflow [default: $MAMMOFLOW_STORAGE_ROOT]."),
     click.option("--no-cache", "no_cache", is_flag=True, help="Compile with KFP caching off for every step."),
+    click.option("--sweep-on-ray", "sweep_on_ray", is_flag=True, help="The sweep's trials run on a Ray cluster "
+                 "(pass --param ray_address=...): the sweep step is a small CPU driver and holds no GPU."),
 ]
 _AUTH = [
     click.option("--host", required=True, help="KFP API endpoint, e.g. https://HOST/pipeline or "
@@ -117,13 +119,14 @@ def _apply(options: list) -> Any:
 
 
 def _options(image: str | None, gpu_image: str | None, no_gpu: bool, gpu_node_selector: tuple[str, ...],
-             spot: bool, gcs_secret: str | None, storage_root: str | None, no_cache: bool) -> Any:
+             spot: bool, gcs_secret: str | None, storage_root: str | None, no_cache: bool,
+             sweep_on_ray: bool = False) -> Any:
     from mammoflow.pipelines.options import PipelineOptions
 
     return PipelineOptions.from_env(image=image, gpu_image=gpu_image, gpu=False if no_gpu else None,
                                     gpu_node_selector=_selectors(gpu_node_selector), spot=spot or None,
                                     gcs_secret=gcs_secret, storage_root=storage_root,
-                                    caching=False if no_cache else None)
+                                    caching=False if no_cache else None, sweep_on_ray=sweep_on_ray or None)
 
 
 def _compile(name: str, out: Path, options: Any) -> tuple[Path, Any]:
@@ -143,9 +146,14 @@ def _run_params(pipeline: Any, items: tuple[str, ...]) -> dict[str, Any]:
 
     params = check_params(pipeline, _params(items))
     defaults = {name: spec.default for name, spec in (pipeline.component_spec.inputs or {}).items()}
-    if not params.get("storage_root", defaults.get("storage_root")):
+    root = params.get("storage_root", defaults.get("storage_root"))
+    if not root:
         raise click.UsageError("no storage root: pass --param storage_root=gs://BUCKET/mammoflow (or compile "
                                "with --storage-root / $MAMMOFLOW_STORAGE_ROOT)")
+    if not str(root).startswith("gs://"):  # each step is its own pod: a local folder is not shared between them
+        raise click.UsageError(f"storage_root {root!r} is not a gs:// prefix: on a cluster every step runs in its "
+                               "own pod, so shards written by one step would be invisible to the next. Fix: pass "
+                               "--param storage_root=gs://BUCKET/mammoflow (local folders: `pipeline run --local`)")
     return params
 
 

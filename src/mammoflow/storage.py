@@ -382,6 +382,23 @@ def put_bytes(uri: str | os.PathLike[str], data: bytes) -> None:
         fh.write(data)
 
 
+def _gcs_put_if_generation(uri: str, data: bytes, generation: int, op: str) -> bool:
+    """One GCS upload with ``if_generation_match`` (0: the object must not exist): the check and the write are one
+    request. True if written, False on HTTP 412 (the object is not the generation expected)."""
+    from google.api_core import exceptions as api
+
+    def upload() -> None:
+        blob = _GcsBackend.blob(uri)
+        blob.metadata = {SHA256_KEY: hashlib.sha256(data).hexdigest()}
+        blob.upload_from_string(data, if_generation_match=generation, retry=None)
+
+    try:
+        _with_retry(op, uri, upload)
+    except api.PreconditionFailed:
+        return False
+    return True
+
+
 def put_bytes_if_absent(uri: str | os.PathLike[str], data: bytes) -> bool:
     """Create ``uri`` holding ``data`` only if nothing exists there; True if this call created it.
 
@@ -392,18 +409,7 @@ def put_bytes_if_absent(uri: str | os.PathLike[str], data: bytes) -> bool:
     """
     uri = str(uri)
     if is_remote(uri):
-        from google.api_core import exceptions as api
-
-        def upload() -> None:
-            blob = _GcsBackend.blob(uri)
-            blob.metadata = {SHA256_KEY: hashlib.sha256(data).hexdigest()}
-            blob.upload_from_string(data, if_generation_match=0, retry=None)
-
-        try:
-            _with_retry("create", uri, upload)
-        except api.PreconditionFailed:
-            return False
-        return True
+        return _gcs_put_if_generation(uri, data, 0, "create")
     dest = local_path(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
@@ -432,20 +438,7 @@ def put_bytes_if_version(uri: str | os.PathLike[str], data: bytes, expected: Obj
     """
     uri = str(uri)
     if is_remote(uri):
-        from google.api_core import exceptions as api
-
-        generation = int(expected.version) if expected is not None else 0
-
-        def upload() -> None:
-            blob = _GcsBackend.blob(uri)
-            blob.metadata = {SHA256_KEY: hashlib.sha256(data).hexdigest()}
-            blob.upload_from_string(data, if_generation_match=generation, retry=None)
-
-        try:
-            _with_retry("update", uri, upload)
-        except api.PreconditionFailed:
-            return False
-        return True
+        return _gcs_put_if_generation(uri, data, int(expected.version) if expected is not None else 0, "update")
     current = stat(uri)
     if (current is None) != (expected is None) or (current is not None and expected is not None
                                                    and current.version != expected.version):

@@ -48,6 +48,7 @@ from mammoflow.dataset.splits import SplitConfig, SplitPlan, check_plan, extend_
 from mammoflow.errors import ConfigError, MammoflowError
 from mammoflow.records import QuarantineEntry, Record, RecordsTable, atomic_write_text
 from mammoflow.sources import SourceOptions, read_source
+from mammoflow.sources._common import source_file_key, source_files
 from mammoflow.storage import file_sha256
 
 log = logging.getLogger(__name__)
@@ -91,39 +92,6 @@ class ChangeScan:
                 "hash_reused": self.hash_reused}
 
 
-def _source_files(opts: SourceOptions) -> dict[str, Path]:
-    """Every input file of a source: the files under its root (recursively, hidden ones skipped) and the
-    annotation files given outside it. Keyed by posix path relative to root, or the absolute path."""
-    files: dict[str, Path] = {}
-    root = Path(opts.root).resolve() if opts.root is not None else None
-    if root is not None and root.is_dir():
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith("."):
-                    path = Path(dirpath) / name
-                    files[path.relative_to(root).as_posix()] = path
-    elif root is not None and root.is_file():
-        files[root.name] = root
-    for extra in (opts.info, opts.labels, *opts.csvs):
-        if extra is None:
-            continue
-        path = Path(extra).resolve()
-        key = _key(path, root)
-        if path.is_file() and key not in files:
-            files[key] = path
-    return files
-
-
-def _key(path: Path, root: Path | None) -> str:
-    if root is not None and root.is_dir():
-        try:
-            return path.resolve().relative_to(root).as_posix()
-        except ValueError:
-            pass
-    return str(path.resolve())
-
-
 def read_index(records_dir: Path | str | None) -> dict[str, FileState] | None:
     if records_dir is None:
         return None
@@ -152,9 +120,9 @@ def scan_changes(opts: SourceOptions, previous_records_dir: Path | str | None = 
         root = Path(opts.root).resolve() if opts.root is not None else None
         for rec in table.records:
             if rec.content_hash:
-                known_hashes[_key(table.image_path(rec, prev_dir), root)] = rec.content_hash
+                known_hashes[source_file_key(table.image_path(rec, prev_dir), root)] = rec.content_hash
     scan = ChangeScan(index={}, has_previous=has_previous)
-    for key, path in _source_files(opts).items():
+    for key, path in source_files(opts).items():
         st = path.stat()
         old = (prev_index or {}).get(key)
         if old is not None and not rehash and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:

@@ -108,3 +108,36 @@ def csv_error(path: Path, line: int, exc: Exception, what: str = "the CSV") -> I
     return InputError(path, f"{what} cannot be parsed near line {line} ({exc})",
                       f"{_CSV_FIX}; check the quotes around that line", code="bad_csv")
 
+
+def source_files(opts: SourceOptions) -> dict[str, Path]:
+    """Every input file of a source: the files under its root (recursively, hidden ones skipped) and the
+    annotation files given outside it. Keyed by posix path relative to root, or the absolute path."""
+    files: dict[str, Path] = {}
+    root = Path(opts.root).resolve() if opts.root is not None else None
+    if root is not None and root.is_dir():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    path = Path(dirpath) / name
+                    files[path.relative_to(root).as_posix()] = path
+    elif root is not None and root.is_file():
+        files[root.name] = root
+    for extra in (opts.info, opts.labels, *opts.csvs):
+        if extra is None:
+            continue
+        path = Path(extra).resolve()
+        key = source_file_key(path, root)
+        if path.is_file() and key not in files:
+            files[key] = path
+    return files
+
+
+def source_file_key(path: Path, root: Path | None) -> str:
+    """A source file's key: its posix path relative to a root folder, else its absolute path."""
+    if root is not None and root.is_dir():
+        try:
+            return path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return str(path.resolve())

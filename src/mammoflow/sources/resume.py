@@ -2,8 +2,9 @@
 
 An ingest decodes every image (to check it and hash it), which takes minutes on a real dataset; a retried pipeline
 step or a repeated command must not do that twice. :func:`input_fingerprint` digests what an ingest reads without
-reading any image: the list of files under the root with their sizes and modification times, the annotation files
-(Info.txt, labels and description CSVs, also by size and time) and the options, the salt included (as part of the
+reading any image: the files under the root and the annotation files given outside it (Info.txt, labels and
+description CSVs), as :func:`~mammoflow.sources._common.source_files` lists them for the retrain scan, with their
+sizes and modification times, and the options, the salt included (as part of the
 digest, never in clear). After a finished ingest :func:`mark_finished` writes it beside the records, last, so a
 folder whose marker matches holds a complete ingest of exactly these inputs. Anything else (another option,
 another salt, a file added, removed, touched or rewritten) reads everything again, and the new records replace the
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mammoflow.records import SUMMARY_FILE, atomic_write_text
-from mammoflow.sources._common import DEFAULT_SALT, SALT_ENV, SourceOptions
+from mammoflow.sources._common import DEFAULT_SALT, SALT_ENV, SourceOptions, source_files
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +31,12 @@ INPUTS_FILE = "ingest_inputs.json"
 SCHEMA = 1
 
 
-def _file_line(path: Path, name: str) -> str:
-    st = path.stat()
-    return f"{name}\t{st.st_size}\t{st.st_mtime_ns}"
-
-
-def tree_listing(path: Path) -> list[str]:
-    """One ``relative-path<TAB>size<TAB>mtime_ns`` line per file under ``path`` (or for the file ``path``), sorted;
-    symlinked folders are not followed (as the readers do not follow them)."""
-    if path.is_file():
-        return [_file_line(path, path.name)]
-    if not path.is_dir():
-        return [f"{path.name}\tmissing"]
-    lines = []
-    for folder, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = Path(folder) / name
-            try:
-                lines.append(_file_line(full, full.relative_to(path).as_posix()))
-            except OSError:  # a broken link or an unreadable entry: the reader will quarantine it; list it as such
-                lines.append(f"{full.relative_to(path).as_posix()}\tunreadable")
-    return lines
+def _state(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:  # a broken link or an unreadable entry: the reader quarantines it; listed as such
+        return "unreadable"
+    return f"{st.st_size}\t{st.st_mtime_ns}"
 
 
 def input_fingerprint(source: str, opts: SourceOptions, extra: dict[str, Any] | None = None) -> str:
@@ -63,11 +48,10 @@ def input_fingerprint(source: str, opts: SourceOptions, extra: dict[str, Any] | 
                 "any_modality": opts.any_modality, "pseudonymise_paths": opts.pseudonymise_paths,
                 "salt_sha256": hashlib.sha256(salt.encode()).hexdigest(), "extra": extra or {}}
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    for role, path in [("root", opts.root), ("info", opts.info), ("labels", opts.labels),
-                       *(("csv", c) for c in opts.csvs)]:
-        if path is not None:
-            digest.update(f"\n[{role}] {Path(path).resolve()}\n".encode())
-            digest.update("\n".join(tree_listing(Path(path))).encode())
+    root = Path(opts.root).resolve() if opts.root is not None else None
+    digest.update(f"\n[root] {root}\n".encode())
+    for key, path in source_files(opts).items():  # the files an ingest reads, as the retrain scan lists them
+        digest.update(f"{key}\t{_state(path)}\n".encode())
     return digest.hexdigest()
 
 

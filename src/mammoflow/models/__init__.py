@@ -7,17 +7,8 @@
 does not import TensorFlow: builders import Keras when called.
 """
 
-from mammoflow.models.registry import (
-    ModelInfo,
-    ModelMeta,
-    ModelParts,
-    attach_meta,
-    create_model,
-    get_model_info,
-    list_models,
-    model_meta,
-    register_model,
-)
+from mammoflow.models.meta import ModelMeta, ModelParts, attach_meta, model_meta
+from mammoflow.models.registry import ModelInfo, create_model, get_model_info, list_models, register_model
 from mammoflow.models.split import head_variable_paths, set_backbone_trainable, split_frozen_backbone
 
 # Importing the builder modules registers their models.

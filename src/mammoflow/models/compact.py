@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mammoflow.models import checks
-from mammoflow.models.registry import ModelParts, register_model
+from mammoflow.models.meta import ModelParts
+from mammoflow.models.registry import register_model
 
 if TYPE_CHECKING:
     import keras

@@ -11,7 +11,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from mammoflow.errors import ConfigError
-from mammoflow.models.registry import model_meta
+from mammoflow.models.meta import model_meta
 
 if TYPE_CHECKING:
     import keras

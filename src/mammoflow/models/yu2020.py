@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from mammoflow.errors import ConfigError
 from mammoflow.models import checks
 from mammoflow.models.backbones import BACKBONES, imagenet_backbone, spatial_size, tap, three_channels
-from mammoflow.models.registry import ModelParts, register_model
+from mammoflow.models.meta import ModelParts
+from mammoflow.models.registry import register_model
 
 if TYPE_CHECKING:
     import keras

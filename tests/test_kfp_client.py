@@ -62,6 +62,23 @@ def test_out_of_range_fields_are_named(expr: str, field: str) -> None:
         validate_cron(expr)
 
 
+@pytest.mark.parametrize("expr", ["@daily", "@hourly", "@weekly", "@monthly", "@yearly", "@annually", "@midnight",
+                                  "@every 24h", "@every 1h30m", "@every 90s", "@every 1.5h"])
+def test_kfp_descriptor_schedules_are_accepted(expr: str) -> None:
+    assert validate_cron(expr) == expr
+
+
+@pytest.mark.parametrize(("expr", "message"), [
+    ("@nightly", "not a schedule KFP accepts"), ("@every", "not a schedule KFP accepts"),
+    ("@every 24", "not a schedule KFP accepts"), ("@every 1d", "not a schedule KFP accepts"),
+    ("@every 500ms", "shorter than one second"), ("@every 0s", "shorter than one second"),
+    ("@daily 2", "not a schedule KFP accepts"),
+])
+def test_bad_descriptor_schedules_are_refused(expr: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_cron(expr)
+
+
 def test_wrong_field_count() -> None:
     with pytest.raises(ConfigError, match="has 7 fields; KFP needs 6"):
         validate_cron("0 0 2 * * * 2027")
@@ -248,6 +265,23 @@ def test_schedule_command_again_needs_replace(server: FakeKfpServer) -> None:
     (new,) = server.recurring_runs
     assert new != old and result.stdout.strip() == f"recurring run {new}"
     assert server.deleted_recurring_runs[old]["status"] == "DISABLED"
+
+
+def test_retrain_schedule_without_a_config_is_refused_before_any_request(server: FakeKfpServer) -> None:
+    """Every nightly run would fail on "config is empty", exit handler included, so nothing would be pushed."""
+    result = CliRunner().invoke(cli, ["pipeline", "schedule", "--host", server.url, "--pipeline", "retrain",
+                                      "--cron", "@daily", "--param", "storage_root=gs://b/m", "--no-gpu"])
+    assert result.exit_code == 2, result.output
+    assert "--param config=gs://BUCKET/retrain.yaml" in result.output
+    assert server.requests == [] and server.recurring_runs == {}
+
+
+def test_schedule_command_with_every(server: FakeKfpServer) -> None:
+    result = invoke("pipeline", "schedule", "--host", server.url, "--cron", "@every 24h", "--param",
+                    "storage_root=gs://b/m")
+    assert result.exit_code == 0, result.output
+    (rr,) = server.recurring_runs.values()
+    assert rr["trigger"] == {"cron_schedule": {"cron": "@every 24h"}}
 
 
 def test_schedule_command_for_the_retraining_pipeline(server: FakeKfpServer) -> None:

@@ -29,12 +29,22 @@ _NAMES = {4: {m: i + 1 for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SE
           5: {d: i for i, d in enumerate("SUN MON TUE WED THU FRI SAT".split())}}
 
 
+#: The predefined schedules KFP's scheduler (robfig/cron with descriptors) accepts besides 6-field lines.
+CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+# A Go duration as `@every` takes it: one or more number+unit pairs (1h30m, 24h, 90s).
+_GO_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
 def validate_cron(expr: str) -> str:
-    """Check a KFP cron expression: 6 fields, seconds first (``0 0 2 * * *`` = every day at 02:00).
+    """Check a KFP cron expression: 6 fields, seconds first (``0 0 2 * * *`` = every day at 02:00), one of KFP's
+    descriptors (``@daily``, ``@hourly``, ...) or ``@every DURATION`` (``@every 24h``, at least one second).
 
     Standard 5-field crontab lines are refused with the fix spelled out, since KFP would read their first field as
     seconds and run at the wrong times.
     """
+    if expr.strip().startswith("@"):
+        return _validate_descriptor(expr)
     fields = expr.split()
     if len(fields) == 5:
         raise ConfigError(f"cron {expr!r} has 5 fields; KFP cron has 6, seconds first. "
@@ -48,6 +58,20 @@ def validate_cron(expr: str) -> str:
                 raise ConfigError(f"cron {expr!r}: {name} field {field!r} is not valid (range {lo}-{hi}; "
                                   "use *, N, N-M, */K, N-M/K or lists with commas)")
     return expr
+
+
+def _validate_descriptor(expr: str) -> str:
+    words = expr.split()
+    if len(words) == 1 and words[0].lower() in CRON_DESCRIPTORS:
+        return expr
+    if len(words) == 2 and words[0].lower() == "@every" and _GO_DURATION.fullmatch(words[1]):
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)",
+                                                                           words[1]))
+        if seconds >= 1:
+            return expr
+        raise ConfigError(f"cron {expr!r}: the interval is shorter than one second. Fix: e.g. '@every 24h'")
+    raise ConfigError(f"cron {expr!r} is not a schedule KFP accepts. Fix: a 6-field cron ('0 0 2 * * *'), one of "
+                      f"{', '.join(CRON_DESCRIPTORS)}, or '@every DURATION' (e.g. '@every 24h', '@every 1h30m')")
 
 
 def _part_ok(part: str, lo: int, hi: int, names: dict[str, int]) -> bool:

@@ -146,6 +146,11 @@ def _run_params(pipeline: Any, items: tuple[str, ...]) -> dict[str, Any]:
 
     params = check_params(pipeline, _params(items))
     defaults = {name: spec.default for name, spec in (pipeline.component_spec.inputs or {}).items()}
+    if "config" in defaults and not params.get("config", defaults["config"]):
+        # Every run of such a pipeline (the retrain pipeline) would fail on its first step, exit handler included,
+        # so nothing would even be pushed for the alerts to see.
+        raise click.UsageError(f"the {pipeline.name} pipeline needs its config: pass --param "
+                               "config=gs://BUCKET/retrain.yaml (a retrain config; see `mammoflow retrain --help`)")
     root = params.get("storage_root", defaults.get("storage_root"))
     if not root:
         raise click.UsageError("no storage root: pass --param storage_root=gs://BUCKET/mammoflow (or compile "

@@ -57,7 +57,7 @@ test: $(STAMP) $(SYSTEM_STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests components pipelines
 	$(VENV)/bin/hadolint images/Dockerfile*
-	$(PY) -m mammoflow.devtools.validate_k8s k8s
+	$(PY) -m tests.k8s_validate k8s
 
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks

@@ -17,8 +17,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-
-from mammoflow.devtools.validate_k8s import (
+from tests.k8s_validate import (
     Problem,
     Rendered,
     SchemaStore,
@@ -240,11 +239,11 @@ def test_kustomize_failure_is_reported_not_raised(tmp_path):
 def test_command_line_exit_codes(tmp_path):
     write(tmp_path, "deployment.yaml", [broken(DEPLOYMENT, "spec.replicas", "3")])
     kustomization(tmp_path, "deployment.yaml")
-    command = [sys.executable, "-m", "mammoflow.devtools.validate_k8s"]
-    good = subprocess.run([*command, str(K8S)], capture_output=True, text=True, check=False)
+    command = [sys.executable, "-m", "tests.k8s_validate"]  # from the checkout: a developer tool, not installed
+    good = subprocess.run([*command, str(K8S)], capture_output=True, text=True, check=False, cwd=REPO)
     assert good.returncode == 0, good.stderr
     bad = subprocess.run([*command, str(tmp_path), "--schemas", str(SCHEMAS)],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False, cwd=REPO)
     assert bad.returncode == 1
     assert "deployment.yaml: Deployment mammoflow/web: spec.replicas:" in bad.stderr
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.k8s_validate import check_tree
 from tests.test_retrain_support import (
     PROMETHEUS,
     PROMTOOL,
@@ -24,7 +25,6 @@ from tests.test_retrain_support import (
     stop_server,
 )
 
-from mammoflow.devtools.validate_k8s import check_tree
 from mammoflow.retrain.push import METRICS, push_metrics, retrain_values
 
 REPO = Path(__file__).resolve().parents[1]

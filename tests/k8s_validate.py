@@ -8,7 +8,7 @@ checked against the Kubernetes ``PodTemplateSpec`` schema. An object of a kind w
 A few rules no schema can express are checked in code: resource quantities, worker-group replica bounds, RBAC
 wildcards, image tags.
 
-    python -m mammoflow.devtools.validate_k8s k8s
+    python -m tests.k8s_validate k8s
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Developer tools (manifest validation, etc.)."""

@@ -70,7 +70,9 @@ def test_nothing_usable_exits_non_zero_but_writes_the_report(tmp_path: Path):
 
 
 def test_unreadable_input_is_a_clear_error(tmp_path: Path):
-    result = CliRunner().invoke(command, ["--source", "mias", "--root", str(tmp_path), "--out", str(tmp_path / "o")])
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(command, ["--source", "mias", "--root", str(tmp_path / "empty"), "--out",
+                                          str(tmp_path / "o")])
     assert result.exit_code == 1 and "Info.txt not found" in result.output and "--info" in result.output
     result = CliRunner().invoke(command, ["--source", "cbis-ddsm", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "--csv" in result.output
@@ -83,7 +85,8 @@ def test_dicom_dir_cli_no_identifier_and_site_salt(tmp_path: Path, caplog: pytes
     with caplog.at_level("INFO"):
         result = _run(["--source", "dicom-dir", "--root", str(root), "--labels", str(labels), "--out", str(out)],
                       env={"MAMMOFLOW_SALT": "from-env"})
-    assert result.exit_code == 0 and "read 12, used 4, quarantined 8" in result.output
+    assert result.exit_code == 0 and "read 13, used 4, quarantined 8" in result.output
+    assert "skipped 1 (sidecar 1)" in result.output
     table = RecordsTable.read(out)
     assert {r.patient_id for r in table.records} == {pseudonym("PAT-0001", "from-env"),
                                                      pseudonym("PAT-0002", "from-env")}
@@ -99,16 +102,19 @@ def test_dicom_dir_cli_no_identifier_and_site_salt(tmp_path: Path, caplog: pytes
     assert result.exit_code == EXIT_STRICT
 
 
-def test_default_salt_is_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch):
+def test_a_missing_salt_is_an_error_naming_how_to_set_it(tmp_path: Path, monkeypatch):
+    """No silent fall-back to the public salt for ids derived from DICOM headers (tests/test_ingest_hardening.py
+    has the demo-phantom exception)."""
+    from mammoflow.errors import ConfigError
+
     monkeypatch.delenv("MAMMOFLOW_SALT", raising=False)
     root = tmp_path / "site"
     make_site(root)
-    with caplog.at_level("WARNING"):
-        result = _run(["--source", "dicom-dir", "--root", str(root), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 0
-    assert "public default salt" in caplog.text
-    meta = json.loads((tmp_path / "o" / "records_meta.json").read_text())
-    assert meta["ingest"]["salt"].startswith("public default")
+    result = CliRunner().invoke(command, ["--source", "dicom-dir", "--root", str(root), "--out", str(tmp_path / "o")])
+    assert isinstance(result.exception, ConfigError), result.output
+    for how in ("--salt", "MAMMOFLOW_SALT", "mammoflow-salt"):
+        assert how in str(result.exception)
+    assert not (tmp_path / "o").exists()  # nothing written
 
 
 def test_pseudonymise_paths_keeps_folder_names_out_of_record_ids(tmp_path: Path):

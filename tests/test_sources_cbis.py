@@ -274,7 +274,10 @@ def test_phantom_bad_files_are_quarantined(phantom_cbis, tmp_path: Path):
     assert codes == {rid[images[0]["file"]]: "missing_file", rid[images[1]["file"]]: "truncated",
                      rid[images[2]["file"]]: "modality", rid[images[3]["file"]]: "bad_mask"}
     s = table.summary()
-    assert s["read"] == s["used"] + s["quarantined"] == len(images)
+    assert s["used"] + s["quarantined"] == len(images)
+    # Nothing under the root dropped without a trace: the twin folder and ground_truth.json are listed.
+    assert s["read"] == s["used"] + s["quarantined"] + s["skipped"]
+    assert s["skipped_by_reason"] == {"not_in_case_folder": 1, "same_image_other_folder": 1}
     partial = next(r for r in table.records if r.record_id == rid[images[4]["file"]])
     assert partial.lesions[0].mask_path is None and partial.lesions[0].extra["geometry"] == "missing"
     acc = table.meta["row_accounting"]

@@ -73,7 +73,8 @@ def test_dicom_dir_records_quarantine_and_pseudonyms(tmp_path: Path):
                      "bad/ct.dcm": "modality", "bad/bits32.dcm": "bit_depth", "bad/trunc.dcm": "truncated",
                      "bad/junk.dcm": "corrupt", "missing/gone.dcm": "missing_file"}
     s = table.summary()
-    assert s["read"] == s["used"] + s["quarantined"] == 12
+    assert s["read"] == s["used"] + s["quarantined"] + s["skipped"] == 13  # notes.txt: a sidecar, skipped
+    assert [(e.path, e.reason) for e in table.skipped] == [(str(root / "notes.txt"), "sidecar")]
 
     img1, img2, noext, z = recs["a/img1.dcm"], recs["a/img2.dcm"], recs["b/noext"], recs["e/z.dcm"]
     assert (img1.label, img1.laterality, img1.view, img1.height, img1.width) == ("malignant", "L", "CC", 64, 48)
@@ -86,9 +87,10 @@ def test_dicom_dir_records_quarantine_and_pseudonyms(tmp_path: Path):
     assert img1.content_hash and len(img1.content_hash) == 64
 
     meta_only = read_dicom_dir(root, labels=labels, salt=SALT, metadata_only=True)
-    # Headers only: the truncated pixel data goes unnoticed (no decoding), everything else is the same.
-    assert sorted(r.record_id for r in meta_only.records) == sorted(
-        [r.record_id for r in table.records] + ["dicom-dir:bad/trunc.dcm"])
+    # Headers only: the truncated pixel data goes unnoticed (no decoding), but the cut copy of a/img1.dcm has its
+    # SOP Instance UID: a duplicate of the first; everything else is the same.
+    assert sorted(r.record_id for r in meta_only.records) == sorted(r.record_id for r in table.records)
+    assert {q.record_id: q.code for q in meta_only.quarantine}["dicom-dir:bad/trunc.dcm"] == "duplicate"
     assert all(r.content_hash is None for r in meta_only.records)
 
 
@@ -175,7 +177,7 @@ def test_ingest_command_reads_the_folders_labels_csv(tmp_path: Path):
 
 def test_every_file_is_used_quarantined_or_a_known_sidecar(tmp_path: Path):
     """A DICOM file named by its SOP UID has a "suffix" but is read; a file that is neither DICOM nor a
-    sidecar is quarantined (not_dicom), so read = used + quarantined covers the whole folder."""
+    sidecar is quarantined (not_dicom), so read = used + quarantined + skipped covers the whole folder."""
     import os
 
     root = tmp_path / "site"
@@ -197,14 +199,15 @@ def test_every_file_is_used_quarantined_or_a_known_sidecar(tmp_path: Path):
     assert codes == {"dicom-dir:series/scan.png": "not_dicom", "dicom-dir:series/1.2.840.113619.2.55.3.99": "not_dicom",
                      "dicom-dir:broken": "missing_file", "dicom-dir:pipe": "not_dicom"}
     s = table.summary()
-    assert s["read"] == s["used"] + s["quarantined"] == 6
+    assert s["read"] == s["used"] + s["quarantined"] + s["skipped"] == 13
     assert table.meta["sidecar_files"] == 5 and table.meta["other_files_quarantined"] == 4
+    assert s["skipped_by_reason"] == {"hidden": 2, "sidecar": 5}  # .hidden and the .git folder (one entry)
 
 
 def test_a_labels_csv_that_is_not_utf8_text_is_a_bad_csv(tmp_path: Path):
     from mammoflow.errors import InputError
 
-    _write(tmp_path / "site" / "a.dcm", 1)
+    _write(tmp_path / "site" / "a.dcm", 1, patient="")  # no PatientID: the CSV's patient_id is the patient's
     labels = tmp_path / "labels.csv"
     labels.write_bytes("path,label,patient_id\na.dcm,benign,Hélène\n".encode("latin-1"))  # an Excel export
     with pytest.raises(InputError) as err:

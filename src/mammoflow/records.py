@@ -5,14 +5,23 @@ A records folder holds:
 - ``records.jsonl``      one JSON object per usable image (a :class:`Record`)
 - ``records_meta.json``  ``image_root`` (what record paths are relative to), source, code version
 - ``quarantine.jsonl``   one JSON object per input that could not be used (a :class:`QuarantineEntry`)
-- ``quarantine.md``      the same, for a person: what, why, and what to do
-- ``ingest_summary.json`` counts: read = used + quarantined, per reason code
+- ``quarantine.md``      the same, for a person: what, why, and what to do (and what was skipped)
+- ``skipped.jsonl``      one JSON object per input left out on purpose (a :class:`SkippedEntry`: hidden files and
+                         folders, sidecars, linked folders, folders without an annotation), with the reason
+- ``ingest_summary.json`` counts: read = used + quarantined + skipped, per reason code
+- ``records_complete.json`` written last by :meth:`RecordsTable.write` (removed first): a folder without it, or
+                         whose ``records.jsonl`` differs from the digest it holds, is incomplete
+                         (:func:`require_complete`)
+
+File names that are not valid UTF-8 never reach a record (the sources quarantine them as ``bad_file_name``); where
+such a name is shown (quarantine, skipped), its bytes are escaped (:func:`shown_path`).
 
 Coordinates are image pixel coordinates with row 0 at the top (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -32,6 +41,23 @@ META_FILE = "records_meta.json"
 QUARANTINE_FILE = "quarantine.jsonl"
 QUARANTINE_REPORT = "quarantine.md"
 SUMMARY_FILE = "ingest_summary.json"
+SKIPPED_FILE = "skipped.jsonl"
+COMPLETE_FILE = "records_complete.json"
+
+
+def shown_path(path: object) -> str:
+    """A path as text that can always be printed and written as UTF-8: bytes of a file name that are not valid
+    UTF-8 (held by Python as surrogate escapes) are shown as ``\\xNN``."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def is_printable_name(path: object) -> bool:
+    """True when ``path`` (as Python holds it) is valid UTF-8, i.e. holds no surrogate escape of a raw byte."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def binary_label(label: str | None) -> str | None:
@@ -126,6 +152,21 @@ class QuarantineEntry:
                    record_id=err.record_id)
 
 
+@dataclass
+class SkippedEntry:
+    """An input left out on purpose (not an image, or not one this source reads): where, why, and a note.
+
+    ``reason`` is a short stable tag: ``hidden`` (a name starting with ``.``; a hidden folder is one entry, not
+    walked), ``sidecar`` (labels/description CSVs, readmes, ``DICOMDIR``), ``linked_folder`` (a symbolic link to a
+    folder, not followed), ``no_csv_row`` (a CBIS-DDSM folder no CSV row describes), ...
+    """
+
+    path: str
+    reason: str
+    note: str = ""
+    source: str = ""
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a local file atomically (temporary file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,8 +182,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _printable(value: Any) -> Any:
+    """``value`` with every string made printable (:func:`shown_path`): a name that is not UTF-8 never stops a
+    write. Sources quarantine such names before they reach a record; this is the net under that rule."""
+    if isinstance(value, str):
+        return value if is_printable_name(value) else shown_path(value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
+
+
 def _jsonl(items: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(i, sort_keys=True, ensure_ascii=False) + "\n" for i in items)
+    return "".join(json.dumps(_printable(i), sort_keys=True, ensure_ascii=False) + "\n" for i in items)
 
 
 @dataclass
@@ -154,6 +207,7 @@ class RecordsTable:
     image_root: str = "."
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    skipped: list[SkippedEntry] = field(default_factory=list)
 
     def check_unique_ids(self) -> None:
         """Move every record whose id was already seen to the quarantine (first one wins)."""
@@ -171,13 +225,15 @@ class RecordsTable:
         self.records = kept
 
     def summary(self) -> dict[str, Any]:
-        used, quarantined = len(self.records), len(self.quarantine)
+        used, quarantined, skipped = len(self.records), len(self.quarantine), len(self.skipped)
         return {
             "source": self.source,
-            "read": used + quarantined,
+            "read": used + quarantined + skipped,
             "used": used,
             "quarantined": quarantined,
+            "skipped": skipped,
             "quarantined_by_code": dict(sorted(Counter(q.code for q in self.quarantine).items())),
+            "skipped_by_reason": dict(sorted(Counter(s.reason for s in self.skipped).items())),
             "labels": dict(sorted(Counter(str(r.label) for r in self.records).items())),
             "lesions": sum(len(r.lesions) for r in self.records),
             "patients": len({r.patient_id for r in self.records}),
@@ -195,13 +251,19 @@ class RecordsTable:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / COMPLETE_FILE).unlink(missing_ok=True)  # written again last: absent while the files change
         summary = self.summary()
-        atomic_write_text(folder / RECORDS_FILE, _jsonl(r.to_dict() for r in self.records))
+        records = _jsonl(r.to_dict() for r in self.records)
+        atomic_write_text(folder / RECORDS_FILE, records)
         atomic_write_text(folder / QUARANTINE_FILE, _jsonl(asdict(q) for q in self.quarantine))
+        atomic_write_text(folder / SKIPPED_FILE, _jsonl(asdict(s) for s in self.skipped))
         meta = {**self.meta, "image_root": self.image_root, "source": self.source, "code_version": __version__}
-        atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(folder / META_FILE, json.dumps(_printable(meta), indent=2, sort_keys=True) + "\n")
         atomic_write_text(folder / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        atomic_write_text(folder / QUARANTINE_REPORT, quarantine_markdown(self.quarantine, summary))
+        atomic_write_text(folder / QUARANTINE_REPORT, quarantine_markdown(self.quarantine, summary, self.skipped))
+        complete = {"records_sha256": hashlib.sha256(records.encode("utf-8")).hexdigest(),
+                    "records": len(self.records), "code_version": __version__}
+        atomic_write_text(folder / COMPLETE_FILE, json.dumps(complete, indent=2, sort_keys=True) + "\n")
         return summary
 
     @classmethod
@@ -216,22 +278,66 @@ class RecordsTable:
         qpath = folder / QUARANTINE_FILE
         quarantine = [QuarantineEntry(**json.loads(line)) for line in qpath.read_text().splitlines()
                       if line.strip()] if qpath.exists() else []
+        spath = folder / SKIPPED_FILE
+        skipped = [SkippedEntry(**json.loads(line)) for line in spath.read_text().splitlines()
+                   if line.strip()] if spath.exists() else []
         image_root = meta.pop("image_root", ".")
         source = meta.pop("source", "")
-        return cls(records=records, quarantine=quarantine, image_root=image_root, source=source, meta=meta)
+        return cls(records=records, quarantine=quarantine, image_root=image_root, source=source, meta=meta,
+                   skipped=skipped)
 
 
-def quarantine_markdown(entries: list[QuarantineEntry], summary: dict[str, Any]) -> str:
+def require_complete(folder: Path | str) -> Path:
+    """``folder`` if it holds a complete records folder, else an :class:`InputError` naming it and the fix.
+
+    Complete: :meth:`RecordsTable.write` finished (its last file, ``records_complete.json``, is there) and
+    ``records.jsonl`` is the one it wrote (same sha256). A folder an interrupted or failed ingest left behind, or
+    one whose records were replaced by another writer, is refused: its records and meta may not belong together.
+    """
+    folder = Path(folder)
+    records, marker = folder / RECORDS_FILE, folder / COMPLETE_FILE
+    fix = f"run `mammoflow ingest --out {shown_path(folder)}` again (it replaces the folder only when it finishes)"
+    if not records.is_file():
+        raise InputError(folder, f"no records table here ({RECORDS_FILE} missing)", fix, code="missing_file")
+    if not marker.is_file():
+        raise InputError(folder, f"an incomplete records folder ({COMPLETE_FILE}, written last, is missing: the "
+                         "ingest that wrote it was interrupted, failed, or is older than this check)", fix,
+                         code="incomplete")
+    try:
+        expected = json.loads(marker.read_text())["records_sha256"]
+        actual = hashlib.sha256(records.read_bytes()).hexdigest()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(marker, f"the completion marker cannot be read ({type(exc).__name__})", fix,
+                         code="incomplete") from None
+    if actual != expected:
+        raise InputError(folder, f"{RECORDS_FILE} is not the one this folder's ingest wrote (its sha256 differs "
+                         f"from {COMPLETE_FILE}): the folder was changed after the ingest", fix, code="incomplete")
+    return folder
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(_printable(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+def quarantine_markdown(entries: list[QuarantineEntry], summary: dict[str, Any],
+                        skipped: list[SkippedEntry] | None = None) -> str:
+    skipped = skipped or []
     lines = [
         "# Quarantine report",
         "",
-        f"Read {summary['read']}: used {summary['used']}, quarantined {summary['quarantined']}.",
+        f"Read {summary['read']}: used {summary['used']}, quarantined {summary['quarantined']}, skipped "
+        f"{summary.get('skipped', len(skipped))}.",
         "",
     ]
     if not entries:
-        return "\n".join(lines + ["Nothing was quarantined.", ""])
-    lines += ["| file | record | reason | problem | what to do |", "| --- | --- | --- | --- | --- |"]
-    for q in entries:
-        cells = [q.path, q.record_id or "", q.code, q.problem, q.fix]
-        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines += ["Nothing was quarantined.", ""]
+    else:
+        lines += ["| file | record | reason | problem | what to do |", "| --- | --- | --- | --- | --- |"]
+        lines += [_row([q.path, q.record_id or "", q.code, q.problem, q.fix]) for q in entries]
+        lines.append("")
+    if skipped:
+        lines += ["## Skipped", "", "Left out on purpose (not images this source reads); nothing to fix unless one "
+                  "of them should have been read.", "", "| file | reason | note |", "| --- | --- | --- |"]
+        lines += [_row([s.path, s.reason, s.note]) for s in skipped]
+        lines.append("")
+    return "\n".join(lines)

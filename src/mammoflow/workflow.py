@@ -273,8 +273,9 @@ def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labe
     files too. ``pseudonymise_paths`` (dicom-dir): record ids are salted pseudonyms of the file paths, for site
     folders named after patients.
     """
-    from mammoflow.records import META_FILE
-    from mammoflow.sources import SALT_ENV, SourceOptions, read_source, resume
+    from mammoflow.records import META_FILE, RecordsTable
+    from mammoflow.sources import SourceOptions, read_source, resume
+    from mammoflow.sources._common import salt_note, site_salt
 
     check_labels(source, labels)
     check_pseudonymise_paths(source, pseudonymise_paths)
@@ -284,28 +285,33 @@ def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labe
     opts = SourceOptions(root=local_root, labels=local_labels, salt=salt, pseudonymise_paths=pseudonymise_paths)
     out_dir = Path(out_dir)
     fingerprint = resume.input_fingerprint(source, opts, {"data_root": data_root, "labels": uri})
-    done = resume.finished_summary(out_dir, fingerprint)
-    if done is not None and done.get("used"):  # a retried step: these inputs are already ingested there
+
+    def read() -> RecordsTable:
+        nonlocal uri
+        table = read_source(source, opts)
+        if not uri and table.meta.get("labels_found_in_root"):  # dicom-dir read data_root/labels.csv by itself
+            uri = storage.join(data_root, str(table.meta["labels_file"]))
+        if storage.is_remote(data_root):
+            table.image_root = _portable_root(table.image_root, local_root, data_root)
+            remote_of = {str(local_root): data_root.rstrip("/")}
+            if local_labels is not None:
+                remote_of[str(local_labels)] = uri
+            table.quarantine = [_portable_entry(q, remote_of) for q in table.quarantine]
+            table.skipped = [_portable_entry(s, remote_of) for s in table.skipped]
+        table.meta["ingest"] = {"source": source, "data_root": data_root, "labels_csv": uri or None,
+                                "metadata_only": False, "pseudonymise_paths": pseudonymise_paths,
+                                "salt": table.meta.get("salt", salt_note(site_salt(salt)))}
+        return table
+
+    # A retried step whose inputs are already ingested there reads nothing again (unless nothing was usable).
+    result = resume.ingest_into(out_dir, fingerprint, read, inputs=[local_root, local_labels],
+                                reuse_if=lambda done: bool(done.get("used")))
+    summary = result.summary
+    if result.reused:
         log.info("%s: already holds the ingest of these inputs (used %d, quarantined %d); nothing read again",
-                 out_dir, done["used"], done["quarantined"])
+                 out_dir, summary["used"], summary["quarantined"])
         meta = json.loads((out_dir / META_FILE).read_text())
-        return {**done, "labels_csv": meta.get("ingest", {}).get("labels_csv")}
-    table = read_source(source, opts)
-    if not uri and table.meta.get("labels_found_in_root"):  # dicom-dir read data_root/labels.csv by itself
-        uri = storage.join(data_root, str(table.meta["labels_file"]))
-    if storage.is_remote(data_root):
-        table.image_root = _portable_root(table.image_root, local_root, data_root)
-        remote_of = {str(local_root): data_root.rstrip("/")}
-        if local_labels is not None:
-            remote_of[str(local_labels)] = uri
-        table.quarantine = [_portable_entry(q, remote_of) for q in table.quarantine]
-    site_salt = bool(salt or os.environ.get(SALT_ENV))
-    table.meta["ingest"] = {"source": source, "data_root": data_root, "labels_csv": uri or None,
-                            "metadata_only": False, "pseudonymise_paths": pseudonymise_paths,
-                            "salt": "site salt" if site_salt else "public default salt (set MAMMOFLOW_SALT)"}
-    resume.forget(out_dir)
-    summary = table.write(out_dir)
-    resume.mark_finished(out_dir, fingerprint)
+        return {**summary, "labels_csv": meta.get("ingest", {}).get("labels_csv")}
     if summary["used"] == 0:
         raise InputError(out_dir / "quarantine.md", f"nothing usable was read from {data_root}",
                          "see the quarantine report for each file's problem and fix", code="empty")

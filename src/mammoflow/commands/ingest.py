@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import click
@@ -54,8 +53,10 @@ be read, the records folder is written, so quarantine.md says what went wrong an
               help="Read the annotations without the images (split planning; mias and cbis-ddsm need no "
                    "--root then). Every annotation line/row is still accounted for.")
 @click.option("--salt", default=None, metavar="S",
-              help="Secret salt for pseudonymous patient ids (default: $MAMMOFLOW_SALT, else a public project "
-                   "salt, with a warning). Keep it: a new salt gives new ids.")
+              help="Secret salt for pseudonymous patient ids (default: $MAMMOFLOW_SALT). Required for dicom-dir "
+                   "(ids from DICOM headers), except on the built-in phantoms (a public demo salt, said in "
+                   "records_meta.json); mias, mias-rois and cbis-ddsm ids are public already. Keep it: a new salt "
+                   "gives new ids.")
 @click.option("--any-modality", is_flag=True,
               help="dicom-dir: accept DICOM files of any modality (default: mammography, MG, only).")
 @click.option("--pseudonymise-paths", is_flag=True,
@@ -71,7 +72,9 @@ be read, the records folder is written, so quarantine.md says what went wrong an
                    "new' explicitly.")
 @click.option("--freeze-test", is_flag=True, help="With --incremental: new patients go to train/val only.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Records folder to write (records.jsonl, quarantine.jsonl/.md, ingest_summary.json).")
+              help="Records folder to write (records.jsonl, quarantine.jsonl/.md, skipped.jsonl, "
+                   "ingest_summary.json); built beside as OUT.tmp-<pid> and swapped in when complete. Not inside "
+                   "--root; an existing folder must be a records folder.")
 def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path, ...], labels: Path | None,
             metadata_only: bool, salt: str | None, any_modality: bool, pseudonymise_paths: bool, strict: bool,
             previous: Path | None, freeze_test: bool, out: Path) -> None:
@@ -79,19 +82,23 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
 
     Every bad input (missing, truncated or corrupt image, RGB, wrong bit depth or modality, annotation
     outside the image, negative radius, duplicate id, unknown label) is quarantined with the problem
-    and the fix, and ingestion goes on: read = used + quarantined. Patient ids are pseudonymous; no
-    DICOM identifier is written anywhere.
+    and the fix, and ingestion goes on: read = used + quarantined + skipped (hidden files, sidecars and
+    the like are listed in skipped.jsonl with the reason). Patient ids are pseudonymous; no DICOM
+    identifier is written anywhere.
     """
-    from mammoflow.sources import SALT_ENV, SOURCES, SourceOptions, resume
+    from mammoflow.records import RecordsTable
+    from mammoflow.sources import SOURCES, SourceOptions, resume
+    from mammoflow.sources._common import salt_note, site_salt
     from mammoflow.workflow import check_labels
 
     check_labels(source, labels)
     if pseudonymise_paths and source != "dicom-dir":
         raise click.UsageError(f"--pseudonymise-paths is for --source dicom-dir; {source} ids are the dataset's "
                                "own public ids")
-    site_salt = bool(salt or os.environ.get(SALT_ENV))
     opts = SourceOptions(root=root, info=info, csvs=tuple(csvs), labels=labels, metadata_only=metadata_only,
                          salt=salt, any_modality=any_modality, pseudonymise_paths=pseudonymise_paths)
+    inputs = [root, info, labels, *csvs]
+    resume.check_out_dir(out, inputs)  # before anything is read: --out inside --root, under a file, unwritable
     if previous is not None:
         from mammoflow.retrain.ingest import incremental_ingest
 
@@ -103,22 +110,25 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
                    f"removed, {d.quarantined_new} quarantined -> {out}")
         return
     fingerprint = resume.input_fingerprint(source, opts)
-    summary = resume.finished_summary(out, fingerprint)
-    if summary is not None:
-        log.info("%s already holds the ingest of these inputs (nothing changed since): nothing read again", out)
-    else:
+
+    def read() -> RecordsTable:
         try:
             table = SOURCES[source](opts)
         except InputError as err:
             raise click.ClickException(str(err)) from None
         table.meta["ingest"] = {"source": source, "metadata_only": metadata_only,
-                                "salt": "site salt" if site_salt else "public default salt (set --salt)"}
-        resume.forget(out)
-        summary = table.write(out)
-        resume.mark_finished(out, fingerprint)
+                                "salt": table.meta.get("salt", salt_note(site_salt(salt)))}
+        return table
+
+    result = resume.ingest_into(out, fingerprint, read, inputs=inputs)
+    summary = result.summary
+    if result.reused:
+        log.info("%s already holds the ingest of these inputs (nothing changed since): nothing read again", out)
     codes = ", ".join(f"{code} {n}" for code, n in summary["quarantined_by_code"].items())
+    skipped = ", ".join(f"{reason} {n}" for reason, n in summary.get("skipped_by_reason", {}).items())
     click.echo(f"ingest {source}: read {summary['read']}, used {summary['used']}, quarantined "
-               f"{summary['quarantined']}{f' ({codes})' if codes else ''} -> {out}")
+               f"{summary['quarantined']}{f' ({codes})' if codes else ''}, skipped {summary.get('skipped', 0)}"
+               f"{f' ({skipped})' if skipped else ''} -> {out}")
     if summary["used"] == 0:
         log.error("nothing usable was read: see %s", out / "quarantine.md")
         raise click.exceptions.Exit(EXIT_NOTHING_USABLE)

@@ -1,22 +1,33 @@
-"""Helpers shared by every source reader: options, the pseudonymisation salt, quarantine bookkeeping."""
+"""Helpers shared by every source reader: options, the pseudonymisation salt, quarantine and skip bookkeeping,
+strict CSV parsing."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mammoflow.errors import InputError
-from mammoflow.records import QuarantineEntry, RecordsTable
+from mammoflow.errors import ConfigError, InputError
+from mammoflow.records import QuarantineEntry, RecordsTable, SkippedEntry, is_printable_name, shown_path
 
 log = logging.getLogger(__name__)
 
 SALT_ENV = "MAMMOFLOW_SALT"
-# Public on purpose: it only keeps ids stable between runs of one checkout. Anyone holding the original ids can
-# recompute pseudonyms made with it, so a site must set its own secret salt (--salt or MAMMOFLOW_SALT).
+SALT_SECRET = "mammoflow-salt"  # the Kubernetes Secret the KFP ingest steps read MAMMOFLOW_SALT from
+# Public on purpose, and only for ids that are public already (CBIS-DDSM's P_00005): anyone holding the original
+# ids can recompute pseudonyms made with it. Ids derived from a site's identifiers need a secret salt.
 DEFAULT_SALT = "mammoflow-public-default-salt-v1"
+# Public too, and only for the built-in phantoms (`mammoflow demo-data`: fake identifiers, every file marked in
+# its header, see mammoflow.synth.phantoms.PHANTOM_MANUFACTURER), so a demo needs no secret.
+DEMO_SALT = "mammoflow-demo-phantoms-salt-v1"
+SALT_FIX = (f"set the site's secret salt with --salt S or the environment variable {SALT_ENV} (pipelines on "
+            f"Kubeflow: the Secret {SALT_SECRET} with the key {SALT_ENV}, see k8s/README.md), and keep it: another "
+            "salt gives other patient ids")
 
 
 @dataclass
@@ -28,23 +39,34 @@ class SourceOptions:
     csvs: tuple[Path, ...] = ()  # CBIS-DDSM description CSVs (default: found under root)
     labels: Path | None = None  # dicom-dir labels CSV
     metadata_only: bool = False  # annotations without images (split planning, tests on the real metadata)
-    salt: str | None = None  # pseudonymisation salt (default: $MAMMOFLOW_SALT, then the public default)
+    salt: str | None = None  # pseudonymisation salt (default: $MAMMOFLOW_SALT; required for dicom-dir)
     any_modality: bool = False  # dicom-dir: accept DICOM files that are not mammograms (Modality MG)
     # dicom-dir: record ids from a salted pseudonym of the file's path, not the path (folder names may be names)
     pseudonymise_paths: bool = False
 
 
-def resolve_salt(salt: str | None = None) -> str:
-    """The salt to pseudonymise with: the argument, else ``$MAMMOFLOW_SALT``, else the public default (warned)."""
-    if salt:
-        return salt
-    env = os.environ.get(SALT_ENV, "")
-    if env:
-        return env
-    log.warning("no --salt and no %s set: using the project's public default salt. Pseudonymous patient ids "
-                "are then reproducible by anyone holding the original ids; a site should set its own secret "
-                "salt (and keep it: changing it changes every patient id)", SALT_ENV)
-    return DEFAULT_SALT
+def site_salt(salt: str | None = None) -> str | None:
+    """The site's salt: the argument, else ``$MAMMOFLOW_SALT``; None when neither is set."""
+    return salt or os.environ.get(SALT_ENV, "") or None
+
+
+def resolve_salt(salt: str | None = None, what: str = "patient ids derived from DICOM headers") -> str:
+    """The salt to pseudonymise real identifiers with: the argument, else ``$MAMMOFLOW_SALT``; neither is a
+    :class:`ConfigError` naming how to set one (never a silent fall-back to a public salt, with which anyone
+    holding the original ids could recompute the pseudonyms)."""
+    found = site_salt(salt)
+    if found is None:
+        raise ConfigError(f"no pseudonymisation salt: {what} need a secret salt. Fix: {SALT_FIX}")
+    return found
+
+
+def salt_note(salt: str | None) -> str:
+    """What ``records_meta.json`` says about the salt used (never the salt)."""
+    if salt == DEMO_SALT:
+        return f"demo salt (public, built-in phantoms only): {DEMO_SALT}"
+    if salt == DEFAULT_SALT:
+        return "public salt (the source's ids are public already)"
+    return "site salt" if salt else "none (ids are the dataset's public ids)"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -62,6 +84,33 @@ def add_quarantine(table: RecordsTable, entry: QuarantineEntry) -> None:
 def quarantine_error(table: RecordsTable, err: InputError, source: str) -> None:
     """Quarantine the item that raised ``err`` (see :func:`add_quarantine`)."""
     add_quarantine(table, QuarantineEntry.from_error(err, source=source))
+
+
+def add_skipped(table: RecordsTable, path: object, reason: str, note: str, source: str) -> None:
+    """List one input left out on purpose (``skipped.jsonl``, quarantine.md); logged at debug level only (a
+    count is logged by the reader)."""
+    table.skipped.append(SkippedEntry(path=shown_path(path), reason=reason, note=note, source=source))
+    log.debug("skipped %s [%s]: %s", shown_path(Path(str(path)).name), reason, note)
+
+
+def bad_name_error(path: Path, root: Path | None = None, record_id: str | None = None) -> InputError:
+    """The ``bad_file_name`` InputError of a file or folder whose name is not valid UTF-8 (shown escaped)."""
+    rel = path
+    if root is not None:
+        try:
+            rel = path.relative_to(root)
+        except ValueError:
+            pass
+    kind = "folder" if path.is_dir() and not path.is_symlink() else "file"
+    return InputError(shown_path(path), f"the {kind} name {shown_path(rel)!r} is not valid UTF-8 text (raw bytes "
+                      "from another system's encoding)", f"rename the {kind} (letters, digits, '-', '_' and '.')",
+                      code="bad_file_name", record_id=record_id)
+
+
+def check_name(path: Path, root: Path | None = None, record_id: str | None = None) -> None:
+    """Raise :func:`bad_name_error` when ``path`` is not valid UTF-8."""
+    if not is_printable_name(path):
+        raise bad_name_error(path, root, record_id)
 
 
 def require_file(path: Path, what: str, fix: str) -> Path:
@@ -104,22 +153,59 @@ def read_csv_text(path: Path, what: str = "the CSV") -> str:
 
 
 def csv_error(path: Path, line: int, exc: Exception, what: str = "the CSV") -> InputError:
-    """The ``bad_csv`` InputError of a :class:`csv.Error` (an unclosed quote, a field over the size limit)."""
-    return InputError(path, f"{what} cannot be parsed near line {line} ({exc})",
-                      f"{_CSV_FIX}; check the quotes around that line", code="bad_csv")
+    """The ``bad_csv`` InputError of a :class:`csv.Error` (an unclosed quote, a field over the size limit);
+    ``line``: where the row being read started."""
+    text = str(exc)
+    if "unexpected end of data" in text:
+        problem = (f"{what} cannot be parsed: the quote opened in the row starting on line {line} is never closed "
+                   "(every row after it would be read as part of one field)")
+    else:
+        problem = f"{what} cannot be parsed in the row starting on line {line} ({text})"
+    return InputError(path, problem, "close the quote, or remove the stray quote character, on that line (a field "
+                      "with a comma or a quote is written \"like, \"\"this\"\"\"); then ingest again", code="bad_csv")
 
 
-def source_files(opts: SourceOptions) -> dict[str, Path]:
+def csv_rows(path: Path, text: str, what: str = "the CSV") -> Iterator[tuple[int, list[str]]]:
+    """``(line the row starts on, cells)`` of CSV ``text``, parsed strictly: a malformed CSV (an unclosed quote,
+    stray characters after a closing quote) is a ``bad_csv`` :class:`InputError` for the whole file naming the
+    line, never a silently shorter table. The header is the first row yielded."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    try:
+        for cells in reader:
+            yield start, cells
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise csv_error(path, start, exc, what) from None
+
+
+def check_columns(path: Path, names: list[str], what: str = "the CSV", line: int = 1) -> None:
+    """A header naming one column twice (after normalising, e.g. ``Path`` and ``path ``) is a ``bad_csv``
+    :class:`InputError`: which of the two holds the value would be a guess."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        if name in seen and name:
+            raise InputError(path, f"{what} has the column {name!r} twice (columns {seen[name]} and {i} of the "
+                             f"header on line {line})", "keep one column of that name (delete or rename the other)",
+                             code="bad_csv")
+        seen.setdefault(name, i)
+
+
+def source_files(opts: SourceOptions, *, hidden: bool = False) -> dict[str, Path]:
     """Every input file of a source: the files under its root (recursively, hidden ones skipped) and the
-    annotation files given outside it. Keyed by posix path relative to root, or the absolute path."""
+    annotation files given outside it. Keyed by posix path relative to root, or the absolute path; a key may
+    hold surrogate escapes (a name that is not UTF-8: encode with ``os.fsencode``). ``hidden``: hidden files and
+    folders are listed too, as entries of their own (a hidden folder is not walked)."""
     files: dict[str, Path] = {}
     root = Path(opts.root).resolve() if opts.root is not None else None
     if root is not None and root.is_dir():
         for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            names = sorted(filenames) + (sorted(d for d in dirnames if d.startswith(".")) if hidden else [])
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith("."):
-                    path = Path(dirpath) / name
+            for name in names:
+                if hidden or not name.startswith("."):
+                    path = here / name
                     files[path.relative_to(root).as_posix()] = path
     elif root is not None and root.is_file():
         files[root.name] = root

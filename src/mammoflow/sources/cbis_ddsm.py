@@ -11,6 +11,18 @@ mass *and* the calcification CSVs. Quirks handled (all in the real files):
 - ``000000.dcm``/``000001.dcm`` are not consistently crop/mask, so the ROI mask is told from the crop by content:
   the mask is binary and has the size of the full image, the crop is smaller and grey.
 
+Accounting: every CSV row is a lesion of a record or a quarantine entry (``meta.row_accounting``), and every entry
+under ``--root`` that is not part of a record or of a quarantined image is listed in ``skipped.jsonl`` with the
+reason: ``no_csv_row`` (a case folder no CSV row describes), ``same_image_other_folder`` (CBIS stores one mammogram
+under a Calc- and a Mass- name; the other copy), ``extra_file`` (more than one DICOM in a full-image folder),
+``not_in_case_folder`` (other files: readmes, other CSVs), ``hidden``, ``linked_folder``. A description CSV that
+cannot be parsed reliably (an unclosed quote, a column named twice) is an error for the job, naming the line. A
+file or folder name that is not UTF-8 quarantines its image (``bad_file_name``).
+
+CBIS-DDSM's patient ids (``P_00005``) are public already: no secret salt is needed (the public default salt keeps
+ids stable; a salt given is used). The same image under two records (same SOP Instance UID or decoded pixels) is
+quarantined as ``duplicate`` (:mod:`mammoflow.sources.duplicates`).
+
 The official calc split and mass split are each patient-disjoint, but merging them puts some patients (and 29
 images) in both train and test; an image whose abnormalities are in both is given ``split="test"`` (never train on
 an official test image) and patient-grouped split planning regroups the rest.
@@ -18,8 +30,6 @@ an official test image) and patient-grouped split planning regroups the rest.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import re
@@ -36,13 +46,19 @@ from mammoflow.io.dicom import pseudonym  # the one pseudonymisation path (salte
 from mammoflow.logs import progress
 from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable
 from mammoflow.sources._common import (
+    DEFAULT_SALT,
     SourceOptions,
     add_quarantine,
-    csv_error,
+    add_skipped,
+    check_columns,
+    check_name,
+    csv_rows,
     quarantine_error,
     read_csv_text,
-    resolve_salt,
+    salt_note,
+    site_salt,
 )
+from mammoflow.sources.duplicates import DuplicateFinder, pixel_digest, read_identity
 
 log = logging.getLogger(__name__)
 
@@ -184,32 +200,28 @@ def parse_csv(path: Path) -> ParsedCsv:
                          code="missing_file")
     out = ParsedCsv(path)
     file_split = _split_from_name(path.stem)
-    reader = csv.reader(io.StringIO(read_csv_text(path, "the description CSV"), newline=""))
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise InputError(path, "the CSV is empty", "use an official CBIS-DDSM description CSV", code="empty")
-        columns = [normalise_column(h) for h in header]
-        missing = [c for c in REQUIRED if c not in columns]
-        if missing:
-            raise InputError(path, f"column(s) missing: {', '.join(missing)}",
-                             "use an official CBIS-DDSM description CSV (calc or mass, train or test)",
-                             code="bad_csv")
-        start = reader.line_num + 1
-        for cells in reader:
-            line, start = start, reader.line_num + 1
-            if not any(c.strip() for c in cells):
-                continue
-            if len(cells) != len(columns):
-                out.problems.append(InputError(path, f"row at line {line}: {len(cells)} fields, "
-                                               f"the header has {len(columns)}", _FIX_ROW, code="bad_annotation"))
-                continue
-            try:
-                out.rows.append(parse_row(dict(zip(columns, cells, strict=True)), path, line, file_split))
-            except InputError as err:
-                out.problems.append(err)
-    except csv.Error as exc:
-        raise csv_error(path, reader.line_num, exc, "the description CSV") from None
+    what = "the description CSV"
+    rows = csv_rows(path, read_csv_text(path, what), what)
+    first = next(rows, None)
+    if first is None:
+        raise InputError(path, "the CSV is empty", "use an official CBIS-DDSM description CSV", code="empty")
+    columns = [normalise_column(h) for h in first[1]]
+    check_columns(path, columns, what)
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise InputError(path, f"column(s) missing: {', '.join(missing)}",
+                         "use an official CBIS-DDSM description CSV (calc or mass, train or test)", code="bad_csv")
+    for line, cells in rows:
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(columns):
+            out.problems.append(InputError(path, f"row at line {line}: {len(cells)} fields, "
+                                           f"the header has {len(columns)}", _FIX_ROW, code="bad_annotation"))
+            continue
+        try:
+            out.rows.append(parse_row(dict(zip(columns, cells, strict=True)), path, line, file_split))
+        except InputError as err:
+            out.problems.append(err)
     return out
 
 
@@ -228,29 +240,56 @@ class DiskIndex:
     root: Path
     full: dict[ImageKey, list[tuple[str, str, Path]]] = field(default_factory=dict)  # -> (kind, split, folder)
     abnormal: dict[tuple[str, str, str, str, int], list[Path]] = field(default_factory=dict)
+    others: list[tuple[Path, str, str]] = field(default_factory=list)  # (path, reason, note): skipped entries
 
     @classmethod
-    def scan(cls, root: Path) -> DiskIndex:
+    def scan(cls, root: Path, annotations: Iterable[Path] = ()) -> DiskIndex:
+        """Index the case folders under ``root``; every other entry is listed in ``others`` (the description
+        CSVs read, ``annotations``, excepted)."""
         index = cls(root=Path(root))
-        for dirpath, dirnames, _ in os.walk(root):
+        read = {Path(a).resolve() for a in annotations}
+        for dirpath, dirnames, filenames in os.walk(root):
             keep = []
+            here = Path(dirpath)
             for name in sorted(dirnames):
+                folder = here / name
                 m = _FOLDER.match(name)
+                if name.startswith("."):
+                    index.others.append((folder, "hidden", "a hidden folder (name starting with '.'): not read"))
+                    continue
                 if m is None:
-                    keep.append(name)
+                    if folder.is_symlink():
+                        index.others.append((folder, "linked_folder", "a symbolic link to a folder: not followed"))
+                    else:
+                        keep.append(name)
                     continue
                 kind, split = m.group(1).lower(), _split_from_name(m.group(2)) or "train"
                 key = (m.group(3), m.group(4).upper(), m.group(5).upper())
-                folder = Path(dirpath) / name
                 if m.group(6) is None:
                     index.full.setdefault(key, []).append((kind, split, folder))
                 else:
                     index.abnormal.setdefault((kind, *key, int(m.group(6))), []).append(folder)
             dirnames[:] = keep  # a matched folder holds only UID sub-folders and DICOM files
+            for name in sorted(filenames):
+                path = here / name
+                if path.resolve() in read:
+                    continue
+                reason = "hidden" if name.startswith(".") else "not_in_case_folder"
+                index.others.append((path, reason, "a hidden file" if reason == "hidden" else
+                                     "not in a case folder (Calc-/Mass-Training/Test_P_..._SIDE_VIEW[_N]): not read"))
         return index
 
     def dicoms(self, folder: Path) -> list[Path]:
-        return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ".dicom"))
+        return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ".dicom")
+                      and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+    def folders_without_rows(self, described: set[ImageKey], lesions: set[tuple[str, str, str, str, int]]
+                             ) -> list[Path]:
+        """Case folders no CSV row describes (``described``: the images rows name; ``lesions``: their
+        abnormalities)."""
+        out = [folder for key, found in self.full.items() if key not in described for _, _, folder in found]
+        out += [folder for key, found in self.abnormal.items() if key not in lesions for folder in found]
+        return sorted(out)
 
 
 def is_binary_mask(pixels: np.ndarray) -> bool:
@@ -342,7 +381,8 @@ def _choose_full(candidates: list[tuple[str, str, Path]], rec: Record) -> tuple[
 
 
 def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str) -> Record:
-    """Join ``rec`` to its DICOM files on disk; fills path, size, hash, masks and lesion geometry."""
+    """Join ``rec`` to its DICOM files on disk; fills path, size, hash, masks, lesion geometry and what tells the
+    image from others (``extra.sop_instance``, ``extra.pixel_sha256``)."""
     from mammoflow.io.dicom import read_dicom
     from mammoflow.io.images import file_sha256, read_image
 
@@ -358,8 +398,12 @@ def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str)
     if not files:
         raise InputError(folder, "no DICOM file in the full mammogram folder", "re-download this series from TCIA",
                          code="missing_file", record_id=rec.record_id)
+    for path in files:
+        check_name(path, index.root, rec.record_id)
     if len(files) > 1:
-        log.warning("%s: %d DICOM files in the full image folder, using the first", rec.record_id, len(files))
+        log.warning("%s: %d DICOM files in the full image folder, using the first (the others are listed in "
+                    "skipped.jsonl)", rec.record_id, len(files))
+        rec.extra["extra_files"] = [f.relative_to(index.root).as_posix() for f in files[1:]]
     image = read_dicom(files[0], salt=salt, expect_modality="MG")
     for what, found, want in (("laterality", image.laterality, rec.laterality), ("view", image.view, rec.view)):
         if found and want and found != want:
@@ -369,6 +413,10 @@ def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str)
     rec.height, rec.width = int(image.rows), int(image.cols)
     rec.image_path = files[0].relative_to(index.root).as_posix()
     rec.content_hash = file_sha256(files[0])
+    identity = read_identity(files[0], salt)
+    if identity.sop_instance:
+        rec.extra["sop_instance"] = identity.sop_instance
+    rec.extra["pixel_sha256"] = pixel_digest(image.pixels)
     if alternates:
         rec.extra["same_image_also_at"] = [f.relative_to(index.root).as_posix() for f in alternates]
     by_id = {r.lesion_id: r for r in rows}
@@ -380,6 +428,8 @@ def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str)
             lesion.extra["geometry_note"] = "abnormality folder (crop and ROI mask) not under --root"
             continue
         dcm = [f for d in folders for f in index.dicoms(d)]
+        for path in dcm:
+            check_name(path, index.root, rec.record_id)
         pixels = [read_image(f, expect_modality=None) for f in dcm]
         try:
             mask_i, crop_i = split_crop_and_mask(pixels, (rec.height, rec.width))
@@ -412,7 +462,7 @@ def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata
     if not metadata_only and root is None:
         raise InputError("", "no image folder given", "pass --root with the TCIA download, or --metadata-only",
                          code="missing_file")
-    salt = resolve_salt(salt)
+    salt = site_salt(salt) or DEFAULT_SALT  # CBIS ids are public: no secret needed (module docstring)
     image_root = Path(root).resolve() if root is not None else csv_paths[0].resolve().parent
     table = RecordsTable(records=[], image_root=str(image_root), source=SOURCE)
     rows_in = Counter[str]()
@@ -438,14 +488,18 @@ def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata
             seen[row.lesion_id] = row
             grouped.setdefault(row.image_key, []).append(row)
 
-    index = DiskIndex.scan(Path(root)) if not metadata_only and root is not None else None
+    index = DiskIndex.scan(Path(root), csv_paths) if not metadata_only and root is not None else None
     rows_quarantined_with_image = 0
+    duplicates = DuplicateFinder()
     for key in progress(sorted(grouped), desc="CBIS-DDSM images", unit="image"):
         rows = grouped[key]
         rec = _record(rows, salt)
         if index is not None:
             try:
                 rec = _attach_images(rec, rows, index, salt)
+                dup = duplicates.check(rec, index.root / rec.image_path)
+                if dup is not None:
+                    raise dup
             except InputError as err:
                 err.record_id = err.record_id or rec.record_id
                 quarantine_error(table, err, SOURCE)
@@ -467,14 +521,37 @@ def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata
         raise AssertionError(f"CBIS-DDSM row accounting: {as_lesions}+{bad_rows}+{rows_quarantined_with_image} "
                              f"!= {total}")
     if index is not None:
-        used = {r.record_id for r in table.records} | {q.record_id for q in table.quarantine}
-        orphans = sum(1 for k in index.full if f"{SOURCE}:{k[0]}_{k[1]}_{k[2]}" not in used)
-        table.meta["folders_without_rows"] = orphans
-        if orphans:
-            log.warning("%d full-image folder(s) under --root have no row in the CSVs given (not ingested)", orphans)
+        _list_skipped(table, index, grouped, seen)
+        table.meta["folders_without_rows"] = sum(1 for s in table.skipped if s.reason == "no_csv_row")
+        if table.meta["folders_without_rows"]:
+            log.warning("%d case folder(s) under --root have no row in the CSVs given (not ingested; listed in "
+                        "skipped.jsonl)", table.meta["folders_without_rows"])
+    table.meta["salt"] = salt_note(salt)
     log.info("CBIS-DDSM: %d rows in %d CSV(s) -> %d images used, %d quarantined", total, len(csv_paths),
              len(table.records), len(table.quarantine))
     return table
+
+
+def _list_skipped(table: RecordsTable, index: DiskIndex, grouped: dict[ImageKey, list[CsvRow]],
+                  seen: dict[str, CsvRow]) -> None:
+    """List what under the root is part of no record and no quarantined image (module docstring)."""
+    lesions = {(r.kind, *r.image_key, r.abnormality) for r in seen.values()}
+    for folder in index.folders_without_rows(set(grouped), lesions):
+        add_skipped(table, folder.relative_to(index.root), "no_csv_row",
+                    "a case folder no row of the description CSVs given describes: not ingested (give its CSV "
+                    "with --csv to ingest it)", SOURCE)
+    for rec in table.records:
+        for rel in rec.extra.get("same_image_also_at", []):
+            add_skipped(table, rel, "same_image_other_folder", f"the same mammogram as {rec.record_id}, filed "
+                        "under its other abnormality type (CBIS-DDSM stores it twice)", SOURCE)
+        for rel in rec.extra.get("extra_files", []):
+            add_skipped(table, rel, "extra_file", f"another DICOM file in the full-image folder of "
+                        f"{rec.record_id} (the first is used)", SOURCE)
+    for path, reason, note in index.others:
+        add_skipped(table, path.relative_to(index.root), reason, note, SOURCE)
+    if index.others:
+        log.info("CBIS-DDSM: %d other entr%s under --root skipped (listed in skipped.jsonl)", len(index.others),
+                 "y" if len(index.others) == 1 else "ies")
 
 
 def read_source(opts: SourceOptions) -> RecordsTable:

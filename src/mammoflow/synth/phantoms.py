@@ -37,6 +37,7 @@ from mammoflow.io.dicom import available_transfer_syntaxes, write_dicom
 from mammoflow.io.images import atomic_write_bytes, write_pgm
 from mammoflow.logs import progress
 from mammoflow.records import atomic_write_text
+from mammoflow.sources.duplicates import PHANTOM_MANUFACTURER  # the header mark a dicom-dir ingest recognises
 from mammoflow.synth.layouts import (
     CALC_COLUMNS,
     CALC_DISTRIBUTIONS,
@@ -683,7 +684,9 @@ def write_dicom_dataset(out: str | Path, n_images: int = 16, seed: int = 0,
     that differ from the ones on disk (only the case folder matches) and ``000000.dcm``/``000001.dcm``
     names, the ``000001`` path often with an embedded trailing newline. Full images are 16-bit (BitsStored
     12, 14 or 16 per patient), some MONOCHROME1, in a mix of transfer syntaxes; headers carry fake
-    identifiers (listed per image in the ground truth so that tests can check none leaks).
+    identifiers (listed per image in the ground truth so that tests can check none leaks) and the Manufacturer
+    ``mammoflow demo-data phantom``: the mark with which ``ingest --source dicom-dir`` reads phantoms without a
+    site salt (with the public demo salt, said in records_meta.json); real images always need one.
     Returns the ground truth.
     """
     if n_images < 1:
@@ -721,7 +724,8 @@ def write_dicom_dataset(out: str | Path, n_images: int = 16, seed: int = 0,
                                density={1: "F", 2: "G", 3: "G", 4: "D"}[breast.density], bits=bits,
                                patient_index=breast.patient_number)
         write = partial(_write_dicom_with, {"photometric": photometric, "bits_stored": bits,
-                                            **_dicom_header(identities[pid], breast.laterality, view)})
+                                            **_dicom_header(identities[pid], breast.laterality, view),
+                                            "extra": {"Manufacturer": PHANTOM_MANUFACTURER}})
 
         full_rel = Path("CBIS-DDSM", case, tcia_study_folder(rng),
                         tcia_series_folder(rng, "full mammogram images"), "1-1.dcm")

@@ -38,7 +38,75 @@ def test_endpoint_serves_the_gauges():
     assert 'mammoflow_train_epoch{run="unit"} 3.0' in text
     assert 'mammoflow_train_loss{run="unit"} 0.25' in text
     assert 'mammoflow_train_patches_per_second{run="unit"} 90.0' in text
-    assert 'mammoflow_val_loss{run="unit"}' not in text  # NaN is not published
+    assert 'mammoflow_train_val_loss{run="unit"}' not in text  # NaN is not published
+
+
+def test_every_gauge_has_the_train_prefix():
+    metrics = RunMetrics("unit", port=0, addr="127.0.0.1")
+    try:
+        metrics.set(epoch=1, loss=0.5, accuracy=0.7, val_loss=0.6, val_accuracy=0.65, patches_per_second=10,
+                    eta_seconds=5)
+        text = _get(f"http://127.0.0.1:{metrics.port}/metrics")
+    finally:
+        metrics.close()
+    samples = [line.split("{")[0] for line in text.splitlines() if line.startswith("mammoflow_")]
+    assert len(samples) == 7 and all(name.startswith("mammoflow_train_") for name in samples), samples
+    assert 'mammoflow_train_val_loss{run="unit"} 0.6' in text
+
+
+def test_run_label_is_the_run_folder_name():
+    from mammoflow.training.loop import run_label
+
+    assert run_label("gs://bucket/runs/r7") == "r7"
+    assert run_label("gs://bucket/runs/r7/") == "r7"
+    assert run_label("runs/local-run") == "local-run"
+
+
+def test_metrics_are_served_while_the_shards_are_still_being_fetched(tmp_path):
+    """A pod that is still downloading its dataset must already answer the scrape (else the target-down alert
+    fires during every long fetch). The manifest here is a FIFO: reading it blocks until the test writes to it."""
+    import os
+    import threading
+
+    from mammoflow.training.config import load_train_config
+    from mammoflow.training.loop import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    os.mkfifo(data / "manifest.json")
+    port = _free_port()
+    config = load_train_config("demo", {"metrics_port": port})
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            train(config, str(data), str(tmp_path / "run"), cache_dir=tmp_path / "cache")
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    text = None
+    deadline = time.monotonic() + 60
+    while text is None and time.monotonic() < deadline:
+        try:
+            text = _get(f"http://127.0.0.1:{port}/metrics")
+        except OSError:
+            time.sleep(0.2)
+    # Unblock every read of the manifest (train() reads it more than once): not a manifest, so train() fails.
+    while worker.is_alive() and time.monotonic() < deadline + 60:
+        try:
+            fd = os.open(data / "manifest.json", os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while nobody reads
+        except OSError:
+            time.sleep(0.05)
+            continue
+        os.write(fd, b"not json")
+        os.close(fd)
+    worker.join(timeout=60)
+    assert text is not None and "mammoflow_train_epoch" in text, "no metrics endpoint while the data was fetched"
+    assert not worker.is_alive() and errors, "train() should have failed on the broken manifest"
+    with pytest.raises(OSError):  # and the endpoint is closed with the run
+        _get(f"http://127.0.0.1:{port}/metrics")
 
 
 def test_off_by_default_serves_nothing():

@@ -278,6 +278,25 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     in the last phase): ``train()`` then writes ``model.keras`` and ``metrics.json`` and returns. Ray Tune
     reports from it.
     """
+    from mammoflow.training.monitor import RunMetrics
+
+    # Served from the start, before the shards are fetched: a pod still downloading a large dataset is an up
+    # target with no epoch yet, not a missing one (the target-down alert would fire during long fetches).
+    metrics = RunMetrics(run=run_label(out_uri), port=config.metrics_port)
+    try:
+        return _train(config, data_uri, out_uri, metrics, cache_dir=cache_dir, stop_after_epochs=stop_after_epochs,
+                      epoch_callback=epoch_callback)
+    finally:
+        metrics.close()
+
+
+def run_label(out_uri: str) -> str:
+    """The ``run`` label of a run's metrics: the last part of its folder or URI (``gs://b/runs/r7`` -> ``r7``)."""
+    return str(out_uri).rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] or str(out_uri)
+
+
+def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, cache_dir: str | Path | None,
+           stop_after_epochs: int | None, epoch_callback: EpochCallback | None) -> TrainResult:
     import keras
     import tensorflow as tf
 
@@ -285,7 +304,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     from mammoflow.dataset.pipeline import eval_dataset
     from mammoflow.dataset.shards import read_manifest
     from mammoflow.models import create_model, model_meta
-    from mammoflow.training.monitor import MonitorCallback, RunMetrics
+    from mammoflow.training.monitor import MonitorCallback
 
     t_start = time.perf_counter()
     run = RunFolder(out_uri, cache_dir)
@@ -356,7 +375,6 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     counts = _patch_counts(manifest, config, label_names)
     class_weight = class_weight_map(config.class_weights, counts, label_names)
     examples_per_epoch = sum(counts.values())
-    metrics = RunMetrics(run=Path(run.local).name, port=config.metrics_port)
     monitor = MonitorCallback(metrics, examples_per_epoch, state["epochs_done"], config.total_epochs)
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(run.path("tensorboard/x").parent), write_graph=False)
 
@@ -446,7 +464,6 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
                 break
     finally:
         _restore_sigterm(previous_handler)
-        metrics.close()
 
     finished = state["epochs_done"] >= config.total_epochs
     result = TrainResult(run_uri=out_uri, best_epoch=state["best_epoch"] or 0,

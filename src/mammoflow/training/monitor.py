@@ -15,10 +15,10 @@ log = logging.getLogger(__name__)
 class RunMetrics:
     """Prometheus gauges of one training run, on their own registry (so several runs in one process never clash).
 
-    ``port`` None: the gauges exist but nothing is served (the default). Exposed names:
-    ``mammoflow_train_epoch``, ``mammoflow_train_loss``, ``mammoflow_train_accuracy``, ``mammoflow_val_loss``,
-    ``mammoflow_val_accuracy``, ``mammoflow_train_patches_per_second``, ``mammoflow_train_eta_seconds``,
-    all labelled with ``run``.
+    ``port`` None: the gauges exist but nothing is served (the default). Exposed names, one prefix:
+    ``mammoflow_train_epoch``, ``mammoflow_train_loss``, ``mammoflow_train_accuracy``, ``mammoflow_train_val_loss``,
+    ``mammoflow_train_val_accuracy``, ``mammoflow_train_patches_per_second``, ``mammoflow_train_eta_seconds``,
+    all labelled with ``run`` (the run folder's name).
     """
 
     def __init__(self, run: str, port: int | None = None, addr: str = "0.0.0.0"):
@@ -35,10 +35,8 @@ class RunMetrics:
             "patches_per_second": "Training throughput of the last epoch, patches (examples) per second",
             "eta_seconds": "Estimated seconds until the run ends",
         }
-        self.gauges = {}
-        for key, doc in names.items():
-            metric = key if key.startswith("val_") else f"train_{key}"
-            self.gauges[key] = Gauge(f"mammoflow_{metric}", doc, ["run"], registry=self.registry)
+        self.gauges = {key: Gauge(f"mammoflow_train_{key}", doc, ["run"], registry=self.registry)
+                       for key, doc in names.items()}
         self.server = None
         if port is not None:
             self.server, _thread = start_http_server(port, addr=addr, registry=self.registry)

@@ -14,6 +14,11 @@ Methods:
 - Jaamour et al. 2023, "Image pre-processing": the whole image resized to a square, optionally with padding to
   keep the aspect ratio (:func:`whole_image`).
 - Xi et al. 2018, "Datasets": patches cropped around each lesion's ROI mask (:func:`lesion_crop`).
+
+An ROI that cannot be an example raises :class:`~mammoflow.errors.InputError` (code ``empty_roi``, see
+:func:`check_roi`) instead of becoming an all-black "tumour": its box lies mostly outside the image (a huge
+radius with ``scale_to_radius``), or almost none of its pixels is non-zero (a lesion centre in the image's black
+background, zeroed by the breast mask). ``build-dataset`` quarantines the record with that reason.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from mammoflow.preprocess.ops import BBox, Transform
 
 # (row, col, radius) of a lesion to keep away from; radius may be 0 when unknown.
 LesionDisk = tuple[float, float, float]
+
+# An ROI needs at least half of its box inside the image and 1% of its pixels non-zero (see check_roi).
+MIN_INSIDE_FRACTION = 0.5
+MIN_CONTENT_FRACTION = 0.01
 
 
 def example_id(record_id: str, kind: str, k: int | None = None) -> str:
@@ -98,18 +107,47 @@ def _cut(img: np.ndarray, box: BBox, size: int, breast_mask: np.ndarray | None) 
     return roi
 
 
+def inside_fraction(box: BBox, shape: tuple[int, ...]) -> float:
+    """The share of ``box``'s pixels that lie inside an image of ``shape``."""
+    r0, c0, r1, c1 = box
+    h, w = shape[:2]
+    inside = max(0, min(r1, h) - max(r0, 0)) * max(0, min(c1, w) - max(c0, 0))
+    return inside / float(max((r1 - r0) * (c1 - c0), 1))
+
+
+def check_roi(roi: np.ndarray, box: BBox, shape: tuple[int, ...], what: str = "ROI", path: object = "",
+              min_inside: float = MIN_INSIDE_FRACTION, min_content: float = MIN_CONTENT_FRACTION) -> None:
+    """Refuse an ROI that would be a meaningless example (InputError, code ``empty_roi``).
+
+    ``box`` must have at least ``min_inside`` of its pixels inside the image (the rest is zero padding), and the
+    cut ROI at least ``min_content`` of its pixels non-zero (after the non-breast area is zeroed).
+    """
+    inside = inside_fraction(box, shape)
+    fix = ("check the annotation's centre and radius (and their origin); a lesion in the image's background or "
+           "larger than the image cannot be cut as an ROI")
+    if inside < min_inside:
+        raise InputError(path, f"{what}: only {inside:.0%} of its box {tuple(int(v) for v in box)} lies inside the "
+                         f"{shape[0]}x{shape[1]} image (the rest would be zero padding)", fix, code="empty_roi")
+    content = float(np.count_nonzero(roi)) / max(roi.size, 1)
+    if content < min_content:
+        raise InputError(path, f"{what}: {content:.1%} of its pixels are non-zero (it lies in the black background or "
+                         "outside the breast), so it would be an empty example", fix, code="empty_roi")
+
+
 # --------------------------------------------------------------------------------------------------- Yu et al.
 
 
 def lesion_roi(image: np.ndarray, center_row: float, center_col: float, size: int = 120,
                breast_mask: np.ndarray | None = None, radius: float | None = None,
-               scale_to_radius: bool = False, margin: float = 1.2) -> tuple[np.ndarray, BBox]:
+               scale_to_radius: bool = False, margin: float = 1.2, what: str | None = None,
+               path: object = "") -> tuple[np.ndarray, BBox]:
     """A ``size`` x ``size`` ROI centred on a lesion (Yu et al. 2020: 120x120 around the annotated centre).
 
     The square is clamped inside the image (shifted, not padded, near a border), the non-breast area is zeroed
     when ``breast_mask`` is given, and the result is resized to ``size``. With ``scale_to_radius`` the side is
     ``max(size, 2 * radius * margin)`` so that a large lesion fits whole, then resized down to ``size``;
-    Yu et al. used the fixed side (a radius of 60 covers >= 70% of the MIAS lesions).
+    Yu et al. used the fixed side (a radius of 60 covers >= 70% of the MIAS lesions). An empty ROI raises
+    InputError ``empty_roi`` (:func:`check_roi`), named by ``what`` (e.g. ``"lesion mias:mdb001:1"``).
     """
     if size < 1:
         raise ValueError(f"lesion_roi: size must be >= 1, got {size}")
@@ -117,7 +155,10 @@ def lesion_roi(image: np.ndarray, center_row: float, center_col: float, size: in
     if scale_to_radius and radius is not None and radius > 0:
         side = max(size, math.ceil(2.0 * radius * margin))
     box = square_box(center_row, center_col, side, image.shape)
-    return _cut(image, box, size, breast_mask), box
+    roi = _cut(image, box, size, breast_mask)
+    check_roi(roi, box, image.shape, what or f"the {side}x{side} ROI centred at row {center_row:.0f}, col "
+              f"{center_col:.0f}", path)
+    return roi, box
 
 
 def _window_counts(mask: np.ndarray, side: int) -> np.ndarray:
@@ -214,8 +255,8 @@ def whole_image(image: np.ndarray, size: int | tuple[int, int], pad: bool = True
 
 def lesion_crop(image: np.ndarray, size: int, mask: np.ndarray | None = None,
                 center: tuple[float, float] | None = None, radius: float | None = None,
-                context: float = 0.2, min_side: int = 32,
-                breast_mask: np.ndarray | None = None) -> tuple[np.ndarray, BBox]:
+                context: float = 0.2, min_side: int = 32, breast_mask: np.ndarray | None = None,
+                what: str | None = None, path: object = "") -> tuple[np.ndarray, BBox]:
     """A square crop around one lesion, resized to ``size`` (Xi et al. 2018: patches around the ROI masks).
 
     The lesion's extent is the bounding box of ``mask`` (its True pixels), else the disk ``center``/``radius``.
@@ -236,7 +277,10 @@ def lesion_crop(image: np.ndarray, size: int, mask: np.ndarray | None = None,
         raise ValueError("lesion_crop: give a lesion mask, or a centre and a positive radius")
     side = max(int(math.ceil(extent * (1.0 + 2.0 * context))), min_side)
     box = square_box(cr, cc, side, image.shape)
-    return _cut(image, box, size, breast_mask), box
+    roi = _cut(image, box, size, breast_mask)
+    check_roi(roi, box, image.shape, what or f"the {side}x{side} lesion crop centred at row {cr:.0f}, col {cc:.0f}",
+              path)
+    return roi, box
 
 
 def disk_mask(shape: tuple[int, int], center_row: float, center_col: float, radius: float) -> np.ndarray:

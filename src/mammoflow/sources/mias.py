@@ -241,6 +241,12 @@ def _lesions(ref: str, entries: list[InfoEntry], height: int, width: int, info_p
                                  f"{width}x{height} image", "correct the coordinates in Info.txt "
                                  "(origin at the bottom-left corner)", code="outside_image",
                                  record_id=f"{SOURCE}:{ref}")
+            if e.radius is not None and 2 * e.radius > max(width, height):
+                # A lesion larger than the whole film is a typo; its ROI would be mostly padding or background.
+                raise InputError(info_path, f"line {e.line}: lesion {lesion.lesion_id} has radius {e.radius:g}, a "
+                                 f"disc larger than the {width}x{height} image", "correct the radius in Info.txt "
+                                 "(pixels; the real file's largest is 197)", code="bad_annotation",
+                                 record_id=f"{SOURCE}:{ref}")
             lesion.center_row, lesion.center_col = mias_to_pixel(e.x, e.y, height)
             lesion.radius = e.radius
             lesion.extra["mias_xy"] = [e.x, e.y]

@@ -4,6 +4,11 @@ Layout: ``MIAS_ROIs/{train,val,test,trainval}/{Normal,Tumor} (n).png``. The rele
 ``Record.split``; ``trainval`` is train + val renamed, so it is checked by content hash and never ingested twice.
 Benign and malignant were merged by the authors, so abnormal ROIs are labelled ``tumour``. The authors dropped
 the MIAS image ids: every ROI gets its own pseudo patient id, and patient-level leakage cannot be checked.
+
+Every member is accounted for: a zip-slip name (absolute, or with a ``..`` component) is quarantined as
+``unsafe_path`` and never read; hidden and OS metadata files (``__MACOSX/``, ``.DS_Store``, ``Thumbs.db``) and
+files that are not images are skipped with a reason (:mod:`mammoflow.sources.members`); an ROI that is not
+``expected_size`` square (120x120, Yu et al.'s "Data preprocessing") is quarantined as ``wrong_size``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from mammoflow.errors import InputError
 from mammoflow.logs import progress
 from mammoflow.records import QuarantineEntry, Record, RecordsTable
 from mammoflow.sources._common import SourceOptions, add_quarantine, quarantine_error, sha256_bytes
+from mammoflow.sources.members import account_member
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +33,9 @@ SPLITS = ("train", "val", "test")
 CLASS_LABELS = {"normal": "normal", "tumor": "tumour"}
 LEAKAGE_NOTE = ("the authors dropped the MIAS image ids, so ROIs of one patient (or one image) may sit in "
                 "different splits; patient-level leakage cannot be checked on this set")
+ROI_SIZE = 120  # the released ROIs are 120x120 (Yu et al. 2020, "Data preprocessing")
 _MEMBER = re.compile(r"(?:^|/)(train|val|test|trainval)/(normal|tumor) \((\d+)\)\.png$", re.IGNORECASE)
-_IGNORED = re.compile(r"(^|/)(__MACOSX/|\.)|(^|/)(Thumbs\.db|desktop\.ini)$", re.IGNORECASE)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".tif", ".tiff")
 
 
 class _RoiFiles:
@@ -69,6 +76,10 @@ class _RoiFiles:
         """``<zip>/<member>`` or ``<folder>/<file>``: what :func:`mammoflow.io.images.read_image` takes."""
         return self.root / name
 
+    def label(self, name: str) -> str:
+        """``<zip>/<member>`` as text, never resolved (an absolute or ``../`` member must not name another file)."""
+        return f"{self.root}/{name}"
+
     def close(self) -> None:
         if self.zip is not None:
             self.zip.close()
@@ -86,8 +97,13 @@ def _record(split: str, cls: str, index: int, member: str, digest: str) -> Recor
                "severity": "unknown (benign and malignant merged into Tumor by the authors)"})
 
 
-def read_mias_rois(root: Path, metadata_only: bool = False) -> RecordsTable:
-    """Records for the train/val/test ROIs; trainval verified to be train + val by content, not duplicated."""
+def read_mias_rois(root: Path, metadata_only: bool = False, expected_size: int | None = ROI_SIZE) -> RecordsTable:
+    """Records for the train/val/test ROIs; trainval verified to be train + val by content, not duplicated.
+
+    ``expected_size``: the side every ROI must have (``wrong_size`` otherwise; checked when the images are read,
+    not with ``metadata_only``); ``None`` accepts any size (a set cut at another size, built with a dataset config
+    whose ``roi_size`` matches it).
+    """
     files = _RoiFiles(root)
     table = RecordsTable(records=[], image_root=str(files.root), source=SOURCE)
     try:
@@ -96,14 +112,14 @@ def read_mias_rois(root: Path, metadata_only: bool = False) -> RecordsTable:
         train_val: Counter[str] = Counter()  # every train/val ROI read, used or quarantined
         members = []
         for name in files.names():
-            if _IGNORED.search(name):
-                continue
+            if not account_member(table, name, files.label(name), SOURCE, IMAGE_SUFFIXES):
+                continue  # unsafe, hidden or not an image: quarantined or skipped, with its reason
             m = _MEMBER.search(name)
             if m is not None:
                 members.append((m.group(1).lower(), m.group(2), int(m.group(3)), name))
-            elif name.lower().endswith((".png", ".jpg", ".pgm", ".tif", ".tiff")):
+            else:
                 add_quarantine(table, QuarantineEntry(
-                    path=str(files.path(name)), code="unexpected_file", source=SOURCE,
+                    path=files.label(name), code="unexpected_file", source=SOURCE,
                     problem="image outside the released {train,val,test}/{Normal,Tumor} (n).png layout",
                     fix="remove it, or put it in a split folder with a released class name"))
         # Released order (train, val, test; by class and number): of two copies of one ROI, the later split's
@@ -130,7 +146,7 @@ def read_mias_rois(root: Path, metadata_only: bool = False) -> RecordsTable:
                 continue
             if not metadata_only:
                 try:
-                    _check_image(rec, files.path(name))
+                    _check_image(rec, files.path(name), expected_size)
                 except InputError as err:
                     err.record_id = err.record_id or rec.record_id
                     quarantine_error(table, err, SOURCE)
@@ -148,12 +164,18 @@ def read_mias_rois(root: Path, metadata_only: bool = False) -> RecordsTable:
     return table
 
 
-def _check_image(rec: Record, path: Path) -> None:
+def _check_image(rec: Record, path: Path, expected_size: int | None = ROI_SIZE) -> None:
     from mammoflow.io.images import read_image
     from mammoflow.sources.mias import note_bit_depth
 
     pixels = read_image(path)
     rec.height, rec.width = int(pixels.shape[0]), int(pixels.shape[1])
+    if expected_size is not None and (rec.height, rec.width) != (expected_size, expected_size):
+        raise InputError(path, f"ROI is {rec.width}x{rec.height}, expected {expected_size}x{expected_size} (the "
+                         "size of the released ROIs)",
+                         f"use the released {expected_size}x{expected_size} ROIs (`mammoflow fetch mias-rois`); "
+                         f"for a set cut at another size, read it with expected_size=None and build it with a "
+                         f"dataset config whose roi_size is that size", code="wrong_size", record_id=rec.record_id)
     note_bit_depth(rec, pixels)
 
 

@@ -1,0 +1,86 @@
+"""Accounting for the members of an archive (or the files of a folder) that a source does not read as images.
+
+Nothing is dropped silently (issue 13, build items 2-3: read = used + quarantined + skipped):
+
+- a **zip-slip** name (absolute, a drive letter, or a ``..`` component) is quarantined as ``unsafe_path`` and
+  never read or joined to a folder: extracting it would write outside the target folder;
+- **hidden and OS metadata** files (any component starting with ``.``, ``__MACOSX/``, ``Thumbs.db``,
+  ``desktop.ini``) are skipped with the reason ``hidden``;
+- files that are **not images** (by suffix) are skipped with the reason ``not_an_image``.
+
+Skipped inputs go to the records table's skipped list (``skipped.jsonl``) when the project has one, else to the
+quarantine with the code ``skipped_<reason>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+
+from mammoflow.records import QuarantineEntry, RecordsTable
+from mammoflow.sources._common import add_quarantine
+
+log = logging.getLogger(__name__)
+
+_OS_METADATA = {"__macosx", "thumbs.db", "desktop.ini"}
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+SKIP_FIXES = {
+    "hidden": "nothing to do: hidden files and OS metadata (__MACOSX/, .DS_Store, Thumbs.db) are not inputs",
+    "not_an_image": "nothing to do if it is documentation; if it is an image, save it as PNG",
+}
+
+
+def _parts(name: str) -> list[str]:
+    return [p for p in re.split(r"[\\/]", name) if p]
+
+
+def unsafe_reason(name: str) -> str | None:
+    """Why a member name would escape the folder it is extracted into (zip slip), or None when it is safe."""
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        return "an absolute path"
+    if any(p == ".." for p in _parts(name)):
+        return "a '..' component (it climbs out of the archive's folder)"
+    return None
+
+
+def is_hidden(name: str) -> bool:
+    """A hidden file or folder (a component starting with ``.``) or OS metadata (``__MACOSX/``, ``Thumbs.db``)."""
+    return any(p.startswith(".") or p.lower() in _OS_METADATA for p in _parts(name))
+
+
+def skip(table: RecordsTable, path: str, reason: str, source: str, problem: str) -> None:
+    """Record one skipped input with its reason: ``sources._common.add_skipped`` (the table's skipped list) when
+    the project has it, else a quarantine entry with the code ``skipped_<reason>``."""
+    from mammoflow.sources import _common
+
+    add_skipped = getattr(_common, "add_skipped", None)
+    if callable(add_skipped) and hasattr(table, "skipped"):
+        add_skipped(table, path, reason, problem, source)
+        return
+    add_quarantine(table, QuarantineEntry(path=path, code=f"skipped_{reason}", source=source, problem=problem,
+                                          fix=SKIP_FIXES.get(reason, "nothing to do")))
+
+
+def account_member(table: RecordsTable, name: str, label: str, source: str,
+                   image_suffixes: Sequence[str]) -> bool:
+    """True when member ``name`` is a candidate image to read; otherwise it has been quarantined or skipped.
+
+    ``label`` names the member in the quarantine (``<archive>/<member>``, as text: never resolved).
+    """
+    why = unsafe_reason(name)
+    if why is not None:
+        add_quarantine(table, QuarantineEntry(
+            path=label, code="unsafe_path", source=source,
+            problem=f"the member name is {why}: extracting it would write outside the target folder (zip slip)",
+            fix="remove that member from the archive (re-download the original if it came from a release)"))
+        return False
+    if is_hidden(name):
+        skip(table, label, "hidden", source, "a hidden file or OS metadata, not an input")
+        return False
+    if not name.lower().endswith(tuple(s.lower() for s in image_suffixes)):
+        skip(table, label, "not_an_image", source,
+             f"not an image file (expected one of {', '.join(image_suffixes)})")
+        return False
+    return True

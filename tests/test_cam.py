@@ -258,6 +258,28 @@ def test_explain_record_id_with_preprocess(tmp_path, xi_run):
     assert result.exit_code != 0 and "demo:nope" in str(result.exception)
 
 
+def test_explain_chance_follows_the_tolerance(tmp_path, xi_run):
+    """Issue 13: with --tolerance the chance level is the lesion dilated by the tolerance over the breast (the
+    same rule as a hit), not the bare lesion area; the index says so, and a tolerance-0 run keeps the old value."""
+    from mammoflow.io.images import write_png
+
+    rows, cols = np.ogrid[:200, :200]
+    image = np.where((rows - 100) ** 2 + cols ** 2 <= 170 ** 2, 120, 0).astype(np.uint8)
+    image[(rows - 100) ** 2 + (cols - 80) ** 2 <= 6 ** 2] = 240
+    write_png(tmp_path / "c.png", image)
+    runs = {}
+    for tol in (0.0, 30.0):
+        out = tmp_path / f"e{int(tol)}"
+        index = C.explain(str(xi_run), out=out, images=[str(tmp_path / "c.png")], circles=[(100, 80, 6)],
+                          preprocess="none", tolerance=tol)
+        (img,) = index["images"]
+        runs[tol] = (index, img)
+    bare, tolerant = runs[0.0][1]["chance_hit_rate"], runs[30.0][1]["chance_hit_rate"]
+    assert bare == pytest.approx(runs[0.0][1]["lesion_area_fraction"] * 200 * 200 / (image > 0).sum(), rel=0.05)
+    assert tolerant == pytest.approx(bare * (36 / 6) ** 2, rel=0.1)  # a 36 px disc instead of a 6 px one
+    assert "dilated" in runs[30.0][0]["pointing_game_chance"] and "pointing_game_chance" not in runs[0.0][0]
+
+
 def test_explain_lesion_option_and_errors(tmp_path, xi_run):
     from mammoflow.io.images import write_png
     from mammoflow.synth.phantoms import make_phantom

@@ -4,8 +4,9 @@ Xi et al. 2018 (Section 2.3) feed the *full* mammogram to a patch classifier who
 and draw CAM = sum_k w_k f_k over the last convolutional feature maps f_k. They compared the maps with the ROI
 masks by eye only; here every map is scored against the known lesions:
 
-- **pointing game**: the map's peak inside the breast falls inside a lesion (a hit) or not; chance is the
-  lesion area over the breast area (the probability that a peak drawn uniformly in the breast hits);
+- **pointing game** (:mod:`mammoflow.evaluation.pointing`): the map's peak inside the breast falls inside a
+  lesion, or within the tolerance of one (a hit), or not; chance is the lesion dilated by the tolerance over the
+  breast area (the probability that a peak drawn uniformly in the breast hits under the same rule);
 - **IoU**: the map thresholded at a fraction of its range (default half-way between its minimum and maximum
   in the breast) against the lesion mask.
 
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mammoflow.errors import ConfigError, InputError
+from mammoflow.evaluation.pointing import chance_hit_rate, peak, pointing_game  # noqa: F401  (part of this API)
 from mammoflow.records import atomic_write_text
 
 if TYPE_CHECKING:
@@ -160,32 +162,6 @@ def normalise_map(cam: np.ndarray, valid: np.ndarray | None = None) -> np.ndarra
     return out
 
 
-def peak(cam: np.ndarray, valid: np.ndarray | None = None) -> tuple[int, int]:
-    """(row, col) of the map's maximum inside ``valid`` (everywhere when None or empty)."""
-    cam = np.asarray(cam, np.float32)
-    if valid is not None and valid.any():
-        cam = np.where(valid, cam, -np.inf)
-    flat = int(np.argmax(cam))
-    return flat // cam.shape[1], flat % cam.shape[1]
-
-
-def pointing_game(cam: np.ndarray, lesion_mask: np.ndarray, valid: np.ndarray | None = None,
-                  tolerance: float = 0.0) -> dict[str, Any]:
-    """Whether the map's peak (inside ``valid``) lies in ``lesion_mask``, or within ``tolerance`` pixels of it."""
-    import cv2
-
-    lesion_mask = np.asarray(lesion_mask, bool)
-    if lesion_mask.shape != cam.shape:
-        raise ValueError(f"lesion mask {lesion_mask.shape} and map {cam.shape} differ in shape")
-    row, col = peak(cam, valid)
-    if tolerance > 0 and lesion_mask.any():
-        distance = cv2.distanceTransform((~lesion_mask).astype(np.uint8), cv2.DIST_L2, 5)
-        hit = bool(distance[row, col] <= tolerance)
-    else:
-        hit = bool(lesion_mask[row, col])
-    return {"hit": hit, "peak_row": int(row), "peak_col": int(col), "tolerance_px": float(tolerance)}
-
-
 def threshold_iou(cam: np.ndarray, lesion_mask: np.ndarray, fraction: float = 0.5,
                   valid: np.ndarray | None = None) -> float:
     """IoU of ``normalise_map(cam, valid) >= fraction`` with the lesion mask (0 when both are empty)."""
@@ -197,15 +173,6 @@ def threshold_iou(cam: np.ndarray, lesion_mask: np.ndarray, fraction: float = 0.
         hot &= valid
     union = int((hot | lesion_mask).sum())
     return float((hot & lesion_mask).sum() / union) if union else 0.0
-
-
-def chance_hit_rate(lesion_mask: np.ndarray, breast_mask: np.ndarray | None) -> float:
-    """The pointing-game score of a peak drawn uniformly in the breast: lesion area inside it / breast area."""
-    lesion_mask = np.asarray(lesion_mask, bool)
-    if breast_mask is None:
-        return float(lesion_mask.mean())
-    breast = np.asarray(breast_mask, bool)
-    return float((lesion_mask & breast).sum() / max(int(breast.sum()), 1))
 
 
 def lesion_mask_from_circles(shape: tuple[int, int], circles: Sequence[LesionCircle]) -> np.ndarray:
@@ -667,7 +634,7 @@ def explain_image(loaded: LoadedModel, item: ImageToExplain, out: Path, *, chain
         result.pointing_hit = game["hit"]
         result.iou = threshold_iou(cam, lesion, iou_fraction, breast)
         result.iou_threshold = iou_fraction
-        result.chance_hit_rate = chance_hit_rate(lesion, breast)
+        result.chance_hit_rate = chance_hit_rate(lesion, breast, tolerance)
         result.lesion_area_fraction = float(lesion.mean())
     save_npy(out / result.cam_npy, cam.astype(np.float32))
     write_rgb_png(out / result.overlay, overlay_heatmap(image, cam01, lesion_mask=lesion, peak_at=peak_at))
@@ -986,7 +953,8 @@ def explain(model_uri: str, *, out: str | Path, images: Sequence[str] = (), reco
             "method": target.method, "layer": target.layer, "centring": target.centring,
             "patch_size": target.patch_size, "stride": stride or (target.patch_size // 2 if target.method ==
                                                                     "gradcam" else None),
-            "pointing_game_tolerance_px": tolerance,
+            "pointing_game_tolerance_px": tolerance, **({"pointing_game_chance": "lesion dilated by the tolerance, "
+                                                          "over the breast area"} if tolerance > 0 else {}),
             "coordinates": "maps, overlays and peaks are in the preprocessed image's pixel frame (row 0 at the top)"}
     # Everything else a map or a score depends on, besides the input itself.
     settings = {**{k: v for k, v in info.items() if k not in ("model", "coordinates")}, "model_sha256": loaded.sha256,

@@ -273,6 +273,7 @@ def cam_gallery(explain_dir: Path | None, limit: int = 12) -> dict[str, Any] | N
     if not index:
         return None
     items = []
+    tolerance = float(index.get("pointing_game_tolerance_px") or 0.0)
     for img in index.get("images", [])[:limit]:
         path = explain_dir / img["overlay"]
         if not path.exists():
@@ -280,12 +281,13 @@ def cam_gallery(explain_dir: Path | None, limit: int = 12) -> dict[str, Any] | N
         if img.get("pointing_hit") is None:
             score = "no lesion annotated"
         else:
-            score = (f"peak {'inside' if img['pointing_hit'] else 'outside'} the lesion; IoU {img['iou']:.2f} "
+            near = f" (or within {tolerance:g} px of it)" if tolerance else ""
+            score = (f"peak {'inside' if img['pointing_hit'] else 'outside'} the lesion{near}; IoU {img['iou']:.2f} "
                      f"(map above {100 * img['iou_threshold']:.0f}% of its range)")
         items.append({"src": data_uri(path.read_bytes()), "file": path.name, "path": path,
                       "title": img.get("record_id") or img["name"], "label": img.get("label") or "", "score": score})
     return {"items": items, "summary": index.get("summary", {}), "method": index.get("method"),
-            "layer": index.get("layer"), "model": (index.get("model") or {}).get("uri")}
+            "layer": index.get("layer"), "model": (index.get("model") or {}).get("uri"), "tolerance": tolerance}
 
 
 def worst_false_negatives(evaluation_dir: Path, evaluation: Mapping[str, Any], n: int,

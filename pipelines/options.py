@@ -95,7 +95,8 @@ RETRIES: dict[str, int] = {"train": 3, "sweep": 3, "retrain_train": 3}
 #: Wall-clock ceilings, so a hung step does not hold a GPU for ever.
 TIMEOUTS_S: dict[str, int] = {"train": 48 * 3600, "sweep": 72 * 3600, "explain": 6 * 3600,
                               "retrain_train": 48 * 3600}
-#: Stages that read patient identifiers and pseudonymise them with the site's salt (Secret salt_secret).
+#: Stages that read patient identifiers and pseudonymise them with the site's salt (Secret salt_secret, required:
+#: create it before running, see k8s/README.md).
 SALTED_STAGES = ("ingest", "retrain_ingest")
 #: Pod label app.kubernetes.io/component per stage (default: the stage name with dashes). Both training steps are
 #: ``training``: the mammoflow-training PodMonitor scrapes their metrics port.
@@ -125,7 +126,8 @@ class PipelineOptions:
     gpu_node_selector: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
     spot: bool = False  # run train and sweep on spot nodes (they resume after preemption)
     gcs_secret: str = ""  # Secret with a service-account key.json, mounted when Workload Identity is not used
-    salt_secret: str = SALT_SECRET  # Secret with MAMMOFLOW_SALT for ingest (optional: absent = public salt)
+    salt_secret: str = SALT_SECRET  # Secret with MAMMOFLOW_SALT for the salted stages (required: a pod without it
+    # does not start, rather than pseudonymising with a public salt)
     storage_root: str = ""  # default of the storage_root parameter; "" = $MAMMOFLOW_STORAGE_ROOT
     caching: bool = True  # False: no step is ever taken from KFP's cache (e.g. after deleting a storage root)
     retries: bool = True  # False for local runs: kfp.local honours retries, and a laptop run should fail fast
@@ -195,7 +197,7 @@ def configure(task: Any, stage: str, options: PipelineOptions) -> Any:
         kubernetes.add_toleration(task, key="cloud.google.com/gke-spot", operator="Equal", value="true",
                                   effect="NoSchedule")
     if stage in SALTED_STAGES and options.salt_secret:
-        kubernetes.use_secret_as_env(task, options.salt_secret, {SALT_ENV: SALT_ENV}, optional=True)
+        kubernetes.use_secret_as_env(task, options.salt_secret, {SALT_ENV: SALT_ENV}, optional=False)
     if options.gcs_secret:
         kubernetes.use_secret_as_volume(task, options.gcs_secret, mount_path=GCS_KEY_MOUNT)
         task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_KEY_MOUNT}/key.json")

@@ -76,7 +76,8 @@ def test_corrupt_jpeg2000_is_quarantined_and_the_rest_of_the_folder_ingested(tmp
     root = tmp_path / "site"
     rng = np.random.default_rng(7)
     _write(root / "good.dcm")
-    _write(root / "good_j2k.dcm", transfer_syntax="jpeg2000")
+    other = np.random.default_rng(1).integers(0, 4096, (48, 40)).astype(np.uint16)  # not a duplicate of good.dcm
+    _write(root / "good_j2k.dcm", other, transfer_syntax="jpeg2000")
     _encapsulated(root / "bad_lossless.dcm", J2K_START + rng.bytes(3000), JPEG2000Lossless)
     _encapsulated(root / "bad_lossy.dcm", J2K_START + rng.bytes(3000), JPEG2000)
     script = ("import json, sys\nfrom mammoflow.sources.dicom_dir import read_dicom_dir\n"

@@ -157,9 +157,9 @@ def test_train_gets_run_id_and_metrics_port(training: dict[str, Any]) -> None:
     assert inputs["metrics_port"]["componentInputParameter"] == "metrics_port"
 
 
-def test_ingest_reads_the_salt_secret_when_present(training: dict[str, Any]) -> None:
+def test_ingest_requires_the_salt_secret(training: dict[str, Any]) -> None:
     (secret,) = training["_platform"]["exec-ingest"]["secretAsEnv"]
-    assert secret["secretName"] == "mammoflow-salt" and secret["optional"] is True
+    assert secret["secretName"] == "mammoflow-salt" and not secret.get("optional")  # the pod needs it
     assert secret["keyToEnv"] == [{"secretKey": "MAMMOFLOW_SALT", "envVar": "MAMMOFLOW_SALT"}]
     assert all("secretAsEnv" not in v for k, v in training["_platform"].items() if k != "exec-ingest")
 
@@ -347,7 +347,7 @@ def test_retrain_outputs_parameters_and_cluster_settings(retrain: dict[str, Any]
     assert int(retrain["_platform"]["exec-retrain-train"]["activeDeadlineSeconds"]) == 48 * 3600
     # Incremental ingest pseudonymises patient ids with the site's salt, like ingest.
     (secret,) = retrain["_platform"]["exec-retrain-ingest"]["secretAsEnv"]
-    assert (secret["secretName"], secret["optional"]) == ("mammoflow-salt", True)
+    assert (secret["secretName"], bool(secret.get("optional"))) == ("mammoflow-salt", False)
     assert [k for k, v in retrain["_platform"].items() if "secretAsEnv" in v] == ["exec-retrain-ingest"]
     assert executors(retrain)["retrain-train"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
 

@@ -16,7 +16,8 @@ evaluated on patients it was trained on. Here:
    changed images are decoded. Sources that are not folders (Yu's zip) are read in full and compared by content.
    The reader's complaints about the hidden images of carried records are dropped; every other quarantine entry is
    kept. A new image with the same content as an existing one under another id is quarantined
-   (``duplicate_image``), and so is a changed record whose patient changed (``patient_changed``: moving it would
+   (``duplicate_image``), and so is a new image whose SOP Instance UID or decoded pixels equal a carried record's
+   (``duplicate``, :mod:`mammoflow.sources.duplicates`), and a changed record whose patient changed (``patient_changed``: moving it would
    break the split plan).
 4. **Splits**: new records are added to the previous ``split_plan.json`` with
    :func:`mammoflow.dataset.splits.extend_plan` (no existing patient ever moves; new images of a known patient join
@@ -49,6 +50,7 @@ from mammoflow.errors import ConfigError, MammoflowError
 from mammoflow.records import QuarantineEntry, Record, RecordsTable, atomic_write_text
 from mammoflow.sources import SourceOptions, read_source
 from mammoflow.sources._common import source_file_key, source_files
+from mammoflow.sources.duplicates import DuplicateFinder
 from mammoflow.storage import file_sha256
 
 log = logging.getLogger(__name__)
@@ -301,6 +303,7 @@ def _read_fresh(source: str, opts: SourceOptions, prev: RecordsTable, prev_dir: 
     table.image_root = str(root)
     table.quarantine = [dataclasses.replace(q, path=q.path.replace(str(view), str(root)))
                         for q in table.quarantine if q.record_id not in carried_ids]
+    table.skipped = [dataclasses.replace(s, path=s.path.replace(str(view), str(root))) for s in table.skipped]
     table.records = [r for r in table.records if r.record_id not in carried_ids]
     table.meta = {**prev.meta, "last_read": {k: v for k, v in table.meta.items() if k != "line_accounting"}}
     return _Read(table, candidates, "incremental")
@@ -371,7 +374,7 @@ def incremental_ingest(source: str, opts: SourceOptions, previous_records_dir: P
         fresh_table.image_root = str(Path(fresh_table.image_root).resolve()) if fresh_table.image_root else "."
     elif scan.nothing_changed:
         fresh_table = RecordsTable(records=[], quarantine=list(prev.quarantine), image_root=prev.image_root,
-                                   source=prev.source, meta=dict(prev.meta))
+                                   source=prev.source, meta=dict(prev.meta), skipped=list(prev.skipped))
         carried, mode = list(prev.records), "incremental"
     else:
         assert prev_dir is not None
@@ -383,6 +386,9 @@ def incremental_ingest(source: str, opts: SourceOptions, previous_records_dir: P
     quarantine = list(fresh_table.quarantine)
     fresh: list[Record] = []
     known_hashes = {r.content_hash: r.record_id for r in carried if r.content_hash}
+    same_image = DuplicateFinder()  # by SOP Instance UID pseudonym and pixel digest, when the source gives them
+    for rec in carried:
+        same_image.check(rec, rec.image_path)
     for rec in sorted(fresh_table.records, key=lambda r: r.record_id):
         if rec.record_id in carried_ids:
             continue
@@ -396,6 +402,10 @@ def incremental_ingest(source: str, opts: SourceOptions, previous_records_dir: P
         if twin is not None and twin != rec.record_id:
             quarantine.append(_quarantine(rec, "duplicate_image", f"same image content as {twin}",
                                           "remove the copy (one image under two names would leak between splits)"))
+            continue
+        dup = same_image.check(rec, rec.image_path) if old is None else None
+        if dup is not None:
+            quarantine.append(QuarantineEntry.from_error(dup, source=rec.source))
             continue
         if old is not None and old.patient_id != rec.patient_id:
             quarantine.append(_quarantine(rec, "patient_changed",
@@ -426,7 +436,7 @@ def incremental_ingest(source: str, opts: SourceOptions, previous_records_dir: P
     new_patients = {r.patient_id for r in fresh if r.patient_id not in prev_patients}
 
     table = RecordsTable(records=records, quarantine=quarantine, image_root=fresh_table.image_root,
-                         source=fresh_table.source or source,
+                         source=fresh_table.source or source, skipped=fresh_table.skipped,
                          meta={**fresh_table.meta, "incremental": {"previous": str(prev_dir) if prev_dir else None,
                                                                    "mode": mode}})
     table.check_unique_ids()

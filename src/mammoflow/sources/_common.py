@@ -160,7 +160,7 @@ def csv_error(path: Path, line: int, exc: Exception, what: str = "the CSV") -> I
         problem = (f"{what} cannot be parsed: the quote opened in the row starting on line {line} is never closed "
                    "(every row after it would be read as part of one field)")
     else:
-        problem = f"{what} cannot be parsed in the row starting on line {line} ({text})"
+        problem = f"{what} cannot be parsed in the row starting on line {line} ({text}: a quote out of place)"
     return InputError(path, problem, "close the quote, or remove the stray quote character, on that line (a field "
                       "with a comma or a quote is written \"like, \"\"this\"\"\"); then ingest again", code="bad_csv")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,25 @@ SHARED_DATA = Path(os.environ.get("MAMMOFLOW_DATA", REPO.parent / "shared" / "da
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+# ------------------------------------------------------------------------------ tests never reach the network
+# Environment first (inherited by every subprocess a test starts: CLI runs, Ray workers, KFP local runners), set
+# here, before anything imports google-auth (it reads these at import): no credentials file, an empty gcloud config,
+# and the metadata server (which google-auth and google-cloud-cpp probe for credentials) on a closed loopback port.
+# Then, in this process, a socket guard (tests/network_guard.py) fails any test whose code opens a TCP connection
+# to an address that is not this machine's.
+from tests import network_guard  # noqa: E402
+
+network_guard.protect_environment()
+network_guard.install()
+
+
+@pytest.fixture(autouse=True)
+def _no_network() -> Iterator[None]:
+    """Fail the test (with the addresses) if it, or a fixture set up for it, connected beyond this machine."""
+    network_guard.fail_on_violations("before the test (in a fixture)")
+    yield
+    network_guard.fail_on_violations("during the test")
 
 
 def _need(path: Path) -> Path:

@@ -6,6 +6,7 @@ libraries (TensorFlow, Ray, KFP) inside their functions so that ``mammoflow --he
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -33,6 +34,10 @@ class _Verbs(click.Group):
             return None
         return importlib.import_module(f"mammoflow.commands.{module}").command
 
+    def invoke(self, ctx: click.Context) -> None:
+        # Without standalone mode click.main returns what the verb returned; only an Exit's code may come back.
+        super().invoke(ctx)
+
 
 @click.group(cls=_Verbs, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mammoflow")
@@ -43,22 +48,78 @@ def cli(log_level: str) -> None:
     setup_logging(log_level)
 
 
-def main() -> None:
+# Exit codes every verb shares (README "Exit codes"); verbs add their own: ingest --strict 3, retrain refused 4,
+# train preempted 143.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``mammoflow`` console script: run one verb and return its documented exit code.
+
+    Click runs with ``standalone_mode=False`` so that errors are reported here, once, in one format; in that mode
+    click *returns* the code of ``click.exceptions.Exit`` (how verbs ask for 1, 3, ...) instead of exiting, so it is
+    returned here. An unexpected exception prints one line (its type and message) and exits 1; its traceback is
+    logged at DEBUG (``mammoflow --log-level DEBUG ...``).
+    """
     # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is not for users; errors still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    log = logging.getLogger("mammoflow")
     try:
-        cli(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+        code = cli.main(args=argv, prog_name="mammoflow", standalone_mode=False)
+    except SystemExit as exc:  # sys.exit() in a verb
+        return _system_exit_code(exc)
+    except click.ClickException as exc:  # usage errors (2) and the verbs' own messages (1)
         exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
     except MammoflowError as exc:
-        logging.getLogger("mammoflow").error("%s", exc)
-        sys.exit(1)
+        log.error("%s", exc)
+        log.debug("traceback of the error above", exc_info=True)
+        return EXIT_ERROR
+    except OSError as exc:
+        log.error("%s", os_error_message(exc))
+        log.debug("traceback of the error above", exc_info=True)
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a raw traceback
+        log.error("unexpected error: %s%s", _one_line(exc),
+                  "" if log.isEnabledFor(logging.DEBUG) else " (run with --log-level DEBUG for the traceback)")
+        log.debug("traceback of the error above", exc_info=True)
+        return EXIT_ERROR
+    return code if isinstance(code, int) else EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:500]}" if text else type(exc).__name__
+
+
+def _system_exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return EXIT_OK
+    if isinstance(exc.code, int):
+        return exc.code
+    click.echo(str(exc.code), err=True)
+    return EXIT_ERROR
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: the path, what went wrong and what to do."""
+    path = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make it writable (and readable) for this user, or give another path"
+    elif exc.errno == errno.ENOSPC:
+        fix = "free disk space (or give a folder on another disk) and run the same command again: it resumes"
+    elif exc.errno == errno.ENOTDIR:
+        fix = "a part of this path is a file, not a folder: give another path"
+    elif exc.errno == errno.ENOENT:
+        fix = "check the path"
+    else:
+        fix = "check the path, its permissions and the free disk space"
+    return f"{path}: {what}. Fix: {fix}"
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

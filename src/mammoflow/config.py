@@ -37,10 +37,12 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found. Fix: give an existing YAML path or a preset name") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc}). Fix: correct the YAML syntax") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file (or only comments) would silently mean "all defaults"
+        raise ConfigError(f"{path}: the config file is empty. Fix: write the settings as YAML `key: value` lines "
+                          "(see the presets in mammoflow/presets/), or give a preset name instead of a file")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path}: the top level must be a mapping of `key: value` settings, got "
+                          f"{type(data).__name__}. Fix: write the settings as YAML `key: value` lines")
     return data
 
 

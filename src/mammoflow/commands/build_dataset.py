@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from mammoflow.commands._outputs import check_out
 from mammoflow.config import preset_names
 
 _EPILOG = """\b
@@ -25,22 +26,6 @@ OUT gets split_plan.json, split_summary.md, dataset_config.yaml, the shards, qua
 manifest.json (written last). An OUT holding a dataset built from other records or another split config is refused."""
 
 
-def _check_local_out(out_uri: str) -> None:
-    """A local --out must be a folder, or not exist yet (then it is created), and so must its parents."""
-    from mammoflow import storage
-
-    if storage.is_remote(out_uri):
-        return
-    path = storage.local_path(out_uri)
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise click.BadParameter(f"{folder} is a file, not a folder: the dataset is a folder of shards. "
-                                         "Fix: give a folder path (new or existing) or a gs:// prefix",
-                                         param_hint="--out")
-            return
-
-
 @click.command(name="build-dataset", epilog=_EPILOG)
 @click.option("--records", "records_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Records folder written by `mammoflow ingest` or `mammoflow preprocess`.")
@@ -48,7 +33,7 @@ def _check_local_out(out_uri: str) -> None:
               help=f"Dataset preset ({', '.join(preset_names('dataset')) or 'none'}) or a YAML file.")
 @click.option("--out", "out_uri", required=True, metavar="URI",
               help="Output folder or gs://bucket/prefix: shards, split_plan.json, quarantine.jsonl, manifest.json.")
-@click.option("--export-png", "export_png", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--export-png", "export_png", type=click.Path(path_type=Path), default=None,
               help="Also write every example as split/class/example_id.png plus contact_sheet.png, to look at.")
 def command(records_dir: Path, config: str, out_uri: str, export_png: Path | None) -> None:
     """Build a sharded dataset from a records folder.
@@ -59,7 +44,8 @@ def command(records_dir: Path, config: str, out_uri: str, export_png: Path | Non
     """
     from mammoflow.dataset.build import build_dataset
 
-    _check_local_out(out_uri)
+    check_out(out_uri)  # a local folder, new or existing, that can be written (gs:// is not probed)
+    check_out(export_png, "--export-png")
     result = build_dataset(records_dir, config, out_uri, export_png=export_png)
     m = result.manifest
     click.echo(json.dumps({"out": out_uri, "counts": m["counts"], "examples": m["examples"],

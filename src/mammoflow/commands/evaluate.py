@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from mammoflow.commands._outputs import check_out
+
 _EPILOG = """\b
 Examples:
   mammoflow evaluate --model run --data data --split test --out eval
@@ -25,7 +27,7 @@ Then: mammoflow report --run run --evaluation eval --out report"""
 @click.option("--data", "data_uri", required=True, help="Dataset folder or gs:// prefix holding manifest.json.")
 @click.option("--split", default=None,
               help="Split to evaluate [default: test; with --fold-of-each, the split holding the folds (train)].")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--out", "out", required=True, type=click.Path(), help="Output folder.")
 @click.option("--method", type=click.Choice(["majority", "soft"]), default="majority", show_default=True,
               help="ROI decision: majority vote of the patch labels (Yu et al., ties by mean P(tumour)) or soft vote "
                    "(mean P(tumour) >= 0.5). The other is reported beside it.")
@@ -51,6 +53,7 @@ def command(models: tuple[str, ...], data_uri: str, split: str | None, out: str,
     """
     from mammoflow.evaluation.evaluate import evaluate, evaluate_many, is_sweep_folder, sweep_trials
 
+    check_out(out)
     uris: list[str] = []
     for uri in models:
         uris += sweep_trials(uri) if is_sweep_folder(uri) else [uri]

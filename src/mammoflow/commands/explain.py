@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from mammoflow.commands._outputs import check_out
+
 
 def _circle(text: str) -> tuple[float, float, float]:
     try:
@@ -41,7 +43,7 @@ and input, so only new or changed images are computed."""
 @click.option("--preprocess", default=None,
               help="Preprocessing preset or YAML applied before the model (use the one the training data had; "
                    "default: none, for images that are already preprocessed).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder.")
 @click.option("--lesion", "lesions", multiple=True, metavar="ROW,COL,RADIUS",
               help="A known lesion of the single --image, in its pixels (row 0 at the top). Repeatable.")
 @click.option("--mask", "masks", multiple=True, type=click.Path(exists=True, dir_okay=False),
@@ -71,6 +73,7 @@ def command(model_uri: str, images: tuple[str, ...], records: str | None, prepro
 
     if not images and records is None:
         raise click.UsageError("give --image PATH_OR_ID, or --records DIR")
+    check_out(out)
     index = explain(model_uri, out=out, images=images, records=records, preprocess=preprocess,
                     circles=[_circle(t) for t in lesions], mask_paths=masks, limit=limit, stride=stride, tile=tile,
                     method=method, layer=layer, iou_fraction=iou_threshold,  # type: ignore[arg-type]

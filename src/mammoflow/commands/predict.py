@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from mammoflow.commands._outputs import check_out
+
 _EPILOG = """\b
 Examples:
   mammoflow predict --model run --images rois/test/tumour
@@ -37,6 +39,7 @@ def command(run_uri: str, images: tuple[Path, ...], preprocess: str | None, out:
     from mammoflow.errors import InputError
     from mammoflow.training.predict import Predictor
 
+    check_out(out, is_file=True)
     log = logging.getLogger("mammoflow.predict")
     files: list[Path] = []
     for item in images:

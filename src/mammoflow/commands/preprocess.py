@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mammoflow.commands._outputs import check_out
 from mammoflow.preprocess.run import preprocess_records
 
 _EPILOG = """\b
@@ -29,9 +30,9 @@ did not write (an ingest folder), is refused unless --overwrite is given."""
               help="Records folder to read (made by `mammoflow ingest`).")
 @click.option("--config", "config", required=True,
               help="Preset name (yu2020, jaamour2023, jaamour2023_breast, xi2018, minimal, none) or a YAML file.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),  # checked by check_out
               help="Folder for the preprocessed images and the new records table.")
-@click.option("--export-png", "export_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--export-png", "export_dir", type=click.Path(path_type=Path), default=None,
               help="Also write 8-bit viewable PNGs with lesion outlines here, to look at.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any record was quarantined in this run.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -46,6 +47,8 @@ def command(records_dir: Path, config: str, out_dir: Path, export_dir: Path | No
     Lesion centres, radii and masks are moved with the image. Unusable images are quarantined and the run goes
     on; re-running with the same config skips records already done.
     """
+    check_out(out_dir)
+    check_out(export_dir, "--export-png")
     summary = preprocess_records(records_dir, config, out_dir, export_dir, workers, overwrite=overwrite)
     click.echo(f"preprocessed {summary.processed}, reused {summary.reused}, quarantined "
                f"{summary.quarantined_new} new ({summary.quarantined_total} in total) -> {out_dir}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from mammoflow.commands._outputs import check_out
+
 _EPILOG = """\b
 Examples:
   mammoflow report --run run --evaluation eval --explain cams --out report   # report/report.html
@@ -16,7 +18,7 @@ Examples:
 @click.command("report", epilog=_EPILOG)
 @click.option("--run", "run", required=True,
               help="A training run folder, an evaluation folder (`mammoflow evaluate --out`) or a sweep folder.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for report.html/.md.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder for report.html/.md.")
 @click.option("--evaluation", "evaluation", default=None, type=click.Path(exists=True, file_okay=False),
               help="Evaluation folder (default: RUN/evaluation when it exists).")
 @click.option("--explain", "explain_dir", default=None, type=click.Path(exists=True, file_okay=False),
@@ -31,5 +33,6 @@ def command(run: str, out: str, evaluation: str | None, explain_dir: str | None,
     """
     from mammoflow.evaluation.report import build_report
 
+    check_out(out)
     paths = build_report(run, out, evaluation=evaluation, explain=explain_dir, n_worst=worst, cache_dir=cache_dir)
     click.echo(f"report -> {paths['html']} and {paths['markdown']}")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 import yaml
+
+from mammoflow.commands._outputs import check_out
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: what a job scheduler expects of a process it asked to stop
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict[str, object]:
@@ -46,11 +48,12 @@ def command(config_ref: str, data_uri: str, out_uri: str, overrides: tuple[str, 
     from mammoflow.training.config import load_train_config
     from mammoflow.training.loop import Preempted, train
 
+    check_out(out_uri)
     config = load_train_config(config_ref, parse_overrides(overrides))
     try:
         result = train(config, data_uri, out_uri, cache_dir=cache_dir)
     except Preempted as exc:
         click.echo(str(exc), err=True)
-        sys.exit(143)
+        raise click.exceptions.Exit(EXIT_PREEMPTED) from None
     click.echo(f"trained {config.model.name}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f} "
                f"-> {out_uri}")

@@ -20,9 +20,9 @@ little-endian pixel bytes with height, width and dtype (``uint8`` / ``uint16``),
 possible decode (``tf.io.decode_raw``, no codec), and byte-stable across machines (PNG/zlib output may change
 with library versions, which would break byte-identical shards and resume-by-hash). The price is size: ROIs are
 small (120x120 uint8 = 14 KiB) and whole images can be stored downsampled upstream. The protobuf and the TFRecord
-framing (length, masked CRC-32C) are encoded here in a few lines of pure Python, so building and reading shards
-needs no TensorFlow (fast CLI start, light pipeline images) and the bytes are deterministic by construction
-(features in sorted order). The tests check the bytes against ``tf.io.parse_single_example`` / ``TFRecordDataset``.
+framing (length, masked CRC-32C) are encoded in a few lines of pure Python (:mod:`mammoflow.dataset.tfrecord`), so
+building and reading shards needs no TensorFlow (fast CLI start, light pipeline images) and the bytes are
+deterministic by construction (features in sorted order). The tests check the bytes against ``tf.io.parse_single_example`` / ``TFRecordDataset``.
 
 **Shard membership** is by hash: an example goes to shard ``h(example_id) mod N`` with ``h`` the first 8 bytes of
 sha256 and ``N`` the smallest power of two with ``total_bytes / N <= target_shard_bytes``; inside a shard, records
@@ -51,8 +51,6 @@ import json
 import logging
 import math
 import os
-import struct
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,6 +61,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from mammoflow import storage
+from mammoflow.dataset.spool import spool_folder
+from mammoflow.dataset.tfrecord import decode_features, encode_features, frame_record, read_records
 from mammoflow.errors import InputError
 from mammoflow.logs import progress
 
@@ -203,159 +203,8 @@ class SplitResult:
         }
 
 
-# ----------------------------------------------------------------------------- protobuf + TFRecord codec
-# tf.train.Example wire format: Example{1: Features{1: repeated MapEntry{1: key, 2: Feature}}},
-# Feature{1: BytesList{1: repeated bytes} | 2: FloatList{1: packed float} | 3: Int64List{1: packed int64}}.
-
-_ONE_BYTE = [bytes((i,)) for i in range(128)]
-
-
-def _varint(n: int) -> bytes:
-    if 0 <= n < 128:  # the common case (tags, short lengths): no loop
-        return _ONE_BYTE[n]
-    if n < 0:
-        n += 1 << 64  # int64 two's complement, as protobuf encodes negative int64
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _feature(kind: str, values: Sequence[Any]) -> bytes:
-    if kind == "bytes":
-        inner = b"".join(_len_field(1, v) for v in values)
-        return _len_field(1, inner)
-    if kind == "float":
-        packed = np.asarray(values, dtype="<f4").tobytes()
-        return _len_field(2, _len_field(1, packed) if packed else b"")
-    packed = b"".join(_varint(int(v)) for v in values)
-    return _len_field(3, _len_field(1, packed) if packed else b"")
-
-
-_KEYS = {name: _len_field(1, name.encode()) for name in FEATURES}  # map-entry key fields, encoded once
-
-
-def _encode_features(features: Mapping[str, tuple[str, Sequence[Any]]]) -> bytes:
-    entries = b"".join(
-        _len_field(1, _KEYS[name] + _len_field(2, _feature(kind, values)))
-        for name, (kind, values) in sorted(features.items())
-    )
-    return _len_field(1, entries)
-
-
-def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of a protobuf message; LEN values are memoryviews."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
-        elif wire == 2:
-            size, pos = _read_varint(buf, pos)
-            value, pos = buf[pos:pos + size], pos + size
-        elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
-        elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield number, wire, value
-
-
-def _decode_feature(buf: memoryview) -> list[Any]:
-    for kind, _, payload in _fields(buf):
-        values: list[Any] = []
-        for _, wire, v in _fields(payload):
-            if kind == 1:
-                values.append(bytes(v))
-            elif kind == 2:
-                values.extend(np.frombuffer(v, dtype="<f4").tolist() if wire == 2 else
-                              [struct.unpack("<f", v)[0]])
-            elif kind == 3:
-                if wire == 2:
-                    pos = 0
-                    while pos < len(v):
-                        n, pos = _read_varint(v, pos)
-                        values.append(n - (1 << 64) if n >= 1 << 63 else n)
-                else:
-                    values.append(v - (1 << 64) if v >= 1 << 63 else v)
-        return values
-    return []
-
-
-def _decode_features(data: bytes) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for number, _, features in _fields(memoryview(data)):
-        if number != 1:
-            continue
-        for _, _, entry in _fields(features):
-            key, value = "", []
-            for n, _, v in _fields(entry):
-                if n == 1:
-                    key = bytes(v).decode()
-                elif n == 2:
-                    value = _decode_feature(v)
-            out[key] = value
-    return out
-
-
-def _masked_crc(data: bytes) -> int:
-    import google_crc32c  # C-accelerated CRC-32C, installed with google-cloud-storage
-
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def frame_record(data: bytes) -> bytes:
-    """One TFRecord frame: uint64 length, masked CRC-32C of the length, data, masked CRC-32C of the data."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
-
-
-def read_records(path: str | os.PathLike[str]) -> Iterator[bytes]:
-    """The records of a local TFRecord file, CRC-checked; InputError(code="corrupt") on damage."""
-    def corrupt(index: int, what: str) -> InputError:
-        return InputError(path, f"record {index}: {what}", "delete the file and fetch or rebuild it",
-                          code="corrupt")
-
-    with open(path, "rb") as fh:
-        index = 0
-        while header := fh.read(12):
-            if len(header) < 12:
-                raise corrupt(index, "truncated header")
-            length_bytes, crc = header[:8], struct.unpack("<I", header[8:])[0]
-            if _masked_crc(length_bytes) != crc:
-                raise corrupt(index, "length checksum mismatch")
-            (length,) = struct.unpack("<Q", length_bytes)
-            data = fh.read(length)
-            tail = fh.read(4)
-            if len(data) < length or len(tail) < 4:
-                raise corrupt(index, "truncated record")
-            if _masked_crc(data) != struct.unpack("<I", tail)[0]:
-                raise corrupt(index, "data checksum mismatch")
-            yield data
-            index += 1
+# ----------------------------------------------------------------------------- tf.train.Example
+# The wire format is encoded in mammoflow.dataset.tfrecord (no TensorFlow needed).
 
 
 def serialize_example(ex: Example) -> bytes:
@@ -381,12 +230,12 @@ def serialize_example(ex: Example) -> bytes:
     }
     if ex.mask is not None:
         feats["mask/raw"] = ("bytes", [np.ascontiguousarray(ex.mask, dtype=np.uint8).tobytes()])
-    return _encode_features(feats)
+    return encode_features(feats)
 
 
 def deserialize_example(data: bytes) -> Example:
     """The inverse of :func:`serialize_example` (pure Python)."""
-    f = _decode_features(data)
+    f = decode_features(data)
 
     def text(name: str) -> str:
         return f[name][0].decode() if f.get(name) else ""
@@ -453,17 +302,16 @@ def write_split(
     """Write one split's examples as shards under ``out_uri/<split>/``; return what the manifest needs.
 
     Examples are validated (InputError on a bad one, naming it), spooled to a local temporary file (so memory
-    holds only ids and offsets), grouped into shards by hash and sorted by id (see the module docstring), then
+    holds only ids and offsets; in a :func:`~mammoflow.dataset.spool.spool_folder` under ``work_dir``, default the
+    system temp folder), grouped into shards by hash and sorted by id (see the module docstring), then
     each shard is written locally, hashed, and uploaded unless an identical object is already there.
     ``on_shard(info, uploaded)`` is called after each shard, in shard order. The manifest is not written here:
     call :func:`write_manifest` once every split is done.
     """
     if not split or "/" in split:
         raise ValueError(f"bad split name {split!r}")
-    tmp_parent = Path(work_dir) if work_dir is not None else None
-    if tmp_parent is not None:
-        tmp_parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"mammoflow-{split}-", dir=tmp_parent) as tmp:
+    # The spool folder is locked while this build lives; the next build removes those of killed builds.
+    with spool_folder(split, work_dir) as tmp:
         spool_path = Path(tmp) / "spool.bin"
         items, counts, names, patients, folds = _spool(examples, split, spool_path)
         total = sum(i.length for i in items)

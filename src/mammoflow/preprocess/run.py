@@ -254,12 +254,23 @@ def check_output_folder(out_dir: Path, config_hash: str, overwrite: bool = False
         log.warning("%s: replacing a records folder that no preprocess run wrote (--overwrite)", out_dir)
 
 
+def require_finished_records(records_dir: Path | str) -> Path:
+    """``records_dir`` if the ingest (or preprocess) that wrote it finished, else an InputError naming the folder
+    and the fix: a folder that a killed or failed ingest left half-written (new records beside the old meta) is
+    never preprocessed. The completion marker is :func:`mammoflow.records.require_complete`'s, written last by
+    every :meth:`RecordsTable.write`."""
+    from mammoflow.records import require_complete
+
+    return require_complete(records_dir)
+
+
 def preprocess_records(records_dir: Path | str, config: str | Path | dict[str, Any], out_dir: Path | str,
                        export_dir: Path | str | None = None, workers: int = 1, overwrite: bool = False
                        ) -> PreprocessSummary:
     """Preprocess every record of ``records_dir`` into ``out_dir`` (see the module docstring); resumable.
 
-    Bad images are quarantined (input quarantine carried over) and the run goes on. Re-running with the same config
+    ``records_dir`` must be complete (:func:`require_finished_records`). Bad images are quarantined (input
+    quarantine carried over) and the run goes on. Re-running with the same config
     resumes; a folder holding another config's output or a records folder not written by preprocess is refused
     (:func:`check_output_folder`) unless ``overwrite``.
     """
@@ -274,7 +285,7 @@ def preprocess_records(records_dir: Path | str, config: str | Path | dict[str, A
                           "Fix: use uint8 or uint16 (scale to [0, 1] at the model input)")
     config_hash = chain.config_hash()
     check_output_folder(out_dir, config_hash, overwrite)
-    table = RecordsTable.read(records_dir)
+    table = RecordsTable.read(require_finished_records(records_dir))
     root = _image_root(table, records_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / CONFIG_FILE, dump_yaml(chain.resolved()))

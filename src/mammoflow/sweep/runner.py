@@ -135,6 +135,21 @@ def read_trial_status(run_uri: str) -> dict[str, Any] | None:
     return json.loads(storage.get_bytes(uri))
 
 
+def record_trial_end(run_uri: str, doc: dict[str, Any]) -> bool:
+    """Write an ended trial's ``sweep_trial.json`` once; True if this call wrote it.
+
+    Create-only (:func:`mammoflow.storage.put_bytes_if_absent`: a hard link locally, ``if_generation_match=0`` on
+    GCS), so the record appears complete or not at all and is never rewritten: a resumed driver sees a trial that
+    had ended before the crash end again (the trainable reports its recorded result) and must leave its folder,
+    bytes and times, as it was.
+    """
+    uri = storage.join(run_uri, TRIAL_STATUS_FILE)
+    if storage.put_bytes_if_absent(uri, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()):
+        return True
+    log.debug("trial record %s already written (the trial ended before): kept as it is", uri)
+    return False
+
+
 def make_trainable(base: dict[str, Any], cells: list[dict[str, Any]], data_uris: dict[str, str], trials_uri: str,
                    *, one_per_cell: bool, cache_dir: str | None = None, env: dict[str, str] | None = None):
     """The Ray Tune function trainable: params -> the cell's TrainConfig -> ``train()``, one report per epoch."""
@@ -263,9 +278,8 @@ def sweep_callback(spec: SweepSpec, trials_uri: str):
             kept = {k: v for k, v in last.items() if k not in AUTO_RESULT_KEYS and k not in _TUNE_KEYS
                     and isinstance(v, (int, float, str))}
             doc = {"status": status, "trial_id": trial.trial_id, "result": kept}
-            storage.put_bytes(storage.join(trials_uri, name, TRIAL_STATUS_FILE),
-                              (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-            log.info("trial %s %s after epoch %s", name, status.replace("_", " "), last.get(TIME_ATTR))
+            if record_trial_end(storage.join(trials_uri, name), doc):
+                log.info("trial %s %s after epoch %s", name, status.replace("_", " "), last.get(TIME_ATTR))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.metrics()["failed"].inc(tags=self.tags)

@@ -424,6 +424,31 @@ def test_driver_killed_mid_sweep_then_resumed_runs_every_trial_exactly_once(ray_
     assert reported[_name(BAD[0])] == [(e, e) for e in range(1, KILL_EPOCHS + 1)]  # had not started: all of it
 
 
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_an_ended_trials_record_is_written_once_and_never_rewritten(where, request, tmp_path):
+    """The cause of the old flaky kill-and-resume test: a resumed driver saw the trial that had ended before the
+    kill end again (the trainable re-reports its recorded result) and rewrote its sweep_trial.json (same bytes, new
+    mtime). The record is create-only: the second end leaves the first record, bytes and version, as it was."""
+    from types import SimpleNamespace
+
+    from mammoflow.sweep.runner import sweep_callback
+
+    root = request.getfixturevalue("gcs_bucket_elsewhere") if where == "gcs" else str(tmp_path)
+    trials = f"{root}/sweep/trials"
+    monitor = sweep_callback(load_spec(_spec("record_once", ["none"])), trials)
+    result = {"trial_name": _name("none"), "epoch": 2, "val_loss": 0.5, "run_finished": 1}
+    uri = f"{trials}/{_name('none')}/{TRIAL_STATUS_FILE}"
+
+    monitor.on_trial_complete(0, [], SimpleNamespace(trial_id="first", last_result=result))
+    first = (storage.get_bytes(uri), storage.stat(uri).version)
+    assert json.loads(first[0])["status"] == "finished" and json.loads(first[0])["trial_id"] == "first"
+    time.sleep(0.05)  # a rewrite would get another mtime (local) or generation (GCS)
+    monitor.on_trial_complete(0, [], SimpleNamespace(trial_id="restored", last_result=result))
+    assert (storage.get_bytes(uri), storage.stat(uri).version) == first
+    if where == "local":
+        assert not [p for p in Path(uri).parent.iterdir() if p.name != TRIAL_STATUS_FILE]  # no temporary left
+
+
 def _reported(ray_dir: Path) -> dict[str, list[tuple[int, int]]]:
     """(epoch, training_iteration) of every result Ray Tune received, per trial, from its trial folders."""
     out: dict[str, list[tuple[int, int]]] = {}

@@ -138,13 +138,15 @@ def read_trial_status(run_uri: str) -> dict[str, Any] | None:
 def record_trial_end(run_uri: str, doc: dict[str, Any]) -> bool:
     """Write an ended trial's ``sweep_trial.json`` once; True if this call wrote it.
 
-    Create-only (:func:`mammoflow.storage.put_bytes_if_absent`: a hard link locally, ``if_generation_match=0`` on
-    GCS), so the record appears complete or not at all and is never rewritten: a resumed driver sees a trial that
-    had ended before the crash end again (the trainable reports its recorded result) and must leave its folder,
-    bytes and times, as it was.
+    A resumed driver sees a trial that had ended before the crash end again (the trainable reports its recorded
+    result) and must leave its folder, bytes and times, as it was. So: nothing is written when the record exists,
+    and the write itself is create-only (:func:`mammoflow.storage.put_bytes_if_absent`: a hard link locally,
+    ``if_generation_match=0`` on GCS), so the record appears complete or not at all and two drivers cannot both
+    write it. The existence check comes first because some GCS emulators ignore the precondition.
     """
     uri = storage.join(run_uri, TRIAL_STATUS_FILE)
-    if storage.put_bytes_if_absent(uri, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()):
+    if not storage.exists(uri) and storage.put_bytes_if_absent(
+            uri, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()):
         return True
     log.debug("trial record %s already written (the trial ended before): kept as it is", uri)
     return False

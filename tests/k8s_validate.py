@@ -6,7 +6,8 @@ resources (KubeRay ``RayCluster``/``RayJob``, Prometheus Operator ``PodMonitor``
 ``PrometheusRule``) are checked against the JSON schemas vendored in ``k8s/schemas/``; their pod templates are
 checked against the Kubernetes ``PodTemplateSpec`` schema. An object of a kind without a schema is an error.
 A few rules no schema can express are checked in code: resource quantities, worker-group replica bounds, RBAC
-wildcards, image tags.
+wildcards, image tags, and the project's own rules (:mod:`tests.k8s_policy`): no placeholder left in a tree that
+is not a documented example, no Ray head exposed beyond the cluster, Ray addresses fully qualified.
 
     python -m tests.k8s_validate k8s
 """
@@ -29,6 +30,7 @@ from typing import Any
 
 import click
 import yaml
+from tests import k8s_policy
 
 from mammoflow.errors import MammoflowError
 
@@ -98,14 +100,25 @@ def is_kustomization(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in KUSTOMIZATION_FILES)
 
 
+def is_component(path: Path) -> bool:
+    """A kustomize Component (kind: Component) renders only as part of a kustomization that includes it."""
+    for name in KUSTOMIZATION_FILES:
+        if (path / name).is_file():
+            doc = yaml.safe_load((path / name).read_text()) or {}
+            return isinstance(doc, dict) and doc.get("kind") == "Component"
+    return False
+
+
 def find_kustomizations(root: Path) -> list[Path]:
-    """The trees to render under ``root``: ``root`` itself if it is one, else ``base/`` and ``overlays/*/``."""
+    """The trees to render under ``root``: ``root`` itself if it is one, else ``base/`` and every kustomization
+    below ``overlays/`` (an overlay's own sub-trees too, such as the multi-user Profile), components excluded."""
     if is_kustomization(root):
         return [root]
     found = [root / "base"] if is_kustomization(root / "base") else []
     overlays = root / "overlays"
     if overlays.is_dir():
-        found += sorted(p for p in overlays.iterdir() if is_kustomization(p))
+        found += sorted({f.parent for name in KUSTOMIZATION_FILES for f in overlays.rglob(name)
+                         if is_kustomization(f.parent) and not is_component(f.parent)})
     return found
 
 
@@ -385,7 +398,22 @@ def validate_objects(rendered: Iterable[Rendered], store: SchemaStore, source: s
         name = _object_name(obj)
         found = list(_schema_problems(obj, store))
         found += list(_ray_problems(obj)) + list(_rbac_problems(obj)) + list(_image_problems(obj))
+        found += [(_format_path(path), message) for path, message in
+                  [*k8s_policy.exposure_problems(obj), *k8s_policy.ray_address_problems(obj)]]
         problems += [Problem(source, item.origin, name, path, message) for path, message in found]
+    return problems
+
+
+def placeholder_problems(rendered: list[Rendered], kustomization: Path, source: str) -> list[Problem]:
+    """Placeholders left in a rendered tree that is not marked as a documented example (see tests.k8s_policy)."""
+    objects = [item.obj for item in rendered]
+    problems = []
+    for index, path, message in k8s_policy.placeholder_findings(objects, k8s_policy.is_example(kustomization)):
+        if index < 0:
+            problems.append(Problem(source, _display(kustomization / "kustomization.yaml"), "", "", message))
+        else:
+            item = rendered[index]
+            problems.append(Problem(source, item.origin, _object_name(item.obj), _format_path(path), message))
     return problems
 
 
@@ -436,6 +464,8 @@ def check_tree(path: Path | str, schema_dir: Path | str | None = None,
         counts[source] = len(rendered)
         log.info("%s: %d objects", source, len(rendered))
         problems += validate_objects(rendered, store, source)
+        if not file_mode:
+            problems += placeholder_problems(rendered, target, source)
     return problems, counts
 
 

@@ -14,15 +14,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from mammoflow.errors import InputError
-from mammoflow.io.dicom import (
-    DicomImage,
-    available_transfer_syntaxes,
-    pseudonym,
-    read_dicom,
-    read_dicom_header,
-    write_dicom,
-)
+from mammoflow.io.dicom import DicomImage, pseudonym, read_dicom, read_dicom_header
 from mammoflow.io.images import read_image
+from mammoflow.synth.dicom_writer import available_transfer_syntaxes, write_dicom
 
 ALL_SYNTAXES = ["explicit_le", "implicit_le", "rle", "jpeg2000", "jpeg_lossless", "jpeg_ls"]
 SYNTAX_NAMES = {

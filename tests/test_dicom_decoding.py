@@ -17,8 +17,9 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000, UID, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from mammoflow.errors import InputError
-from mammoflow.io.dicom import decoding_plugins, read_dicom, read_dicom_header, write_dicom
+from mammoflow.io.dicom import decoding_plugins, read_dicom, read_dicom_header
 from mammoflow.io.images import read_image
+from mammoflow.synth.dicom_writer import write_dicom
 
 REPO = Path(__file__).resolve().parents[1]
 # A JPEG 2000 codestream that starts like a real one (SOC and SIZ markers) and goes on with noise: python-gdcm

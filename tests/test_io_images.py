@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
 import zipfile
 import zlib
@@ -227,6 +228,34 @@ def test_unsupported_bit_depths(tmp_path: Path) -> None:
     one_bit = _png([b"\xaa", b"\x55"], 8, 2, 1, 0)
     (tmp_path / "one_bit.png").write_bytes(one_bit)
     assert _code(tmp_path / "one_bit.png") == "bit_depth"
+
+
+def test_absurd_declared_sizes_fail_before_any_pixel_buffer_is_allocated(tmp_path: Path) -> None:
+    """A damaged header that declares a huge image: a clear error at once (OpenCV's own size assertion, or a
+    multi-gigabyte buffer for a 20-byte stream, never happens)."""
+    huge = _png([], 100_000, 100_000, 16, 0, idat=zlib.compress(bytes(1000)))
+    (tmp_path / "huge.png").write_bytes(huge)
+    assert _code(tmp_path / "huge.png") == "too_large"
+    big = _png([], 30_000, 30_000, 16, 0, idat=zlib.compress(bytes(1000)))  # 1.8 GB declared, 20 bytes given
+    (tmp_path / "big.png").write_bytes(big)
+    assert _code(tmp_path / "big.png") == "truncated"
+    (tmp_path / "big.pgm").write_bytes(b"P5\n100000 100000\n65535\n" + bytes(64))
+    assert _code(tmp_path / "big.pgm") in ("too_large", "truncated")
+    (tmp_path / "digits.pgm").write_bytes(b"P5\n" + b"9" * 5000 + b" 1\n255\n" + bytes(8))  # int() refuses these
+    assert _code(tmp_path / "digits.pgm") == "corrupt"
+    (tmp_path / "sample.pgm").write_text("P2\n3 1\n255\n1 2 " + "9" * 30 + "\n")  # fits no integer type
+    assert _code(tmp_path / "sample.pgm") == "corrupt"
+    (tmp_path / "zero.pgm").write_bytes(b"P5\n2 1\n0\n" + bytes(4))  # maxval 0: no grey level at all
+    assert _code(tmp_path / "zero.pgm") == "bit_depth"
+
+
+def test_any_other_error_is_unexpected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(InputError) as err:
+        read_image(tmp_path / "DOE^JANE" / "a\x00b.png")  # open() refuses a NUL byte with ValueError
+    assert err.value.code == "unexpected" and err.value.problem == "unexpected error: ValueError"
+    assert [r.levelno for r in caplog.records if "Traceback" in r.getMessage()] == [logging.DEBUG]
+    assert "DOE^JANE" not in caplog.text
 
 
 def test_writers_refuse_what_they_cannot_write(tmp_path: Path) -> None:

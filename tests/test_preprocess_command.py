@@ -220,7 +220,7 @@ def test_safe_names_do_not_collide() -> None:
 
 
 def test_monochrome1_and_monochrome2_preprocess_identically(tmp_path: Path) -> None:
-    from mammoflow.io.dicom import write_dicom
+    from mammoflow.synth.dicom_writer import write_dicom
 
     folder = tmp_path / "dicom"
     img = mammogram(h=200, w=150, dtype=np.uint16, right=True) >> 4  # 12-bit data

@@ -246,7 +246,7 @@ def test_phantom_join_by_folder_and_mask_by_content(phantom_cbis, tmp_path: Path
 def test_phantom_bad_files_are_quarantined(phantom_cbis, tmp_path: Path):
     import shutil
 
-    from mammoflow.io.dicom import write_dicom
+    from mammoflow.synth.dicom_writer import write_dicom
 
     src, truth = phantom_cbis
     root = tmp_path / "copy"

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mammoflow.io.dicom import pseudonym, write_dicom
+from mammoflow.io.dicom import pseudonym
 from mammoflow.sources.dicom_dir import find_dicoms, read_dicom_dir
+from mammoflow.synth.dicom_writer import write_dicom
 
 SALT = "site-secret"
 # Identifiers written into the headers; none may appear in any output.

@@ -71,9 +71,9 @@ def _bare_jaamour2023(path: Path) -> None:
 
 
 def main() -> None:
-    from mammoflow.io.dicom import write_dicom
     from mammoflow.io.images import read_image
     from mammoflow.preprocess.chain import Chain
+    from mammoflow.synth.dicom_writer import write_dicom
 
     cv2.setNumThreads(1)
     bare = {"yu2020": _bare_yu2020, "jaamour2023": _bare_jaamour2023}

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from mammoflow.errors import ConfigError
-from mammoflow.io.dicom import available_transfer_syntaxes, write_dicom
 from mammoflow.io.images import atomic_write_bytes, write_pgm
 from mammoflow.logs import progress
 from mammoflow.records import atomic_write_text
 from mammoflow.sources.duplicates import PHANTOM_MANUFACTURER  # the header mark a dicom-dir ingest recognises
+from mammoflow.synth.dicom_writer import available_transfer_syntaxes, write_dicom
 from mammoflow.synth.layouts import (
     CALC_COLUMNS,
     CALC_DISTRIBUTIONS,
@@ -609,7 +609,7 @@ def _patient_identity(rng: np.random.Generator, used: set[str]) -> dict[str, str
 
 
 def _dicom_header(identity: dict[str, str], laterality: str, view: str) -> dict[str, str]:
-    """Keyword arguments of :func:`mammoflow.io.dicom.write_dicom` for one image of a patient."""
+    """Keyword arguments of :func:`mammoflow.synth.dicom_writer.write_dicom` for one image of a patient."""
     return {"patient_id": identity["PatientID"], "patient_name": identity["PatientName"],
             "birth_date": identity["PatientBirthDate"], "accession_number": identity["AccessionNumber"],
             "institution_name": identity["InstitutionName"], "study_date": identity["StudyDate"],

@@ -122,12 +122,20 @@ def window(ds: Any) -> tuple[float, float, str] | None:
     return center, width, function
 
 
+def _bits_stored(ds: Any) -> int:
+    return int(ds.get("BitsStored") or ds.BitsAllocated)  # BitsStored is type 1, yet sometimes missing
+
+
+def _signed(ds: Any) -> bool:
+    return int(ds.get("PixelRepresentation", 0) or 0) == 1
+
+
 def check_transform(ds: Any) -> None:
     """Everything about the transform that the header alone tells (the rescale, its range, the window): a
     header-only read rejects a degenerate transform as a full read does. :class:`PixelTransformError` if not."""
     if not ds.get("ModalityLUTSequence"):
         slope, intercept = rescale(ds)
-        s_lo, s_hi = stored_range(int(ds.BitsStored), int(ds.get("PixelRepresentation", 0) or 0) == 1)
+        s_lo, s_hi = stored_range(_bits_stored(ds), _signed(ds))
         with np.errstate(over="ignore", invalid="ignore"):
             _check_range(s_lo * slope + intercept, s_hi * slope + intercept, "RescaleSlope")
     if not ds.get("VOILUTSequence"):
@@ -170,9 +178,8 @@ def display_pixels(raw: np.ndarray, ds: Any) -> np.ndarray:
     """
     from pydicom.pixels import apply_modality_lut, apply_voi
 
-    bits = int(ds.BitsStored)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    s_lo, s_hi = stored_range(bits, signed)
+    signed = _signed(ds)
+    s_lo, s_hi = stored_range(_bits_stored(ds), signed)
     if not signed:
         # Bits above BitsStored may hold overlays or garbage: they are not part of the pixel value.
         raw = raw & np.asarray(s_hi, dtype=raw.dtype)

@@ -32,7 +32,10 @@ from tests.k8s_validate import (
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 SCHEMAS = K8S / "schemas"
-OVERLAYS = ("gke", "local")
+OVERLAYS = ("standalone", "multi-user", "local")
+GKE_OVERLAYS = ("standalone", "multi-user")  # the GKE settings (components/gke)
+# Where the KFP runs (and so their service account) live.
+RUN_NAMESPACE = {"standalone": "kubeflow", "multi-user": "mammoflow", "local": "mammoflow"}
 HAS_KUBECTL = shutil.which("kubectl") is not None
 needs_kubectl = pytest.mark.skipif(not HAS_KUBECTL, reason="kubectl not on PATH (it renders the kustomize trees); "
                                                            "install kubectl >= 1.27 to run this test")
@@ -135,13 +138,17 @@ def test_every_tree_renders_and_validates():
     problems, counts = check_tree(K8S)
     assert problems == [], "\n".join(map(str, problems))
     rendered = {Path(k).resolve().relative_to(K8S).as_posix() for k in counts}
-    assert rendered == {"base", "overlays/gke", "overlays/local"}
+    assert rendered == {"base", "overlays/standalone", "overlays/multi-user", "overlays/multi-user/profile",
+                        "overlays/local"}
+    assert counts.pop(next(k for k in counts if k.endswith("profile"))) == 1  # the Profile alone
     assert all(n >= 10 for n in counts.values()), counts
 
 
 def test_find_kustomizations_lists_base_then_overlays():
-    assert find_kustomizations(K8S) == [K8S / "base", K8S / "overlays" / "gke", K8S / "overlays" / "local"]
-    assert find_kustomizations(K8S / "overlays" / "gke") == [K8S / "overlays" / "gke"]
+    overlays = K8S / "overlays"
+    assert find_kustomizations(K8S) == [K8S / "base", overlays / "local", overlays / "multi-user",
+                                        overlays / "multi-user" / "profile", overlays / "standalone"]
+    assert find_kustomizations(overlays / "standalone") == [overlays / "standalone"]
 
 
 @needs_kubectl
@@ -256,21 +263,22 @@ def test_vendored_schemas_are_valid_and_name_their_kinds():
         kinds |= {(g["group"], g["version"], g["kind"]) for g in schema.get("x-kubernetes-group-version-kind", [])}
     assert kinds == {("ray.io", "v1", "RayCluster"), ("ray.io", "v1", "RayJob"),
                      ("monitoring.coreos.com", "v1", "PodMonitor"), ("monitoring.coreos.com", "v1", "ServiceMonitor"),
-                     ("monitoring.coreos.com", "v1", "PrometheusRule")}
+                     ("monitoring.coreos.com", "v1", "PrometheusRule"), ("kubeflow.org", "v1", "Profile")}
 
 
 def test_problem_names_file_object_and_path():
-    problem = Problem("k8s/overlays/gke", "k8s/base/raycluster.yaml", "RayCluster mammoflow/mammoflow",
+    problem = Problem("k8s/overlays/standalone", "k8s/base/raycluster.yaml", "RayCluster mammoflow/mammoflow",
                       "spec.rayVersion", "2.6 is not of type 'string'")
     assert str(problem) == ("k8s/base/raycluster.yaml: RayCluster mammoflow/mammoflow: spec.rayVersion: "
-                            "2.6 is not of type 'string' [rendering k8s/overlays/gke]")
+                            "2.6 is not of type 'string' [rendering k8s/overlays/standalone]")
 
 
 # ----------------------------------------------------------------------------------------------- overlays
 
 
-def test_gke_gpu_workers_request_and_tolerate_gpus(overlays):
-    for kind, spec in cluster_specs(overlays["gke"]).items():
+@pytest.mark.parametrize("overlay", GKE_OVERLAYS)
+def test_gke_gpu_workers_request_and_tolerate_gpus(overlays, overlay):
+    for kind, spec in cluster_specs(overlays[overlay]).items():
         gpu = group(spec, "gpu")
         assert gpu is not None, f"{kind}: no gpu worker group"
         pod = gpu["template"]["spec"]
@@ -303,17 +311,19 @@ def test_local_overlay_has_no_gpus_and_keeps_data_on_a_pvc(overlays):
         assert data and root.startswith(data[0]["mountPath"].rstrip("/") + "/"), where
 
 
-def test_gke_uses_workload_identity_and_the_bucket(overlays):
-    objects = overlays["gke"]
+@pytest.mark.parametrize("overlay", GKE_OVERLAYS)
+def test_gke_uses_workload_identity_and_the_bucket(overlays, overlay):
+    objects = overlays[overlay]
     accounts = [o for o in objects if o["kind"] == "ServiceAccount"]
-    assert {a["metadata"]["name"] for a in accounts} == {"mammoflow-pipeline-runner", "mammoflow-ray"}
+    assert {(a["metadata"]["namespace"], a["metadata"]["name"]) for a in accounts} == {
+        (RUN_NAMESPACE[overlay], "mammoflow-pipeline-runner"), ("mammoflow", "mammoflow-ray")}
     for account in accounts:
         assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
             ".iam.gserviceaccount.com")
     root = one(objects, "ConfigMap", "mammoflow-settings")["data"]["MAMMOFLOW_STORAGE_ROOT"]
     assert root.startswith("gs://")
     # The params ConfigMap is local-config: used to fill the values in, never applied.
-    assert not [o for o in objects if o["metadata"]["name"] == "mammoflow-gke-params"]
+    assert not [o for o in objects if o["metadata"]["name"] == "mammoflow-params"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -321,6 +331,7 @@ def test_rbac_is_namespaced_and_without_wildcards(overlays, overlay):
     objects = overlays[overlay]
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     role = one(objects, "Role", "mammoflow-pipeline-runner")
+    assert role["metadata"]["namespace"] == RUN_NAMESPACE[overlay], "the Role lives where the runs execute"
     for rule in role["rules"]:
         for field in ("apiGroups", "resources", "verbs", "resourceNames"):
             assert not any("*" in value for value in rule.get(field, [])), rule
@@ -337,15 +348,16 @@ def test_rbac_is_namespaced_and_without_wildcards(overlays, overlay):
     assert not {r for _, r, _ in granted} & {"rayjobs", "pods", "pods/log"}
     binding = one(objects, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["metadata"]["namespace"] == RUN_NAMESPACE[overlay]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mammoflow-pipeline-runner",
-                                    "namespace": "mammoflow"}]
+                                    "namespace": RUN_NAMESPACE[overlay]}]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_sweep_rayjob_runs_once_on_the_patched_cluster(overlays, overlay):
     objects = overlays[overlay]
     job = one(objects, "RayJob", "mammoflow-sweep")["spec"]
-    spec = "jaamour2023_divide_conquer" if overlay == "gke" else "demo"  # a laptop has no GPU for Jaamour's trials
+    spec = "demo" if overlay == "local" else "jaamour2023_divide_conquer"  # a laptop has no GPU for Jaamour's trials
     assert job["entrypoint"].startswith(f"mammoflow sweep --spec {spec} --address auto")
     assert job["shutdownAfterJobFinishes"] is True and job["ttlSecondsAfterFinished"] > 0
     assert job["suspend"] is True, "applying the manifests must not start a sweep"
@@ -465,7 +477,7 @@ def test_monitors_scrape_ports_that_exist(overlays, overlay):
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
 def test_alert_rules_pass_promtool(overlays, tmp_path):
-    rule = one(overlays["gke"], "PrometheusRule", "mammoflow")
+    rule = one(overlays["standalone"], "PrometheusRule", "mammoflow")
     rules = write(tmp_path, "rules.yaml", yaml.safe_dump(rule["spec"]))
     result = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -82,9 +82,7 @@ def test_run_leaves_no_identifier_and_no_traceback(corpus: Corpus, run: str):
     result, outputs = corpus.runs[run], corpus.outputs[run]
     assert result.setup_error is None, result.setup_error
     crashes = [why for cmd in result.commands if (why := checks.crash(cmd))]
-    header = set().union(*result.build.plants.values()) if result.build.plants else set()
-    paths = set().union(*result.build.path_plants.values()) if result.build.path_plants else set()
-    leaked = checks.leaks(outputs, header, paths) + checks.any_plant(outputs, paths)
+    leaked = checks.run_leaks(result, outputs)
     assert not crashes and not leaked, "\n".join(crashes + sorted(set(leaked))[:20])
 
 
@@ -103,12 +101,8 @@ def test_downstream_of_pseudonymised_records(corpus: Corpus):
 
 def summarise(corpus: Corpus) -> dict:
     crashed = {name: why for name, r in corpus.runs.items() for cmd in r.commands if (why := checks.crash(cmd))}
-    leaked = set()
-    for name, result in corpus.runs.items():
-        paths = set().union(*result.build.path_plants.values()) if result.build.path_plants else set()
-        header = set().union(*result.build.plants.values()) if result.build.plants else set()
-        outputs = corpus.outputs[name]
-        leaked |= {f"{name}: {hit}" for hit in checks.leaks(outputs, header, paths) + checks.any_plant(outputs, paths)}
+    leaked = {f"{name}: {hit}" for name, result in corpus.runs.items()
+              for hit in checks.run_leaks(result, corpus.outputs[name])}
     per_kind = {k.name: {"run": k.run, "expected": k.expect.outcome, "codes": list(k.expect.codes),
                          "ok": not corpus.problems[k.name], "problems": corpus.problems[k.name]} for k in corpus.kinds}
     return {

@@ -60,7 +60,8 @@ def load(result: RunResult) -> Outputs:
         out.quarantine = _jsonl(folder / "quarantine.jsonl")
         out.skipped = _jsonl(folder / "skipped.jsonl")
         summary = _json(folder / "ingest_summary.json")
-        out.summary = summary if result.spec.name != "preprocess-empty-config" else None
+        is_ingest = result.ingest is not None and result.ingest.argv[:1] == ["ingest"]
+        out.summary = summary if is_ingest else None  # preprocess writes its own summary: not an ingest's
     except (OSError, ValueError) as exc:
         out.read_error = f"cannot read the records folder: {type(exc).__name__}: {exc}"
     allowed = {folder / name for name in result.spec.path_plants_allowed}
@@ -219,16 +220,25 @@ def leaks(outputs: Outputs, header: set[str], paths: set[str]) -> list[str]:
     return found
 
 
-def any_plant(outputs: Outputs, path_prefixes: set[str]) -> list[str]:
-    """Every planted-looking string in the outputs (the catch-all: also partial or unattributed leaks)."""
+def any_plant(outputs: Outputs, header: set[str], paths: set[str]) -> list[str]:
+    """The catch-all: every other planted-looking string in the outputs (partial or unattributed leaks; those
+    that start with a known planted value are reported by :func:`leaks`, and path ones are allowed where paths
+    may be)."""
     found = []
-    for name, data, may_hold_paths in outputs.files:
+    for name, data, _ in outputs.files:
         for match in sorted(set(_ANY_PLANT.findall(data))):
             text = match.decode()
-            if may_hold_paths and any(text.startswith(p) for p in path_prefixes):
+            if any(text.startswith(p) for p in header | paths):
                 continue
             found.append(f"{text!r} in {name}")
     return found
+
+
+def run_leaks(result: RunResult, outputs: Outputs) -> list[str]:
+    """Every identifier of a run (of any kind or good input) found where it must not be."""
+    header = set().union(*result.build.plants.values()) if result.build.plants else set()
+    paths = set().union(*result.build.path_plants.values()) if result.build.path_plants else set()
+    return leaks(outputs, header, paths) + any_plant(outputs, header, paths)
 
 
 def check_kind(kind: Kind, result: RunResult, outputs: Outputs) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 from tests.corpus import dicom_files as df
 from tests.corpus.model import (
     FATAL,
@@ -30,6 +31,12 @@ LABELS_HEADER = "path,label,patient_id,laterality,view"
 
 def _seed(b: Build, k: int = 0) -> int:
     return 1000 + 10 * int(b.tag[1:]) + k
+
+
+def patient_dir(b: Build, n: int) -> str:
+    """A folder named like a patient (``DOE^JANE`` exports), its name planted (searched with or without ``^``)."""
+    b.plant_path(f"{PLANT_DIR}{n}")
+    return f"{PLANT_DIR}{n}^DOE"
 
 
 def row(b: Build, path: str, label: str, patient_id: str = "", laterality: str = "", view: str = "") -> int:
@@ -161,7 +168,7 @@ def empty_file(b: Build) -> list[Target]:
 
 def not_dicom(b: Build) -> list[Target]:
     (b.root / "b_bad").mkdir(parents=True, exist_ok=True)
-    (b.root / "b_bad/scan.bin").write_bytes(os.urandom(3000))
+    (b.root / "b_bad/scan.bin").write_bytes(np.random.default_rng(_seed(b)).bytes(3000))
     return [Target("b_bad/scan.bin")]
 
 
@@ -174,13 +181,14 @@ def nothing_usable(b: Build) -> list[Target]:
 # ----------------------------------------------------------------------------------------- kinds: odd but usable
 
 
-def _has(text: str):
-    def check(record: dict) -> str | None:
-        import json
+def _flagged_for_processing(record: dict) -> str | None:
+    """The record says the image is FOR PROCESSING (a key or a value, spelt with a space or an underscore)."""
+    import json
+    import re
 
-        dumped = json.dumps(record).lower()
-        return None if text in dumped else f"the record does not mention {text!r}"
-    return check
+    fields = {k: v for k, v in record.items() if k not in ("image_path", "record_id")}  # not the file's name
+    dumped = json.dumps(fields).lower()
+    return None if re.search(r"for[ _]processing", dumped) else "the record does not flag FOR PROCESSING"
 
 
 def _label(label: str):
@@ -196,15 +204,31 @@ def monochrome1(b: Build) -> list[Target]:
 
 
 def for_processing(b: Build) -> list[Target]:
-    df.planted_dicom(b, "c_odd/for_processing.dcm", _seed(b), extra={"PresentationIntentType": "FOR PROCESSING"})
-    return [Target("c_odd/for_processing.dcm")]
+    df.planted_dicom(b, "c_odd/intent.dcm", _seed(b), extra={"PresentationIntentType": "FOR PROCESSING"})
+    return [Target("c_odd/intent.dcm")]
 
 
 def patient_folder(b: Build) -> list[Target]:
-    rel = f"{PLANT_DIR}/study1/img.dcm"
-    b.plant_path(PLANT_DIR.split("^")[0])  # the folder name, with or without its "^DOE"
+    rel = f"{patient_dir(b, 1)}/study1/img.dcm"
     df.planted_dicom(b, rel, _seed(b), laterality="R", view="MLO")
     row(b, rel, "malignant")
+    return [Target(rel)]
+
+
+def corrupt_in_patient_folder(b: Build) -> list[Target]:
+    """A damaged file in a folder named like a patient: the decoder's own words must not carry the path."""
+    rel = f"{patient_dir(b, 2)}/study2/corrupt.dcm"
+    df.corrupt_rle_header(df.planted_dicom(b, rel, _seed(b), transfer_syntax="rle"))
+    return [Target(rel)]
+
+
+def changed_before_preprocess(b: Build) -> list[Target]:
+    """Good at ingest, cut before preprocess runs (a file replaced in between): preprocess quarantines it, and
+    its log line must name the record by its pseudonym, not by the patient-named path."""
+    rel = f"{patient_dir(b, 3)}/study3/later.dcm"
+    path = df.planted_dicom(b, rel, _seed(b))
+    row(b, rel, "benign")
+    b.state.setdefault("before_downstream", []).append(lambda: df.cut(path, 0.5))
     return [Target(rel)]
 
 
@@ -380,8 +404,12 @@ def kinds() -> list[Kind]:
         Kind("dicom_not_dicom", d, not_dicom, Expect(Q, ("not_dicom",))),
         Kind("dicom_monochrome1", d, monochrome1, Expect(U)),
         Kind("dicom_for_processing", d, for_processing,
-             Expect(U, record_check=_has("for processing"), why="issue build 2: flagged in the record, not quarantined")),
+             Expect(U, record_check=_flagged_for_processing, why="issue build 2: flagged in the record, not quarantined")),
         Kind("dicom_patient_named_folder", d, patient_folder, Expect(U, record_check=_label("malignant"))),
+        Kind("dicom_corrupt_in_patient_folder", d, corrupt_in_patient_folder,
+             Expect(Q, ("corrupt",), why="issue: the folder reached the log through pydicom's text")),
+        Kind("dicom_changed_before_preprocess", d, changed_before_preprocess,
+             Expect(U, why="issue: preprocess logged 'quarantined ... (/real/path)'")),
         Kind("dicom_uid_named_file", d, uid_named, Expect(U, record_check=_label("benign"))),
         Kind("dicom_without_preamble", d, no_preamble, Expect(U)),
         Kind("dicom_name_in_view_position", d, name_in_view, Expect(USED_OR_QUARANTINED)),

@@ -11,8 +11,8 @@ from typing import Any
 SALT = "corpus-site-salt-5f1e0c"
 #: Every planted identifier starts with this, so one byte search finds any leak, attributed or not.
 PLANT = "ZZPLANT"
-#: A folder named like a patient (DOE^JANE exports): allowed only in the records folder's own tables.
-PLANT_DIR = f"{PLANT}DIR^DOE"
+#: Folders named like a patient (DOE^JANE exports) start with this: allowed in the records folder's tables only.
+PLANT_DIR = f"{PLANT}DIR"
 
 # What a kind must be found as after the run.
 QUARANTINED = "quarantined"  # named in quarantine.jsonl with a reason code, problem and fix

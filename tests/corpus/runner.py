@@ -44,18 +44,30 @@ def _preprocess_argv(paths: dict[str, Path]) -> list[str]:
             "--out", str(paths["out"])]
 
 
+def _usage(b: Build) -> list[Target]:
+    return [Target("--pseudonymise-paths")]
+
+
+def _usage_argv(paths: dict[str, Path]) -> list[str]:
+    return ["ingest", "--source", "mias", "--root", str(paths["root"]), "--pseudonymise-paths", "--out",
+            str(paths["out"])]
+
+
 def all_runs() -> list[RunSpec]:
     """Every run, in the order they execute (the preprocess run reads the ``dicom`` run's records)."""
     return [*dicom_kinds.runs(), *mias_kinds.runs(), *rois_kinds.runs(), *cbis_kinds.runs(),
             RunSpec("preprocess-empty-config", lambda b: b.root.mkdir(parents=True, exist_ok=True),
                     lambda b: None, _preprocess_argv, exit_code=1,
-                    notes="an empty YAML --config: exit 1 with a clear message, not silent defaults")]
+                    notes="an empty YAML --config: exit 1 with a clear message, not silent defaults"),
+            RunSpec("usage-error", lambda b: b.root.mkdir(parents=True, exist_ok=True), lambda b: None, _usage_argv,
+                    exit_code=2, notes="a usage error (an option of another source): exit 2, the option named")]
 
 
 def all_kinds() -> list[Kind]:
     """The corpus: every kind of bad input, one row each."""
     return [*dicom_kinds.kinds(), *mias_kinds.kinds(), *rois_kinds.kinds(), *cbis_kinds.kinds(),
-            Kind("preprocess_empty_yaml_config", "preprocess-empty-config", _empty_yaml, Expect(FATAL))]
+            Kind("preprocess_empty_yaml_config", "preprocess-empty-config", _empty_yaml, Expect(FATAL)),
+            Kind("usage_dicom_option_for_mias", "usage-error", _usage, Expect(FATAL, why="README: 2 for usage errors"))]
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -148,6 +160,8 @@ def run_downstream(result: RunResult) -> None:
               "data_png": p["run"] / "data_png"})
     config = p["run"] / "dataset.yaml"
     config.write_text(DATASET_YAML)
+    for change in result.build.state.get("before_downstream", []):  # inputs that change after the ingest
+        change()
     pre = run_cli("preprocess", ["preprocess", "--records", str(p["out"]), "--config", "minimal", "--out",
                                  str(p["pre"]), "--export-png", str(p["pre_png"])], p["logs"])
     result.downstream.append(pre)

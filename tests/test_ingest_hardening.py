@@ -39,7 +39,8 @@ def _ingest(args: list[str], salt: str | None = SALT):
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real console entry point (cli.main), as a user runs it."""
-    return subprocess.run([sys.executable, "-c", "from mammoflow.cli import main; main()", *args], text=True,
+    return subprocess.run([sys.executable, "-c", "import sys; from mammoflow.cli import main; sys.exit(main())", *args],
+                          text=True,
                           capture_output=True, timeout=300, env={**os.environ, **(env or {})})
 
 
@@ -109,6 +110,12 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_and_never_crashes(tmp_path:
     # A re-run on the same inputs resumes (the fingerprint is stable), reading nothing again.
     again = _ingest(["--source", "dicom-dir", "--root", str(root), "--out", str(out)])
     assert again.exit_code == 0 and "read 3, used 1" in again.output
+    # Path pseudonyms are made of the escaped name: no crash, and the name reaches no record id.
+    hidden = _ingest(["--source", "dicom-dir", "--root", str(root), "--pseudonymise-paths", "--out",
+                      str(tmp_path / "pseudo")])
+    assert hidden.exit_code == 0, hidden.output
+    ids = [q.record_id for q in RecordsTable.read(tmp_path / "pseudo").quarantine]
+    assert len(ids) == 2 and all(i.startswith("dicom-dir:img-") for i in ids)
 
 
 def test_retrain_scan_lists_a_file_name_that_is_not_utf8(tmp_path: Path):
@@ -359,7 +366,7 @@ def test_an_unwritable_out_is_a_clear_error(tmp_path: Path):
                     env={"MAMMOFLOW_SALT": SALT})
     finally:
         locked.chmod(0o755)
-    assert done.returncode == 1 and "permission denied" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "refuses new files" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_write_error_is_reported_without_traceback_and_keeps_the_old_folder(tmp_path: Path):

@@ -29,7 +29,9 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
               help="Random seed: the same seed writes the same files.")
 @click.option("--format", "fmt", default="mias", show_default=True, type=click.Choice(["mias", "dicom"]),
               help="mias: 8-bit PGMs + Info.txt like the MIAS mini-database. "
-                   "dicom: MG DICOMs + the four case-description CSVs like a CBIS-DDSM download.")
+                   "dicom: MG DICOMs + the four case-description CSVs like a CBIS-DDSM download; every file's "
+                   "Manufacturer is 'mammoflow demo-data phantom', so `ingest --source dicom-dir` reads them "
+                   "without a site salt (with the public demo salt, said in records_meta.json).")
 @click.option("--size", default=None, metavar="HxW",
               help="Image size, e.g. 640x480 [default: 1024x1024 for mias (square only), 640x480 for dicom].")
 def command(out: str, n_images: int, seed: int, fmt: str, size: str | None) -> None:

@@ -87,10 +87,9 @@ def quarantine_error(table: RecordsTable, err: InputError, source: str) -> None:
 
 
 def add_skipped(table: RecordsTable, path: object, reason: str, note: str, source: str) -> None:
-    """List one input left out on purpose (``skipped.jsonl``, quarantine.md); logged at debug level only (a
-    count is logged by the reader)."""
+    """List one input left out on purpose (``skipped.jsonl``, quarantine.md). Not logged one by one (the reader
+    logs a count): a skipped folder's name may be a patient's, and with --pseudonymise-paths no path reaches a log."""
     table.skipped.append(SkippedEntry(path=shown_path(path), reason=reason, note=note, source=source))
-    log.debug("skipped %s [%s]: %s", shown_path(Path(str(path)).name), reason, note)
 
 
 def bad_name_error(path: Path, root: Path | None = None, record_id: str | None = None) -> InputError:

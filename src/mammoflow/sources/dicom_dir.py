@@ -166,13 +166,12 @@ def _missing_salt(path: Path, rid: str) -> ConfigError:
                        f"Fix: {SALT_FIX}")
 
 
-def _list_scan(table: RecordsTable, scan: FolderScan, root: Path, rid_of: Callable[[str], str],
-               pseudonymise_paths: bool) -> None:
+def _list_scan(table: RecordsTable, scan: FolderScan, root: Path, rid_of: Callable[[str], str]) -> None:
     """Quarantine the scan's rejects and list its skipped entries (paths under root pseudonymised if asked)."""
     for err in scan.rejected:
         where = Path(err.path)
-        err.record_id = rid_of(where.relative_to(root).as_posix()) if where.is_relative_to(root) \
-            and err.code != "bad_file_name" else None
+        # (a bad_file_name error names its path escaped: printable, so it can make a record id)
+        err.record_id = rid_of(where.relative_to(root).as_posix()) if where.is_relative_to(root) else None
         quarantine_error(table, err, SOURCE)
     for item in scan.skipped:
         add_skipped(table, item.path, item.reason, item.note, SOURCE)
@@ -212,9 +211,9 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
     scan = scan_folder(root)
     rel_of = {path: path.relative_to(root).as_posix() for path in scan.dicoms}
     rejected_rels = [Path(e.path).relative_to(root).as_posix() for e in scan.rejected
-                     if Path(e.path).is_relative_to(root) and e.code != "bad_file_name"]
+                     if Path(e.path).is_relative_to(root)]
     _person_name_warning([*rel_of.values(), *rejected_rels], root, pseudonymise_paths)
-    _list_scan(table, scan, root, rid_of, pseudonymise_paths)
+    _list_scan(table, scan, root, rid_of)
     on_disk = set()
     duplicates = DuplicateFinder()
     for path in progress(scan.dicoms, desc="DICOM files", unit="file"):

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mammoflow.errors import ConfigError, MammoflowError
+from mammoflow.outputs import output_problem
 from mammoflow.records import (
     COMPLETE_FILE,
     META_FILE,
@@ -127,24 +128,18 @@ def check_out_dir(out_dir: Path, inputs: Iterable[Path | None] = ()) -> Path:
         if _inside(inp, out.resolve()):
             raise ConfigError(f"--out {shown} holds the input {shown_path(given)}, and an ingest replaces its whole "
                               "--out folder. Fix: give an --out folder that holds none of the inputs")
-    existing = out
-    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        what = "is a file" if existing == out else f"is under {shown_path(existing)}, a file"
-        raise ConfigError(f"--out {shown} {what}, not a folder. Fix: give a folder path (an ingest writes a records "
-                          "folder)")
-    if existing == out:
+    problem = output_problem(out)  # a file, a path under a file, a folder refusing new entries (probed)
+    if problem is None and out.is_dir():
+        problem = output_problem(out.parent)  # the new folder is built beside, then renamed
+    if problem is not None:
+        raise ConfigError(f"--out: {problem}")
+    if out.is_dir():
         strays = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in
                         RECORDS_FOLDER_FILES)
         if strays:
             raise ConfigError(f"--out {shown} already holds files that are not a records folder (e.g. "
                               f"{shown_path(strays[0])}); an ingest replaces the whole folder. Fix: give a new or "
                               "empty folder")
-    if not os.access(existing, os.W_OK | os.X_OK) or (existing == out and not os.access(out.parent, os.W_OK)):
-        place = out.parent if existing == out else existing
-        raise ConfigError(f"--out {shown}: cannot write in {shown_path(place)} (permission denied). Fix: give a "
-                          "folder you can write to, or change its permissions")
     return out
 
 

@@ -147,6 +147,8 @@ def accounted(kind: Kind, targets: list[Target], outputs: Outputs, result: RunRe
             base = Path(t.rel or t.annotation or "").name
             if base not in err and qua is None:
                 problems.append(f"{name} not named in the error message (stderr: {err.strip()[-160:]!r})")
+            elif result.spec.exit_code == 1 and "fix" not in err.lower():  # errors name the file and the fix
+                problems.append(f"the error about {name} says no fix (stderr: {err.strip()[-160:]!r})")
         elif e.outcome == QUARANTINED:
             if qua is not None:
                 problems += _entry_problems(qua, e.codes, f"{name} quarantined")

@@ -175,7 +175,7 @@ def test_report_with_ci_schema_is_json_and_stable(tmp_path):
     assert report["schema_version"] == METRICS_SCHEMA_VERSION
     assert list(report["metrics"]) == list(metric_names())
     for cell in report["metrics"].values():
-        assert set(cell) == {"value", "ci_low", "ci_high", "n"}
+        assert set(cell) == {"value", "ci_low", "ci_high", "n", "degenerate", "degenerate_reason"}
         assert cell["n"] == 80
     assert set(report) >= {"class_names", "positive_class", "threshold", "n", "support", "confusion_matrix",
                            "bootstrap"}

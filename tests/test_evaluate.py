@@ -56,6 +56,8 @@ def test_outputs_and_metrics_schema(evaluated):
         acc = report["metrics"]["accuracy"]
         assert acc["ci_low"] <= acc["value"] <= acc["ci_high"], level
         assert report["bootstrap"]["n_resamples"] == 300
+        assert acc["degenerate"] and "only 300 resample(s)" in acc["degenerate_reason"]  # < 1,000: flagged
+    assert m["selection_on_test_fold"] is False and "selection_note" not in m  # test split, no fold
     # 10 test patients, 2 ROIs each, 25 patches per ROI; the CIs resample the 10 patients at every level.
     assert m["levels"]["roi"]["n"] == 20 and m["levels"]["patch"]["n"] == 20 * 25
     assert m["levels"]["breast"]["n"] == 20 and m["levels"]["patient"]["n"] == 10
@@ -143,6 +145,9 @@ def test_cross_validation_fold_of_each(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["kind"] == ev.CV_KIND and doc["split"] == ["train"]
+    # Each run validated on the fold it is reported on (Xi et al.'s protocol): labelled as optimistic (issue 13).
+    assert doc["selection_on_test_fold"] is True and "optimistic" in doc["selection_note"]
+    assert all(json.loads((out / f"fold{k}" / "metrics.json").read_text())["selection_on_test_fold"] for k in (0, 1))
     (group,) = doc["groups"].values()
     assert group["folds"] == [0, 1] and group["runs"] == ["fold0", "fold1"]
     assert group["members"] == [{"run": f"fold{k}", "model": "compact_fusion", "fold": k, "uri": runs[k]}

@@ -50,7 +50,7 @@ import pandas as pd
 
 from mammoflow import storage
 from mammoflow.errors import ConfigError, InputError
-from mammoflow.evaluation import calibration, metrics, papers, plots, voting
+from mammoflow.evaluation import calibration, caveats, metrics, papers, plots, voting
 
 if TYPE_CHECKING:
     import keras
@@ -894,7 +894,7 @@ def evaluate(model_uri: str, data_uri: str, out: str | Path, *, split: str = "te
     report = {
         "kind": METRICS_KIND, "evaluation_schema_version": EVALUATION_SCHEMA_VERSION,
         "schema_version": metrics.METRICS_SCHEMA_VERSION, "split": split, "fold": fold, "threshold": threshold,
-        "fingerprint": fingerprint, "model": loaded.describe(),
+        "fingerprint": fingerprint, "model": loaded.describe(), **caveats.fold_selection(loaded.fold, fold),
         "data": {"uri": data_uri, "manifest_sha256": data_sha,
                  "counts": (manifest.get("splits", {}).get(split) or {}).get("counts"),
                  "patients": (manifest.get("splits", {}).get(split) or {}).get("patients")},
@@ -999,7 +999,7 @@ def evaluate_many(model_uris: Sequence[str], data_uri: str, out: str | Path, *, 
         plots.plot_roc(roc, out / "roc.png", title="ROC curves per run")
     doc = {"kind": CV_KIND, "evaluation_schema_version": EVALUATION_SCHEMA_VERSION,
            "split": sorted({r["report"]["split"] for r in runs}),
-           "fold_of_each": fold_of_each, "data": {"uri": data_uri},
+           "fold_of_each": fold_of_each, **caveats.cv_selection(fold_of_each), "data": {"uri": data_uri},
            "runs": [{k: v for k, v in r.items() if k != "report"} for r in runs], "groups": summary}
     metrics.write_metrics_json(doc, out / METRICS_FILE)
     return doc

@@ -17,6 +17,10 @@ Conventions
   ``bootstrap.skipped``.
 * ``pr_auc`` is the average precision (step-wise, as ``sklearn.metrics.average_precision_score``), not the
   trapezoidal area, which is optimistic for PR curves.
+* A percentile interval that cannot be trusted is flagged ``"degenerate": true`` with a ``degenerate_reason``
+  (:func:`degenerate_reason`): zero width (every resample gave the same value, e.g. [1.0, 1.0] when all 9
+  patients are right), fewer than :data:`MIN_UNITS` resampling units, or fewer than :data:`MIN_RESAMPLES`
+  resamples where the metric is defined. ``bootstrap.degenerate`` lists the flagged metrics.
 
 JSON schema (``METRICS_SCHEMA_VERSION = 1``)
 --------------------------------------------
@@ -31,7 +35,8 @@ JSON schema (``METRICS_SCHEMA_VERSION = 1``)
       "support": {"normal": 41, "tumour": 23},
       "metrics": {                               # keys from metric_names(class_names)
         "accuracy": 0.89,                        # classification_report: a number (or null)
-        "roc_auc": {"value": 0.93, "ci_low": 0.86, "ci_high": 0.98, "n": 64},   # report_with_ci
+        "roc_auc": {"value": 0.93, "ci_low": 0.86, "ci_high": 0.98, "n": 64,    # report_with_ci
+                    "degenerate": false, "degenerate_reason": null},
         ...
       },
       "confusion_matrix": {
@@ -42,7 +47,8 @@ JSON schema (``METRICS_SCHEMA_VERSION = 1``)
       "bootstrap": {                             # report_with_ci only
         "n_resamples": 2000, "alpha": 0.05, "method": "percentile", "seed": 0,
         "unit": "row" | "group", "n_units": 64,
-        "skipped": {"roc_auc": 0, ...}           # resamples where the metric was undefined
+        "skipped": {"roc_auc": 0, ...},          # resamples where the metric was undefined
+        "degenerate": ["sensitivity", ...]       # metrics whose interval is flagged degenerate
       }
     }
 
@@ -71,6 +77,11 @@ METRICS_SCHEMA_VERSION = 1
 RANK_METRICS = ("roc_auc", "pr_auc")
 # Elements per (resamples x rows) block: bounds the bootstrap's memory to ~100 MB whatever the data size.
 _BLOCK_ELEMENTS = 1_000_000
+# Below these a percentile interval is flagged degenerate: with fewer than 10 resampled units (patients, ROIs) the
+# bootstrap distribution is a handful of values and misses its nominal coverage; fewer than 1,000 defined resamples
+# put only ~25 draws in each 2.5% tail (Efron & Tibshirani 1993, ch. 13: B >= 1,000 for percentile intervals).
+MIN_UNITS = 10
+MIN_RESAMPLES = 1000
 
 MetricFn = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
 
@@ -266,6 +277,30 @@ def _percentile_ci(stats: np.ndarray, alpha: float) -> tuple[float | None, float
     return float(lo), float(hi), skipped
 
 
+def degenerate_reason(value: float | None, lo: float | None, hi: float | None, n_defined: int,
+                      n_units: int) -> str | None:
+    """Why a percentile interval cannot be trusted as a 95% CI, or None when it can (or there is no value)."""
+    if value is None:
+        return None
+    reasons = []
+    if lo is None or hi is None:
+        reasons.append("no resample where the metric is defined")
+    elif hi - lo <= 1e-12:
+        reasons.append(f"zero width ([{lo:.4g}, {hi:.4g}]): every resample gave the same value, which says the "
+                       "sample is too small or too uniform, not that the value is certain")
+    if n_units < MIN_UNITS:
+        reasons.append(f"only {n_units} resampling unit(s) (< {MIN_UNITS})")
+    if 0 < n_defined < MIN_RESAMPLES:
+        reasons.append(f"only {n_defined} resample(s) where the metric is defined (< {MIN_RESAMPLES})")
+    return "; ".join(reasons) or None
+
+
+def _flag(cell: dict[str, Any], n_defined: int, n_units: int) -> dict[str, Any]:
+    reason = degenerate_reason(cell["value"], cell["ci_low"], cell["ci_high"], n_defined, n_units)
+    cell.update(degenerate=reason is not None, degenerate_reason=reason)
+    return cell
+
+
 def _check_bootstrap_args(n_resamples: int, alpha: float) -> None:
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
@@ -294,7 +329,8 @@ def bootstrap_ci(metric_fn: str | MetricFn, y_true: Any, y_prob: Any, y_pred: An
     ``metric_fn`` is a metric key (see :func:`metric_names`; computed vectorised, 2,000 resamples of a few
     thousand rows in well under a second) or any ``f(y_true, y_prob, y_pred) -> float`` (called once per
     resample; resamples where it returns NaN/None, or that hold one class when ``needs_both_classes``, are
-    skipped). Returns ``{"value", "ci_low", "ci_high", "n", "n_resamples", "n_skipped", "alpha", "unit"}``.
+    skipped). Returns ``{"value", "ci_low", "ci_high", "n", "n_resamples", "n_skipped", "alpha", "unit",
+    "degenerate", "degenerate_reason"}``.
     """
     _check_bootstrap_args(n_resamples, alpha)
     names = _check_class_names(class_names)
@@ -311,8 +347,9 @@ def bootstrap_ci(metric_fn: str | MetricFn, y_true: Any, y_prob: Any, y_pred: An
     lo, hi, skipped = _percentile_ci(resampled, alpha)
     if skipped:
         log.info("bootstrap of %s: %d of %d resamples undefined and skipped", metric_fn, skipped, n_resamples)
-    return {"value": value, "ci_low": lo, "ci_high": hi, "n": int(y.size), "n_resamples": n_resamples,
-            "n_skipped": skipped, "alpha": alpha, "unit": "row" if groups is None else "group"}
+    out = {"value": value, "ci_low": lo, "ci_high": hi, "n": int(y.size), "n_resamples": n_resamples,
+           "n_skipped": skipped, "alpha": alpha, "unit": "row" if groups is None else "group"}
+    return _flag(out, n_resamples - skipped, _units(groups, y.size)[1])
 
 
 def _callable_value(fn: MetricFn, y: np.ndarray, prob: np.ndarray, pred: np.ndarray,
@@ -358,11 +395,16 @@ def report_with_ci(y_true: Any, y_prob: Any, y_pred: Any = None, *, threshold: f
         lo, hi, skipped[name] = _percentile_ci(stats[name], alpha)
         if value is None:
             lo = hi = None
-        metrics[name] = {"value": value, "ci_low": lo, "ci_high": hi, "n": int(y.size)}
+        metrics[name] = _flag({"value": value, "ci_low": lo, "ci_high": hi, "n": int(y.size)},
+                              n_resamples - skipped[name], n_units)
     report["metrics"] = metrics
+    degenerate = [name for name, cell in metrics.items() if cell["degenerate"]]
+    if degenerate:
+        log.warning("degenerate bootstrap interval(s) over %d %s(s): %s", n_units,
+                    "row" if groups is None else "group", ", ".join(degenerate))
     report["bootstrap"] = {"n_resamples": n_resamples, "alpha": alpha, "method": "percentile", "seed": seed,
                            "unit": "row" if groups is None else "group", "n_units": n_units,
-                           "skipped": skipped}
+                           "skipped": skipped, "degenerate": degenerate}
     return report
 
 

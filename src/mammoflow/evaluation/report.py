@@ -36,6 +36,7 @@ import numpy as np
 
 from mammoflow import storage
 from mammoflow.errors import InputError
+from mammoflow.evaluation import caveats
 from mammoflow.records import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -97,14 +98,15 @@ def fmt_score(value: float | None) -> str:
 
 def fmt_cell(cell: Mapping[str, Any] | None, proportion: bool) -> dict[str, str]:
     """``{"value", "ci", "text"}`` for a metric cell of :func:`~mammoflow.evaluation.metrics.report_with_ci`:
-    the value, its 95% CI as ``low to high`` ("" without one) and both on one line."""
+    the value, its 95% CI as ``low to high`` ("" without one; ", degenerate" added when flagged) and both on one
+    line."""
     if not cell or cell.get("value") is None:
         return {"value": "n/a", "ci": "", "text": "n/a"}
     f = fmt_proportion if proportion else fmt_score
     value = f(cell["value"])
     if cell.get("ci_low") is None or cell.get("ci_high") is None:
         return {"value": value, "ci": "", "text": value}
-    ci = f"{f(cell['ci_low'])} to {f(cell['ci_high'])}"
+    ci = f"{f(cell['ci_low'])} to {f(cell['ci_high'])}" + (", degenerate" if cell.get("degenerate") else "")
     return {"value": value, "ci": ci, "text": f"{value} ({ci})"}
 
 
@@ -432,7 +434,8 @@ def cv_section(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
                              "range": f"{s['min']:.4f} to {s['max']:.4f}", "n": s["n"]})
             groups.append({"group": key, "model": " / ".join(models), "level": LEVEL_TITLES.get(lvl, lvl),
                            "runs": runs, "members": members, "rows": rows})
-    return {"groups": groups, "split": doc.get("split"), "fold_of_each": doc.get("fold_of_each")}
+    return {"groups": groups, "split": doc.get("split"), "fold_of_each": doc.get("fold_of_each"),
+            "selection_on_test_fold": bool(doc.get("selection_on_test_fold"))}
 
 
 def group_members(group: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -500,10 +503,12 @@ def build_context(inputs: Inputs, n_worst: int = 8, cache_dir: str | Path | None
     if len(model["members"]) > 1 and inputs.run is not None:
         ctx["notes"].append(f"the training history and configuration shown are those of the first of the "
                             f"{len(model['members'])} ensemble members")
+    ctx["notes"] += caveats.selection_notes(single or cv_doc) + caveats.degenerate_notes(single, LEVEL_TITLES)
     ctx["title"] = _title(inputs, single, run_info)
     if single:
         levels, rows = metrics_rows(single)
         ctx.update(evaluation={"split": single["split"], "fold": single.get("fold"),
+                               "selection_on_test_fold": bool(single.get("selection_on_test_fold")),
                                "class_names": single["class_names"], "positive": single["positive_class"],
                                "threshold": single["threshold"], "model_name": model.get("name"),
                                "model_uri": model.get("uri"), "model_sha256": model.get("sha256"),

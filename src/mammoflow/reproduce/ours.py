@@ -18,10 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mammoflow.evaluation import calibration, metrics
-from mammoflow.reproduce.predict import choose_threshold, grid_predictions
+from mammoflow.reproduce.predict import average_members, choose_threshold, grid_predictions
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +59,10 @@ def _prob_columns(df: Any) -> list[str]:
 
 def ensemble_predictions(models: Sequence[Any], shard_paths: Sequence[str], input_cfg: Any, n_views: int,
                          image_size: int | None = None) -> Any:
-    """Grid-patch rows with the members' softmax outputs averaged (one member: its own rows)."""
+    """Grid-patch rows with the members' softmax outputs averaged, matched by ROI id and patch position (refused on
+    a mismatch, see :func:`~mammoflow.reproduce.predict.average_members`); one member: its own rows."""
     tables = [grid_predictions(m, shard_paths, input_cfg, n_views, image_size=image_size) for m in models]
-    rows = tables[0].copy()
-    for column in ["prob", *_prob_columns(rows)]:
-        rows[column] = np.mean([t[column].to_numpy() for t in tables], axis=0)
-    return rows
+    return average_members(tables)
 
 
 def evaluate_ours(runs: str | Sequence[str], data_uri: str, out: str | Path, protocol: OursProtocol = OursProtocol(),

@@ -89,6 +89,50 @@ def grid_predictions(model: Any, shard_paths: Sequence[str], input_cfg: Any, n_v
     return df
 
 
+#: What identifies one prediction row: the ROI (or image) and the grid position of the patch within it.
+ROW_KEY = ("example_id", "patch_index")
+
+
+def _keys(table: pd.DataFrame) -> pd.MultiIndex:
+    return pd.MultiIndex.from_frame(table[list(ROW_KEY)].astype({"patch_index": "int64"}))
+
+
+def _labels(table: pd.DataFrame) -> np.ndarray:
+    return table["label"].to_numpy(dtype="float64", na_value=np.nan)
+
+
+def average_members(tables: Sequence[pd.DataFrame], names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The members' rows with ``prob`` and ``p0``..``pK-1`` averaged, matched by ROI id and patch position (never
+    by row order). Refused (:class:`~mammoflow.errors.ConfigError`) when a member predicted other rows than the
+    first (missing, extra or repeated ids) or gives a row another label: averaging those would mix up ROIs."""
+    from mammoflow.errors import ConfigError
+
+    if not tables:
+        raise ValueError("average_members: no member predictions")
+    names = list(names) if names is not None else [f"member {k + 1}" for k in range(len(tables))]
+    base = _keys(tables[0])
+    fix = "Fix: evaluate every ensemble member on the same dataset split (one preset, one dataset, several seeds)"
+    for name, table in zip(names, tables, strict=True):
+        if _keys(table).has_duplicates:
+            dup = _keys(table)[_keys(table).duplicated()][0]
+            raise ConfigError(f"ensemble {name}: the row {dup} appears more than once in its predictions. {fix}")
+    rows = tables[0].copy()
+    prob_columns = ["prob", *(c for c in rows.columns if c.startswith("p") and c[1:].isdigit())]
+    sums = rows[prob_columns].to_numpy(np.float64).copy()
+    for name, table in zip(names[1:], tables[1:], strict=True):
+        keys = _keys(table)
+        missing, extra = base.difference(keys), keys.difference(base)
+        if len(missing) or len(extra):
+            raise ConfigError(f"ensemble {name} predicted other ROIs than {names[0]}: {len(missing)} row(s) missing "
+                              f"(e.g. {list(missing[:2])}), {len(extra)} extra (e.g. {list(extra[:2])}). {fix}")
+        aligned = table.set_index(keys).loc[base]
+        if "label" in rows and not np.array_equal(_labels(aligned), _labels(rows), equal_nan=True):
+            raise ConfigError(f"ensemble {name} gives some ROIs another label than {names[0]}. {fix}")
+        sums += aligned[prob_columns].to_numpy(np.float64)
+    rows[prob_columns] = sums / len(tables)
+    return rows
+
+
 def roi_table(patches: pd.DataFrame, method: str = "soft", threshold: float = 0.5) -> pd.DataFrame:
     """ROI rows (``example_id``, ``label``, ``prob`` = mean patch P(tumour), ``decision``) by majority or soft vote."""
     from mammoflow.evaluation import voting

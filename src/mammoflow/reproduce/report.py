@@ -90,6 +90,7 @@ def metric_cells(entry: Mapping[str, Any] | None, ours: Mapping[str, Any] | None
         cells.append({"metric": key, "title": title, "paper": paper_value,
                       "paper_ci_low": pci.get("ci_low"), "paper_ci_high": pci.get("ci_high"),
                       "ours": mine.get("value"), "ci_low": mine.get("ci_low"), "ci_high": mine.get("ci_high"),
+                      "degenerate": bool(mine.get("degenerate")),
                       "verdict": verdict(paper_value, mine.get("ci_low"), mine.get("ci_high")) if mine else "not run"})
     return cells
 
@@ -251,7 +252,8 @@ def fmt_ci(cell: Mapping[str, Any] | None, digits: int = 4) -> str:
         return "n/a"
     if cell.get("ci_low") is None:
         return fmt(cell["value"], digits)
-    return f"{fmt(cell['value'], digits)} [{fmt(cell['ci_low'], digits)}, {fmt(cell['ci_high'], digits)}]"
+    flag = " (degenerate interval)" if cell.get("degenerate") else ""
+    return f"{fmt(cell['value'], digits)} [{fmt(cell['ci_low'], digits)}, {fmt(cell['ci_high'], digits)}]{flag}"
 
 
 def _pair(cell: Mapping[str, Any]) -> str:
@@ -259,7 +261,8 @@ def _pair(cell: Mapping[str, Any]) -> str:
     paper = fmt(cell["paper"])
     if cell["ours"] is None:
         return f"{paper} / -"
-    return (f"{paper} / {fmt(cell['ours'])} [{fmt(cell['ci_low'])}, {fmt(cell['ci_high'])}] "
+    flag = " (degenerate interval)" if cell.get("degenerate") else ""
+    return (f"{paper} / {fmt(cell['ours'])} [{fmt(cell['ci_low'])}, {fmt(cell['ci_high'])}]{flag} "
             f"{cell['verdict']}")
 
 

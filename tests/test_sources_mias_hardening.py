@@ -22,17 +22,12 @@ from mammoflow.sources.mias_rois import read_mias_rois
 
 
 def skipped_of(table: RecordsTable) -> list[tuple[str, str]]:
-    """(path, reason) of every skipped input: the table's skipped list when it has one, else the quarantine's
-    ``skipped_<reason>`` entries."""
-    out = [(q.path, q.code.removeprefix("skipped_")) for q in table.quarantine if q.code.startswith("skipped_")]
-    for item in getattr(table, "skipped", None) or []:
-        get = item.get if isinstance(item, dict) else lambda k, i=item: getattr(i, k)
-        out.append((str(get("path")), str(get("reason"))))
-    return sorted(out)
+    """(path, reason) of every skipped input."""
+    return sorted((s.path, s.reason) for s in table.skipped)
 
 
 def quarantined_of(table: RecordsTable) -> list[tuple[str, str]]:
-    return sorted((q.code, q.path) for q in table.quarantine if not q.code.startswith("skipped_"))
+    return sorted((q.code, q.path) for q in table.quarantine)
 
 
 def _roi(value: int, size: int = 120) -> bytes:
@@ -93,8 +88,11 @@ def test_zip_members_are_all_accounted_for(tmp_path: Path):
         (f"{root}/__MACOSX/MIAS_ROIs/train/._Normal (1).png", "hidden"),
         (f"{root}/MIAS_ROIs/.DS_Store", "hidden"),
         (f"{root}/MIAS_ROIs/train/.Normal (9).png", "hidden"),
-        (f"{root}/MIAS_ROIs/README.txt", "not_an_image"),
+        (f"{root}/MIAS_ROIs/README.txt", "sidecar"),
     ])
+    s = table.summary()
+    assert s["read"] == s["used"] + s["quarantined"] + s["skipped"] == len(members) == 12
+    assert s["skipped_by_reason"] == {"hidden": 3, "sidecar": 1}
     # Every member is named once: used, quarantined or skipped.
     named = [f"{root}/{r.image_path}" for r in table.records] + [p for _, p in quarantined_of(table)] + \
         [p for p, _ in skipped_of(table)]

@@ -6,30 +6,21 @@ Nothing is dropped silently (issue 13, build items 2-3: read = used + quarantine
   never read or joined to a folder: extracting it would write outside the target folder;
 - **hidden and OS metadata** files (any component starting with ``.``, ``__MACOSX/``, ``Thumbs.db``,
   ``desktop.ini``) are skipped with the reason ``hidden``;
-- files that are **not images** (by suffix) are skipped with the reason ``not_an_image``.
+- files that are **not images** (by suffix: a readme, a checksum list) are skipped as ``sidecar``.
 
-Skipped inputs go to the records table's skipped list (``skipped.jsonl``) when the project has one, else to the
-quarantine with the code ``skipped_<reason>``.
+Skipped inputs are listed in the records table's ``skipped`` list (``skipped.jsonl``, ``quarantine.md``).
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Sequence
 
 from mammoflow.records import QuarantineEntry, RecordsTable
-from mammoflow.sources._common import add_quarantine
-
-log = logging.getLogger(__name__)
+from mammoflow.sources._common import add_quarantine, add_skipped
 
 _OS_METADATA = {"__macosx", "thumbs.db", "desktop.ini"}
 _DRIVE = re.compile(r"^[A-Za-z]:")
-
-SKIP_FIXES = {
-    "hidden": "nothing to do: hidden files and OS metadata (__MACOSX/, .DS_Store, Thumbs.db) are not inputs",
-    "not_an_image": "nothing to do if it is documentation; if it is an image, save it as PNG",
-}
 
 
 def _parts(name: str) -> list[str]:
@@ -50,17 +41,10 @@ def is_hidden(name: str) -> bool:
     return any(p.startswith(".") or p.lower() in _OS_METADATA for p in _parts(name))
 
 
-def skip(table: RecordsTable, path: str, reason: str, source: str, problem: str) -> None:
-    """Record one skipped input with its reason: ``sources._common.add_skipped`` (the table's skipped list) when
-    the project has it, else a quarantine entry with the code ``skipped_<reason>``."""
-    from mammoflow.sources import _common
-
-    add_skipped = getattr(_common, "add_skipped", None)
-    if callable(add_skipped) and hasattr(table, "skipped"):
-        add_skipped(table, path, reason, problem, source)
-        return
-    add_quarantine(table, QuarantineEntry(path=path, code=f"skipped_{reason}", source=source, problem=problem,
-                                          fix=SKIP_FIXES.get(reason, "nothing to do")))
+def skip(table: RecordsTable, path: str, reason: str, source: str, note: str) -> None:
+    """List one input left out on purpose, with its reason (``skipped.jsonl``; read = used + quarantined +
+    skipped)."""
+    add_skipped(table, path, reason, note, source)
 
 
 def account_member(table: RecordsTable, name: str, label: str, source: str,
@@ -80,7 +64,6 @@ def account_member(table: RecordsTable, name: str, label: str, source: str,
         skip(table, label, "hidden", source, "a hidden file or OS metadata, not an input")
         return False
     if not name.lower().endswith(tuple(s.lower() for s in image_suffixes)):
-        skip(table, label, "not_an_image", source,
-             f"not an image file (expected one of {', '.join(image_suffixes)})")
+        skip(table, label, "sidecar", source, f"not an image file (images end in {', '.join(image_suffixes)})")
         return False
     return True

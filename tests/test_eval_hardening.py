@@ -226,3 +226,19 @@ def test_the_reproduction_report_marks_degenerate_intervals():
     cells = metric_cells({"metrics": {"accuracy": 0.9}}, {"accuracy": flat}, None)
     acc = next(c for c in cells if c["metric"] == "accuracy")
     assert acc["degenerate"] is True and "(degenerate interval)" in _pair(acc)
+
+
+def test_a_cross_validation_sweep_report_says_its_numbers_are_on_the_validation_fold(tmp_path):
+    import json
+
+    from mammoflow.evaluation import report as rp
+
+    for axis, expected in (("data.fold", True), ("model.name", False)):
+        sweep = tmp_path / axis
+        sweep.mkdir()
+        (sweep / "results.csv").write_text(f"trial,status,epochs,best_val_loss,axis:{axis}\n"
+                                           f"{axis}=0,finished,5,0.31,0\n{axis}=1,finished,5,0.35,1\n")
+        (sweep / "summary.json").write_text(json.dumps({"trials": 2, "finished": 2, "stopped_early": 0, "failed": 0,
+                                                        "metric": "val_loss", "mode": "min", "best_trial": "0"}))
+        md = rp.build_report(str(sweep), tmp_path / f"out-{axis}")["markdown"].read_text()
+        assert ("Cross-validation sweep: each trial's numbers are on the fold it validated on" in md) is expected

@@ -52,3 +52,12 @@ def degenerate_notes(evaluation: Mapping[str, Any] | None,
         notes.append(f"{level_titles.get(level, level)} level: the confidence intervals of {', '.join(cells)} are "
                      f"degenerate ({reasons}). Read them as not estimable from this sample, not as certainty.")
     return notes
+
+
+def sweep_notes(columns: list[str] | tuple[str, ...]) -> list[str]:
+    """A sweep over ``data.fold`` (Xi et al.'s cross-validation) ranks trials by the fold each one validated on."""
+    if not any("data.fold" in str(c) for c in columns):
+        return []
+    return ["Cross-validation sweep: each trial's numbers are on the fold it validated on (early stopping, best "
+            "checkpoint), as in Xi et al. 2018, so they are optimistic. Evaluate on a held-out split for an "
+            "unbiased number."]

@@ -503,7 +503,8 @@ def build_context(inputs: Inputs, n_worst: int = 8, cache_dir: str | Path | None
     if len(model["members"]) > 1 and inputs.run is not None:
         ctx["notes"].append(f"the training history and configuration shown are those of the first of the "
                             f"{len(model['members'])} ensemble members")
-    ctx["notes"] += caveats.selection_notes(single or cv_doc) + caveats.degenerate_notes(single, LEVEL_TITLES)
+    ctx["notes"] += caveats.selection_notes(single or cv_doc) + caveats.degenerate_notes(single, LEVEL_TITLES) + \
+        caveats.sweep_notes((ctx["sweep"] or {}).get("columns", []))
     ctx["title"] = _title(inputs, single, run_info)
     if single:
         levels, rows = metrics_rows(single)

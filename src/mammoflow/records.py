@@ -260,7 +260,8 @@ class RecordsTable:
         meta = {**self.meta, "image_root": self.image_root, "source": self.source, "code_version": __version__}
         atomic_write_text(folder / META_FILE, json.dumps(_printable(meta), indent=2, sort_keys=True) + "\n")
         atomic_write_text(folder / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        atomic_write_text(folder / QUARANTINE_REPORT, quarantine_markdown(self.quarantine, summary, self.skipped))
+        atomic_write_text(folder / QUARANTINE_REPORT, quarantine_markdown(
+            self.quarantine, summary, self.skipped, hide_paths=bool(self.meta.get("paths_pseudonymised"))))
         complete = {"records_sha256": hashlib.sha256(records.encode("utf-8")).hexdigest(),
                     "records": len(self.records), "code_version": __version__}
         atomic_write_text(folder / COMPLETE_FILE, json.dumps(complete, indent=2, sort_keys=True) + "\n")
@@ -320,8 +321,12 @@ def _row(cells: list[str]) -> str:
 
 
 def quarantine_markdown(entries: list[QuarantineEntry], summary: dict[str, Any],
-                        skipped: list[SkippedEntry] | None = None) -> str:
+                        skipped: list[SkippedEntry] | None = None, *, hide_paths: bool = False) -> str:
+    """The quarantine for a person. ``hide_paths`` (paths pseudonymised at ingest: folder names may be patient
+    names): files are named by record id only; the real paths stay in quarantine.jsonl and skipped.jsonl, at the
+    site."""
     skipped = skipped or []
+    hidden = "(see quarantine.jsonl)"
     lines = [
         "# Quarantine report",
         "",
@@ -333,11 +338,12 @@ def quarantine_markdown(entries: list[QuarantineEntry], summary: dict[str, Any],
         lines += ["Nothing was quarantined.", ""]
     else:
         lines += ["| file | record | reason | problem | what to do |", "| --- | --- | --- | --- | --- |"]
-        lines += [_row([q.path, q.record_id or "", q.code, q.problem, q.fix]) for q in entries]
+        lines += [_row([hidden if hide_paths else q.path, q.record_id or "", q.code, q.problem, q.fix])
+                  for q in entries]
         lines.append("")
     if skipped:
         lines += ["## Skipped", "", "Left out on purpose (not images this source reads); nothing to fix unless one "
                   "of them should have been read.", "", "| file | reason | note |", "| --- | --- | --- |"]
-        lines += [_row([s.path, s.reason, s.note]) for s in skipped]
+        lines += [_row(["(see skipped.jsonl)" if hide_paths else s.path, s.reason, s.note]) for s in skipped]
         lines.append("")
     return "\n".join(lines)

@@ -150,7 +150,7 @@ def _split_from_name(name: str) -> str | None:
 
 def parse_row(cells: dict[str, str], csv_path: Path, line: int, file_split: str | None) -> CsvRow:
     """One CSV row (columns already normalised) as a :class:`CsvRow`; raises InputError for a bad row."""
-    where = f"row at line {line}"
+    where = f"row at line {line}"  # cell values are not echoed: a cell may hold a real identifier (issue 13)
 
     def bad(problem: str, code: str = "bad_annotation", record_id: str | None = None) -> InputError:
         return InputError(csv_path, f"{where}: {problem}", _FIX_ROW, code=code, record_id=record_id)
@@ -159,20 +159,20 @@ def parse_row(cells: dict[str, str], csv_path: Path, line: int, file_split: str 
     side = cells["left or right breast"].strip().upper()
     view = cells["image view"].strip().upper()
     if not _PATIENT.match(patient):
-        raise bad(f"patient id {patient!r} is not of the form P_NNNNN")
+        raise bad("the patient id is not of the form P_NNNNN (its value is not shown: it may be a real identifier)")
     if side not in SIDES or view not in VIEWS:
-        raise bad(f"side {side!r} / view {view!r} not LEFT/RIGHT and CC/MLO")
+        raise bad("the side / view columns are not LEFT/RIGHT and CC/MLO")
     record_id = f"{SOURCE}:{patient}_{side}_{view}"
     abnormality = _int_in(cells["abnormality id"], 1, 999)
     if abnormality is None:
-        raise bad(f"abnormality id {cells['abnormality id']!r} is not a positive integer", record_id=record_id)
+        raise bad("the abnormality id is not a positive integer", record_id=record_id)
     kind = KINDS.get(cells["abnormality type"].strip().lower())
     if kind is None:
-        raise bad(f"abnormality type {cells['abnormality type']!r} is not calcification or mass",
+        raise bad("the abnormality type is not calcification or mass",
                   code="unknown_label", record_id=record_id)
     pathology = cells["pathology"].strip().upper()
     if pathology not in PATHOLOGY:
-        raise bad(f"pathology {cells['pathology']!r} is not one of {', '.join(PATHOLOGY)}", code="unknown_label",
+        raise bad(f"the pathology is not one of {', '.join(PATHOLOGY)}", code="unknown_label",
                   record_id=record_id)
     image_path = clean_path(cells["image file path"])
     folder = _FOLDER.match(image_path.split("/", 1)[0])
@@ -182,7 +182,7 @@ def parse_row(cells: dict[str, str], csv_path: Path, line: int, file_split: str 
                   record_id=record_id)
     if folder is not None and (folder.group(3), folder.group(4).upper(), folder.group(5).upper()) != \
             (patient, side, view):
-        raise bad(f"image path {image_path.split('/', 1)[0]!r} names another image than the row's columns",
+        raise bad("the image file path's case folder names another image than the row's columns",
                   record_id=record_id)
     raw = {k: (clean_path(v) if k.endswith("file path") else v.strip()) for k, v in cells.items()
            if k not in ("patient id", "left or right breast", "image view", "abnormality id", "pathology")}
@@ -411,6 +411,8 @@ def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str)
                              "check that the folder holds the image the CSV describes", code="annotation_mismatch",
                              record_id=rec.record_id)
     rec.height, rec.width = int(image.rows), int(image.cols)
+    if getattr(image, "for_processing", False):  # raw detector data: used, flagged in the record
+        rec.extra["for_processing"] = True
     rec.image_path = files[0].relative_to(index.root).as_posix()
     rec.content_hash = file_sha256(files[0])
     identity = read_identity(files[0], salt)

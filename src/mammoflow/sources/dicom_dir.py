@@ -148,6 +148,8 @@ def _record(path: Path, root: Path, rid: str, row: LabelRow | None, salt: str, m
                              "correct the labels CSV (or the header)", code="annotation_mismatch", record_id=rid)
     patient, patient_source = _patient(row, header.pseudo_patient_id, rel, path, rid, salt)
     extra: dict[str, object] = {"patient_id_source": patient_source}
+    if getattr(header, "for_processing", False):  # raw detector data: used, flagged (the model saw presentations)
+        extra["for_processing"] = True
     if sop_instance:
         extra["sop_instance"] = sop_instance  # a salted pseudonym of the UID, never the UID
     if not metadata_only:
@@ -167,7 +169,8 @@ def _missing_salt(path: Path, rid: str) -> ConfigError:
 
 
 def _list_scan(table: RecordsTable, scan: FolderScan, root: Path, rid_of: Callable[[str], str]) -> None:
-    """Quarantine the scan's rejects and list its skipped entries (paths under root pseudonymised if asked)."""
+    """Quarantine the scan's rejects and list its skipped entries (by their real paths, as quarantine.jsonl does:
+    to find them; quarantine.md hides them when paths are pseudonymised)."""
     for err in scan.rejected:
         where = Path(err.path)
         # (a bad_file_name error names its path escaped: printable, so it can make a record id)

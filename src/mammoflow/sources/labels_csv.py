@@ -98,13 +98,14 @@ def parse_labels(path: Path, root: Path, record_id: Callable[[str], str] | None 
                 raise InputError(path, f"{len(cells)} fields, the header has {len(header)}", _FIX_LABELS,
                                  code="bad_annotation", record_id=rid)
             if not rel:
-                raise InputError(path, f"path {get['path']!r} is empty or outside --root",
+                raise InputError(path, "the path is empty or outside --root (not shown: folder names may be "
+                                 "patient names)",
                                  "give paths relative to --root", code="bad_annotation", record_id=rid)
             raw_label = get["label"].lower()
             label = check_label(LABEL_ALIASES.get(raw_label, raw_label), path, rid)
             side, view = get.get("laterality", "").upper(), get.get("view", "").upper()
             if side and side not in SIDES or view and view not in VIEWS:
-                raise InputError(path, f"laterality {side!r} / view {view!r} not L/R and CC/MLO", _FIX_LABELS,
+                raise InputError(path, "the laterality / view columns are not L/R and CC/MLO", _FIX_LABELS,
                                  code="bad_annotation", record_id=rid)
             row = LabelRow(line, rel, label, get.get("patient_id") or None, SIDES.get(side), view or None)
         except InputError as err:
@@ -113,7 +114,7 @@ def parse_labels(path: Path, root: Path, record_id: Callable[[str], str] | None 
             continue
         prior = out.rows.get(rel)
         if prior is not None and prior.key() != row.key():
-            out.problems.append(InputError(path, f"line {line}: {rel} is labelled differently at line {prior.line}",
+            out.problems.append(InputError(path, f"line {line}: this image is labelled differently at line {prior.line}",
                                            "keep one row per image", code="duplicate_id", record_id=rid))
             out.rows[rel] = LabelRow(-1, rel, None)  # poisoned: the image is quarantined
             continue

@@ -384,3 +384,24 @@ def test_a_write_error_is_reported_without_traceback_and_keeps_the_old_folder(tm
         resume.ingest_into(out, fingerprint, read, inputs=[root])
     assert "previous folder" in str(err.value) and require_complete(out) == out
     assert len(RecordsTable.read(out).records) == 2
+
+
+def test_pseudonymised_paths_stay_out_of_the_report_and_csv_values_are_not_echoed(tmp_path: Path):
+    from mammoflow.sources.cbis_ddsm import read_cbis_ddsm
+    from test_sources_cbis import HEADER, _row
+
+    root = tmp_path / "export"
+    _write(root / "DOE^JANE" / "cc.dcm", 1)
+    _write(root / "DOE^JANE" / "ct.dcm", 2, modality="CT")
+    (root / "DOE^JANE" / ".thumbs").mkdir()
+    out = tmp_path / "records"
+    result = _ingest(["--source", "dicom-dir", "--root", str(root), "--pseudonymise-paths", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "DOE" not in (out / "quarantine.md").read_text() and "DOE" not in result.output
+    assert "DOE^JANE" in (out / "quarantine.jsonl").read_text()  # to find the file, at the site
+    assert "DOE^JANE" in (out / "skipped.jsonl").read_text()
+
+    path = tmp_path / "mass_case_description_train_set.csv"
+    path.write_text("\n".join([HEADER, _row(patient="SMITH^ANNA", folder="Mass-Training_P_1_LEFT_CC")]) + "\n")
+    table = read_cbis_ddsm([path], metadata_only=True)
+    assert [q.code for q in table.quarantine] == ["bad_annotation"] and "SMITH" not in table.quarantine[0].problem

@@ -75,7 +75,8 @@ class RunSpec:
     argv: Callable[[dict[str, Path]], list[str]]
     exit_code: int
     downstream: bool = False  # preprocess + build-dataset on its records (shards searched for identifiers)
-    path_plants_allowed: tuple[str, ...] = ("records.jsonl", "quarantine.jsonl")
+    # README "--pseudonymise-paths": the real paths remain only in these tables of the records folder
+    path_plants_allowed: tuple[str, ...] = ("records.jsonl", "quarantine.jsonl", "skipped.jsonl")
     notes: str = ""
 
 

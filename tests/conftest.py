@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data folder (skipped with a reason when absent) and small helpers."""
+"""Shared fixtures: the real data folder (skipped with a reason when absent) and small helpers; and the guard that
+keeps every test off the network (tests/network_guard.py)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,9 @@ Usage in a test module::
 ``gcs_emulator`` yields the endpoint (``http://127.0.0.1:PORT``) and sets ``STORAGE_EMULATOR_HOST`` for the test
 only, so :mod:`mammoflow.storage`, google-cloud-storage and subprocesses started by the test reach it. One
 in-memory server is started lazily per pytest process and shared by the tests (each takes its own bucket); it
-stops when the process exits. Loopback only: nothing leaves the machine.
+stops when the process exits. Loopback only: nothing leaves the machine. With ``STORAGE_EMULATOR_HOST`` set,
+:mod:`mammoflow.storage` builds its client with anonymous credentials and never asks google-auth for default ones
+(tests/test_network_guard.py checks it); tests/conftest.py keeps google-auth away from any metadata server anyway.
 """
 
 from __future__ import annotations

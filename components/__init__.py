@@ -36,7 +36,7 @@ def default_images() -> tuple[str, str]:
 
 def stage_functions() -> dict[str, Callable[..., Any]]:
     """Stage name -> the plain function behind its component, in pipeline order."""
-    from mammoflow.components import data, evaluation, retrain, training
+    from mammoflow.components import data, evaluation, retrain, status, training
 
     return {
         "demo_data": data.demo_data, "locate_data": data.locate_data, "ingest": data.ingest,
@@ -48,6 +48,7 @@ def stage_functions() -> dict[str, Callable[..., Any]]:
         "retrain_preprocess": retrain.retrain_preprocess, "retrain_build_dataset": retrain.retrain_build_dataset,
         "retrain_train": retrain.retrain_train, "retrain_evaluate": retrain.retrain_evaluate, "bless": retrain.bless,
         "register": retrain.register, "promote": retrain.promote, "push_retrain_metrics": retrain.push_retrain_metrics,
+        "push_pipeline_status": status.push_pipeline_status,
     }
 
 

@@ -320,7 +320,8 @@ def promote(config: str, config_overrides: dict, storage_root: str, run_id: str,
 
 
 def push_retrain_metrics(config: str, config_overrides: dict, storage_root: str, run_id: str, push_gateway: str,
-                         status: dsl.PipelineTaskFinalStatus, summary: Output[Markdown], metrics: Output[Metrics]):
+                         pipeline: str, status: dsl.PipelineTaskFinalStatus, summary: Output[Markdown],
+                         metrics: Output[Metrics]):
     """The exit handler: whatever happened (nothing new, blessed, refused, failed), record the run's outcome in the
     retraining's state (running totals) and push the complete metric set to the Pushgateway.
 
@@ -330,18 +331,27 @@ def push_retrain_metrics(config: str, config_overrides: dict, storage_root: str,
         storage_root: Local folder or gs:// prefix.
         run_id: Pipeline run id.
         push_gateway: Pushgateway URL; "" for the config's push.gateway (none: nothing is pushed).
+        pipeline: The pipeline's name: its run status is pushed too (mammoflow_pipeline_*, label pipeline).
         status: The final status of the steps inside the exit handler.
         summary: The run's outcome for people.
         metrics: Outcome flags and counts of this run.
     """
     from mammoflow import workflow
+    from mammoflow.pushgateway import push_pipeline_status
 
     workflow.setup_step_logging()
-    cfg = workflow.load_retrain(config, config_overrides, storage_root)
     failed = status.state != "SUCCEEDED"
+    try:
+        cfg = workflow.load_retrain(config, config_overrides, storage_root)
+    except Exception:
+        if push_gateway:  # no config (e.g. a schedule without one): the run's failure is still seen
+            push_pipeline_status(push_gateway, pipeline, succeeded=False)
+        raise
     error = (status.error_message or f"the run ended {status.state}") if failed else None
     result, _ = workflow.retrain_finalize(cfg, run_id, failed=failed, error=error, push_gateway=push_gateway or None)
     gateway = push_gateway or cfg.push.gateway
+    if gateway:
+        push_pipeline_status(gateway, pipeline, succeeded=result.status != "failed")
     workflow.write_text(summary.path, workflow.retrain_markdown(cfg, run_id, result, gateway))
     for name in ("nothing_new", "blessed", "refused", "failed"):
         metrics.log_metric(name, 1.0 if result.status == name else 0.0)

@@ -17,7 +17,9 @@ Identity, ``gcs_secret`` mounts a Secret holding a service-account key (key ``ke
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,8 @@ DEFAULT_GPU_NODE_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
 SPOT_NODE_SELECTOR = {"cloud.google.com/gke-spot": "true"}
 SALT_SECRET = "mammoflow-salt"  # see k8s/README.md: `kubectl create secret generic mammoflow-salt ...`
 SALT_ENV = "MAMMOFLOW_SALT"
+#: Ray's token authentication (k8s/base/raycluster.yaml): a sweep driving the Ray cluster presents this Secret's token.
+RAY_TOKEN_SECRET = "mammoflow-ray-token"  # key auth_token; see k8s/README.md
 GCS_KEY_MOUNT = "/var/secrets/google"
 SERVICE_ACCOUNT = "mammoflow-pipeline-runner"
 PART_OF = ("app.kubernetes.io/part-of", "mammoflow")
@@ -72,6 +76,8 @@ RESOURCES: dict[str, Resources] = {
     "register": Resources("500m", "1", "1Gi", "2Gi"),
     "promote": Resources("250m", "500m", "256Mi", "512Mi"),
     "push_retrain_metrics": Resources("250m", "500m", "512Mi", "1Gi"),
+    # The exit handler of the training and sweep pipelines.
+    "push_pipeline_status": Resources("100m", "250m", "256Mi", "512Mi"),
 }
 
 #: The sweep step when its trials run on a Ray cluster (``ray_address``, compiled with ``sweep_on_ray``): it only
@@ -88,6 +94,7 @@ CACHING: dict[str, bool] = {
     **{stage: False for stage in ("retrain_scan", "retrain_ingest", "retrain_preprocess", "retrain_build_dataset",
                                   "retrain_train", "retrain_evaluate", "bless", "register", "promote",
                                   "push_retrain_metrics")},
+    "push_pipeline_status": False,  # reports how this very run ended
 }
 
 #: Retries of the preemptible steps (exponential back-off from 1 minute, at most 1 hour apart).
@@ -132,12 +139,13 @@ class PipelineOptions:
     caching: bool = True  # False: no step is ever taken from KFP's cache (e.g. after deleting a storage root)
     retries: bool = True  # False for local runs: kfp.local honours retries, and a laptop run should fail fast
     sweep_on_ray: bool = False  # the sweep's trials run on a Ray cluster (ray_address): a small CPU driver step
+    push_gateway: str = ""  # default of the push_gateway parameter (each run's end status); "" = $MAMMOFLOW_PUSH_GATEWAY
 
     @classmethod
     def from_env(cls, **overrides: Any) -> PipelineOptions:
         """Options from MAMMOFLOW_IMAGE, MAMMOFLOW_GPU_IMAGE, MAMMOFLOW_GPU (0/1), MAMMOFLOW_GPU_NODE_SELECTOR
         (``key=value,...`` or ``none``), MAMMOFLOW_SPOT (0/1), MAMMOFLOW_GCS_SECRET, MAMMOFLOW_STORAGE_ROOT,
-        MAMMOFLOW_SWEEP_ON_RAY (0/1), then
+        MAMMOFLOW_SWEEP_ON_RAY (0/1), MAMMOFLOW_PUSH_GATEWAY, then
         ``overrides`` (None values are ignored)."""
         env = os.environ
         values: dict[str, Any] = {
@@ -146,6 +154,7 @@ class PipelineOptions:
             "gcs_secret": env.get("MAMMOFLOW_GCS_SECRET", ""),
             "storage_root": env.get(STORAGE_ROOT_ENV, ""),
             "sweep_on_ray": env.get("MAMMOFLOW_SWEEP_ON_RAY", "0") in ("1", "true", "yes"),
+            "push_gateway": env.get("MAMMOFLOW_PUSH_GATEWAY", ""),
         }
         if "MAMMOFLOW_GPU_NODE_SELECTOR" in env:
             values["gpu_node_selector"] = _parse_selector(env["MAMMOFLOW_GPU_NODE_SELECTOR"])
@@ -196,9 +205,56 @@ def configure(task: Any, stage: str, options: PipelineOptions) -> Any:
             kubernetes.add_node_selector(task, key, value)
         kubernetes.add_toleration(task, key="cloud.google.com/gke-spot", operator="Equal", value="true",
                                   effect="NoSchedule")
+    if stage == "sweep" and options.sweep_on_ray:
+        task.set_env_variable("RAY_AUTH_MODE", "token")
+        kubernetes.use_secret_as_env(task, RAY_TOKEN_SECRET, {"auth_token": "RAY_AUTH_TOKEN"}, optional=False)
     if stage in SALTED_STAGES and options.salt_secret:
         kubernetes.use_secret_as_env(task, options.salt_secret, {SALT_ENV: SALT_ENV}, optional=False)
     if options.gcs_secret:
         kubernetes.use_secret_as_volume(task, options.gcs_secret, mount_path=GCS_KEY_MOUNT)
         task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_KEY_MOUNT}/key.json")
     return task
+
+
+
+def pushes_its_status(name: str, description: str, options: PipelineOptions) -> Callable[[Callable], Any]:
+    """Decorator in place of ``@dsl.pipeline(name=..., description=...)``: the decorated function's steps become
+    a sub-pipeline ``<name>-steps``, followed by a ``push_pipeline_status`` task that runs whatever happened in it
+    (``ignore_upstream_failure``, with its final status) and pushes ``mammoflow_pipeline_*`` for the alerts.
+
+    The pipeline takes the function's parameters plus ``push_gateway`` (default ``options.push_gateway``) and
+    returns the sub-pipeline's outputs (an exit handler could not: KFP returns no output from inside one).
+    """
+    from kfp import dsl
+
+    from mammoflow.pipelines.signature import _with_args
+
+    def decorate(fn: Callable) -> Any:
+        steps = dsl.pipeline(name=f"{name}-steps", description=description)(fn)
+        inner = inspect.signature(fn)
+        gateway = inspect.Parameter("push_gateway", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
+                                    default=options.push_gateway)
+        signature = inner.replace(parameters=[*inner.parameters.values(), gateway])
+        outputs = inner.return_annotation
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)  # KFP passes the parameters positionally, in signature order
+            bound.apply_defaults()
+            values = dict(bound.arguments)
+            push_gateway = values.pop("push_gateway")
+            body = steps(**values)
+            body.set_caching_options(False)  # a sub-DAG: each step inside keeps its own caching option
+            push = configure(options.components()["push_pipeline_status"](pipeline=name, push_gateway=push_gateway),
+                             "push_pipeline_status", options)
+            push.after(body).ignore_upstream_failure()
+            return outputs(**{key: body.outputs[key] for key in outputs._fields})
+
+        pipeline.__name__ = fn.__name__
+        pipeline.__signature__ = signature  # type: ignore[attr-defined]
+        pipeline.__annotations__ = {**{p.name: p.annotation for p in signature.parameters.values()},
+                                    "return": outputs}
+        pipeline.__doc__ = _with_args(fn.__doc__, {
+            "push_gateway": "Pushgateway URL for how the run ended (mammoflow_pipeline_*); empty: not pushed."})
+        return dsl.pipeline(name=name, description=description)(pipeline)
+
+    return decorate

@@ -58,8 +58,8 @@ def build(options: PipelineOptions | None = None) -> Any:
         """
         common = {"config": config, "config_overrides": config_overrides, "storage_root": storage_root}
         run = {**common, "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
-        push = configure(ops["push_retrain_metrics"](**run, push_gateway=push_gateway), "push_retrain_metrics",
-                         options)
+        push = configure(ops["push_retrain_metrics"](**run, push_gateway=push_gateway, pipeline=NAME),
+                         "push_retrain_metrics", options)
         with dsl.ExitHandler(push, name="record-and-push"):
             scan = configure(ops["retrain_scan"](**run), "retrain_scan", options)
             with dsl.If(scan.outputs["Output"] == True, name="files-changed"):  # noqa: E712 - a KFP condition

@@ -10,7 +10,7 @@ are :class:`~mammoflow.pipelines.data.DataParameters`, shared with the training 
 from typing import Any
 
 from mammoflow.pipelines.data import DataParameters, add_data_steps
-from mammoflow.pipelines.options import PipelineOptions, configure
+from mammoflow.pipelines.options import PipelineOptions, configure, pushes_its_status
 from mammoflow.pipelines.signature import pipeline_outputs, takes
 
 NAME = "mammoflow-sweep"
@@ -24,8 +24,8 @@ def build(options: PipelineOptions | None = None) -> Any:
     ops = options.components()
     Outputs = pipeline_outputs()  # the return annotation below
 
-    @dsl.pipeline(name=NAME, description="An ablation sweep on Ray Tune with early stopping: built-in phantoms or "
-                  "a real dataset -> ingest -> preprocess -> shards -> sweep -> HTML report.")
+    @pushes_its_status(NAME, "An ablation sweep on Ray Tune with early stopping: built-in phantoms or "
+                        "a real dataset -> ingest -> preprocess -> shards -> sweep -> HTML report.", options)
     @takes(DataParameters, storage_root=options.storage_root)
     def sweep_pipeline(
         data: DataParameters,

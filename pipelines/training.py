@@ -7,7 +7,7 @@ report. Its data parameters are :class:`~mammoflow.pipelines.data.DataParameters
 from typing import Any
 
 from mammoflow.pipelines.data import DataParameters, add_data_steps
-from mammoflow.pipelines.options import METRICS_PORT, PipelineOptions, configure
+from mammoflow.pipelines.options import METRICS_PORT, PipelineOptions, configure, pushes_its_status
 from mammoflow.pipelines.signature import pipeline_outputs, takes
 
 NAME = "mammoflow-training"
@@ -21,9 +21,9 @@ def build(options: PipelineOptions | None = None) -> Any:
     ops = options.components()
     Outputs = pipeline_outputs()  # the return annotation below
 
-    @dsl.pipeline(name=NAME, description="Train, evaluate and explain one mammography classifier: built-in "
-                  "phantoms or a real dataset -> ingest -> preprocess -> shards -> train -> voting evaluation "
-                  "with 95% CIs -> CAMs -> HTML report.")
+    @pushes_its_status(NAME, "Train, evaluate and explain one mammography classifier: built-in "
+                        "phantoms or a real dataset -> ingest -> preprocess -> shards -> train -> voting evaluation "
+                        "with 95% CIs -> CAMs -> HTML report.", options)
     @takes(DataParameters, storage_root=options.storage_root)
     def training_pipeline(
         data: DataParameters,

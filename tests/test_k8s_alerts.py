@@ -272,8 +272,6 @@ def test_alerts_and_dashboards_query_only_metrics_the_code_exposes(rendered):
             "kuberay_job_deployment_status", "mammoflow_pipeline_last_run_failed"} <= set(used)
 
 
-@pytest.mark.xfail(strict=True, reason="the pipelines' exit handler that pushes mammoflow_pipeline_* is not written "
-                                       "yet (issue 16, item 5); remove this mark when it is")
 def test_the_exit_handler_pushes_the_pipeline_status_metrics():
     """The alerts name the exit handler's metrics before it exists; this holds the code to those names."""
     sources = [p for folder in ("src", "components", "pipelines") for p in (REPO / folder).rglob("*.py")]

@@ -17,8 +17,9 @@ from mammoflow.pipelines.options import PipelineOptions
 
 GPU_STAGES = {"train", "sweep", "explain", "retrain-train"}
 TRAINING_STAGES = {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "train", "evaluate",
-                   "explain", "report"}
-SWEEP_STAGES = {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "sweep", "sweep-report"}
+                   "explain", "report", "push-pipeline-status"}
+SWEEP_STAGES = {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "sweep", "sweep-report",
+                "push-pipeline-status"}
 
 
 def compile_to_dict(name: str, tmp_path: Path, options: PipelineOptions | None = None) -> dict[str, Any]:
@@ -43,7 +44,8 @@ def tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for comp in [spec["root"], *spec["components"].values()]:
         found.update((comp.get("dag") or {}).get("tasks", {}))
-    return {name: t for name, t in found.items() if not name.startswith("condition")}
+    # The sub-DAG of a pipeline's steps (before its status push) is a group, not a stage.
+    return {name: t for name, t in found.items() if not name.startswith("condition") and not name.endswith("-steps")}
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +214,7 @@ def test_training_and_sweep_share_the_data_parameters_each_described(training: d
     train_params = training["root"]["inputDefinitions"]["parameters"]
     sweep_params = sweep["root"]["inputDefinitions"]["parameters"]
     assert shared <= set(train_params) and shared <= set(sweep_params)
-    assert set(sweep_params) - shared == {"spec", "datasets", "ray_address", "max_concurrent"}
+    assert set(sweep_params) - shared == {"spec", "datasets", "ray_address", "max_concurrent", "push_gateway"}
     for name in shared:  # declared once: the same type, default and words in both pipelines
         assert train_params[name] == sweep_params[name], name
     # Every parameter of every pipeline is described in the KFP UI (the shared ones and each pipeline's own).
@@ -359,8 +361,15 @@ def test_local_build_has_no_retries(tmp_path: Path) -> None:
 
 def test_a_sweep_driving_a_ray_cluster_holds_no_gpu(tmp_path: Path, sweep: dict[str, Any]) -> None:
     """With its trials on a Ray cluster the sweep step only drives Tune: no GPU, a small CPU request."""
-    on_ray = executors(compile_to_dict("sweep", tmp_path, PipelineOptions(sweep_on_ray=True)))["sweep"]
+    on_ray_spec = compile_to_dict("sweep", tmp_path, PipelineOptions(sweep_on_ray=True))
+    on_ray = executors(on_ray_spec)["sweep"]
     in_pod = executors(sweep)["sweep"]
+    # Ray's token authentication: the driver presents the cluster's token (k8s/base/raycluster.yaml).
+    assert {"name": "RAY_AUTH_MODE", "value": "token"} in on_ray["env"]
+    (token,) = on_ray_spec["_platform"]["exec-sweep"]["secretAsEnv"]
+    assert token["secretName"] == "mammoflow-ray-token" and not token.get("optional")
+    assert token["keyToEnv"] == [{"secretKey": "auth_token", "envVar": "RAY_AUTH_TOKEN"}]
+    assert "secretAsEnv" not in sweep["_platform"]["exec-sweep"]  # a Ray inside the pod needs no token
     assert "accelerator" not in on_ray["resources"] and in_pod["resources"]["accelerator"]
     assert (on_ray["resources"]["resourceCpuRequest"], on_ray["resources"]["resourceMemoryRequest"]) == ("1", "2Gi")
     assert in_pod["resources"]["resourceCpuRequest"] == "4"

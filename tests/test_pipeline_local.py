@@ -63,7 +63,7 @@ def test_training_pipeline_on_phantoms_with_object_storage(tmp_path: Path, gcs_b
 
     # The phantom branch ran, the real-data branch did not; every later step ran once.
     steps = {p.name for p in run_dir(root).iterdir()}
-    assert steps == {"demo-data", *TRAINING_STEPS}
+    assert steps == {"demo-data", *TRAINING_STEPS, "push-pipeline-status"}  # the status push ran last
 
     # Shards, phantoms and the run folder are in the bucket, where each step found them.
     objects = storage.list(store)
@@ -121,7 +121,7 @@ def test_sweep_pipeline_on_a_real_dataset_folder(tmp_path: Path, monkeypatch: py
     assert f"report: {root / 'report.html'}" in result.stdout
     assert "trials: 2\n" in result.stdout and "failed: 0\n" in result.stdout
     assert {p.name for p in run_dir(root).iterdir()} == {"locate-data", "ingest", "preprocess", "build-dataset",
-                                                          "sweep", "sweep-report"}
+                                                          "sweep", "sweep-report", "push-pipeline-status"}
     records = outputs(root, "ingest")["records"]
     assert records["metadata"]["data_root"] == str(tmp_path / "mias") and records["metadata"]["used"] == 24
     assert (root / "store" / "datasets").is_dir() and not (root / "store" / "raw").exists()

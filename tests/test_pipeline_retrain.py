@@ -262,6 +262,12 @@ def test_every_outcome_reaches_the_pushgateway(nights: dict[str, Any]) -> None:
     # Over all ingests: 16 + 8 + the third delivery twice (the failed run ingested it before failing, as
     # `mammoflow retrain` counts a failed run's ingest).
     assert value("mammoflow_retrain_records_ingested_total") == 16 + 8 + 8 + 8
+    # The run status every pipeline pushes (job mammoflow_pipeline): the last night succeeded, one before failed.
+    status = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("mammoflow_pipeline_") and 'pipeline="mammoflow-retrain"' in line}
+    assert status["mammoflow_pipeline_last_run_failed"] == 0.0
+    assert status["mammoflow_pipeline_last_success_timestamp_seconds"] == \
+        status["mammoflow_pipeline_last_run_timestamp_seconds"]
 
 
 def test_the_run_command_prints_where_the_summary_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

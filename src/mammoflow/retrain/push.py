@@ -9,14 +9,14 @@ picture. Counters (names ending in ``_total``) are cumulative over the life of t
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
+
+from mammoflow.pushgateway import MetricValue
 
 log = logging.getLogger(__name__)
 
 JOB = "mammoflow_retrain"
-LabelledValues = Sequence[tuple[Mapping[str, str], float]]
-MetricValue = float | LabelledValues
 
 #: Every metric a retraining pushes, with its help text (the alert rules and the dashboard use these names).
 METRICS: dict[str, str] = {
@@ -44,30 +44,11 @@ METRICS: dict[str, str] = {
 
 def push_metrics(gateway_url: str, job: str, values: Mapping[str, MetricValue], *,
                  grouping_key: Mapping[str, str] | None = None, timeout: float = 10.0) -> None:
-    """Push ``values`` to the Pushgateway at ``gateway_url`` as one group (job + ``grouping_key``).
+    """Push the retraining's complete metric set as one group, replacing the group's previous metrics
+    (:func:`mammoflow.pushgateway.push_metrics` with this module's help texts)."""
+    from mammoflow import pushgateway
 
-    ``values`` maps a metric name to a number, or to ``[(labels, number), ...]`` for labelled series. Names ending
-    in ``_total`` are counters (cumulative; pass the running total), everything else a gauge. The group's previous
-    metrics are replaced (``push_to_gateway``, HTTP PUT), so always pass the complete set.
-    """
-    from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
-
-    registry = CollectorRegistry()
-    for name, value in sorted(values.items()):
-        series: LabelledValues = [({}, float(value))] if isinstance(value, (int, float)) else list(value)
-        label_names = sorted({k for labels, _ in series for k in labels})
-        doc = METRICS.get(name, name.replace("_", " "))
-        if name.endswith("_total"):
-            metric: Any = Counter(name.removesuffix("_total"), doc, label_names, registry=registry)
-        else:
-            metric = Gauge(name, doc, label_names, registry=registry)
-        for labels, number in series:
-            child = metric.labels(**{k: str(labels.get(k, "")) for k in label_names}) if label_names else metric
-            if name.endswith("_total"):
-                child.inc(max(0.0, float(number)))
-            else:
-                child.set(float(number))
-    push_to_gateway(gateway_url, job=job, registry=registry, grouping_key=dict(grouping_key or {}), timeout=timeout)
+    pushgateway.push_metrics(gateway_url, job, values, docs=METRICS, grouping_key=grouping_key, timeout=timeout)
     log.info("pushed %d retraining metrics to %s (job %s, %s)", len(values), gateway_url, job, dict(grouping_key or {}))
 
 

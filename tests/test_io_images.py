@@ -264,3 +264,15 @@ def test_writers_refuse_what_they_cannot_write(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_pgm(tmp_path / "c.pgm", np.zeros((4, 4, 3), np.uint8))
     assert not list(tmp_path.iterdir())
+
+
+def test_binary_pgm_samples_above_maxval_are_corrupt():
+    """A P5 body with values above its header's maxval: the header or the pixels are damaged (the ASCII form was
+    already refused; the binary one was read as if nothing were wrong)."""
+    from mammoflow.io.images import decode_pnm
+
+    body = bytes([10, 20, 200, 30])
+    with pytest.raises(InputError, match="above the declared maxval 100") as err:
+        decode_pnm(b"P5\n2 2\n100\n" + body, "x.pgm")
+    assert err.value.code == "corrupt"
+    assert decode_pnm(b"P5\n2 2\n200\n" + body, "x.pgm").max() == 200  # at maxval: fine

@@ -285,6 +285,9 @@ def decode_pnm(data: bytes, path: object = "") -> np.ndarray:
             raise InputError(path, f"truncated PGM: {have} of {need} pixel bytes present",
                              "re-export or re-download the image", code="truncated")
         arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+        if maxval not in (255, 65535) and count and int(arr.max()) > maxval:  # the ASCII path checks as it parses
+            raise InputError(path, f"pixel values above the declared maxval {maxval}: the header or the pixels are "
+                             "damaged", "re-export the image (or correct maxval in its header)", code="corrupt")
     else:
         tokens = _ascii_samples(data[offset - 1:], path, maxval)
         if tokens.size < count:

@@ -66,7 +66,7 @@ bench: $(STAMP)
 bench-real: $(STAMP)
 	$(PY) -m tests.benchmarks real
 
-# Build and push the images on a machine with Docker: make images REGISTRY=europe-docker.pkg.dev/PROJECT/mammoflow
+# Build and push the images on a machine with Docker: make images REGISTRY=REGION-docker.pkg.dev/PROJECT_ID/mammoflow
 REGISTRY ?= mammoflow
 VERSION ?= 0.1.0
 images:

@@ -41,7 +41,7 @@ def build(options: PipelineOptions | None = None) -> Any:
         storage_root: str = options.storage_root,
         force_bless_reason: str = "",
         requested_by: str = "",
-        push_gateway: str = "",
+        push_gateway: str = options.push_gateway,
         metrics_port: int = METRICS_PORT,
     ) -> Outputs:
         """Parameters of the retraining pipeline.
@@ -53,7 +53,8 @@ def build(options: PipelineOptions | None = None) -> Any:
             storage_root: Local folder or gs:// prefix: state, shards, runs and (by default) the registry.
             force_bless_reason: Bless this run's challenger whatever the verdict, for this reason (audited).
             requested_by: Who asked for this run (audit log); empty: kfp:mammoflow-retrain.
-            push_gateway: Pushgateway URL; empty: the config's push.gateway (none: nothing is pushed).
+            push_gateway: Pushgateway URL (default: $MAMMOFLOW_PUSH_GATEWAY when compiled); empty: the config's
+                push.gateway (none: nothing is pushed).
             metrics_port: Port of the training pod's Prometheus endpoint (0: off).
         """
         common = {"config": config, "config_overrides": config_overrides, "storage_root": storage_root}

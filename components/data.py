@@ -10,7 +10,7 @@ from kfp.dsl import Dataset, Input, Output
 
 
 def demo_data(storage_root: str, n_images: int, seed: int, phantoms: Output[Dataset]
-              ) -> NamedTuple("DataSource", [("source", str), ("data_root", str)]):
+              ) -> NamedTuple("DataSource", [("source", str), ("data_root", str), ("data_digest", str)]):
     """Write the built-in MIAS-like phantom mammograms (known lesions) under the storage root.
 
     Args:
@@ -20,7 +20,7 @@ def demo_data(storage_root: str, n_images: int, seed: int, phantoms: Output[Data
         phantoms: Their ground truth (ground_truth.json, Info.txt); metadata uri points at the images.
 
     Returns:
-        source: the reader to ingest them with (mias); data_root: where they are.
+        source: the reader to ingest them with (mias); data_root: where they are; data_digest: of the files there.
     """
     import logging
 
@@ -32,11 +32,11 @@ def demo_data(storage_root: str, n_images: int, seed: int, phantoms: Output[Data
     workflow.copy_files(uri, phantoms.path, ("ground_truth.json", "Info.txt"))
     phantoms.metadata.update({**summary, "uri": uri})
     logging.getLogger("mammoflow.components").info("phantoms at %s: %s", uri, summary)
-    return summary["source"], uri
+    return summary["source"], uri, workflow.data_digest(uri)
 
 
 def locate_data(source: str, data_root: str, labels: str
-                ) -> NamedTuple("DataSource", [("source", str), ("data_root", str)]):
+                ) -> NamedTuple("DataSource", [("source", str), ("data_root", str), ("data_digest", str)]):
     """Check that a real dataset (and its labels CSV) is where the run says before any work starts.
 
     Args:
@@ -45,7 +45,8 @@ def locate_data(source: str, data_root: str, labels: str
         labels: dicom-dir: labels CSV relative to data_root, or a full path / gs:// URI; empty: none given.
 
     Returns:
-        source and data_root (local paths made absolute).
+        source and data_root (local paths made absolute); data_digest: names, sizes and versions of the dataset's
+        files and labels CSV, so that data rewritten at the same path is not taken from KFP's cache.
     """
     import logging
 
@@ -56,10 +57,11 @@ def locate_data(source: str, data_root: str, labels: str
     csv = workflow.locate_labels(source, root, labels)
     if csv:
         logging.getLogger("mammoflow.components").info("labels CSV: %s", csv)
-    return source, root
+    return source, root, workflow.data_digest(root, csv)
 
 
-def ingest(source: str, data_root: str, labels: str, pseudonymise_paths: bool, records: Output[Dataset]):
+def ingest(source: str, data_root: str, labels: str, pseudonymise_paths: bool, data_digest: str,
+           records: Output[Dataset]):
     """Read a dataset into a records folder: records, quarantine (with the fix for each bad file) and counts.
 
     Args:
@@ -69,6 +71,7 @@ def ingest(source: str, data_root: str, labels: str, pseudonymise_paths: bool, r
             empty: data_root/labels.csv when it exists, else unlabelled.
         pseudonymise_paths: dicom-dir: record ids are salted pseudonyms of the file paths (folders named after
             patients stay out of every output).
+        data_digest: Of the input files (from locate_data / demo_data): part of KFP's cache key, recorded.
         records: The records folder (records.jsonl, quarantine.jsonl/.md, ingest_summary.json).
     """
 
@@ -79,7 +82,8 @@ def ingest(source: str, data_root: str, labels: str, pseudonymise_paths: bool, r
                                pseudonymise_paths=pseudonymise_paths)
     records.metadata.update({"source": source, "data_root": data_root, "labels_csv": summary["labels_csv"] or "",
                              "read": summary["read"], "used": summary["used"], "quarantined": summary["quarantined"],
-                             "labels": summary["labels"], "patients": summary["patients"]})
+                             "labels": summary["labels"], "patients": summary["patients"],
+                             "data_digest": data_digest})
 
 
 def preprocess(records: Input[Dataset], source: str, preset: str, preprocess_config: str,

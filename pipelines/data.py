@@ -68,9 +68,12 @@ def add_ingest_steps(ops: dict[str, Any], options: PipelineOptions, data: DataPa
                             "locate_data", options)
     reader = dsl.OneOf(demo.outputs["source"], located.outputs["source"])
     root = dsl.OneOf(demo.outputs["data_root"], located.outputs["data_root"])
+    # The data as it is now is part of ingest's cache key: data rewritten at the same path is ingested again.
+    digest = dsl.OneOf(demo.outputs["data_digest"], located.outputs["data_digest"])
     # With phantoms, a labels CSV reaches ingest too, which refuses it (they are read as mias).
     ingest = configure(ops["ingest"](source=reader, data_root=root, labels=data.labels,
-                                     pseudonymise_paths=data.pseudonymise_paths), "ingest", options)
+                                     pseudonymise_paths=data.pseudonymise_paths, data_digest=digest), "ingest",
+                       options)
     return reader, ingest
 
 

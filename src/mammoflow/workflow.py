@@ -247,6 +247,16 @@ def locate_labels(source: str, data_root: str, labels: str) -> str:
     return uri
 
 
+def data_digest(data_root: str, labels_csv: str = "") -> str:
+    """A digest of the input data as it is now (names, sizes and versions of every file of ``data_root`` and of
+    the labels CSV; no content is read). The data steps take it as a parameter, so KFP's cache key changes when the
+    data at the same path changes: rewritten data is ingested again, not taken from the cache."""
+    parts = [storage.listing_digest(data_root)]
+    if labels_csv and not labels_csv.startswith(data_root.rstrip("/") + "/"):
+        parts.append(storage.listing_digest(labels_csv))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def _local_labels(uri: str, data_root: str, local_root: Path, cache: str | os.PathLike[str] | None) -> Path | None:
     """A local copy of the labels CSV at ``uri``: the file itself when local, the already fetched copy when it lies
     in a remote ``data_root``, else fetched into the cache."""

@@ -67,13 +67,18 @@ bench-real: $(STAMP)
 	$(PY) -m tests.benchmarks real
 
 # Build and push the images on a machine with Docker: make images REGISTRY=REGION-docker.pkg.dev/PROJECT_ID/mammoflow
+# Then pin them: their digests go to images/digests.env (load it before compiling: set -a; . images/digests.env;
+# set +a) and into the overlays' images: entries (PIN_OVERLAYS), so what runs is exactly what was built.
 REGISTRY ?= mammoflow
 VERSION ?= 0.1.0
+PIN_OVERLAYS ?= k8s/overlays/standalone k8s/overlays/multi-user
 images:
 	docker build -f images/Dockerfile -t $(REGISTRY)/mammoflow:$(VERSION) .
 	docker build -f images/Dockerfile.gpu -t $(REGISTRY)/mammoflow-gpu:$(VERSION) .
 	docker push $(REGISTRY)/mammoflow:$(VERSION)
 	docker push $(REGISTRY)/mammoflow-gpu:$(VERSION)
+	$(PYTHON) images/pin.py record images/digests.env $(REGISTRY)/mammoflow:$(VERSION) $(REGISTRY)/mammoflow-gpu:$(VERSION)
+	$(PYTHON) images/pin.py apply images/digests.env $(PIN_OVERLAYS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

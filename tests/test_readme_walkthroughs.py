@@ -29,8 +29,16 @@ def walkthrough(heading: str) -> list[str]:
             if line.strip() and not line.strip().startswith("#")]
 
 
+#: What `make images` records in images/digests.env (images/pin.py), for the walkthroughs that load it.
+PINNED = {"MAMMOFLOW_IMAGE": "europe-west4-docker.pkg.dev/acme/mammoflow/mammoflow@sha256:" + "1" * 64,
+          "MAMMOFLOW_GPU_IMAGE": "europe-west4-docker.pkg.dev/acme/mammoflow/mammoflow-gpu@sha256:" + "2" * 64}
+
+
 def exported(commands: list[str]) -> dict[str, str]:
-    return dict(c.removeprefix("export ").split("=", 1) for c in commands if c.startswith("export "))
+    env = dict(c.removeprefix("export ").split("=", 1) for c in commands if c.startswith("export "))
+    if any(". images/digests.env" in c for c in commands):
+        env.update(PINNED)
+    return env
 
 
 def mammoflow_lines(commands: list[str]) -> list[list[str]]:
@@ -56,6 +64,7 @@ def run_against(server: FakeKfpServer, args: list[str], env: dict[str, str]) -> 
 def check_package(spec: dict[str, Any], platform: dict[str, Any], env: dict[str, str], args: list[str]) -> None:
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images <= {env["MAMMOFLOW_IMAGE"], env["MAMMOFLOW_GPU_IMAGE"]} and env["MAMMOFLOW_GPU_IMAGE"] in images
+    assert all("@sha256:" in image for image in images), "the walkthrough runs pinned images"
     assert spec["root"]["inputDefinitions"]["parameters"]["push_gateway"]["defaultValue"] == \
         env["MAMMOFLOW_PUSH_GATEWAY"]
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,18 @@ def _options(image: str | None, gpu_image: str | None, no_gpu: bool, gpu_node_se
                                     caching=False if no_cache else None, sweep_on_ray=sweep_on_ray or None)
 
 
-def _compile(name: str, out: Path, options: Any) -> tuple[Path, Any]:
+def _compile(name: str, out: Path, options: Any, *, for_cluster: bool = False) -> tuple[Path, Any]:
     from kfp import compiler
 
     from mammoflow.pipelines import build_pipeline
 
+    if for_cluster:
+        unpinned = sorted({image for image in options.images() if "@sha256:" not in image})
+        if unpinned:  # a tag can move between the submit and the pods' start, or between retries
+            logging.getLogger(__name__).warning(
+                "image(s) %s are not pinned by digest: each pod runs whatever the tag points to when it starts. "
+                "Fix: `make images` records the digests in images/digests.env; load it (set -a; . "
+                "images/digests.env; set +a) before submitting", ", ".join(unpinned))
     pipeline = build_pipeline(name, options)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(out))
@@ -218,7 +226,7 @@ def submit_cmd(name: str, host: str, token: str | None, in_cluster: bool, namesp
     from mammoflow.kfp_client import submit
 
     with tempfile.TemporaryDirectory() as tmp:
-        package, pipeline = _compile(name, Path(tmp) / f"{name}.yaml", _options(**compile_opts))
+        package, pipeline = _compile(name, Path(tmp) / f"{name}.yaml", _options(**compile_opts), for_cluster=True)
         run_id = submit(package, host, experiment=experiment, params=_run_params(pipeline, params),
                         run_name=run_name, token=token, in_cluster=in_cluster, namespace=namespace,
                         service_account=service_account)
@@ -244,7 +252,7 @@ def schedule_cmd(name: str, host: str, token: str | None, in_cluster: bool, name
 
     validate_cron(cron)  # before compiling or connecting: a typo fails here, not at 2 a.m.
     with tempfile.TemporaryDirectory() as tmp:
-        package, pipeline = _compile(name, Path(tmp) / f"{name}.yaml", _options(**compile_opts))
+        package, pipeline = _compile(name, Path(tmp) / f"{name}.yaml", _options(**compile_opts), for_cluster=True)
         rr = schedule(package, host, cron, job_name=job_name or f"mammoflow-{name}",
                       pipeline_name=f"mammoflow-{name}", experiment=experiment,
                       params=_run_params(pipeline, params), token=token, in_cluster=in_cluster, namespace=namespace,

@@ -21,7 +21,7 @@ from typing import Any
 from mammoflow import __version__
 
 #: The project's images (images/Dockerfile, images/Dockerfile.gpu); override with these environment variables,
-#: e.g. MAMMOFLOW_IMAGE=europe-docker.pkg.dev/PROJECT/mammoflow/mammoflow:0.1.0 when compiling.
+#: e.g. MAMMOFLOW_IMAGE=REGION-docker.pkg.dev/PROJECT_ID/mammoflow/mammoflow@sha256:... (images/digests.env, written by `make images`).
 IMAGE_ENV, GPU_IMAGE_ENV = "MAMMOFLOW_IMAGE", "MAMMOFLOW_GPU_IMAGE"
 DEFAULT_IMAGE = f"mammoflow/mammoflow:{__version__}"
 DEFAULT_GPU_IMAGE = f"mammoflow/mammoflow-gpu:{__version__}"

@@ -187,6 +187,8 @@ def test_build_dataset_quarantines_the_empty_lesion_roi_and_counts_it(tmp_path: 
     result = build_dataset(tmp_path / "records", "yu2020", str(tmp_path / "ds"))
     assert [(q.record_id, q.code) for q in result.quarantine] == [("mias:mdb004", "empty_roi")]
     assert "row 512, col 1000" in result.quarantine[0].problem
+    lesion_id = read_mias(root=tmp_path / "img").records[3].lesions[0].lesion_id
+    assert result.quarantine[0].problem.startswith(f"lesion {lesion_id} "), result.quarantine[0].problem
     assert result.manifest["inputs"]["records_quarantined"] == 1
     written = [json.loads(line) for line in (tmp_path / "ds" / "quarantine.jsonl").read_text().splitlines()]
     assert [q["record_id"] for q in written] == ["mias:mdb004"]

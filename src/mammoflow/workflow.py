@@ -380,7 +380,10 @@ def preprocess(records_dir: str | os.PathLike[str], config: str, out_dir: str | 
     from dataclasses import asdict
 
     from mammoflow.preprocess.run import preprocess_records
+    from mammoflow.records import require_complete
 
+    if not storage.is_remote(records_dir):  # checked before the local copy, which would be marked complete
+        require_complete(records_dir)
     summary = preprocess_records(localise_records(records_dir, cache), config, out_dir, None, workers)
     if summary.usable == 0:
         raise InputError(Path(out_dir) / "quarantine.md", "no usable record left after preprocessing",

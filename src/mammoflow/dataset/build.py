@@ -350,13 +350,16 @@ def cut_examples(rec: Record, image: np.ndarray, cfg: DatasetConfig,
             add(spec, pixels, rois.box_transform(box, cfg.roi_size), boxed_mask(box), {"box": list(box)})
         elif spec.kind == "lesion":
             r, c, rad = geometry[spec.index]
+            # Named in the quarantine if its ROI is refused.
+            what = f"lesion {rec.lesions[spec.index].lesion_id} (centred at row {r:.0f}, col {c:.0f})"
             if cfg.mode == "lesion_crop":
                 pixels, box = rois.lesion_crop(image, cfg.roi_size, mask=masks[spec.index], center=(r, c),
                                                radius=rad or None, context=cfg.crop_context,
-                                               min_side=cfg.crop_min_side, breast_mask=tissue)
+                                               min_side=cfg.crop_min_side, breast_mask=tissue, what=what, path=path)
             else:
                 pixels, box = rois.lesion_roi(image, r, c, size=cfg.roi_size, breast_mask=tissue, radius=rad,
-                                              scale_to_radius=cfg.scale_to_radius, margin=cfg.radius_margin)
+                                              scale_to_radius=cfg.scale_to_radius, margin=cfg.radius_margin,
+                                              what=what, path=path)
             add(spec, pixels, rois.box_transform(box, cfg.roi_size), boxed_mask(box),
                 {"box": list(box), "lesion_id": rec.lesions[spec.index].lesion_id,
                  "lesion_kind": rec.lesions[spec.index].kind})

@@ -1,7 +1,7 @@
-"""KFP v2 components: thin adapters from Kubeflow artifacts to the pipeline steps of :mod:`mammoflow.workflow`.
+"""KFP v2 components: thin adapters from Kubeflow artifacts to the pipeline steps of :mod:`mammoflow.steps`.
 
 Each stage is a plain typed function in this package (``data.py``, ``training.py``, ``evaluation.py``,
-``retrain.py``): it unpacks KFP artifacts into local folders and URIs, calls one :mod:`mammoflow.workflow` step
+``retrain.py``): it unpacks KFP artifacts into local folders and URIs, calls one :mod:`mammoflow.steps` step
 (itself a call into the library), and records what the KFP UI shows (artifact metadata, scalar metrics, ROC curve and confusion matrix,
 the HTML report). The functions import everything inside their bodies, so KFP can ship each one alone as a
 lightweight component running on the project's image (which has mammoflow installed; no pip install at run

@@ -24,15 +24,15 @@ def demo_data(storage_root: str, n_images: int, seed: int, phantoms: Output[Data
     """
     import logging
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    uri = workflow.phantoms_uri(storage_root, n_images, seed)
-    summary = workflow.demo_data(uri, n_images, seed)
-    workflow.copy_files(uri, phantoms.path, ("ground_truth.json", "Info.txt"))
+    steps.setup_step_logging()
+    uri = steps.phantoms_uri(storage_root, n_images, seed)
+    summary = steps.demo_data(uri, n_images, seed)
+    steps.copy_files(uri, phantoms.path, ("ground_truth.json", "Info.txt"))
     phantoms.metadata.update({**summary, "uri": uri})
     logging.getLogger("mammoflow.components").info("phantoms at %s: %s", uri, summary)
-    return summary["source"], uri, workflow.data_digest(uri)
+    return summary["source"], uri, steps.data_digest(uri)
 
 
 def locate_data(source: str, data_root: str, labels: str
@@ -50,14 +50,14 @@ def locate_data(source: str, data_root: str, labels: str
     """
     import logging
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    root = workflow.locate_data(source, data_root)
-    csv = workflow.locate_labels(source, root, labels)
+    steps.setup_step_logging()
+    root = steps.locate_data(source, data_root)
+    csv = steps.locate_labels(source, root, labels)
     if csv:
         logging.getLogger("mammoflow.components").info("labels CSV: %s", csv)
-    return source, root, workflow.data_digest(root, csv)
+    return source, root, steps.data_digest(root, csv)
 
 
 def ingest(source: str, data_root: str, labels: str, pseudonymise_paths: bool, data_digest: str,
@@ -75,10 +75,10 @@ def ingest(source: str, data_root: str, labels: str, pseudonymise_paths: bool, d
         records: The records folder (records.jsonl, quarantine.jsonl/.md, ingest_summary.json).
     """
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    summary = workflow.ingest(source, data_root, records.path, labels=labels,
+    steps.setup_step_logging()
+    summary = steps.ingest(source, data_root, records.path, labels=labels,
                                pseudonymise_paths=pseudonymise_paths)
     records.metadata.update({"source": source, "data_root": data_root, "labels_csv": summary["labels_csv"] or "",
                              "read": summary["read"], "used": summary["used"], "quarantined": summary["quarantined"],
@@ -98,11 +98,11 @@ def preprocess(records: Input[Dataset], source: str, preset: str, preprocess_con
         preprocessed: New records folder holding the preprocessed images.
     """
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    config = workflow.preprocess_config_for(source, preset, preprocess_config)
-    summary = workflow.preprocess(records.path, config, preprocessed.path)
+    steps.setup_step_logging()
+    config = steps.preprocess_config_for(source, preset, preprocess_config)
+    summary = steps.preprocess(records.path, config, preprocessed.path)
     preprocessed.metadata.update({"config": config, "config_hash": summary["config_hash"],
                                   "usable": summary["usable"], "quarantined": summary["quarantined_total"]})
 
@@ -118,12 +118,12 @@ def build_dataset(records: Input[Dataset], preset: str, dataset_config: str, sto
         storage_root: Local folder or gs:// prefix; shards go to datasets/<config>-<sha16>/.
         dataset: manifest.json and split_summary.md; metadata uri = the shards' folder.
     """
-    from mammoflow import storage, workflow
+    from mammoflow import steps, storage
 
-    workflow.setup_step_logging()
+    steps.setup_step_logging()
     config = preset if dataset_config in ("", "auto") else dataset_config
-    result = workflow.build_dataset(records.path, config, storage_root)
-    workflow.copy_files(result.out_uri, dataset.path, ("manifest.json", "split_summary.md", "dataset_config.yaml"))
+    result = steps.build_dataset(records.path, config, storage_root)
+    steps.copy_files(result.out_uri, dataset.path, ("manifest.json", "split_summary.md", "dataset_config.yaml"))
     manifest = result.manifest
     dataset.metadata.update({
         "uri": result.out_uri, "config": config, "examples": manifest["examples"],

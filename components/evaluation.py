@@ -21,12 +21,12 @@ def evaluate(model: Input[Model], dataset: Input[Dataset], split: str, n_bootstr
         classification: ROC curve and confusion matrix of the primary level, drawn by the KFP UI.
     """
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    report = workflow.evaluate(model.path, dataset.metadata["uri"], evaluation.path, split=split,
+    steps.setup_step_logging()
+    report = steps.evaluate(model.path, dataset.metadata["uri"], evaluation.path, split=split,
                                n_bootstrap=n_bootstrap, seed=seed)
-    workflow.log_kfp_evaluation(report, evaluation.path, metrics, classification)
+    steps.log_kfp_evaluation(report, evaluation.path, metrics, classification)
     evaluation.metadata.update({"split": split, "level": report["primary_level"], "model": report["model"]["name"],
                                 "data_uri": dataset.metadata["uri"]})
 
@@ -45,10 +45,10 @@ def explain(model: Input[Model], records: Input[Dataset], dataset: Input[Dataset
         metrics: Pointing-game hit rate, chance rate and mean IoU over the images with known lesions.
     """
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    index = workflow.explain(model.path, records.path, cams.path, data_uri=dataset.metadata["uri"], limit=n_images)
+    steps.setup_step_logging()
+    index = steps.explain(model.path, records.path, cams.path, data_uri=dataset.metadata["uri"], limit=n_images)
     summary = index["summary"]
     for key in ("n_images", "n_scored", "pointing_game_rate", "chance_rate_mean", "iou_mean"):
         if isinstance(summary.get(key), (int, float)):
@@ -72,11 +72,11 @@ def report(model: Input[Model], evaluation: Input[Artifact], cams: Input[Artifac
     import shutil
     import tempfile
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
+    steps.setup_step_logging()
     with tempfile.TemporaryDirectory(prefix="mammoflow-report-") as tmp:
-        paths = workflow.report(model.path, tmp, evaluation=evaluation.path, explain=cams.path)
+        paths = steps.report(model.path, tmp, evaluation=evaluation.path, explain=cams.path)
         os.makedirs(os.path.dirname(html.path), exist_ok=True)
         shutil.copyfile(paths["html"], html.path)
         shutil.copyfile(paths["markdown"], markdown.path)
@@ -95,11 +95,11 @@ def sweep_report(sweep: Input[Artifact], html: Output[HTML], markdown: Output[Ma
     import shutil
     import tempfile
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
+    steps.setup_step_logging()
     with tempfile.TemporaryDirectory(prefix="mammoflow-report-") as tmp:
-        paths = workflow.report(sweep.metadata["uri"], tmp)
+        paths = steps.report(sweep.metadata["uri"], tmp)
         os.makedirs(os.path.dirname(html.path), exist_ok=True)
         shutil.copyfile(paths["html"], html.path)
         shutil.copyfile(paths["markdown"], markdown.path)

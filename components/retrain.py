@@ -1,10 +1,10 @@
 """Retraining components: scan -> ingest -> preprocess -> build-dataset -> train -> evaluate (challenger and
 champion) -> bless -> register -> promote, and the exit handler's push of the outcome.
 
-Each one calls a ``mammoflow.workflow.retrain_*`` step, itself a call into :mod:`mammoflow.retrain`. Every step
+Each one calls a ``mammoflow.steps.retrain_*`` step, itself a call into :mod:`mammoflow.retrain`. Every step
 takes the retrain config (a YAML path or ``gs://`` URI, plus overrides), the storage root and the pipeline run id:
 what a run keeps lives under ``<storage_root>/retrain/<name>/<run id>/`` (see the retraining section of
-:mod:`mammoflow.workflow`), where later steps and the exit handler find it.
+:mod:`mammoflow.steps`), where later steps and the exit handler find it.
 
 The steps whose outcome decides a ``dsl.If`` (scan, ingest, bless) return a single ``bool``: kfp.local resolves a
 condition only on a task's single output, so the ids and URIs later steps need travel through the run folder.
@@ -33,11 +33,11 @@ def retrain_scan(config: str, config_overrides: dict, storage_root: str, run_id:
     Returns:
         Whether any file changed (False: nothing new, the run ends).
     """
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    cfg = workflow.load_retrain(config, config_overrides, storage_root)
-    out = workflow.retrain_scan(cfg, run_id)
+    steps.setup_step_logging()
+    cfg = steps.load_retrain(config, config_overrides, storage_root)
+    out = steps.retrain_scan(cfg, run_id)
     files = out["files"]
     for key in ("scanned", "new", "changed", "removed"):
         metrics.log_metric(f"files_{key}", float(files[key]))
@@ -49,7 +49,7 @@ def retrain_scan(config: str, config_overrides: dict, storage_root: str, run_id:
     else:
         text = (f"# Retrain {cfg.name}: nothing new\n\nNo file of the watched source changed since the last ingest "
                 f"({files['scanned']} scanned, {out['total_records']} records): no model is trained in this run.\n")
-    workflow.write_text(summary.path, text)
+    steps.write_text(summary.path, text)
     return bool(out["changed"])
 
 
@@ -70,11 +70,11 @@ def retrain_ingest(config: str, config_overrides: dict, storage_root: str, run_i
     Returns:
         Whether nothing is new (no record added, changed or removed: the run ends).
     """
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    cfg = workflow.load_retrain(config, config_overrides, storage_root)
-    delta = workflow.retrain_ingest(cfg, run_id, records.path)
+    steps.setup_step_logging()
+    cfg = steps.load_retrain(config, config_overrides, storage_root)
+    delta = steps.retrain_ingest(cfg, run_id, records.path)
     for key in ("new_records", "changed_records", "removed_records", "carried_records", "total_records",
                 "quarantined_new", "quarantined_total", "new_patients"):
         metrics.log_metric(key, float(delta[key]))
@@ -90,7 +90,7 @@ def retrain_ingest(config: str, config_overrides: dict, storage_root: str, run_i
                 f"{delta['removed_records']} removed records ({delta['new_patients']} new patients, by split "
                 f"{delta['new_by_split']}); {delta['quarantined_new']} newly quarantined; {delta['total_records']} "
                 "records in all.\n")
-    workflow.write_text(summary.path, text)
+    steps.write_text(summary.path, text)
     return bool(delta["nothing_new"])
 
 
@@ -106,11 +106,11 @@ def retrain_preprocess(config: str, config_overrides: dict, storage_root: str, r
         records: From ingest.
         preprocessed: This run's preprocessed records table; its images are the shared folder's (metadata uri).
     """
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    cfg = workflow.load_retrain(config, config_overrides, storage_root)
-    out = workflow.retrain_preprocess(cfg, run_id, records.path, preprocessed.path)
+    steps.setup_step_logging()
+    cfg = steps.load_retrain(config, config_overrides, storage_root)
+    out = steps.retrain_preprocess(cfg, run_id, records.path, preprocessed.path)
     preprocessed.metadata.update({"uri": out["shared_uri"], "config_hash": out["config_hash"],
                                   "processed": out["processed"], "reused": out["reused"],
                                   "quarantined": out["quarantined_total"]})
@@ -129,12 +129,12 @@ def retrain_build_dataset(config: str, config_overrides: dict, storage_root: str
         dataset: manifest.json and split_summary.md; metadata uri = the shards, split_sha256 = the evaluation
             split's fingerprint.
     """
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    cfg = workflow.load_retrain(config, config_overrides, storage_root)
-    out = workflow.retrain_build(cfg, run_id, preprocessed.path)
-    workflow.copy_files(out["data_uri"], dataset.path, ("manifest.json", "split_summary.md", "dataset_config.yaml"))
+    steps.setup_step_logging()
+    cfg = steps.load_retrain(config, config_overrides, storage_root)
+    out = steps.retrain_build(cfg, run_id, preprocessed.path)
+    steps.copy_files(out["data_uri"], dataset.path, ("manifest.json", "split_summary.md", "dataset_config.yaml"))
     dataset.metadata.update({"uri": out["data_uri"], "train_uri": out["train_uri"], "split": out["split"],
                              "split_sha256": out["split_sha256"], "manifest_sha256": out["manifest_sha256"],
                              "examples": out["examples"], "counts": out["counts"]})
@@ -162,12 +162,12 @@ def retrain_train(config: str, config_overrides: dict, storage_root: str, run_id
         run_uri: the challenger's run folder; champion and champion_uri: the champion it is judged against ("" when
         there is none yet).
     """
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    cfg = workflow.load_retrain(config, config_overrides, storage_root)
-    out = workflow.retrain_train(cfg, run_id, metrics_port=metrics_port)
-    workflow.package_run(out["run_uri"], model.path)
+    steps.setup_step_logging()
+    cfg = steps.load_retrain(config, config_overrides, storage_root)
+    out = steps.retrain_train(cfg, run_id, metrics_port=metrics_port)
+    steps.package_run(out["run_uri"], model.path)
     model.metadata.update({"framework": "keras", "run_uri": out["run_uri"], "data_uri": dataset.metadata["uri"],
                            "train_config": cfg.train, "champion": out["champion"] or "",
                            "warm_start_weights": out["warm_start_weights"] or "", "best_epoch": out["best_epoch"],
@@ -198,18 +198,18 @@ def retrain_evaluate(config: str, config_overrides: dict, storage_root: str, mod
     """
     import os
 
-    from mammoflow import workflow
+    from mammoflow import steps
     from mammoflow.retrain.loop import evaluate_step
 
-    workflow.setup_step_logging()
+    steps.setup_step_logging()
     os.makedirs(evaluation.path, exist_ok=True)
     if not model_uri:
         evaluation.metadata.update({"absent": True, "reason": "no champion yet"})
         return
-    cfg = workflow.load_retrain(config, config_overrides, storage_root)
+    cfg = steps.load_retrain(config, config_overrides, storage_root)
     report = evaluate_step(cfg, model_uri, dataset.metadata["uri"], evaluation.path,
-                           split_sha256=dataset.metadata["split_sha256"], cache_dir=workflow.cache_dir())
-    workflow.log_kfp_evaluation(report, evaluation.path, metrics, classification)
+                           split_sha256=dataset.metadata["split_sha256"], cache_dir=steps.cache_dir())
+    steps.log_kfp_evaluation(report, evaluation.path, metrics, classification)
     evaluation.metadata.update({"absent": False, "model_uri": model_uri, "split": cfg.evaluation.split,
                                 "level": report["primary_level"], "data_uri": dataset.metadata["uri"]})
 
@@ -238,16 +238,16 @@ def bless(config: str, config_overrides: dict, storage_root: str, run_id: str, p
     """
     import os
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    cfg = workflow.load_retrain(config, config_overrides, storage_root)
+    steps.setup_step_logging()
+    cfg = steps.load_retrain(config, config_overrides, storage_root)
     absent = champion.metadata.get("absent", True)
-    out = workflow.retrain_bless(cfg, run_id, challenger.path, None if absent else champion.path,
+    out = steps.retrain_bless(cfg, run_id, challenger.path, None if absent else champion.path,
                                  force_reason=force_bless_reason, by=requested_by or f"kfp:{pipeline}")
     os.makedirs(verdict_json.path, exist_ok=True)
     out.write(verdict_json.path)
-    workflow.write_text(verdict.path, out.to_markdown())
+    steps.write_text(verdict.path, out.to_markdown())
     metrics.log_metric("blessed", 1.0 if out.blessed else 0.0)
     metrics.log_metric("forced", 1.0 if out.forced else 0.0)
     for key, delta in out.deltas.items():
@@ -281,14 +281,14 @@ def register(config: str, config_overrides: dict, storage_root: str, run_id: str
     import json
     import os
 
-    from mammoflow import workflow
+    from mammoflow import steps
     from mammoflow.retrain.blessing import Verdict
 
-    workflow.setup_step_logging()
-    cfg = workflow.load_retrain(config, config_overrides, storage_root)
+    steps.setup_step_logging()
+    cfg = steps.load_retrain(config, config_overrides, storage_root)
     with open(os.path.join(verdict.path, "verdict.json")) as fh:
         judged = Verdict.from_dict(json.load(fh))
-    version = workflow.retrain_register(cfg, run_id, evaluation.path, judged, pipeline=pipeline,
+    version = steps.retrain_register(cfg, run_id, evaluation.path, judged, pipeline=pipeline,
                                         by=requested_by or f"kfp:{pipeline}")
     return version.version
 
@@ -309,14 +309,14 @@ def promote(config: str, config_overrides: dict, storage_root: str, run_id: str,
     import json
     import os
 
-    from mammoflow import workflow
+    from mammoflow import steps
     from mammoflow.retrain.blessing import Verdict
 
-    workflow.setup_step_logging()
-    cfg = workflow.load_retrain(config, config_overrides, storage_root)
+    steps.setup_step_logging()
+    cfg = steps.load_retrain(config, config_overrides, storage_root)
     with open(os.path.join(verdict.path, "verdict.json")) as fh:
         judged = Verdict.from_dict(json.load(fh))
-    workflow.retrain_promote(cfg, run_id, version, judged, by=f"kfp:{pipeline}")
+    steps.retrain_promote(cfg, run_id, version, judged, by=f"kfp:{pipeline}")
 
 
 def push_retrain_metrics(config: str, config_overrides: dict, storage_root: str, run_id: str, push_gateway: str,
@@ -336,23 +336,23 @@ def push_retrain_metrics(config: str, config_overrides: dict, storage_root: str,
         summary: The run's outcome for people.
         metrics: Outcome flags and counts of this run.
     """
-    from mammoflow import workflow
+    from mammoflow import steps
     from mammoflow.pushgateway import push_pipeline_status
 
-    workflow.setup_step_logging()
+    steps.setup_step_logging()
     failed = status.state != "SUCCEEDED"
     try:
-        cfg = workflow.load_retrain(config, config_overrides, storage_root)
+        cfg = steps.load_retrain(config, config_overrides, storage_root)
     except Exception:
         if push_gateway:  # no config (e.g. a schedule without one): the run's failure is still seen
             push_pipeline_status(push_gateway, pipeline, succeeded=False)
         raise
     error = (status.error_message or f"the run ended {status.state}") if failed else None
-    result, _ = workflow.retrain_finalize(cfg, run_id, failed=failed, error=error, push_gateway=push_gateway or None)
+    result, _ = steps.retrain_finalize(cfg, run_id, failed=failed, error=error, push_gateway=push_gateway or None)
     gateway = push_gateway or cfg.push.gateway
     if gateway:
         push_pipeline_status(gateway, pipeline, succeeded=result.status != "failed")
-    workflow.write_text(summary.path, workflow.retrain_markdown(cfg, run_id, result, gateway))
+    steps.write_text(summary.path, steps.retrain_markdown(cfg, run_id, result, gateway))
     for name in ("nothing_new", "blessed", "refused", "failed"):
         metrics.log_metric(name, 1.0 if result.status == name else 0.0)
     ingest = result.ingest or {}

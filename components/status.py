@@ -21,9 +21,9 @@ def push_pipeline_status(pipeline: str, push_gateway: str, status: dsl.PipelineT
     """
     import logging
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
+    steps.setup_step_logging()
     log = logging.getLogger("mammoflow.components.status")
     state = str(status.state)
     if not push_gateway:

@@ -24,13 +24,13 @@ def train(dataset: Input[Dataset], train_config: str, train_overrides: dict, sto
         metrics: Best epoch's validation and training loss and accuracy.
     """
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    out_uri = workflow.run_uri(storage_root, run_id)
-    result = workflow.train(train_config, dataset.metadata["uri"], out_uri, overrides=train_overrides,
+    steps.setup_step_logging()
+    out_uri = steps.run_uri(storage_root, run_id)
+    result = steps.train(train_config, dataset.metadata["uri"], out_uri, overrides=train_overrides,
                             metrics_port=metrics_port)
-    workflow.package_run(out_uri, model.path)
+    steps.package_run(out_uri, model.path)
     model.metadata.update({"framework": "keras", "run_uri": out_uri, "data_uri": dataset.metadata["uri"],
                            "train_config": train_config, "best_epoch": result.best_epoch,
                            "epochs_run": result.epochs_run})
@@ -59,13 +59,13 @@ def sweep(dataset: Input[Dataset], spec: str, datasets: dict, storage_root: str,
     import csv
     import os
 
-    from mammoflow import workflow
+    from mammoflow import steps
 
-    workflow.setup_step_logging()
-    out_uri = workflow.sweep_uri(storage_root, run_id)
-    summary = workflow.sweep(spec, dataset.metadata["uri"], out_uri, address=ray_address or None,
+    steps.setup_step_logging()
+    out_uri = steps.sweep_uri(storage_root, run_id)
+    summary = steps.sweep(spec, dataset.metadata["uri"], out_uri, address=ray_address or None,
                              max_concurrent=max_concurrent or None, datasets=datasets)
-    workflow.copy_files(out_uri, results.path, workflow.SWEEP_PACKAGE_FILES)
+    steps.copy_files(out_uri, results.path, steps.SWEEP_PACKAGE_FILES)
     results.metadata.update({"uri": out_uri, "spec": spec, **{k: v for k, v in summary.items()
                                                                 if isinstance(v, (str, int, float))}})
     for key in ("trials", "finished", "stopped_early", "failed", "trial_epochs_saved", "wall_time_s"):

@@ -58,7 +58,7 @@ def add_ingest_steps(ops: dict[str, Any], options: PipelineOptions, data: DataPa
     """Add the data source and ingest to the pipeline being defined; returns (the reader used, the ingest task)."""
     from kfp import dsl
 
-    from mammoflow.workflow import PHANTOM_SOURCE
+    from mammoflow.steps.data import PHANTOM_SOURCE
 
     with dsl.If(data.source == PHANTOM_SOURCE, name="built-in-phantoms"):
         demo = configure(ops["demo_data"](storage_root=data.storage_root, n_images=data.n_demo_images,

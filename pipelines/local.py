@@ -35,7 +35,7 @@ from typing import Any, TextIO
 from mammoflow import storage
 from mammoflow.errors import MammoflowError
 from mammoflow.records import atomic_write_text
-from mammoflow.workflow import CACHE_ENV
+from mammoflow.storage.copies import CACHE_ENV
 
 log = logging.getLogger(__name__)
 

@@ -271,17 +271,17 @@ def test_phantoms_use_the_demo_salt_and_say_so_real_files_need_a_salt(tmp_path: 
 
 
 def test_pipeline_steps_without_a_salt_fail_clearly(tmp_path: Path, monkeypatch):
-    from mammoflow import workflow
+    from mammoflow import steps
     from mammoflow.retrain.ingest import incremental_ingest
 
     monkeypatch.delenv("MAMMOFLOW_SALT", raising=False)
     root = tmp_path / "site"
     _write(root / "a.dcm", 1)
     with pytest.raises(ConfigError, match="mammoflow-salt"):
-        workflow.ingest("dicom-dir", str(root), tmp_path / "records")
+        steps.ingest("dicom-dir", str(root), tmp_path / "records")
     with pytest.raises(ConfigError, match="--salt"):
         incremental_ingest("dicom-dir", SourceOptions(root=root), None, tmp_path / "r1")
-    assert workflow.ingest("dicom-dir", str(root), tmp_path / "records", salt=SALT)["used"] == 1
+    assert steps.ingest("dicom-dir", str(root), tmp_path / "records", salt=SALT)["used"] == 1
 
 
 # ------------------------------------------------------------------------------------------------ writes

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from mammoflow import storage, workflow
+from mammoflow import steps, storage
 from mammoflow.cli import cli
 from mammoflow.errors import ConfigError, InputError
 from mammoflow.pipelines.local import LocalRunError, run_local
@@ -117,13 +117,13 @@ def test_labels_in_a_bucket_are_fetched_and_named_by_their_uri(tmp_path: Path, g
     site = tmp_path / "site"
     truth = hospital_folder(site, n_images=4, seed=1)
     data_root = f"{gcs_bucket}/raw/site"
-    workflow.publish_tree(site, data_root)
+    steps.publish_tree(site, data_root)
     csv_uri = f"{gcs_bucket}/labels/site.csv"
     rows = {**truth, "gone/x.dcm": "benign"}  # a row naming no image: quarantined, named by the URI
     storage.put_file(write_labels(tmp_path / "site.csv", rows), csv_uri)
 
     out = tmp_path / "records"
-    summary = workflow.ingest("dicom-dir", data_root, out, labels=csv_uri, salt=SALT, cache=tmp_path / "cache")
+    summary = steps.ingest("dicom-dir", data_root, out, labels=csv_uri, salt=SALT, cache=tmp_path / "cache")
     assert summary["used"] == len(truth) and summary["labels_csv"] == csv_uri
     assert labels_of(out) == truth
     table = RecordsTable.read(out)
@@ -133,25 +133,25 @@ def test_labels_in_a_bucket_are_fetched_and_named_by_their_uri(tmp_path: Path, g
 
     # A CSV inside a remote data_root, given relative to it, is read from the copy already fetched.
     storage.put_file(tmp_path / "site.csv", f"{data_root}/meta/labels.csv")
-    again = workflow.ingest("dicom-dir", data_root, tmp_path / "again", labels="meta/labels.csv", salt=SALT,
+    again = steps.ingest("dicom-dir", data_root, tmp_path / "again", labels="meta/labels.csv", salt=SALT,
                             cache=tmp_path / "cache")
     assert again["labels_csv"] == f"{data_root}/meta/labels.csv" and labels_of(tmp_path / "again") == truth
 
 
 def test_where_a_labels_csv_is() -> None:
-    assert workflow.labels_uri("gs://b/site", "") == ""
-    assert workflow.labels_uri("gs://b/site", "labels.csv") == "gs://b/site/labels.csv"
-    assert workflow.labels_uri("/data/site", "meta/l.csv") == "/data/site/meta/l.csv"
-    assert workflow.labels_uri("gs://b/site", "/data/l.csv") == "/data/l.csv"
-    assert workflow.labels_uri("/data/site", "gs://b/l.csv") == "gs://b/l.csv"
+    assert steps.labels_uri("gs://b/site", "") == ""
+    assert steps.labels_uri("gs://b/site", "labels.csv") == "gs://b/site/labels.csv"
+    assert steps.labels_uri("/data/site", "meta/l.csv") == "/data/site/meta/l.csv"
+    assert steps.labels_uri("gs://b/site", "/data/l.csv") == "/data/l.csv"
+    assert steps.labels_uri("/data/site", "gs://b/l.csv") == "gs://b/l.csv"
 
 
 def test_a_missing_labels_csv_is_named_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "site").mkdir()
     with pytest.raises(InputError, match=r"site/lbl\.csv: labels CSV not found\. Fix: pass labels as a path "
                        r"relative to data_root"):
-        workflow.locate_labels("dicom-dir", str(tmp_path / "site"), "lbl.csv")
-    assert workflow.locate_labels("dicom-dir", str(tmp_path / "site"), "") == ""
+        steps.locate_labels("dicom-dir", str(tmp_path / "site"), "lbl.csv")
+    assert steps.locate_labels("dicom-dir", str(tmp_path / "site"), "") == ""
 
 
 def test_labels_for_a_source_that_takes_none_are_refused(tmp_path: Path) -> None:
@@ -161,10 +161,10 @@ def test_labels_for_a_source_that_takes_none_are_refused(tmp_path: Path) -> None
     write_labels(tmp_path / "labels.csv", {"mdb001.pgm": "benign"})
     refused = r"a labels CSV \(.*labels\.csv\) was given for source 'mias'.*only dicom-dir reads labels"
     with pytest.raises(ConfigError, match=refused):
-        workflow.ingest("mias", str(tmp_path / "mias"), tmp_path / "records", labels=str(tmp_path / "labels.csv"))
+        steps.ingest("mias", str(tmp_path / "mias"), tmp_path / "records", labels=str(tmp_path / "labels.csv"))
     assert not (tmp_path / "records").exists()
     with pytest.raises(ConfigError, match=refused):
-        workflow.locate_labels("mias", str(tmp_path / "mias"), str(tmp_path / "labels.csv"))
+        steps.locate_labels("mias", str(tmp_path / "mias"), str(tmp_path / "labels.csv"))
 
     # The CLI says the same, before reading anything.
     result = CliRunner().invoke(cli, ["ingest", "--source", "mias", "--root", str(tmp_path / "mias"), "--labels",
@@ -214,7 +214,7 @@ def test_the_site_dataset_preset_plans_a_patient_grouped_split(tmp_path: Path) -
     site = tmp_path / "site"
     truth = hospital_folder(site, n_images=24, seed=3)
     write_labels(site / "labels.csv", truth)
-    workflow.ingest("dicom-dir", str(site), tmp_path / "records", salt=SALT)
+    steps.ingest("dicom-dir", str(site), tmp_path / "records", salt=SALT)
     preprocess_records(tmp_path / "records", "jaamour2023", tmp_path / "pre")
     build_dataset(tmp_path / "pre", "site", str(tmp_path / "data"))
     plan = json.loads((tmp_path / "data" / "split_plan.json").read_text())
@@ -246,4 +246,4 @@ def test_pseudonymised_paths_keep_a_patients_folder_name_out_of_record_ids(tmp_p
     again = run_ingest_path(tmp_path / "b", source="dicom-dir", data_root=str(export), pseudonymise_paths=True)
     assert sorted(r.record_id for r in RecordsTable.read(again).records) == sorted(ids)
     with pytest.raises(ConfigError, match="pseudonymise_paths"):
-        workflow.ingest("mias", str(export), tmp_path / "c", pseudonymise_paths=True)
+        steps.ingest("mias", str(export), tmp_path / "c", pseudonymise_paths=True)

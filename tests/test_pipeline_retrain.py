@@ -27,7 +27,7 @@ from tests.test_retrain_support import (
     stop_server,
 )
 
-from mammoflow import storage, workflow
+from mammoflow import steps, storage
 from mammoflow.pipelines.local import LocalRunError, run_local
 from mammoflow.records import RecordsTable
 from mammoflow.registry import ModelRegistry
@@ -123,7 +123,7 @@ def registry(nights: dict[str, Any]) -> ModelRegistry:
 
 
 def records_of(uri: str, dest: Path) -> RecordsTable:
-    return RecordsTable.read(workflow.fetch_tree(uri, dest))
+    return RecordsTable.read(steps.fetch_tree(uri, dest))
 
 
 def test_the_first_run_registers_and_promotes_the_first_model(nights: dict[str, Any]) -> None:

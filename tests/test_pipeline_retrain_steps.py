@@ -1,4 +1,4 @@
-"""The retraining pipeline's steps as plain functions (mammoflow.workflow, no KFP): the config a step loads, the
+"""The retraining pipeline's steps as plain functions (mammoflow.steps, no KFP): the config a step loads, the
 state shared by successive runs in object storage and its guarded updates, a watched folder in a bucket ingested
 incrementally across pods, and how the exit handler names a run's outcome."""
 
@@ -14,7 +14,7 @@ import pytest
 import yaml
 from tests.test_retrain_support import deliver_phantoms, phantom_batch
 
-from mammoflow import storage, workflow
+from mammoflow import steps, storage
 from mammoflow.errors import ConfigError
 
 pytest_plugins = ["tests.gcs_emulator"]  # the gcs_bucket fixture
@@ -61,29 +61,29 @@ def test_a_step_loads_the_config_with_overrides_and_the_pipeline_storage_root(tm
     path = write_config(tmp_path, storage_root=str(tmp_path / "from-config"))
     # KFP hands dict parameters over as protobuf Structs: integers arrive as floats.
     overrides = {"train_overrides": {"seed": 3.0}, "evaluation": {"n_bootstrap": 300.0}}
-    cfg = workflow.load_retrain(str(path), overrides, "gs://bucket/mf")
+    cfg = steps.load_retrain(str(path), overrides, "gs://bucket/mf")
     assert cfg.storage_root == "gs://bucket/mf" and cfg.registry_uri == "gs://bucket/mf/registry"
     assert cfg.train_overrides == {"data.patch_size": 32, "seed": 3}  # merged, not replaced
     assert cfg.evaluation.n_bootstrap == 300 and isinstance(cfg.evaluation.n_bootstrap, int)
     assert cfg.source.root == str(tmp_path / "watched")  # relative to the YAML
-    assert workflow.load_retrain(str(path)).storage_root == str(tmp_path / "from-config")
-    assert workflow.retrain_run_uri(cfg, "abc-123", "data") == "gs://bucket/mf/retrain/site-b/abc-123/data"
+    assert steps.load_retrain(str(path)).storage_root == str(tmp_path / "from-config")
+    assert steps.retrain_run_uri(cfg, "abc-123", "data") == "gs://bucket/mf/retrain/site-b/abc-123/data"
 
     with pytest.raises(ConfigError, match="storage_root is empty"):
-        workflow.load_retrain(str(write_config(tmp_path)))
+        steps.load_retrain(str(write_config(tmp_path)))
     with pytest.raises(ConfigError, match="config is empty"):
-        workflow.load_retrain("", {}, "gs://bucket/mf")
+        steps.load_retrain("", {}, "gs://bucket/mf")
     with pytest.raises(ConfigError, match="unknown key"):
-        workflow.load_retrain(str(path), {"blessing": {"threshold": 1}}, "gs://bucket/mf")
+        steps.load_retrain(str(path), {"blessing": {"threshold": 1}}, "gs://bucket/mf")
 
 
 def test_state_updates_are_guarded_against_a_concurrent_writer(tmp_path: Path) -> None:
-    cfg = workflow.load_retrain(str(write_config(tmp_path)), {}, str(tmp_path / "store"))
-    state, info = workflow.load_retrain_state(cfg)
+    cfg = steps.load_retrain(str(write_config(tmp_path)), {}, str(tmp_path / "store"))
+    state, info = steps.load_retrain_state(cfg)
     assert info is None and state.next_id == 1 and len(state.token) == 16
 
-    assert workflow.update_retrain_state(cfg, lambda st: setattr(st, "next_id", 5) or "done") == "done"
-    uri = workflow.retrain_uri(cfg, "state.json")
+    assert steps.update_retrain_state(cfg, lambda st: setattr(st, "next_id", 5) or "done") == "done"
+    uri = steps.retrain_uri(cfg, "state.json")
     calls = []
 
     def bump(st: Any) -> int:
@@ -96,15 +96,15 @@ def test_state_updates_are_guarded_against_a_concurrent_writer(tmp_path: Path) -
         st.next_id += 1
         return st.next_id
 
-    assert workflow.update_retrain_state(cfg, bump) == 10  # re-read and re-applied on top of the other write
-    assert calls == [5, 9] and workflow.load_retrain_state(cfg)[0].next_id == 10
+    assert steps.update_retrain_state(cfg, bump) == 10  # re-read and re-applied on top of the other write
+    assert calls == [5, 9] and steps.load_retrain_state(cfg)[0].next_id == 10
 
     def always_overtaken(st: Any) -> None:
         stamp = storage.local_path(uri).stat().st_mtime_ns + 10**9
         os.utime(storage.local_path(uri), ns=(stamp, stamp))
 
     with pytest.raises(ConfigError, match="another run keeps updating"):
-        workflow.update_retrain_state(cfg, always_overtaken, attempts=2)
+        steps.update_retrain_state(cfg, always_overtaken, attempts=2)
 
 
 # ------------------------------------------------------------------------------------------- a watched bucket
@@ -117,54 +117,54 @@ def test_a_watched_folder_in_a_bucket_is_ingested_incrementally_across_pods(tmp_
     local = tmp_path / "export"
     deliver_phantoms(local, phantom_batch(tmp_path, 4, 21), 1)
     watched = f"{gcs_bucket}/incoming/mias"
-    workflow.publish_tree(local, watched)
-    cfg = workflow.load_retrain(str(write_config(tmp_path, source={"name": "mias", "root": watched})), {},
+    steps.publish_tree(local, watched)
+    cfg = steps.load_retrain(str(write_config(tmp_path, source={"name": "mias", "root": watched})), {},
                                 f"{gcs_bucket}/mf")
 
     def pod(name: str) -> None:  # a new pod: an empty local cache
-        monkeypatch.setenv(workflow.CACHE_ENV, str(tmp_path / "pods" / name))
+        monkeypatch.setenv(steps.CACHE_ENV, str(tmp_path / "pods" / name))
 
     pod("scan-1")
-    scan = workflow.retrain_scan(cfg, "run-1")
+    scan = steps.retrain_scan(cfg, "run-1")
     assert scan["changed"] and scan["retrain_id"] == "r0001" and scan["files"]["new"] == 5
     pod("ingest-1")
-    delta = workflow.retrain_ingest(cfg, "run-1", tmp_path / "artifact-1")
+    delta = steps.retrain_ingest(cfg, "run-1", tmp_path / "artifact-1")
     assert (delta["mode"], delta["new_records"]) == ("first", 4)
-    published = workflow.fetch_tree(delta["records_uri"], tmp_path / "check")
+    published = steps.fetch_tree(delta["records_uri"], tmp_path / "check")
     assert json.loads((published / "records_meta.json").read_text())["image_root"] == watched
-    workflow.update_retrain_state(cfg, lambda st: setattr(st, "last_records", delta["records_uri"]))
+    steps.update_retrain_state(cfg, lambda st: setattr(st, "last_records", delta["records_uri"]))
 
     # The next delivery: two more images and their Info.txt lines.
     shutil.rmtree(local)
     deliver_phantoms(local, phantom_batch(tmp_path, 4, 21), 1)
     deliver_phantoms(local, phantom_batch(tmp_path, 2, 22), 5)
-    workflow.publish_tree(local, watched)
+    steps.publish_tree(local, watched)
     pod("scan-2")
-    scan = workflow.retrain_scan(cfg, "run-2")
+    scan = steps.retrain_scan(cfg, "run-2")
     assert scan["files"]["new"] == 2 and scan["files"]["changed"] == 1  # the images and Info.txt
     assert scan["retrain_id"] == "r0002" and scan["previous_records"] == delta["records_uri"]
-    assert workflow.retrain_scan(cfg, "run-2")["retrain_id"] == "r0002"  # a retried scan keeps its id
+    assert steps.retrain_scan(cfg, "run-2")["retrain_id"] == "r0002"  # a retried scan keeps its id
     pod("ingest-2")
-    delta2 = workflow.retrain_ingest(cfg, "run-2", tmp_path / "artifact-2")
+    delta2 = steps.retrain_ingest(cfg, "run-2", tmp_path / "artifact-2")
     assert (delta2["mode"], delta2["new_records"], delta2["carried_records"]) == ("incremental", 2, 4)
     assert delta2["total_records"] == 6 and delta2["records_uri"].endswith("/run-2/records")
-    steps = workflow.read_steps(cfg, "run-2")
-    assert set(steps) == {"scan", "ingest"} and steps["ingest"]["previous"] == delta["records_uri"]
+    recorded = steps.read_steps(cfg, "run-2")
+    assert set(recorded) == {"scan", "ingest"} and recorded["ingest"]["previous"] == delta["records_uri"]
 
 
 # ------------------------------------------------------------------------------------------- outcomes
 
 
 def test_the_exit_handler_names_each_outcome(tmp_path: Path) -> None:
-    cfg = workflow.load_retrain(str(write_config(tmp_path)), {}, str(tmp_path / "store"))
+    cfg = steps.load_retrain(str(write_config(tmp_path)), {}, str(tmp_path / "store"))
     scan = {"started": "2026-01-01T02:00:00.000000Z", "changed": True, "retrain_id": "r0007", "files": {},
             "total_records": 10}
     ingest = {"records_uri": "x/records", "new_records": 3, "changed_records": 0, "removed_records": 0,
               "quarantined_new": 0, "total_records": 13, "nothing_new": False, "mode": "incremental"}
     verdict = {"blessed": True, "reason": "Blessed: fine."}
 
-    def status(steps: dict[str, Any], failed: bool = False) -> Any:
-        return workflow.retrain_result(cfg, "run-7", steps, failed=failed, error="Task exit-handler-1 failed.")
+    def status(recorded: dict[str, Any], failed: bool = False) -> Any:
+        return steps.retrain_result(cfg, "run-7", recorded, failed=failed, error="Task exit-handler-1 failed.")
 
     assert status({"scan": {**scan, "changed": False}}).status == "nothing_new"
     assert status({"scan": scan, "ingest": {**ingest, "nothing_new": True}}).status == "nothing_new"

@@ -1,4 +1,4 @@
-"""The pipeline steps as plain functions (mammoflow.workflow): remote inputs, portable records, content-addressed
+"""The pipeline steps as plain functions (mammoflow.steps): remote inputs, portable records, content-addressed
 datasets, the choice of images to explain, and the checks that fail before any work."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mammoflow import storage, workflow
+from mammoflow import steps, storage
 from mammoflow.errors import ConfigError, InputError
 from mammoflow.records import Lesion, Record, RecordsTable
 
@@ -24,68 +24,68 @@ def write_tree(root: Path) -> None:
 
 def test_publish_and_fetch_a_folder_and_a_file(gcs_bucket: str, tmp_path: Path) -> None:
     write_tree(tmp_path / "src")
-    written = workflow.publish_tree(tmp_path / "src", f"{gcs_bucket}/data")
+    written = steps.publish_tree(tmp_path / "src", f"{gcs_bucket}/data")
     assert written == [f"{gcs_bucket}/data/a.txt", f"{gcs_bucket}/data/sub/b.bin"]
-    local = workflow.fetch_tree(f"{gcs_bucket}/data", tmp_path / "cache")
+    local = steps.fetch_tree(f"{gcs_bucket}/data", tmp_path / "cache")
     assert local.name == "data" and (local / "a.txt").read_text() == "alpha"
     assert (local / "sub" / "b.bin").read_bytes() == (tmp_path / "src" / "sub" / "b.bin").read_bytes()
     # A second fetch (a retried step) keeps what is already there.
     stamp = (local / "sub" / "b.bin").stat().st_mtime_ns
-    assert workflow.fetch_tree(f"{gcs_bucket}/data", tmp_path / "cache") == local
+    assert steps.fetch_tree(f"{gcs_bucket}/data", tmp_path / "cache") == local
     assert (local / "sub" / "b.bin").stat().st_mtime_ns == stamp
-    single = workflow.fetch_tree(f"{gcs_bucket}/data/a.txt", tmp_path / "cache")
+    single = steps.fetch_tree(f"{gcs_bucket}/data/a.txt", tmp_path / "cache")
     assert single.is_file() and single.name == "a.txt" and single.read_text() == "alpha"
     with pytest.raises(InputError, match="no object"):
-        workflow.fetch_tree(f"{gcs_bucket}/nothing", tmp_path / "cache")
+        steps.fetch_tree(f"{gcs_bucket}/nothing", tmp_path / "cache")
 
 
 def test_local_inputs_are_used_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_tree(tmp_path / "src")
     monkeypatch.chdir(tmp_path)
-    assert workflow.fetch_tree("src") == tmp_path / "src"
+    assert steps.fetch_tree("src") == tmp_path / "src"
     with pytest.raises(InputError, match="not found"):
-        workflow.fetch_tree("absent")
+        steps.fetch_tree("absent")
 
 
 def test_remote_phantoms_ingest_to_portable_records(gcs_bucket: str, tmp_path: Path) -> None:
-    uri = workflow.phantoms_uri(f"{gcs_bucket}/mf", 4, seed=5)
+    uri = steps.phantoms_uri(f"{gcs_bucket}/mf", 4, seed=5)
     assert uri == f"{gcs_bucket}/mf/raw/phantoms-n4-s5"
-    summary = workflow.demo_data(uri, 4, 5, cache=tmp_path / "cache")
+    summary = steps.demo_data(uri, 4, 5, cache=tmp_path / "cache")
     assert summary["source"] == "mias" and summary["data_root"] == uri and summary["images"] == 4
     assert storage.exists(f"{uri}/ground_truth.json") and storage.exists(f"{uri}/mdb004.pgm")
 
     records = tmp_path / "records"
-    ingest = workflow.ingest("mias", uri, records, cache=tmp_path / "cache-ingest")
+    ingest = steps.ingest("mias", uri, records, cache=tmp_path / "cache-ingest")
     assert ingest["used"] == 4
     # What the next pod sees: records whose images are named by their URI, not by this pod's cache.
     meta = json.loads((records / "records_meta.json").read_text())
     assert meta["image_root"] == uri and meta["ingest"]["data_root"] == uri
-    local = workflow.localise_records(records, tmp_path / "cache-preprocess")
+    local = steps.localise_records(records, tmp_path / "cache-preprocess")
     table = RecordsTable.read(local)
     assert Path(table.image_root).is_dir() and len(table.records) == 4
     assert all(table.image_path(r, local).is_file() for r in table.records)
-    out = workflow.preprocess(records, "minimal", tmp_path / "pre", cache=tmp_path / "cache-preprocess")
+    out = steps.preprocess(records, "minimal", tmp_path / "pre", cache=tmp_path / "cache-preprocess")
     assert out["usable"] == 4 and len(list((tmp_path / "pre" / "images").iterdir())) == 4
     # Local records are left alone.
-    assert workflow.localise_records(tmp_path / "pre") == tmp_path / "pre"
+    assert steps.localise_records(tmp_path / "pre") == tmp_path / "pre"
 
 
 def test_dataset_uri_is_content_addressed(tmp_path: Path) -> None:
     for name, label in (("a", "normal"), ("b", "tumour")):
         rec = Record(record_id=f"x:{name}", source="x", patient_id="p", image_path="i.png", label=label)
         RecordsTable(records=[rec]).write(tmp_path / name)
-    a1 = workflow.dataset_uri("gs://b/root", tmp_path / "a", "yu2020")
+    a1 = steps.dataset_uri("gs://b/root", tmp_path / "a", "yu2020")
     assert a1.startswith("gs://b/root/datasets/yu2020-") and len(a1.rsplit("-", 1)[1]) == 16
-    assert workflow.dataset_uri("gs://b/root", tmp_path / "a", "yu2020") == a1
-    assert workflow.dataset_uri("gs://b/root", tmp_path / "b", "yu2020") != a1
-    assert workflow.dataset_uri("gs://b/root", tmp_path / "a", "xi2018").startswith("gs://b/root/datasets/xi2018-")
+    assert steps.dataset_uri("gs://b/root", tmp_path / "a", "yu2020") == a1
+    assert steps.dataset_uri("gs://b/root", tmp_path / "b", "yu2020") != a1
+    assert steps.dataset_uri("gs://b/root", tmp_path / "a", "xi2018").startswith("gs://b/root/datasets/xi2018-")
     with pytest.raises(ConfigError, match="storage_root is empty"):
-        workflow.dataset_uri("", tmp_path / "a", "yu2020")
+        steps.dataset_uri("", tmp_path / "a", "yu2020")
 
 
 def test_run_folders_are_stable_per_pipeline_run() -> None:
-    assert workflow.run_uri("gs://b/r", "6f1c-22") == "gs://b/r/runs/6f1c-22/train"
-    assert workflow.sweep_uri("/data/r", "6f1c-22") == "/data/r/sweeps/6f1c-22"
+    assert steps.run_uri("gs://b/r", "6f1c-22") == "gs://b/r/runs/6f1c-22/train"
+    assert steps.sweep_uri("/data/r", "6f1c-22") == "/data/r/sweeps/6f1c-22"
 
 
 def test_available_cpus_follows_the_container_limit(tmp_path: Path) -> None:
@@ -94,25 +94,25 @@ def test_available_cpus_follows_the_container_limit(tmp_path: Path) -> None:
     here = len(os.sched_getaffinity(0))
     (tmp_path / "v2").mkdir()
     (tmp_path / "v2" / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs -> 2 slots
-    assert workflow.available_cpus(tmp_path / "v2") == min(here, 2)
+    assert steps.available_cpus(tmp_path / "v2") == min(here, 2)
     (tmp_path / "v2" / "cpu.max").write_text("max 100000\n")
-    assert workflow.available_cpus(tmp_path / "v2") == here
+    assert steps.available_cpus(tmp_path / "v2") == here
     (tmp_path / "v1" / "cpu").mkdir(parents=True)
     (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
     (tmp_path / "v1" / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert workflow.available_cpus(tmp_path / "v1") == 1
-    assert workflow.available_cpus(tmp_path / "none") == here
+    assert steps.available_cpus(tmp_path / "v1") == 1
+    assert steps.available_cpus(tmp_path / "none") == here
 
 
 def test_preprocessing_choice() -> None:
-    assert workflow.preprocess_config_for("mias-rois", "yu2020") == "none"  # released already processed
-    assert workflow.preprocess_config_for("mias", "yu2020") == "yu2020"
-    assert workflow.preprocess_config_for("cbis-ddsm", "jaamour2023", "auto") == "jaamour2023"
-    assert workflow.preprocess_config_for("mias-rois", "yu2020", "minimal") == "minimal"
+    assert steps.preprocess_config_for("mias-rois", "yu2020") == "none"  # released already processed
+    assert steps.preprocess_config_for("mias", "yu2020") == "yu2020"
+    assert steps.preprocess_config_for("cbis-ddsm", "jaamour2023", "auto") == "jaamour2023"
+    assert steps.preprocess_config_for("mias-rois", "yu2020", "minimal") == "minimal"
 
 
 def test_kfp_numbers_become_ints_again() -> None:
-    got = workflow.plain_numbers({"schedule.steps_per_epoch": 10.0, "lr": 0.5,
+    got = steps.plain_numbers({"schedule.steps_per_epoch": 10.0, "lr": 0.5,
                                   "schedule.phases": [{"epochs": 2.0, "learning_rate": 1.0}], "flag": True})
     assert got == {"schedule.steps_per_epoch": 10, "lr": 0.5, "schedule.phases": [{"epochs": 2, "learning_rate": 1}],
                    "flag": True}
@@ -132,22 +132,22 @@ def test_records_to_explain_prefers_held_out_lesions(tmp_path: Path) -> None:
     data.mkdir()
     split = {"train-lesion": "train", "test-normal": "test", "test-tumour": "test", "test-lesion": "test"}
     (data / "split_plan.json").write_text(json.dumps({"assignments": split}))
-    assert workflow.records_to_explain(tmp_path / "records", str(data), 3) == [
+    assert steps.records_to_explain(tmp_path / "records", str(data), 3) == [
         "test-lesion", "test-tumour", "test-normal"]
     # Without a split plan: lesions first, in table order.
-    assert workflow.records_to_explain(tmp_path / "records", None, 2) == ["train-lesion", "test-lesion"]
+    assert steps.records_to_explain(tmp_path / "records", None, 2) == ["train-lesion", "test-lesion"]
 
 
 def test_locate_data_checks_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="source 'miass' is not one of phantoms, mias"):
-        workflow.locate_data("miass", str(tmp_path))
+        steps.locate_data("miass", str(tmp_path))
     with pytest.raises(ConfigError, match="needs data_root"):
-        workflow.locate_data("mias", "")
+        steps.locate_data("mias", "")
     with pytest.raises(InputError, match="not found"):
-        workflow.locate_data("mias", str(tmp_path / "nope"))
+        steps.locate_data("mias", str(tmp_path / "nope"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mias").mkdir()
-    assert workflow.locate_data("mias", "mias") == str(tmp_path / "mias")
+    assert steps.locate_data("mias", "mias") == str(tmp_path / "mias")
 
 
 def test_ingest_of_nothing_usable_names_the_quarantine(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_ingest_of_nothing_usable_names_the_quarantine(tmp_path: Path) -> None:
     for pgm in (tmp_path / "mias").glob("*.pgm"):
         pgm.write_bytes(b"P5\n")  # truncated
     with pytest.raises(InputError, match="quarantine.md.*nothing usable"):
-        workflow.ingest("mias", str(tmp_path / "mias"), tmp_path / "records")
+        steps.ingest("mias", str(tmp_path / "mias"), tmp_path / "records")
     lines = (tmp_path / "records" / "quarantine.jsonl").read_text().splitlines()
     assert [json.loads(line)["code"] for line in lines] == ["truncated", "truncated"]
 
@@ -165,10 +165,10 @@ def test_ingest_of_nothing_usable_names_the_quarantine(tmp_path: Path) -> None:
 @pytest.mark.realdata
 def test_yu_rois_are_ingested_and_kept_as_released(mias_rois_zip: Path, tmp_path: Path) -> None:
     shutil.copy(mias_rois_zip, tmp_path / "MIAS_ROIs.zip")
-    summary = workflow.ingest("mias-rois", str(tmp_path / "MIAS_ROIs.zip"), tmp_path / "records")
+    summary = steps.ingest("mias-rois", str(tmp_path / "MIAS_ROIs.zip"), tmp_path / "records")
     assert summary["used"] > 300
-    config = workflow.preprocess_config_for("mias-rois", "yu2020")
-    out = workflow.preprocess(tmp_path / "records", config, tmp_path / "pre", workers=2)
+    config = steps.preprocess_config_for("mias-rois", "yu2020")
+    out = steps.preprocess(tmp_path / "records", config, tmp_path / "pre", workers=2)
     assert config == "none" and out["usable"] == summary["used"] and out["quarantined_new"] == 0
 
 
@@ -176,9 +176,9 @@ def test_an_edited_small_object_is_fetched_again(gcs_bucket: str, tmp_path: Path
     """A config edited in the bucket keeps its size ("0.6" -> "0.7"): the cached copy must not be reused."""
     uri = f"{gcs_bucket}/cfg/site.yaml"
     storage.put_bytes(uri, b"ratio: 0.6\n")
-    assert workflow.fetch_tree(uri, tmp_path / "cache").read_text() == "ratio: 0.6\n"
+    assert steps.fetch_tree(uri, tmp_path / "cache").read_text() == "ratio: 0.6\n"
     storage.put_bytes(uri, b"ratio: 0.7\n")
-    assert workflow.fetch_tree(uri, tmp_path / "cache").read_text() == "ratio: 0.7\n"
+    assert steps.fetch_tree(uri, tmp_path / "cache").read_text() == "ratio: 0.7\n"
 
 
 def test_build_dataset_takes_a_dataset_config_by_uri(phantom_dataset: Path, gcs_bucket: str, tmp_path: Path) -> None:
@@ -188,7 +188,7 @@ def test_build_dataset_takes_a_dataset_config_by_uri(phantom_dataset: Path, gcs_
     config["description"] = "Yu's ROIs, from a dataset YAML in a bucket"
     uri = f"{gcs_bucket}/configs/rois.yaml"
     storage.put_bytes(uri, dump_yaml(config).encode())
-    result = workflow.build_dataset(phantom_dataset.parent / "pre", uri, str(tmp_path / "store"))
+    result = steps.build_dataset(phantom_dataset.parent / "pre", uri, str(tmp_path / "store"))
     datasets = sorted((tmp_path / "store" / "datasets").iterdir())
     assert [d.name.split("-")[0] for d in datasets] == ["rois"]
     assert (datasets[0] / "manifest.json").exists()
@@ -200,13 +200,13 @@ def test_a_retried_ingest_step_reads_nothing_again(tmp_path: Path, monkeypatch: 
     from mammoflow.synth.phantoms import write_mias_dataset
 
     write_mias_dataset(tmp_path / "raw", n_images=4, seed=2)
-    first = workflow.ingest("mias", str(tmp_path / "raw"), tmp_path / "records", salt="s")
+    first = steps.ingest("mias", str(tmp_path / "raw"), tmp_path / "records", salt="s")
     calls: list[str] = []
     real = sources.read_source
     monkeypatch.setattr(sources, "read_source", lambda name, opts: calls.append(name) or real(name, opts))
-    again = workflow.ingest("mias", str(tmp_path / "raw"), tmp_path / "records", salt="s")
+    again = steps.ingest("mias", str(tmp_path / "raw"), tmp_path / "records", salt="s")
     assert calls == [] and again == first
-    workflow.ingest("mias", str(tmp_path / "raw"), tmp_path / "records", salt="other")
+    steps.ingest("mias", str(tmp_path / "raw"), tmp_path / "records", salt="other")
     assert calls == ["mias"]
 
 
@@ -214,13 +214,13 @@ def test_a_dataset_ablation_needs_every_dataset_named() -> None:
     """The pipeline builds one dataset; a spec that ablates datasets must not train them all on it."""
     from mammoflow.sweep.spec import load_spec
 
-    assert workflow.sweep_datasets(["default"], "gs://b/d") == {"default": "gs://b/d"}
-    assert workflow.sweep_datasets(["rois"], "gs://b/d") == {"rois": "gs://b/d"}
+    assert steps.sweep_datasets(["default"], "gs://b/d") == {"default": "gs://b/d"}
+    assert steps.sweep_datasets(["rois"], "gs://b/d") == {"rois": "gs://b/d"}
     names = load_spec("jaamour2023_divide_conquer").datasets
     assert len(names) > 1
     with pytest.raises(ConfigError, match="ablates datasets"):
-        workflow.sweep_datasets(names, "gs://b/d")
+        steps.sweep_datasets(names, "gs://b/d")
     others = {n: f"gs://b/{n}" for n in names if n != "default"}
-    assert workflow.sweep_datasets(names, "gs://b/d", others) == {"default": "gs://b/d", **others}
+    assert steps.sweep_datasets(names, "gs://b/d", others) == {"default": "gs://b/d", **others}
     with pytest.raises(ConfigError, match="not in the sweep spec"):
-        workflow.sweep_datasets(names, "gs://b/d", {**others, "typo": "gs://b/t"})
+        steps.sweep_datasets(names, "gs://b/d", {**others, "typo": "gs://b/t"})

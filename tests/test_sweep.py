@@ -288,7 +288,7 @@ def test_sweep_metrics_reach_rays_prometheus_endpoint(asha_sweep, ray_local):
 
 
 def test_sweep_folder_on_gcs_and_resume_from_it(ray_local, phantom_data, gcs_bucket_elsewhere, tmp_path):
-    from mammoflow.workflow import publish_tree
+    from mammoflow.steps import publish_tree
 
     gcs_bucket = gcs_bucket_elsewhere
     data_uri = f"{gcs_bucket}/datasets/phantoms"

@@ -135,3 +135,19 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def dump_yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def plain_numbers(value: Any) -> Any:
+    """``value`` with integral floats turned back into ints, recursively.
+
+    Dict and list parameters reach a KFP step through a protobuf Struct, where every number is a float, so an
+    override ``{"schedule.steps_per_epoch": 10}`` arrives as ``10.0``; config fields typed ``int`` refuse that,
+    while ``float`` fields accept ints.
+    """
+    if isinstance(value, dict):
+        return {k: plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

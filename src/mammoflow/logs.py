@@ -38,3 +38,14 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
 
     disable = os.environ.get("CI") == "true" or not sys.stderr.isatty()
     yield from tqdm(items, desc=desc, total=total, unit=unit, disable=disable, leave=False)
+
+
+def setup_step_logging() -> None:
+    """Log at ``$MAMMOFLOW_LOG_LEVEL`` (default INFO) in a pipeline step. KFP's executor installs a root handler
+    first; then only the level is set, so that every line is printed once."""
+    level = os.environ.get("MAMMOFLOW_LOG_LEVEL", "INFO").upper()
+    root = logging.getLogger()
+    if root.handlers:
+        root.setLevel(level)
+    else:
+        setup_logging(level)

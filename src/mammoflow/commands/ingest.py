@@ -87,9 +87,8 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
     identifier is written anywhere.
     """
     from mammoflow.records import RecordsTable
-    from mammoflow.sources import SOURCES, SourceOptions, resume
+    from mammoflow.sources import SOURCES, SourceOptions, check_labels, resume
     from mammoflow.sources._common import salt_note, site_salt
-    from mammoflow.workflow import check_labels
 
     check_labels(source, labels)
     if pseudonymise_paths and source != "dicom-dir":

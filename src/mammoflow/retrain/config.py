@@ -105,7 +105,7 @@ class RetrainConfig:
             raise ConfigError(f"source.name: {self.source.name!r} is not one of {', '.join(SOURCES)}")
         if self.source.root is None and self.source.name != "cbis-ddsm":
             raise ConfigError("source.root: the folder to watch is required")
-        from mammoflow.workflow import check_labels, check_pseudonymise_paths
+        from mammoflow.sources import check_labels, check_pseudonymise_paths
 
         check_labels(self.source.name, self.source.labels)  # a labels CSV another source would ignore is an error
         check_pseudonymise_paths(self.source.name, self.source.pseudonymise_paths)

@@ -1,0 +1,275 @@
+"""The data steps over URIs: built-in phantoms or a located dataset -> ingest -> preprocess -> build-dataset.
+
+Records folders (with the preprocessed images) are self-contained folders; raw images stay where they are: when a
+source is in object storage, ingest writes its URI as the records' ``image_root`` and the next step fetches the
+images into the local cache (:func:`localise_records`), since every reader of the library takes local files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mammoflow import storage
+from mammoflow.errors import ConfigError, InputError
+from mammoflow.sources import LABELLED_SOURCES, check_labels, check_pseudonymise_paths  # noqa: F401 - the step layer's face
+from mammoflow.storage.copies import cache_dir, fetch_tree, local_config, uri_key
+
+log = logging.getLogger(__name__)
+
+PHANTOM_SOURCE = "phantoms"  # the pipelines' name for the built-in demo data (read as MIAS)
+PHANTOM_SIZE = 1024  # MIAS images are 1024x1024; the mias reader refuses other sizes
+#: Sources whose images were already preprocessed by their authors (Yu et al. released processed 120x120 ROIs).
+PREPROCESSED_SOURCES = {"mias-rois": "none"}
+
+
+def phantoms_uri(storage_root: str, n_images: int, seed: int) -> str:
+    """Where the built-in phantom dataset of ``n_images`` images and ``seed`` is written under a storage root."""
+    return storage.join(require_root(storage_root), "raw", f"phantoms-n{n_images}-s{seed}")
+
+
+def require_root(storage_root: str) -> str:
+    if not storage_root:
+        raise ConfigError("storage_root is empty. Fix: pass storage_root=gs://BUCKET/mammoflow (or a local "
+                          "folder); `mammoflow pipeline run --local` sets it under --root")
+    return storage_root
+
+
+def demo_data(out_uri: str, n_images: int, seed: int, cache: str | os.PathLike[str] | None = None
+              ) -> dict[str, Any]:
+    """Write the MIAS-like phantom dataset to ``out_uri`` (once: an existing identical dataset is kept).
+
+    Returns its ground truth summary with ``source`` (``mias``) and ``data_root`` (``out_uri``) for ingest.
+    """
+    from mammoflow.synth.phantoms import write_mias_dataset
+
+    if storage.is_remote(out_uri):
+        local = cache_dir(cache) / "phantoms" / uri_key(out_uri)
+        truth = write_mias_dataset(local, n_images=n_images, seed=seed, size=PHANTOM_SIZE)
+        # ground_truth.json goes last: its presence tells a reader the dataset is complete.
+        files = sorted(p for p in local.iterdir() if p.is_file() and p.name != "ground_truth.json")
+        for path in [*files, local / "ground_truth.json"]:
+            storage.put_file(path, storage.join(out_uri, path.name))
+    else:
+        truth = write_mias_dataset(storage.local_path(out_uri), n_images=n_images, seed=seed, size=PHANTOM_SIZE)
+    images = truth["images"]
+    return {"source": "mias", "data_root": out_uri, "images": len(images),
+            "images_with_lesions": sum(1 for im in images if im["lesions"]),
+            "lesions": sum(len(im["lesions"]) for im in images), "seed": seed}
+
+
+def locate_data(source: str, data_root: str) -> str:
+    """Check that ``source`` is a known reader and ``data_root`` exists; returns ``data_root`` made absolute
+    when local (pipeline steps may run from another folder)."""
+    from mammoflow.sources import SOURCES
+
+    if source not in SOURCES:
+        raise ConfigError(f"source {source!r} is not one of {PHANTOM_SOURCE}, {', '.join(SOURCES)}")
+    if not data_root:
+        raise ConfigError(f"source {source!r} needs data_root: the dataset's folder, zip or gs:// URI")
+    if storage.is_remote(data_root):
+        if not storage.list(data_root):
+            raise InputError(data_root, "no object at or under this URI", "check the bucket and prefix",
+                             code="missing_file")
+        return data_root
+    path = storage.local_path(data_root).absolute()
+    if not path.exists():
+        raise InputError(path, "not found", "check data_root (relative paths are taken from the current folder)",
+                         code="missing_file")
+    return str(path)
+
+
+def labels_uri(data_root: str, labels: str) -> str:
+    """Where the labels CSV ``labels`` is: a ``gs://`` URI or an absolute path as it is, a relative path under
+    ``data_root`` (the folder the CSV describes); ``""`` for none."""
+    if not labels or storage.is_remote(labels):
+        return labels
+    path = storage.local_path(labels).expanduser()
+    return str(path) if path.is_absolute() else storage.join(data_root, labels)
+
+
+def locate_labels(source: str, data_root: str, labels: str) -> str:
+    """Check, before any work starts, that ``source`` takes a labels CSV and that ``labels`` (see
+    :func:`labels_uri`) exists; returns where it is (``""`` for none)."""
+    check_labels(source, labels)
+    uri = labels_uri(data_root, labels)
+    if uri and not storage.exists(uri):
+        raise InputError(uri, "labels CSV not found", "pass labels as a path relative to data_root, an absolute "
+                         "path or a gs:// URI of an existing file (or leave it empty)", code="missing_file")
+    return uri
+
+
+def data_digest(data_root: str, labels_csv: str = "") -> str:
+    """A digest of the input data as it is now (names, sizes and versions of every file of ``data_root`` and of
+    the labels CSV; no content is read). The data steps take it as a parameter, so KFP's cache key changes when the
+    data at the same path changes: rewritten data is ingested again, not taken from the cache."""
+    parts = [storage.listing_digest(data_root)]
+    if labels_csv and not labels_csv.startswith(data_root.rstrip("/") + "/"):
+        parts.append(storage.listing_digest(labels_csv))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _local_labels(uri: str, data_root: str, local_root: Path, cache: str | os.PathLike[str] | None) -> Path | None:
+    """A local copy of the labels CSV at ``uri``: the file itself when local, the already fetched copy when it lies
+    in a remote ``data_root``, else fetched into the cache."""
+    if not uri:
+        return None
+    prefix = data_root.rstrip("/") + "/"
+    if storage.is_remote(uri) and uri.startswith(prefix) and local_root.is_dir():
+        local = local_root / uri[len(prefix):]
+        if local.is_file():
+            return local
+    return fetch_tree(uri, cache)
+
+
+def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labels: str = "",
+           salt: str | None = None, cache: str | os.PathLike[str] | None = None,
+           pseudonymise_paths: bool = False) -> dict[str, Any]:
+    """Read a dataset into a records folder (``mammoflow ingest``); returns the ingest summary, with
+    ``labels_csv``: where the labels CSV read was (None: none).
+
+    ``labels``: the labels CSV of a ``dicom-dir`` source, relative to ``data_root`` or an absolute path / ``gs://``
+    URI (see :func:`labels_uri`); empty: ``data_root/labels.csv`` when it exists, else none. A remote
+    ``data_root`` (and labels CSV) is fetched into the cache and the records' ``image_root`` is written as the
+    remote URI, so that the records folder stays valid in the next step's pod; quarantine entries name the remote
+    files too. ``pseudonymise_paths`` (dicom-dir): record ids are salted pseudonyms of the file paths, for site
+    folders named after patients.
+    """
+    from mammoflow.records import META_FILE, RecordsTable
+    from mammoflow.sources import SourceOptions, read_source, resume
+    from mammoflow.sources._common import salt_note, site_salt
+
+    check_labels(source, labels)
+    check_pseudonymise_paths(source, pseudonymise_paths)
+    local_root = fetch_tree(data_root, cache)
+    uri = labels_uri(data_root, labels)
+    local_labels = _local_labels(uri, data_root, local_root, cache)
+    opts = SourceOptions(root=local_root, labels=local_labels, salt=salt, pseudonymise_paths=pseudonymise_paths)
+    out_dir = Path(out_dir)
+    fingerprint = resume.input_fingerprint(source, opts, {"data_root": data_root, "labels": uri})
+
+    def read() -> RecordsTable:
+        nonlocal uri
+        table = read_source(source, opts)
+        if not uri and table.meta.get("labels_found_in_root"):  # dicom-dir read data_root/labels.csv by itself
+            uri = storage.join(data_root, str(table.meta["labels_file"]))
+        if storage.is_remote(data_root):
+            table.image_root = portable_root(table.image_root, local_root, data_root)
+            remote_of = {str(local_root): data_root.rstrip("/")}
+            if local_labels is not None:
+                remote_of[str(local_labels)] = uri
+            table.quarantine = [_portable_entry(q, remote_of) for q in table.quarantine]
+            table.skipped = [_portable_entry(s, remote_of) for s in table.skipped]
+        table.meta["ingest"] = {"source": source, "data_root": data_root, "labels_csv": uri or None,
+                                "metadata_only": False, "pseudonymise_paths": pseudonymise_paths,
+                                "salt": table.meta.get("salt", salt_note(site_salt(salt)))}
+        return table
+
+    # A retried step whose inputs are already ingested there reads nothing again (unless nothing was usable).
+    result = resume.ingest_into(out_dir, fingerprint, read, inputs=[local_root, local_labels],
+                                reuse_if=lambda done: bool(done.get("used")))
+    summary = result.summary
+    if result.reused:
+        log.info("%s: already holds the ingest of these inputs (used %d, quarantined %d); nothing read again",
+                 out_dir, summary["used"], summary["quarantined"])
+        meta = json.loads((out_dir / META_FILE).read_text())
+        return {**summary, "labels_csv": meta.get("ingest", {}).get("labels_csv")}
+    if summary["used"] == 0:
+        raise InputError(out_dir / "quarantine.md", f"nothing usable was read from {data_root}",
+                         "see the quarantine report for each file's problem and fix", code="empty")
+    return {**summary, "labels_csv": uri or None}
+
+
+def _portable_entry(entry: Any, remote_of: Mapping[str, str]) -> Any:
+    """A quarantine entry naming the remote file instead of its local copy in the cache (``remote_of``: local
+    path -> URI)."""
+    import dataclasses
+
+    for local, remote in remote_of.items():
+        if entry.path == local or entry.path.startswith(local + "/"):
+            return dataclasses.replace(entry, path=remote + entry.path[len(local):])
+    return entry
+
+
+def portable_root(image_root: str, local_root: Path, remote_root: str) -> str:
+    """The remote URI standing for a local image root inside the fetched copy of ``remote_root``."""
+    rel = Path(image_root).resolve().relative_to(local_root.resolve()).as_posix()
+    return remote_root.rstrip("/") if rel == "." else storage.join(remote_root, rel)
+
+
+def localise_records(records_dir: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None) -> Path:
+    """A records folder whose images are on local disk.
+
+    When the records' ``image_root`` is a remote URI (see :func:`ingest`), the images are fetched into the cache
+    and a copy of the records folder pointing at them is returned; otherwise ``records_dir`` itself.
+    """
+    from mammoflow.records import META_FILE, RecordsTable
+
+    records_dir = Path(records_dir)
+    meta = json.loads((records_dir / META_FILE).read_text()) if (records_dir / META_FILE).exists() else {}
+    image_root = str(meta.get("image_root", "."))
+    if not storage.is_remote(image_root):
+        return records_dir
+    table = RecordsTable.read(records_dir)
+    table.image_root = str(fetch_tree(image_root, cache))
+    digest = hashlib.sha256((records_dir / "records.jsonl").read_bytes()).hexdigest()[:16]
+    local = cache_dir(cache) / "records" / f"{uri_key(image_root)}-{digest}"
+    table.write(local)
+    return local
+
+
+def preprocess_config_for(source: str, preset: str, preprocess_config: str = "auto") -> str:
+    """The preprocessing chain a pipeline applies: ``preprocess_config`` unless ``auto``, which is ``none`` for
+    sources released already processed (Yu et al.'s ROIs) and the paper ``preset`` otherwise."""
+    if preprocess_config and preprocess_config != "auto":
+        return preprocess_config
+    return PREPROCESSED_SOURCES.get(source, preset)
+
+
+def preprocess(records_dir: str | os.PathLike[str], config: str, out_dir: str | os.PathLike[str], *,
+               workers: int = 1, cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Preprocess a records folder into ``out_dir`` (``mammoflow preprocess``); returns the run's counts."""
+    from dataclasses import asdict
+
+    from mammoflow.preprocess.run import preprocess_records
+    from mammoflow.records import require_complete
+
+    if not storage.is_remote(records_dir):  # checked before the local copy, which would be marked complete
+        require_complete(records_dir)
+    summary = preprocess_records(localise_records(records_dir, cache), config, out_dir, None, workers)
+    if summary.usable == 0:
+        raise InputError(Path(out_dir) / "quarantine.md", "no usable record left after preprocessing",
+                         "see the quarantine report for each record's problem and fix", code="empty")
+    return {**asdict(summary), "usable": summary.usable}
+
+
+def safe_name(ref: str) -> str:
+    stem = Path(ref).stem if ref.endswith((".yaml", ".yml")) else ref
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "dataset"
+
+
+def dataset_uri(storage_root: str, records_dir: str | os.PathLike[str], config: str) -> str:
+    """The dataset folder for these records and this dataset config: ``datasets/<config>-<sha16>``.
+
+    Content-addressed (records table + resolved config), so the same inputs land in the same folder (a re-run
+    resumes and reuses its shards) and different inputs never overwrite each other.
+    """
+    from mammoflow.config import dump_yaml, to_dict
+    from mammoflow.dataset.build import DatasetConfig
+
+    resolved = dump_yaml(to_dict(DatasetConfig.load(config)))
+    digest = hashlib.sha256((Path(records_dir) / "records.jsonl").read_bytes() + resolved.encode()).hexdigest()
+    return storage.join(require_root(storage_root), "datasets", f"{safe_name(config)}-{digest[:16]}")
+
+
+def build_dataset(records_dir: str | os.PathLike[str], config: str, storage_root: str) -> Any:
+    """Shards + manifest for a records folder (``mammoflow build-dataset``) at :func:`dataset_uri`."""
+    from mammoflow.dataset.build import build_dataset as build
+
+    config = local_config(config, None)  # a dataset YAML may be a gs:// URI, like a train config
+    return build(records_dir, config, dataset_uri(storage_root, records_dir, config))

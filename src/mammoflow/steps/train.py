@@ -1,0 +1,130 @@
+"""The training steps over URIs: one training run, or a Ray Tune sweep of many, in a run folder under the storage
+root that stays the same across retries (a retried step resumes)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mammoflow import storage
+from mammoflow.config import plain_numbers
+from mammoflow.errors import ConfigError, InputError
+from mammoflow.steps.data import require_root, safe_name
+from mammoflow.storage.copies import cache_dir, copy_files, local_config
+
+log = logging.getLogger(__name__)
+
+#: Files of a training run folder that make a self-contained model package (evaluate, explain and report read them).
+RUN_PACKAGE_FILES = ("model.keras", "config.yaml", "metrics.json", "run.json", "history.csv", "history.json")
+#: Top-level files of a sweep folder worth keeping beside the pipeline (the trials stay in storage).
+SWEEP_PACKAGE_FILES = ("spec.yaml", "results.csv", "results.md", "summary.json", "best_config.yaml")
+
+
+def run_uri(storage_root: str, run_id: str, name: str = "train") -> str:
+    """The training run folder of pipeline run ``run_id``; stable across retries, so a retried step resumes."""
+    return storage.join(require_root(storage_root), "runs", safe_name(run_id), name)
+
+
+def sweep_uri(storage_root: str, run_id: str) -> str:
+    """The sweep folder of pipeline run ``run_id`` (stable across retries: a retried sweep resumes)."""
+    return storage.join(require_root(storage_root), "sweeps", safe_name(run_id))
+
+
+
+
+
+
+def train(config_ref: str, data_uri: str, out_uri: str, *, overrides: Mapping[str, Any] | None = None,
+          metrics_port: int | None = None, cache: str | os.PathLike[str] | None = None) -> Any:
+    """One training run (``mammoflow train``): preset or YAML (local or ``gs://``) + dotted overrides.
+
+    ``metrics_port`` serves the run's Prometheus gauges there (0 or None: not served). Re-running with the same
+    ``out_uri`` resumes; a preempted run raises :class:`mammoflow.training.loop.Preempted` after checkpointing.
+    """
+    from mammoflow.training.config import load_train_config
+    from mammoflow.training.loop import train as train_loop
+
+    values = plain_numbers(dict(overrides or {}))
+    if metrics_port:
+        values["metrics_port"] = int(metrics_port)
+    config = load_train_config(local_config(config_ref, cache), values)
+    return train_loop(config, data_uri, out_uri, cache_dir=cache_dir(cache))
+
+
+def package_run(run: str, dest: str | os.PathLike[str]) -> list[str]:
+    """Copy the files that make a run usable elsewhere (:data:`RUN_PACKAGE_FILES`) into the local ``dest``."""
+    copied = copy_files(run, dest, RUN_PACKAGE_FILES)
+    if "model.keras" not in copied:
+        raise InputError(storage.join(run, "model.keras"), "the run has no trained model",
+                         "let the training run finish (re-run resumes it)", code="missing_file")
+    return copied
+
+
+def available_cpus(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: the container's CPU limit (cgroup v2 ``cpu.max`` or v1 CFS quota), else the
+    CPUs it may run on. ``os.cpu_count()`` gives the node's count, which would start a Ray with far more trial
+    slots than the pod's limit allows."""
+    import math
+
+    root = Path(cgroup_root)
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = period = None
+    try:
+        if (root / "cpu.max").is_file():
+            q, p = (root / "cpu.max").read_text().split()[:2]
+            quota, period = (None if q == "max" else int(q)), int(p)
+        elif (root / "cpu" / "cpu.cfs_quota_us").is_file():
+            q = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+            quota = q if q > 0 else None
+            period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        quota = None
+    if quota is not None and period:
+        count = min(count, max(1, math.ceil(quota / period)))
+    return count
+
+
+def sweep_datasets(spec_datasets: Sequence[str], data_uri: str, given: Mapping[str, str] | None = None
+                   ) -> dict[str, str]:
+    """Which dataset URI each dataset name of a sweep spec trains on. The pipeline builds one dataset: it serves
+    the spec's ``default`` (or its only dataset); a spec that ablates datasets (preprocessing, mass/calc) needs the
+    others given by name, built beforehand. A missing one is an error, never the pipeline's dataset under another
+    name (that would report an ablation that did not happen)."""
+    from mammoflow.sweep.spec import DEFAULT_DATASET
+
+    given = {str(k): str(v) for k, v in (given or {}).items() if v}
+    unknown = sorted(set(given) - set(spec_datasets))
+    if unknown:
+        raise ConfigError(f"datasets {unknown} are not in the sweep spec (it has {list(spec_datasets)}). Fix: name "
+                          "only the spec's datasets")
+    own = DEFAULT_DATASET if DEFAULT_DATASET in spec_datasets else spec_datasets[0]
+    mapping = {own: data_uri, **given}
+    missing = [name for name in spec_datasets if name not in mapping]
+    if missing:
+        raise ConfigError(
+            f"the sweep spec ablates datasets {list(spec_datasets)}, and this pipeline builds one (used as {own!r}); "
+            f"{missing} have no dataset. Fix: build them (`mammoflow build-dataset --config ... --out "
+            "gs://.../datasets/NAME`) and pass datasets={NAME: URI, ...}, or use a spec with one dataset")
+    return mapping
+
+
+def sweep(spec_ref: str, data_uri: str, out_uri: str, *, address: str | None = None, num_cpus: int | None = None,
+          max_concurrent: int | None = None, cache: str | os.PathLike[str] | None = None,
+          datasets: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run a sweep spec on Ray Tune (``mammoflow sweep``) on the pipeline's dataset (plus, for a spec that
+    ablates datasets, the other ones by name: :func:`sweep_datasets`); resumes a sweep left by an earlier attempt
+    at ``out_uri`` (a retried step after preemption)."""
+    from mammoflow.sweep.runner import run_sweep
+    from mammoflow.sweep.spec import load_spec
+
+    spec = load_spec(local_config(spec_ref, cache))
+    data = sweep_datasets(spec.datasets, data_uri, datasets)
+    resume = storage.exists(storage.join(out_uri, "spec.yaml"))
+    if not address and num_cpus is None:
+        num_cpus = available_cpus()  # a Ray inside this pod: as many CPUs as the pod may use
+    return run_sweep(spec, data, out_uri, address=address or None,
+                     resume=resume, num_cpus=num_cpus, max_concurrent=max_concurrent,
+                     cache_dir=str(cache_dir(cache)))

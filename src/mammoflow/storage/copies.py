@@ -1,0 +1,106 @@
+"""Local copies of remote inputs: one cache (``$MAMMOFLOW_CACHE``, else the system temp folder) where a step fetches
+a file or folder from object storage once, and from which a retried step reuses it; and the way back (publish)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mammoflow import storage
+from mammoflow.errors import InputError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "MAMMOFLOW_CACHE"
+
+
+def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where remote inputs are cached: ``explicit``, else ``$MAMMOFLOW_CACHE``, else the system temp folder."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path(tempfile.gettempdir()) / "mammoflow-cache"
+
+
+def uri_key(uri: str) -> str:
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def fetch_tree(uri: str, cache: str | os.PathLike[str] | None = None) -> Path:
+    """A local copy of the file or folder at ``uri``; a local ``uri`` is returned as it is (absolute).
+
+    Remote objects are downloaded once into the cache (an object already there with the same size is kept), so
+    a retried step does not fetch a large dataset again.
+    """
+    if not storage.is_remote(uri):
+        path = storage.local_path(uri).absolute()
+        if not path.exists():
+            raise InputError(path, "not found", "check the path (relative paths are taken from the current "
+                             "folder)", code="missing_file")
+        return path
+    objects = storage.list(uri)
+    if not objects:
+        raise InputError(uri, "no object at or under this URI", "check the bucket and prefix", code="missing_file")
+    local = cached_copy_path(uri, cache)
+    single = objects == [uri.rstrip("/")]
+    for obj in objects:
+        dest = local if single else local / obj[len(uri.rstrip("/")) + 1:]
+        if _cached_copy_current(dest, storage.stat(obj)):
+            continue
+        storage.get_file(obj, dest)
+    log.info("fetched %s (%d object(s)) into %s", uri, len(objects), local)
+    return local
+
+
+SMALL_OBJECT = 1 << 20  # bytes: below this a remote object without a recorded sha256 is simply fetched again
+
+
+def _cached_copy_current(dest: Path, info: Any) -> bool:
+    """Whether the cached ``dest`` still holds the remote object ``info`` describes: same size, and the same sha256
+    when the upload recorded one. Without a recorded sha256 only large objects (images) are trusted on size alone;
+    a small one (a config, a labels CSV) is fetched again, since an edit can keep its size."""
+    if info is None or not dest.is_file() or dest.stat().st_size != info.size:
+        return False
+    if info.sha256:
+        return storage.file_sha256(dest) == info.sha256
+    return info.size >= SMALL_OBJECT
+
+
+def cached_copy_path(uri: str, cache: str | os.PathLike[str] | None = None) -> Path:
+    """Where :func:`fetch_tree` keeps its local copy of the remote ``uri`` (the same path in every pod)."""
+    return cache_dir(cache) / "inputs" / uri_key(uri) / uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def publish_tree(local: str | os.PathLike[str], uri: str) -> list[str]:
+    """Copy every file under the local folder ``local`` to the same relative path under ``uri``."""
+    root = Path(local)
+    written = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        dest = storage.join(uri, path.relative_to(root).as_posix())
+        storage.put_file(path, dest)
+        written.append(dest)
+    return written
+
+
+def copy_files(src_uri: str, dest: str | os.PathLike[str], names: Sequence[str]) -> list[str]:
+    """Copy the named files of the folder ``src_uri`` (local or remote) into the local folder ``dest``; files
+    that do not exist are skipped. Returns the names copied."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in names:
+        uri = storage.join(src_uri, name)
+        if storage.exists(uri):
+            storage.get_file(uri, dest / name)
+            copied.append(name)
+    return copied
+
+
+def local_config(ref: str, cache: str | os.PathLike[str] | None) -> str:
+    """A preset name or local YAML path as it is; a remote YAML URI fetched to a local file."""
+    return str(fetch_tree(ref, cache)) if storage.is_remote(ref) else ref

@@ -1,13 +1,15 @@
 """Configs: YAML files or preset names, validated into dataclasses with clear errors.
 
 Every ``--config`` option takes either a preset name (``yu2020``, ``jaamour2023``, ``xi2018``, ...), found under
-``mammoflow/presets/<kind>/<name>.yaml``, or a path to a YAML file. One resolved config is saved beside every result
+``mammoflow/presets/<kind>/<name>.yaml``, a path to a YAML file or the ``gs://`` URI of one, resolved in one place
+(:func:`resolve_ref`). One resolved config is saved beside every result
 so that any result can be re-run from its own folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from importlib import resources
@@ -46,23 +48,44 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
     return data
 
 
-def resolve_config(name_or_path: str | Path | dict | None, kind: str) -> dict[str, Any]:
-    """A config dict from a preset name, a YAML path, a dict (returned as a copy) or None (empty)."""
-    if name_or_path is None:
-        return {}
-    if isinstance(name_or_path, dict):
-        return dict(name_or_path)
-    text = str(name_or_path)
+def resolve_ref(ref: str | os.PathLike[str], kind: str, cache: str | os.PathLike[str] | None = None) -> str:
+    """The one place where a config reference of any ``kind`` (``preprocess``, ``dataset``, ``train``, ``sweep``,
+    ``retrain``, ...) is resolved, before any work: a shipped preset name of that kind as it is; a ``gs://`` YAML
+    fetched into the local copies cache (:mod:`mammoflow.storage.copies`, ``cache`` or ``$MAMMOFLOW_CACHE``) and its
+    local path returned (it keeps the file's name, which names datasets and labels runs); a local YAML path as it
+    is. Anything else is a :class:`ConfigError` naming the presets. Every loader takes what this returns."""
+    from mammoflow import storage
+
+    text = os.fspath(ref)
+    if storage.is_remote(text):
+        from mammoflow.storage.copies import fetch_tree
+
+        return str(fetch_tree(text, cache))
     if text in preset_names(kind):
-        ref = resources.files("mammoflow") / "presets" / kind / f"{text}.yaml"
-        return yaml.safe_load(ref.read_text()) or {}
-    path = Path(text)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return load_yaml(path)
+        return text
+    path = storage.local_path(text)  # file:// URIs too
+    text = str(path) if text.startswith("file://") else text
+    if path.suffix in (".yaml", ".yml") or path.exists():  # a missing YAML is load_yaml's error: it names the file
+        return text
     raise ConfigError(
         f"{text!r} is neither a {kind} preset nor a YAML file. "
         f"Fix: use one of {', '.join(preset_names(kind)) or '(none shipped)'} or a path to a .yaml file"
     )
+
+
+def resolve_config(name_or_path: str | Path | dict | None, kind: str,
+                   cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A config dict from a preset name, a YAML path or ``gs://`` URI (see :func:`resolve_ref`), a dict (returned
+    as a copy) or None (empty)."""
+    if name_or_path is None:
+        return {}
+    if isinstance(name_or_path, dict):
+        return dict(name_or_path)
+    ref = resolve_ref(name_or_path, kind, cache)
+    if ref in preset_names(kind):
+        preset = resources.files("mammoflow") / "presets" / kind / f"{ref}.yaml"
+        return yaml.safe_load(preset.read_text()) or {}
+    return load_yaml(ref)
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:

@@ -30,7 +30,7 @@ manifest.json (written last). An OUT holding a dataset built from other records 
 @click.option("--records", "records_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Records folder written by `mammoflow ingest` or `mammoflow preprocess`.")
 @click.option("--config", "config", required=True, metavar="NAME_OR_YAML",
-              help=f"Dataset preset ({', '.join(preset_names('dataset')) or 'none'}) or a YAML file.")
+              help=f"Dataset preset ({', '.join(preset_names('dataset')) or 'none'}), a YAML file or its gs:// URI.")
 @click.option("--out", "out_uri", required=True, metavar="URI",
               help="Output folder or gs://bucket/prefix: shards, split_plan.json, quarantine.jsonl, manifest.json.")
 @click.option("--export-png", "export_png", type=click.Path(path_type=Path), default=None,
@@ -42,11 +42,11 @@ def command(records_dir: Path, config: str, out_uri: str, export_png: Path | Non
     Xi et al. lesion crops), splits are planned by patient and checked for leakage before anything is built, and
     the manifest is written last. Re-running with the same inputs resumes and gives the same manifest.
     """
-    from mammoflow.dataset.build import build_dataset
+    from mammoflow import steps
 
     check_out(out_uri)  # a local folder, new or existing, that can be written (gs:// is not probed)
     check_out(export_png, "--export-png")
-    result = build_dataset(records_dir, config, out_uri, export_png=export_png)
+    result = steps.build_dataset(records_dir, config, out=out_uri, export_png=export_png)
     m = result.manifest
     click.echo(json.dumps({"out": out_uri, "counts": m["counts"], "examples": m["examples"],
                            "quarantined": m["inputs"]["records_quarantined"],

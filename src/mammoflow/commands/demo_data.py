@@ -48,18 +48,13 @@ def command(out: str, n_images: int, seed: int, fmt: str, size: str | None) -> N
       mammoflow demo-data --out data/demo-mias --n-images 24
       mammoflow demo-data --out data/demo-cbis --format dicom --n-images 16 --size 640x480
     """
-    from mammoflow.synth.phantoms import write_dicom_dataset, write_mias_dataset
+    from mammoflow import steps
 
     shape = _parse_size(size)
-    if fmt == "mias":
-        if shape is not None and shape[0] != shape[1]:
-            raise click.BadParameter("MIAS images are square: give one number or HxH", param_hint="--size")
-        truth = write_mias_dataset(out, n_images=n_images, seed=seed, size=shape[0] if shape else 1024)
-    else:
-        truth = write_dicom_dataset(out, n_images=n_images, seed=seed, size=shape or (640, 480))
-    images = truth["images"]
-    with_lesions = sum(1 for im in images if im["lesions"])
-    n_lesions = sum(len(im["lesions"]) for im in images)
+    if fmt == "mias" and shape is not None and shape[0] != shape[1]:
+        raise click.BadParameter("MIAS images are square: give one number or HxH", param_hint="--size")
+    side_or_shape = (shape[0] if fmt == "mias" else shape) if shape else None
+    summary = steps.demo_data(out, n_images, seed, fmt=fmt, size=side_or_shape)
     what = "MIAS-like PGM" if fmt == "mias" else "CBIS-DDSM-like DICOM"
-    click.echo(f"{out}: {len(images)} {what} phantom images, {with_lesions} with lesions "
-               f"({n_lesions} lesions), seed {seed}; ground truth in {out}/ground_truth.json")
+    click.echo(f"{out}: {summary['images']} {what} phantom images, {summary['images_with_lesions']} with lesions "
+               f"({summary['lesions']} lesions), seed {seed}; ground truth in {out}/ground_truth.json")

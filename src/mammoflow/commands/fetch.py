@@ -34,10 +34,11 @@ def command(dataset: str, out: Path, from_file: Path | None, url: str | None, ti
     Without internet it fails with what to do instead: download the file elsewhere and pass it
     with --from-file.
     """
-    from mammoflow.sources.fetch import FetchError, fetch
+    from mammoflow import steps
+    from mammoflow.sources.fetch import FetchError
 
     try:
-        installed = fetch(dataset, out, from_file=from_file, url=url, timeout=timeout)
+        installed = steps.fetch_dataset(dataset, out, from_file=from_file, url=url, timeout=timeout)
     except FetchError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"fetch {dataset}: verified -> {installed} (ingest with --source {dataset} --root {installed})")

@@ -86,51 +86,40 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
     the like are listed in skipped.jsonl with the reason). Patient ids are pseudonymous; no DICOM
     identifier is written anywhere.
     """
-    from mammoflow.records import RecordsTable
-    from mammoflow.sources import SOURCES, SourceOptions, check_labels, resume
-    from mammoflow.sources._common import salt_note, site_salt
+    from mammoflow import steps
 
-    check_labels(source, labels)
-    if pseudonymise_paths and source != "dicom-dir":
+    if pseudonymise_paths and source != "dicom-dir":  # a usage error: these flags do not go together
         raise click.UsageError(f"--pseudonymise-paths is for --source dicom-dir; {source} ids are the dataset's "
                                "own public ids")
-    opts = SourceOptions(root=root, info=info, csvs=tuple(csvs), labels=labels, metadata_only=metadata_only,
-                         salt=salt, any_modality=any_modality, pseudonymise_paths=pseudonymise_paths)
-    inputs = [root, info, labels, *csvs]
-    resume.check_out_dir(out, inputs)  # before anything is read: --out inside --root, under a file, unwritable
-    if previous is not None:
-        from mammoflow.retrain.ingest import incremental_ingest
-
-        if metadata_only:
-            raise click.UsageError("--incremental cannot be combined with --metadata-only")
-        d = incremental_ingest(source, opts, previous, out, freeze_test=freeze_test)
-        click.echo(f"ingest {source}: nothing new -> {out}" if d.nothing_new else
-                   f"ingest {source}: {d.new_records} new, {d.changed_records} changed, {d.removed_records} "
-                   f"removed, {d.quarantined_new} quarantined -> {out}")
-        return
-    fingerprint = resume.input_fingerprint(source, opts)
-
-    def read() -> RecordsTable:
-        try:
-            table = SOURCES[source](opts)
-        except InputError as err:
-            raise click.ClickException(str(err)) from None
-        table.meta["ingest"] = {"source": source, "metadata_only": metadata_only,
-                                "salt": table.meta.get("salt", salt_note(site_salt(salt)))}
-        return table
-
-    result = resume.ingest_into(out, fingerprint, read, inputs=inputs)
-    summary = result.summary
-    if result.reused:
-        log.info("%s already holds the ingest of these inputs (nothing changed since): nothing read again", out)
-    codes = ", ".join(f"{code} {n}" for code, n in summary["quarantined_by_code"].items())
-    skipped = ", ".join(f"{reason} {n}" for reason, n in summary.get("skipped_by_reason", {}).items())
-    click.echo(f"ingest {source}: read {summary['read']}, used {summary['used']}, quarantined "
-               f"{summary['quarantined']}{f' ({codes})' if codes else ''}, skipped {summary.get('skipped', 0)}"
-               f"{f' ({skipped})' if skipped else ''} -> {out}")
-    if summary["used"] == 0:
-        log.error("nothing usable was read: see %s", out / "quarantine.md")
-        raise click.exceptions.Exit(EXIT_NOTHING_USABLE)
+    if previous is not None and metadata_only:
+        raise click.UsageError("--incremental cannot be combined with --metadata-only")
+    # --labels is taken from the current folder (the step takes a relative one under the data root)
+    given = {"labels": str(labels.absolute()) if labels else "", "info": info, "csvs": csvs, "salt": salt, "any_modality": any_modality,
+             "pseudonymise_paths": pseudonymise_paths}
+    try:
+        if previous is not None:
+            d = steps.ingest_incremental(source, root, out, previous, freeze_test=freeze_test, **given)
+            click.echo(f"ingest {source}: nothing new -> {out}" if d.nothing_new else
+                       f"ingest {source}: {d.new_records} new, {d.changed_records} changed, {d.removed_records} "
+                       f"removed, {d.quarantined_new} quarantined -> {out}")
+            return
+        summary = steps.ingest(source, root, out, metadata_only=metadata_only, **given)
+    except steps.NothingUsable as err:
+        click.echo(summary_line(source, err.summary, out))
+        log.error("%s", err)
+        raise click.exceptions.Exit(EXIT_NOTHING_USABLE) from None
+    except InputError as err:  # the input cannot be read at all (a missing Info.txt, a malformed CSV, ...)
+        raise click.ClickException(str(err)) from None
+    click.echo(summary_line(source, summary, out))
     if strict and summary["quarantined"]:
         log.error("--strict: %d input(s) quarantined, see %s", summary["quarantined"], out / "quarantine.md")
         raise click.exceptions.Exit(EXIT_STRICT)
+
+
+def summary_line(source: str, summary: dict, out: Path) -> str:
+    """The one line ingest prints: read = used + quarantined + skipped, with the counts by code and reason."""
+    codes = ", ".join(f"{code} {n}" for code, n in summary["quarantined_by_code"].items())
+    skipped = ", ".join(f"{reason} {n}" for reason, n in summary.get("skipped_by_reason", {}).items())
+    return (f"ingest {source}: read {summary['read']}, used {summary['used']}, quarantined {summary['quarantined']}"
+            f"{f' ({codes})' if codes else ''}, skipped {summary.get('skipped', 0)}{f' ({skipped})' if skipped else ''}"
+            f" -> {out}")

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from mammoflow.commands._outputs import check_out
-from mammoflow.preprocess.run import preprocess_records
 
 _EPILOG = """\b
 Examples:
@@ -29,7 +28,8 @@ did not write (an ingest folder), is refused unless --overwrite is given."""
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Records folder to read (made by `mammoflow ingest`).")
 @click.option("--config", "config", required=True,
-              help="Preset name (yu2020, jaamour2023, jaamour2023_breast, xi2018, minimal, none) or a YAML file.")
+              help="Preset name (yu2020, jaamour2023, jaamour2023_breast, xi2018, minimal, none), a YAML file or "
+                   "its gs:// URI.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),  # checked by check_out
               help="Folder for the preprocessed images and the new records table.")
 @click.option("--export-png", "export_dir", type=click.Path(path_type=Path), default=None,
@@ -47,13 +47,22 @@ def command(records_dir: Path, config: str, out_dir: Path, export_dir: Path | No
     Lesion centres, radii and masks are moved with the image. Unusable images are quarantined and the run goes
     on; re-running with the same config skips records already done.
     """
+    from mammoflow import steps
+
     check_out(out_dir)
     check_out(export_dir, "--export-png")
-    summary = preprocess_records(records_dir, config, out_dir, export_dir, workers, overwrite=overwrite)
-    click.echo(f"preprocessed {summary.processed}, reused {summary.reused}, quarantined "
-               f"{summary.quarantined_new} new ({summary.quarantined_total} in total) -> {out_dir}")
-    if summary.usable == 0:
-        raise click.ClickException("no usable record left: see quarantine.md in the output folder")
-    if strict and summary.quarantined_new:
-        raise click.ClickException(f"--strict: {summary.quarantined_new} record(s) quarantined "
+    try:
+        summary = steps.preprocess(records_dir, config, out_dir, workers=workers, export_dir=export_dir,
+                                   overwrite=overwrite)
+    except steps.NothingUsable as err:
+        click.echo(summary_line(err.summary, out_dir))
+        raise click.ClickException(str(err)) from None
+    click.echo(summary_line(summary, out_dir))
+    if strict and summary["quarantined_new"]:
+        raise click.ClickException(f"--strict: {summary['quarantined_new']} record(s) quarantined "
                                    "(see quarantine.md in the output folder)")
+
+
+def summary_line(summary: dict, out_dir: Path) -> str:
+    return (f"preprocessed {summary['processed']}, reused {summary['reused']}, quarantined "
+            f"{summary['quarantined_new']} new ({summary['quarantined_total']} in total) -> {out_dir}")

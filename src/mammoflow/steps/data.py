@@ -11,14 +11,16 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mammoflow import storage
+from mammoflow.config import resolve_ref
 from mammoflow.errors import ConfigError, InputError
 from mammoflow.sources import LABELLED_SOURCES, check_labels, check_pseudonymise_paths  # noqa: F401 - the step layer's face
-from mammoflow.storage.copies import cache_dir, fetch_tree, local_config, uri_key
+from mammoflow.storage.copies import cache_dir, fetch_tree, uri_key
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,17 @@ PHANTOM_SOURCE = "phantoms"  # the pipelines' name for the built-in demo data (r
 PHANTOM_SIZE = 1024  # MIAS images are 1024x1024; the mias reader refuses other sizes
 #: Sources whose images were already preprocessed by their authors (Yu et al. released processed 120x120 ROIs).
 PREPROCESSED_SOURCES = {"mias-rois": "none"}
+#: What demo-data writes per format: the reader to ingest it with.
+DEMO_FORMATS = {"mias": "mias", "dicom": "cbis-ddsm"}
+
+
+class NothingUsable(InputError):
+    """A data step left no usable record. Its output folder is written (the quarantine report says what went wrong
+    with each input) and ``summary`` holds the step's counts, for the caller to show."""
+
+    def __init__(self, path: object, problem: str, fix: str, summary: Mapping[str, Any]):
+        super().__init__(path, problem, fix, code="empty")
+        self.summary = dict(summary)
 
 
 def phantoms_uri(storage_root: str, n_images: int, seed: int) -> str:
@@ -40,25 +53,36 @@ def require_root(storage_root: str) -> str:
     return storage_root
 
 
-def demo_data(out_uri: str, n_images: int, seed: int, cache: str | os.PathLike[str] | None = None
-              ) -> dict[str, Any]:
-    """Write the MIAS-like phantom dataset to ``out_uri`` (once: an existing identical dataset is kept).
+def demo_data(out_uri: str, n_images: int, seed: int, cache: str | os.PathLike[str] | None = None, *,
+              fmt: str = "mias", size: int | tuple[int, int] | None = None) -> dict[str, Any]:
+    """Write the phantom dataset to ``out_uri`` (once: an existing identical dataset is kept): MIAS-like PGMs
+    (``fmt`` mias, ``size`` one side, 1024 by default) or a CBIS-DDSM-like DICOM download (``fmt`` dicom, ``size``
+    (height, width), 640x480 by default). A remote ``out_uri`` is written in the cache and uploaded, its
+    ``ground_truth.json`` last.
 
-    Returns its ground truth summary with ``source`` (``mias``) and ``data_root`` (``out_uri``) for ingest.
+    Returns the ground truth summary, with ``source`` (the reader to ingest it with) and ``data_root`` (``out_uri``).
     """
-    from mammoflow.synth.phantoms import write_mias_dataset
+    from mammoflow.synth.phantoms import write_dicom_dataset, write_mias_dataset
+
+    if fmt not in DEMO_FORMATS:
+        raise ConfigError(f"demo data format {fmt!r} is not one of {', '.join(DEMO_FORMATS)}")
+
+    def write(folder: Path) -> dict[str, Any]:
+        if fmt == "mias":
+            return write_mias_dataset(folder, n_images=n_images, seed=seed, size=size or PHANTOM_SIZE)
+        return write_dicom_dataset(folder, n_images=n_images, seed=seed, size=size or (640, 480))
 
     if storage.is_remote(out_uri):
         local = cache_dir(cache) / "phantoms" / uri_key(out_uri)
-        truth = write_mias_dataset(local, n_images=n_images, seed=seed, size=PHANTOM_SIZE)
+        truth = write(local)
         # ground_truth.json goes last: its presence tells a reader the dataset is complete.
-        files = sorted(p for p in local.iterdir() if p.is_file() and p.name != "ground_truth.json")
+        files = sorted(p for p in local.rglob("*") if p.is_file() and p != local / "ground_truth.json")
         for path in [*files, local / "ground_truth.json"]:
-            storage.put_file(path, storage.join(out_uri, path.name))
+            storage.put_file(path, storage.join(out_uri, path.relative_to(local).as_posix()))
     else:
-        truth = write_mias_dataset(storage.local_path(out_uri), n_images=n_images, seed=seed, size=PHANTOM_SIZE)
+        truth = write(storage.local_path(out_uri))
     images = truth["images"]
-    return {"source": "mias", "data_root": out_uri, "images": len(images),
+    return {"source": DEMO_FORMATS[fmt], "data_root": out_uri, "images": len(images),
             "images_with_lesions": sum(1 for im in images if im["lesions"]),
             "lesions": sum(len(im["lesions"]) for im in images), "seed": seed}
 
@@ -114,43 +138,102 @@ def data_digest(data_root: str, labels_csv: str = "") -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _local_labels(uri: str, data_root: str, local_root: Path, cache: str | os.PathLike[str] | None) -> Path | None:
+def _local_labels(uri: str, data_root: str, local_root: Path | None, cache: str | os.PathLike[str] | None
+                  ) -> Path | None:
     """A local copy of the labels CSV at ``uri``: the file itself when local, the already fetched copy when it lies
     in a remote ``data_root``, else fetched into the cache."""
     if not uri:
         return None
     prefix = data_root.rstrip("/") + "/"
-    if storage.is_remote(uri) and uri.startswith(prefix) and local_root.is_dir():
+    if storage.is_remote(uri) and uri.startswith(prefix) and local_root is not None and local_root.is_dir():
         local = local_root / uri[len(prefix):]
         if local.is_file():
             return local
     return fetch_tree(uri, cache)
 
 
-def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labels: str = "",
-           salt: str | None = None, cache: str | os.PathLike[str] | None = None,
-           pseudonymise_paths: bool = False) -> dict[str, Any]:
-    """Read a dataset into a records folder (``mammoflow ingest``); returns the ingest summary, with
-    ``labels_csv``: where the labels CSV read was (None: none).
+def _local_file(ref: str | os.PathLike[str] | None, cache: str | os.PathLike[str] | None) -> Path | None:
+    """An annotation file given apart from the data (MIAS Info.txt, CBIS-DDSM CSVs): fetched when remote, else the
+    path as given (absolute), which the reader checks with its own message."""
+    if not ref:
+        return None
+    return fetch_tree(str(ref), cache) if storage.is_remote(ref) else Path(os.path.abspath(ref))
+
+
+@dataclass(frozen=True)
+class IngestInputs:
+    """What an ingest reads, as given (URIs or paths) and as local files (fetched copies of remote ones)."""
+
+    source: str
+    data_root: str  # a gs:// URI, or a local path made absolute; "" for metadata-only reads without images
+    labels_uri: str  # where the labels CSV is ("" none given; see labels_uri)
+    options: Any  # the readers' SourceOptions, over local files
+    local_root: Path | None
+    local_labels: Path | None
+
+    @property
+    def local_files(self) -> list[Path | None]:
+        """Every local input, which ``--out`` may neither hold nor lie in."""
+        return [self.local_root, self.options.info, self.local_labels, *self.options.csvs]
+
+
+def ingest_inputs(source: str, data_root: str | os.PathLike[str] | None, *, labels: str | os.PathLike[str] = "",
+                  info: str | os.PathLike[str] | None = None, csvs: Sequence[str | os.PathLike[str]] = (),
+                  metadata_only: bool = False, salt: str | None = None, any_modality: bool = False,
+                  pseudonymise_paths: bool = False, cache: str | os.PathLike[str] | None = None) -> IngestInputs:
+    """Check an ingest's options (labels CSV and path pseudonyms only for the sources that take them) and make
+    its inputs local: a remote ``data_root``, labels CSV, Info.txt or description CSV is fetched into the cache."""
+    from mammoflow.sources import SourceOptions
+
+    check_labels(source, labels)
+    check_pseudonymise_paths(source, pseudonymise_paths)
+    root = os.fspath(data_root) if data_root else ""
+    local_root = fetch_tree(root, cache) if root else None
+    if root and not storage.is_remote(root):
+        root = str(local_root)  # absolute: the records name their data wherever the next step runs
+    uri = labels_uri(root, os.fspath(labels)) if labels else ""
+    local_labels = _local_labels(uri, root, local_root, cache)
+    opts = SourceOptions(root=local_root, info=_local_file(info, cache),
+                         csvs=tuple(p for p in (_local_file(c, cache) for c in csvs) if p is not None),
+                         labels=local_labels, metadata_only=metadata_only, salt=salt, any_modality=any_modality,
+                         pseudonymise_paths=pseudonymise_paths)
+    return IngestInputs(source, root, uri, opts, local_root, local_labels)
+
+
+def _given_paths(*refs: Any) -> list[Path]:
+    """The local paths among an ingest's inputs as given (``--out`` is checked against them before any fetch)."""
+    flat = [r for ref in refs for r in (ref if isinstance(ref, (list, tuple)) else [ref])]
+    return [Path(r) for r in flat if r and not storage.is_remote(r)]
+
+
+def ingest(source: str, data_root: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str], *,
+           labels: str | os.PathLike[str] = "", salt: str | None = None, cache: str | os.PathLike[str] | None = None,
+           pseudonymise_paths: bool = False, info: str | os.PathLike[str] | None = None,
+           csvs: Sequence[str | os.PathLike[str]] = (), metadata_only: bool = False, any_modality: bool = False
+           ) -> dict[str, Any]:
+    """Read a dataset into a records folder (``mammoflow ingest``, the ingest component); returns the ingest
+    summary, with ``labels_csv``: where the labels CSV read was (None: none).
 
     ``labels``: the labels CSV of a ``dicom-dir`` source, relative to ``data_root`` or an absolute path / ``gs://``
     URI (see :func:`labels_uri`); empty: ``data_root/labels.csv`` when it exists, else none. A remote
     ``data_root`` (and labels CSV) is fetched into the cache and the records' ``image_root`` is written as the
     remote URI, so that the records folder stays valid in the next step's pod; quarantine entries name the remote
     files too. ``pseudonymise_paths`` (dicom-dir): record ids are salted pseudonyms of the file paths, for site
-    folders named after patients.
+    folders named after patients. ``info``, ``csvs``, ``metadata_only``, ``any_modality``: see ``mammoflow ingest
+    --help``. The folder is written all or nothing, and a folder already holding the ingest of the same inputs is
+    kept as it is (:mod:`mammoflow.sources.resume`). Nothing usable: :class:`NothingUsable` (the folder, with its
+    quarantine report, is written).
     """
     from mammoflow.records import META_FILE, RecordsTable
-    from mammoflow.sources import SourceOptions, read_source, resume
+    from mammoflow.sources import read_source, resume
     from mammoflow.sources._common import salt_note, site_salt
 
-    check_labels(source, labels)
-    check_pseudonymise_paths(source, pseudonymise_paths)
-    local_root = fetch_tree(data_root, cache)
-    uri = labels_uri(data_root, labels)
-    local_labels = _local_labels(uri, data_root, local_root, cache)
-    opts = SourceOptions(root=local_root, labels=local_labels, salt=salt, pseudonymise_paths=pseudonymise_paths)
     out_dir = Path(out_dir)
+    resume.check_out_dir(out_dir, _given_paths(data_root, info, csvs))  # before anything is fetched or read
+    inp = ingest_inputs(source, data_root, labels=labels, info=info, csvs=csvs, metadata_only=metadata_only,
+                        salt=salt, any_modality=any_modality, pseudonymise_paths=pseudonymise_paths, cache=cache)
+    data_root, opts = inp.data_root, inp.options
+    uri = inp.labels_uri
     fingerprint = resume.input_fingerprint(source, opts, {"data_root": data_root, "labels": uri})
 
     def read() -> RecordsTable:
@@ -159,19 +242,20 @@ def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labe
         if not uri and table.meta.get("labels_found_in_root"):  # dicom-dir read data_root/labels.csv by itself
             uri = storage.join(data_root, str(table.meta["labels_file"]))
         if storage.is_remote(data_root):
-            table.image_root = portable_root(table.image_root, local_root, data_root)
-            remote_of = {str(local_root): data_root.rstrip("/")}
-            if local_labels is not None:
-                remote_of[str(local_labels)] = uri
+            assert inp.local_root is not None
+            table.image_root = portable_root(table.image_root, inp.local_root, data_root)
+            remote_of = {str(inp.local_root): data_root.rstrip("/")}
+            if inp.local_labels is not None:
+                remote_of[str(inp.local_labels)] = uri
             table.quarantine = [_portable_entry(q, remote_of) for q in table.quarantine]
             table.skipped = [_portable_entry(s, remote_of) for s in table.skipped]
         table.meta["ingest"] = {"source": source, "data_root": data_root, "labels_csv": uri or None,
-                                "metadata_only": False, "pseudonymise_paths": pseudonymise_paths,
+                                "metadata_only": metadata_only, "pseudonymise_paths": pseudonymise_paths,
                                 "salt": table.meta.get("salt", salt_note(site_salt(salt)))}
         return table
 
     # A retried step whose inputs are already ingested there reads nothing again (unless nothing was usable).
-    result = resume.ingest_into(out_dir, fingerprint, read, inputs=[local_root, local_labels],
+    result = resume.ingest_into(out_dir, fingerprint, read, inputs=inp.local_files,
                                 reuse_if=lambda done: bool(done.get("used")))
     summary = result.summary
     if result.reused:
@@ -179,10 +263,28 @@ def ingest(source: str, data_root: str, out_dir: str | os.PathLike[str], *, labe
                  out_dir, summary["used"], summary["quarantined"])
         meta = json.loads((out_dir / META_FILE).read_text())
         return {**summary, "labels_csv": meta.get("ingest", {}).get("labels_csv")}
+    summary = {**summary, "labels_csv": uri or None}
     if summary["used"] == 0:
-        raise InputError(out_dir / "quarantine.md", f"nothing usable was read from {data_root}",
-                         "see the quarantine report for each file's problem and fix", code="empty")
-    return {**summary, "labels_csv": uri or None}
+        raise NothingUsable(out_dir / "quarantine.md", f"nothing usable was read from {data_root or source}",
+                            "see the quarantine report for each file's problem and fix", summary)
+    return summary
+
+
+def ingest_incremental(source: str, data_root: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str],
+                       previous: str | os.PathLike[str], *, freeze_test: bool = False, labels: str | os.PathLike[str] = "",
+                       salt: str | None = None, cache: str | os.PathLike[str] | None = None,
+                       pseudonymise_paths: bool = False, info: str | os.PathLike[str] | None = None,
+                       csvs: Sequence[str | os.PathLike[str]] = (), any_modality: bool = False) -> Any:
+    """Read only what changed since the records folder ``previous`` into the new folder ``out_dir`` (``mammoflow
+    ingest --incremental``): unchanged files are not opened, new records join its split plan (``freeze_test``: new
+    patients go to train/val only). Returns the :class:`~mammoflow.retrain.ingest.IngestDelta`."""
+    from mammoflow.retrain.ingest import incremental_ingest
+    from mammoflow.sources import resume
+
+    resume.check_out_dir(Path(out_dir), _given_paths(data_root, info, csvs))
+    inp = ingest_inputs(source, data_root, labels=labels, info=info, csvs=csvs, salt=salt,
+                        any_modality=any_modality, pseudonymise_paths=pseudonymise_paths, cache=cache)
+    return incremental_ingest(source, inp.options, previous, out_dir, freeze_test=freeze_test)
 
 
 def _portable_entry(entry: Any, remote_of: Mapping[str, str]) -> Any:
@@ -232,20 +334,31 @@ def preprocess_config_for(source: str, preset: str, preprocess_config: str = "au
 
 
 def preprocess(records_dir: str | os.PathLike[str], config: str, out_dir: str | os.PathLike[str], *,
-               workers: int = 1, cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Preprocess a records folder into ``out_dir`` (``mammoflow preprocess``); returns the run's counts."""
+               workers: int = 1, cache: str | os.PathLike[str] | None = None,
+               export_dir: str | os.PathLike[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Preprocess a records folder into ``out_dir`` (``mammoflow preprocess``, the preprocess component); returns
+    the run's counts (:class:`~mammoflow.preprocess.run.PreprocessSummary` as a dict, with ``usable``).
+
+    ``config``: a preprocess preset, YAML path or ``gs://`` URI (:func:`~mammoflow.config.resolve_ref`). Records
+    whose images are in object storage are fetched first (:func:`localise_records`); an unfinished records folder is
+    refused before that. ``export_dir``: also viewable PNGs there; ``overwrite``: replace the output of another
+    config. Nothing usable: :class:`NothingUsable` (the output folder, with its quarantine report, is written).
+    """
     from dataclasses import asdict
 
     from mammoflow.preprocess.run import preprocess_records
     from mammoflow.records import require_complete
 
+    config = resolve_ref(config, "preprocess", cache)
     if not storage.is_remote(records_dir):  # checked before the local copy, which would be marked complete
         require_complete(records_dir)
-    summary = preprocess_records(localise_records(records_dir, cache), config, out_dir, None, workers)
+    summary = preprocess_records(localise_records(records_dir, cache), config, out_dir, export_dir, workers,
+                                 overwrite=overwrite)
+    counts = {**asdict(summary), "usable": summary.usable}
     if summary.usable == 0:
-        raise InputError(Path(out_dir) / "quarantine.md", "no usable record left after preprocessing",
-                         "see the quarantine report for each record's problem and fix", code="empty")
-    return {**asdict(summary), "usable": summary.usable}
+        raise NothingUsable(Path(out_dir) / "quarantine.md", "no usable record left after preprocessing",
+                            "see the quarantine report for each record's problem and fix", counts)
+    return counts
 
 
 def safe_name(ref: str) -> str:
@@ -267,9 +380,26 @@ def dataset_uri(storage_root: str, records_dir: str | os.PathLike[str], config: 
     return storage.join(require_root(storage_root), "datasets", f"{safe_name(config)}-{digest[:16]}")
 
 
-def build_dataset(records_dir: str | os.PathLike[str], config: str, storage_root: str) -> Any:
-    """Shards + manifest for a records folder (``mammoflow build-dataset``) at :func:`dataset_uri`."""
+def build_dataset(records_dir: str | os.PathLike[str], config: str, storage_root: str = "", *,
+                  out: str | None = None, export_png: str | os.PathLike[str] | None = None,
+                  cache: str | os.PathLike[str] | None = None) -> Any:
+    """Shards + manifest for a records folder (``mammoflow build-dataset``, the build-dataset component); returns
+    the :class:`~mammoflow.dataset.build.BuildResult`.
+
+    ``config``: a dataset preset, YAML path or ``gs://`` URI (:func:`~mammoflow.config.resolve_ref`). ``out``: the
+    dataset folder (local or ``gs://``); default :func:`dataset_uri` under ``storage_root``. ``export_png``: also
+    every example as a PNG there, to look at.
+    """
     from mammoflow.dataset.build import build_dataset as build
 
-    config = local_config(config, None)  # a dataset YAML may be a gs:// URI, like a train config
-    return build(records_dir, config, dataset_uri(storage_root, records_dir, config))
+    config = resolve_ref(config, "dataset", cache)
+    return build(records_dir, config, out or dataset_uri(storage_root, records_dir, config), export_png=export_png)
+
+
+def fetch_dataset(dataset: str, out: str | os.PathLike[str], *, from_file: str | os.PathLike[str] | None = None,
+                  url: str | None = None, timeout: float = 60.0) -> Path:
+    """Download a public dataset (``mias``, ``mias-rois``) into ``out`` and verify it, or install an archive
+    downloaded elsewhere (``from_file``); returns where it is, to ingest (``mammoflow fetch``)."""
+    from mammoflow.sources.fetch import fetch
+
+    return fetch(dataset, Path(out), from_file=Path(from_file) if from_file else None, url=url, timeout=timeout)

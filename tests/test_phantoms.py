@@ -19,13 +19,8 @@ from mammoflow.errors import ConfigError
 from mammoflow.io.dicom import read_dicom
 from mammoflow.io.images import read_image
 from mammoflow.synth.layouts import CALC_COLUMNS, MASS_COLUMNS
-from mammoflow.synth.phantoms import (
-    KINDS,
-    disc_mask,
-    make_phantom,
-    write_dicom_dataset,
-    write_mias_dataset,
-)
+from mammoflow.synth.mammogram import KINDS, disc_mask, make_phantom
+from mammoflow.synth.phantoms import write_dicom_dataset, write_mias_dataset
 
 ALL_LESIONS = [("circumscribed", "benign"), ("spiculated", "malignant"), ("calcification", "malignant")]
 # A MIAS record: REFNUM BG CLASS SEVERITY X Y RADIUS, or REFNUM BG NORM followed by a blank.

@@ -208,13 +208,13 @@ _WRITER = textwrap.dedent("""
             real_upload(src, uri, sha256)
         storage._GcsBackend.upload = dying_upload
     else:                            # killed after copying, before the rename that publishes the file
-        real_install = storage._local_install
+        real_install = storage.local.install
         def dying_install(tmp, dest):
             done.append(dest)
             if len(done) == after:
                 os._exit(3)
             real_install(tmp, dest)
-        storage._local_install = dying_install
+        storage.local.install = dying_install
     result = S.write_split(examples, out, "train", target_shard_bytes=12_000, upload_workers=1, on_shard=on_shard)
     S.write_manifest(out, S.build_manifest([result], config={"target": 12_000}, code_version="test"))
 """)

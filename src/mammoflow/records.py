@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mammoflow.errors import InputError
+from mammoflow.storage import atomic_write_text
 
 LABELS = ("normal", "benign", "malignant", "tumour")
 BINARY = {"normal": "normal", "benign": "tumour", "malignant": "tumour", "tumour": "tumour"}
@@ -165,21 +165,6 @@ class SkippedEntry:
     reason: str
     note: str = ""
     source: str = ""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a local file atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; outputs (reports, records) are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _printable(value: Any) -> Any:

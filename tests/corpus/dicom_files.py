@@ -61,10 +61,7 @@ def planted_dicom(b: Build, rel: str, seed: int, *, patient_id: str | None = Non
                   view: str | None = "CC", pixels: np.ndarray | None = None, extra: dict[str, Any] | None = None,
                   **kw: Any) -> Path:
     """Write ``root/rel``: a valid MG DICOM of a phantom whose header carries planted identifiers."""
-    try:
-        from mammoflow.synth.dicom_writer import write_dicom
-    except ImportError:  # before the writer moved out of mammoflow.io.dicom
-        from mammoflow.io.dicom import write_dicom
+    from mammoflow.synth.dicom_writer import write_dicom
 
     path = b.root / rel
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,16 @@ TensorFlow's own ``gs://`` filesystem cannot reach a storage emulator, and re-re
 so training reads local files. :class:`LocalCache` downloads each shard of a manifest once (through
 :mod:`mammoflow.storage`), checks its sha256 against the manifest before handing it out, and keeps it::
 
-    paths = LocalCache("~/.cache/mammoflow/shards").fetch("gs://bucket/datasets/mias")
+    paths = shard_cache().fetch("gs://bucket/datasets/mias")
     ds = train_dataset(paths["train"], InputConfig(), seed=0)
+
+The shards live in the folder ``shards/`` of the project's one local cache (:func:`mammoflow.storage.copies.cache_dir`:
+an explicit cache folder, else ``$MAMMOFLOW_CACHE``, else ``mammoflow-cache`` in the system temp folder).
 
 Files are content-addressed (``objects/<sha[:2]>/<sha256>.tfrecord``), so datasets that share shards share the
 files, a rebuilt shard gets a new file, and two processes fetching the same shard at once (Ray trials on one node)
-both end with the same verified file (downloads land in a temporary file and are renamed into place).
+both end with the same verified file (downloads land in a temporary file, :func:`mammoflow.storage.atomic_file`,
+and are renamed into place once verified).
 
 Hashing a large file on every fetch would be wasteful, so after a successful check a small stamp
 ``<sha256>.tfrecord.verified`` records the file's size and mtime; a file whose size or mtime differs from its
@@ -21,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +32,30 @@ from mammoflow import storage
 from mammoflow.dataset.shards import dataset_root, manifest_uri, read_manifest
 from mammoflow.errors import InputError
 from mammoflow.logs import progress
-from mammoflow.records import atomic_write_text
+from mammoflow.storage.copies import cache_dir
 
 log = logging.getLogger(__name__)
 
 STAMP_SUFFIX = ".verified"
+SHARDS_FOLDER = "shards"  # the shard cache's folder in the local cache
 
 
-def default_cache_dir() -> Path:
-    """``$MAMMOFLOW_CACHE/shards`` (default ``~/.cache/mammoflow/shards``)."""
-    return Path(os.environ.get("MAMMOFLOW_CACHE", Path.home() / ".cache" / "mammoflow")).expanduser() / "shards"
+def default_cache_dir(cache_root: str | os.PathLike[str] | None = None) -> Path:
+    """The shard cache's folder: ``shards/`` in the local cache (``cache_root``, else ``$MAMMOFLOW_CACHE``, else
+    ``mammoflow-cache`` in the system temp folder; :func:`mammoflow.storage.copies.cache_dir`)."""
+    return cache_dir(cache_root).expanduser() / SHARDS_FOLDER
+
+
+def shard_cache(cache_root: str | os.PathLike[str] | None = None) -> LocalCache:
+    """The shard cache inside the local cache ``cache_root`` (None: ``$MAMMOFLOW_CACHE``, else the default)."""
+    return LocalCache(default_cache_dir(cache_root))
 
 
 class LocalCache:
     """Content-addressed, sha256-verified local copies of the shards of datasets in object storage."""
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None):
+        """``cache_dir`` is the shard folder itself; None: :func:`default_cache_dir`."""
         self.root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
     def path_for(self, sha256: str) -> Path:
@@ -76,20 +87,13 @@ class LocalCache:
             log.warning("cached shard %s does not match its sha256 %s (corrupted or changed): fetching it again",
                         local, sha256[:12])
             local.unlink(missing_ok=True)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".download", dir=local.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with storage.atomic_file(local) as tmp:  # in place only once verified
             storage.get_file(uri, tmp)
             actual = storage.file_sha256(tmp)
             if actual != sha256:
                 raise InputError(uri, f"content sha256 {actual[:12]} differs from the manifest's {sha256[:12]}",
                                  "the object was changed or damaged after the build: rebuild the dataset "
                                  "(mammoflow build-dataset) to write and verify it again", code="corrupt")
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
         self._stamp(local, sha256)
         return local
 
@@ -116,5 +120,5 @@ class LocalCache:
     @staticmethod
     def _stamp(local: Path, sha256: str) -> None:
         st = local.stat()
-        atomic_write_text(local.with_name(local.name + STAMP_SUFFIX),
+        storage.atomic_write_text(local.with_name(local.name + STAMP_SUFFIX),
                           json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))

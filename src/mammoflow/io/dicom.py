@@ -51,6 +51,7 @@ from mammoflow.io.dicom_header import (
     transform_error,
 )
 from mammoflow.io.dicom_pixels import PixelTransformError, display_pixels
+from mammoflow.io.files import read_bytes, split_zip_path, unreadable_error
 from mammoflow.io.redact import Redactor, pydicom_warnings, redactor, unexpected_error
 
 log = logging.getLogger(__name__)
@@ -80,16 +81,6 @@ class DicomImage(DicomHeader):
         # Never dump pixel values (huge) - shape and dtype say enough.
         px = f"pixels=<{self.pixels.dtype} {self.pixels.shape[0]}x{self.pixels.shape[1]}>"
         return f"DicomImage({self._summary()}, {px})"
-
-
-def __getattr__(name: str) -> Any:
-    # The synthetic writer moved to mammoflow.synth.dicom_writer; imported lazily here (io never needs synth) so
-    # that code written against the old place keeps working.
-    if name in ("write_dicom", "available_transfer_syntaxes"):
-        from mammoflow.synth import dicom_writer
-
-        return getattr(dicom_writer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- reading
@@ -145,8 +136,6 @@ def _shown(src: str | Path | BinaryIO, shown_path: object | None) -> str:
 
 @contextmanager
 def _binary_stream(src: str | Path | BinaryIO, where: str) -> Iterator[BinaryIO]:
-    from mammoflow.io.images import read_bytes, split_zip_path, unreadable_error
-
     if not isinstance(src, (str, Path)):
         yield src
     elif split_zip_path(src) is not None:
@@ -180,8 +169,6 @@ def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bo
         except InputError:
             raise
         except OSError as exc:  # a read error of the storage, not of the DICOM content
-            from mammoflow.io.images import unreadable_error
-
             raise unreadable_error(where, exc) from None
         except Exception as exc:  # pydicom raises many types on damaged files (EOFError, ValueError, ...)
             text = str(exc).lower()

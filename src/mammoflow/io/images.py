@@ -27,123 +27,29 @@ rely on this (see docs/architecture.md).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
-import os
 import struct
-import tempfile
-import zipfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
 from mammoflow.errors import InputError
+
+# file_sha256 and unreadable_error: sources/ and evaluation/ still import them from here (their home is io.files)
+from mammoflow.io.files import file_sha256, read_bytes, split_zip_path, unreadable_error  # noqa: F401
 from mammoflow.io.redact import redactor, unexpected_error
+from mammoflow.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DICOM_SUFFIXES = (".dcm", ".dicom")
 MAX_PIXELS = 1 << 30  # OpenCV's own limit; a full-field mammogram has about 2**25
-_CHUNK = 1 << 20
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
 _DEFLATE_MAX_RATIO = 1032  # deflate never expands fewer bytes into more than this many (RFC 1951 limit)
-
-
-# --------------------------------------------------------------------------- paths, zip members, bytes
-
-
-def split_zip_path(path: str | Path) -> tuple[Path, str] | None:
-    """``(archive, member)`` when ``path`` goes through a ``.zip`` file, else ``None``.
-
-    The first path component ending in ``.zip`` that is an existing regular file is the archive; the rest
-    (with ``/`` separators, as zip members are named) is the member.
-    """
-    parts = Path(path).parts
-    for i, part in enumerate(parts[:-1]):
-        if part.lower().endswith(".zip"):
-            archive = Path(*parts[: i + 1])
-            if archive.is_file():
-                return archive, "/".join(parts[i + 1:])
-    return None
-
-
-def _missing(path: str | Path, what: str = "file") -> InputError:
-    return InputError(path, f"{what} not found", "check the path and the records folder's image_root",
-                      code="missing_file")
-
-
-def unreadable_error(path: object, exc: OSError) -> InputError:
-    """The ``unreadable`` InputError of a file the operating system refuses to open or read."""
-    return InputError(path, f"the file cannot be opened or read ({exc.strerror or type(exc).__name__})",
-                      "check that it is readable by the user running mammoflow (permissions) and that its "
-                      "storage is reachable", code="unreadable")
-
-
-@contextmanager
-def open_binary(path: str | Path) -> Iterator[BinaryIO]:
-    """Open a file, or a member of a zip archive, for binary reading (``InputError`` when missing)."""
-    inside = split_zip_path(path)
-    if inside is None:
-        try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed below
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise _missing(path) from None
-        except OSError as exc:  # permissions, a symlink loop, a name too long, a storage error
-            raise unreadable_error(path, exc) from None
-        with fh:
-            yield fh
-        return
-    archive, member = inside
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
-        raise InputError(archive, f"not a readable zip archive ({exc})", "re-download or re-create the archive",
-                         code="corrupt") from None
-    except OSError as exc:
-        raise unreadable_error(archive, exc) from None
-    with zf:
-        try:
-            fh = zf.open(member)
-        except KeyError:
-            raise _missing(path, f"member {member!r} of {archive.name}") from None
-        with fh:
-            yield fh  # type: ignore[misc]
-
-
-def read_bytes(path: str | Path) -> bytes:
-    """All bytes of a file or zip member (``InputError`` when missing or when the zip member is damaged)."""
-    with open_binary(path) as fh:
-        try:
-            return fh.read()
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise _damaged_member(path, exc) from None
-        except OSError as exc:
-            raise unreadable_error(path, exc) from None
-
-
-def _damaged_member(path: str | Path, exc: Exception) -> InputError:
-    return InputError(path, f"the zip member cannot be extracted ({exc})", "re-download or re-create the archive",
-                      code="corrupt")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's (or zip member's) content, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open_binary(path) as fh:
-        try:
-            for block in iter(lambda: fh.read(_CHUNK), b""):
-                digest.update(block)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise _damaged_member(path, exc) from None
-        except OSError as exc:
-            raise unreadable_error(path, exc) from None
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- reading
@@ -386,22 +292,6 @@ def decode_png(data: bytes, path: object = "") -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write bytes to a local file atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # shared outputs, not owner-only like mkstemp makes them
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_writable(img: np.ndarray) -> np.ndarray:

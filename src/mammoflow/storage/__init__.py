@@ -7,11 +7,16 @@ cluster bucket by changing a string. ``gs://`` goes through google-cloud-storage
 uses anonymous credentials). TensorFlow's own ``gs://`` filesystem cannot be pointed at an emulator, which is why
 tf.data reads shards from a verified local cache (:mod:`mammoflow.dataset.cache`), never from ``gs://``.
 
+The package: :mod:`.objects` (URIs, :class:`ObjectInfo`), :mod:`.local` (the project's one atomic local write,
+:func:`atomic_write_bytes` / :func:`atomic_write_text`, and the local backend), :mod:`.gcs` (the GCS backend),
+:mod:`.copies` (the one local cache, ``$MAMMOFLOW_CACHE``: local copies of remote inputs). Import the package, not
+its modules: ``from mammoflow import storage; storage.put_file(...)``.
+
 Writes are atomic: a reader sees the old object, the new object, or nothing, never half an object.
 
 - local: the bytes go to a hidden temporary file in the destination folder (``.name.XXXX.partial``), which is
   then renamed over the final name with ``os.replace`` (atomic on POSIX within one filesystem). A killed writer
-  leaves at most a ``.partial`` file, which :func:`list` never reports.
+  leaves at most a ``.partial`` file, which :func:`list` never reports (:func:`mammoflow.storage.local.atomic_file`).
 - GCS: one upload request (multipart up to 8 MiB, a resumable session above) creates the object only when the
   upload completes, so a failed or killed upload leaves no object and no temporary name is needed (a temp
   object + rewrite would double the bytes moved). Multi-object datasets publish their manifest *last*
@@ -35,32 +40,53 @@ import hashlib
 import logging
 import os
 import random
-import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
-from urllib.parse import urlparse
+from typing import IO, TypeVar
 
-from mammoflow.errors import InputError, MammoflowError
+from mammoflow.errors import InputError
+from mammoflow.storage.gcs import (
+    EMULATOR_ENV,
+    EMULATOR_PROJECT,
+    emulator_endpoint,
+    is_transient,
+    pyarrow_filesystem,
+)
+from mammoflow.storage.gcs import GcsBackend as _GcsBackend
+from mammoflow.storage.local import (
+    PARTIAL_SUFFIX,
+    atomic_file,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+)
+from mammoflow.storage.local import LocalBackend as _LocalBackend
+from mammoflow.storage.objects import (
+    GS,
+    SHA256_KEY,
+    ObjectInfo,
+    StorageError,
+    is_remote,
+    join,
+    local_path,
+    split_gs,
+)
+
+__all__ = [
+    "EMULATOR_ENV", "EMULATOR_PROJECT", "GS", "PARTIAL_SUFFIX", "RETRY", "SHA256_KEY", "ObjectInfo", "RetryPolicy",
+    "StorageError", "atomic_file", "atomic_write_bytes", "atomic_write_text", "create_bucket", "delete",
+    "emulator_endpoint", "exists", "file_sha256", "get_bytes", "get_file", "is_remote", "is_transient", "join",
+    "list", "list_info", "listing_digest", "local_lock", "local_path", "open_write", "put_bytes",
+    "put_bytes_if_absent", "put_bytes_if_version", "put_file", "pyarrow_filesystem", "sha256_of", "split_gs",
+    "stat",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-GS = "gs://"
-SHA256_KEY = "sha256"  # object metadata key holding the content hash
-PARTIAL_SUFFIX = ".partial"  # local temporary files of in-flight writes
-EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-EMULATOR_PROJECT = "mammoflow-local"
-_CHUNK = 1 << 20
-
-
-class StorageError(MammoflowError):
-    """An object-storage operation failed for a reason other than a missing object."""
 
 
 @dataclass(frozen=True)
@@ -74,84 +100,6 @@ class RetryPolicy:
 
 RETRY = RetryPolicy()
 _jitter = random.Random()  # jitter only spreads retries in time; it never changes a result
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What storage knows about one object without reading it."""
-
-    uri: str
-    size: int
-    sha256: str | None  # recorded at upload (GCS metadata); None when unknown (local files, foreign objects)
-    version: str = ""  # changes whenever the object is rewritten: GCS generation, local mtime in ns
-
-
-# --------------------------------------------------------------------------------------------------- URIs
-
-
-def is_remote(uri: str | os.PathLike[str]) -> bool:
-    """True for ``gs://`` URIs, False for local paths and ``file://`` URIs."""
-    return str(uri).startswith(GS)
-
-
-def join(uri: str | os.PathLike[str], *parts: str) -> str:
-    """``uri`` with ``parts`` appended by ``/`` (leading/trailing slashes of parts are ignored)."""
-    text = str(uri)
-    clean = [p.strip("/") for p in parts if p and p.strip("/")]
-    if not clean:
-        return text
-    return text.rstrip("/") + "/" + "/".join(clean)
-
-
-def local_path(uri: str | os.PathLike[str]) -> Path:
-    """The filesystem path of a local URI (``file://`` stripped); refuses ``gs://``."""
-    text = str(uri)
-    if is_remote(text):
-        raise ValueError(f"{text} is not a local path")
-    if text.startswith("file://"):
-        return Path(urlparse(text).path)
-    return Path(text)
-
-
-def split_gs(uri: str) -> tuple[str, str]:
-    """``gs://bucket/a/b`` -> (``bucket``, ``a/b``)."""
-    rest = uri[len(GS):]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ValueError(f"{uri}: no bucket name. Fix: write gs://BUCKET/path")
-    return bucket, key
-
-
-# ------------------------------------------------------------------------------------------- retries
-
-
-_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether an error is worth retrying: throttling, server errors, timeouts, dropped connections."""
-    import requests
-    from google.api_core import exceptions as api
-
-    if isinstance(exc, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout,
-                        requests.exceptions.ChunkedEncodingError)):
-        return True
-    if isinstance(exc, api.GoogleAPICallError):
-        return exc.code in _TRANSIENT_STATUS
-    response = getattr(exc, "response", None)  # google.cloud.storage.exceptions.InvalidResponse
-    status = getattr(response, "status_code", None)
-    if status in _TRANSIENT_STATUS:
-        return True
-    try:
-        from google.auth.exceptions import TransportError
-        from google.cloud.storage.exceptions import DataCorruption
-    except ImportError:  # pragma: no cover - older client layouts
-        return False
-    if isinstance(exc, DataCorruption):  # checksum mismatch in flight: fetch again
-        return True
-    if isinstance(exc, TransportError) and exc.args and isinstance(exc.args[0], BaseException):
-        return is_transient(exc.args[0])
-    return False
 
 
 def _with_retry(op: str, uri: str, fn: Callable[[], T]) -> T:
@@ -180,190 +128,6 @@ def _with_retry(op: str, uri: str, fn: Callable[[], T]) -> T:
                         policy.attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-# ------------------------------------------------------------------------------------------- backends
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 (hex) of a local file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _partial(dest: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _local_install(tmp: Path, dest: Path) -> None:
-    """Make a finished temporary file the final one; mkstemp creates 0600, give it the umask's mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, dest)
-
-
-class _LocalBackend:
-    """Local filesystem; every write through a temp file in the same folder + os.replace."""
-
-    @staticmethod
-    def put_file(src: Path, dest: Path, move: bool) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _partial(dest)
-        try:
-            try:
-                if not move:
-                    raise OSError("copy requested")
-                os.replace(src, tmp)  # same filesystem: a rename, no bytes copied
-            except OSError:
-                shutil.copyfile(src, tmp)
-            _local_install(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    @staticmethod
-    def get_file(src: Path, dest: Path) -> None:
-        if not src.is_file():
-            raise InputError(src, "file not found", "check the path, or run the step that writes it first",
-                             code="missing_file")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _partial(dest)
-        try:
-            shutil.copyfile(src, tmp)
-            _local_install(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    @staticmethod
-    def stat(path: Path) -> ObjectInfo | None:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        return ObjectInfo(str(path), st.st_size, None, str(st.st_mtime_ns)) if path.is_file() else None
-
-    @staticmethod
-    def list(folder: Path) -> builtins.list[Path]:
-        if folder.is_file():
-            return [folder]
-        if not folder.is_dir():
-            return []
-        out = []
-        for root, dirs, files in os.walk(folder):
-            dirs.sort()
-            out.extend(Path(root) / f for f in files
-                       if not (f.startswith(".") and f.endswith(PARTIAL_SUFFIX)))
-        return sorted(out)
-
-    @staticmethod
-    def delete(path: Path) -> bool:
-        try:
-            path.unlink()
-            return True
-        except FileNotFoundError:
-            return False
-
-
-class _GcsBackend:
-    """google-cloud-storage. Library-level retries are off (``retry=None``): :func:`_with_retry` owns them,
-    so attempts are bounded once, not multiplied."""
-
-    _lock = threading.Lock()
-    _clients: dict[tuple[Any, ...], Any] = {}
-
-    @classmethod
-    def client(cls) -> Any:
-        from google.cloud import storage as gcs
-
-        emulator = os.environ.get(EMULATOR_ENV)
-        key = (os.getpid(), emulator, os.environ.get("GOOGLE_CLOUD_PROJECT"))
-        with cls._lock:
-            if key not in cls._clients:
-                if emulator:
-                    from google.auth.credentials import AnonymousCredentials
-
-                    project = os.environ.get("GOOGLE_CLOUD_PROJECT", EMULATOR_PROJECT)
-                    cls._clients[key] = gcs.Client(project=project, credentials=AnonymousCredentials())
-                else:
-                    cls._clients[key] = gcs.Client()
-            return cls._clients[key]
-
-    @classmethod
-    def blob(cls, uri: str) -> Any:
-        bucket, key = split_gs(uri)
-        if not key:
-            raise ValueError(f"{uri}: no object name after the bucket")
-        return cls.client().bucket(bucket).blob(key)
-
-    @classmethod
-    def upload(cls, src: Path, uri: str, sha256: str) -> None:
-        blob = cls.blob(uri)
-        blob.metadata = {SHA256_KEY: sha256}
-        blob.upload_from_filename(str(src), retry=None)
-
-    @classmethod
-    def download(cls, uri: str, dest: Path) -> None:
-        cls.blob(uri).download_to_filename(str(dest), retry=None)
-
-    @classmethod
-    def stat(cls, uri: str) -> ObjectInfo | None:
-        bucket, key = split_gs(uri)
-        blob = cls.client().bucket(bucket).get_blob(key, retry=None)
-        if blob is None:
-            return None
-        return ObjectInfo(uri, int(blob.size or 0), (blob.metadata or {}).get(SHA256_KEY), str(blob.generation))
-
-    @classmethod
-    def list(cls, uri: str) -> builtins.list[str]:
-        bucket, key = split_gs(uri)
-        prefix = key.rstrip("/") + "/" if key else ""
-        # Folder placeholders (GCS console, pyarrow create_dir) end in "/" and are not files.
-        names = [b.name for b in cls.client().list_blobs(bucket, prefix=prefix, retry=None)
-                 if not b.name.endswith("/")]
-        if key and not key.endswith("/"):
-            exact = cls.client().bucket(bucket).get_blob(key, retry=None)
-            if exact is not None:
-                names.append(key)
-        return sorted(f"{GS}{bucket}/{n}" for n in set(names))
-
-    @classmethod
-    def list_info(cls, uri: str) -> builtins.list[ObjectInfo]:
-        """Like :meth:`list`, with each object's size and generation from the same listing (no extra request)."""
-        bucket, key = split_gs(uri)
-        prefix = key.rstrip("/") + "/" if key else ""
-        blobs = [b for b in cls.client().list_blobs(bucket, prefix=prefix, retry=None) if not b.name.endswith("/")]
-        if key and not key.endswith("/"):
-            exact = cls.client().bucket(bucket).get_blob(key, retry=None)
-            if exact is not None:
-                blobs.append(exact)
-        infos = {b.name: ObjectInfo(f"{GS}{bucket}/{b.name}", int(b.size or 0), (b.metadata or {}).get(SHA256_KEY),
-                                    str(b.generation)) for b in blobs}
-        return [infos[name] for name in sorted(infos)]
-
-    @classmethod
-    def delete(cls, uri: str) -> bool:
-        from google.api_core import exceptions as api
-
-        try:
-            cls.blob(uri).delete(retry=None)
-            return True
-        except api.NotFound:
-            return False
-
-    @classmethod
-    def create_bucket(cls, bucket: str) -> None:
-        from google.api_core import exceptions as api
-
-        client = cls.client()
-        try:
-            client.create_bucket(bucket, retry=None)
-        except api.Conflict:
-            pass
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -401,13 +165,9 @@ def _gcs_put_if_generation(uri: str, data: bytes, generation: int, op: str) -> b
     request. True if written, False on HTTP 412 (the object is not the generation expected)."""
     from google.api_core import exceptions as api
 
-    def upload() -> None:
-        blob = _GcsBackend.blob(uri)
-        blob.metadata = {SHA256_KEY: hashlib.sha256(data).hexdigest()}
-        blob.upload_from_string(data, if_generation_match=generation, retry=None)
-
+    sha = hashlib.sha256(data).hexdigest()
     try:
-        _with_retry(op, uri, upload)
+        _with_retry(op, uri, lambda: _GcsBackend.upload_if_generation(uri, data, sha, generation))
     except api.PreconditionFailed:
         return False
     return True
@@ -424,22 +184,7 @@ def put_bytes_if_absent(uri: str | os.PathLike[str], data: bytes) -> bool:
     uri = str(uri)
     if is_remote(uri):
         return _gcs_put_if_generation(uri, data, 0, "create")
-    dest = local_path(uri)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        try:
-            os.link(tmp, dest)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        os.unlink(tmp)
+    return _LocalBackend.put_if_absent(local_path(uri), data)
 
 
 def put_bytes_if_version(uri: str | os.PathLike[str], data: bytes, expected: ObjectInfo | None) -> bool:
@@ -499,15 +244,8 @@ def open_write(uri: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         finally:
             tmp.unlink(missing_ok=True)
         return
-    dest = local_path(uri)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(dest)
-    try:
-        with open(tmp, "wb") as fh:
-            yield fh
-        _local_install(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(local_path(uri)) as tmp, open(tmp, "wb") as fh:
+        yield fh
 
 
 def get_file(uri: str | os.PathLike[str], local: str | os.PathLike[str]) -> Path:
@@ -519,13 +257,8 @@ def get_file(uri: str | os.PathLike[str], local: str | os.PathLike[str]) -> Path
         if src.resolve() != dest.resolve():
             _LocalBackend.get_file(src, dest)
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(dest)
-    try:
+    with atomic_file(dest) as tmp:
         _with_retry("download", uri, lambda: _GcsBackend.download(uri, tmp))
-        _local_install(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -624,31 +357,3 @@ def create_bucket(uri: str) -> None:
     if is_remote(uri):
         bucket, _ = split_gs(uri)
         _with_retry("create bucket", uri, lambda: _GcsBackend.create_bucket(bucket))
-
-
-def emulator_endpoint() -> tuple[str, str] | None:
-    """(scheme, host:port) of ``STORAGE_EMULATOR_HOST`` when set, else None."""
-    value = os.environ.get(EMULATOR_ENV)
-    if not value:
-        return None
-    parsed = urlparse(value if "://" in value else f"http://{value}")
-    return parsed.scheme or "http", parsed.netloc
-
-
-def pyarrow_filesystem(uri: str | os.PathLike[str]) -> tuple[Any, str]:
-    """(pyarrow.fs.FileSystem, path) for ``uri``, e.g. for Ray Tune's ``RunConfig(storage_filesystem=...)``.
-
-    Honours ``STORAGE_EMULATOR_HOST`` (anonymous access, plain HTTP), as the rest of this module does.
-    """
-    import pyarrow.fs as pafs
-
-    text = str(uri)
-    if not is_remote(text):
-        return pafs.LocalFileSystem(), str(local_path(text).absolute())
-    bucket, key = split_gs(text)
-    path = f"{bucket}/{key}".rstrip("/")
-    endpoint = emulator_endpoint()
-    if endpoint is not None:
-        scheme, host = endpoint
-        return pafs.GcsFileSystem(anonymous=True, endpoint_override=host, scheme=scheme), path
-    return pafs.GcsFileSystem(), path

@@ -1,5 +1,12 @@
-"""Local copies of remote inputs: one cache (``$MAMMOFLOW_CACHE``, else the system temp folder) where a step fetches
-a file or folder from object storage once, and from which a retried step reuses it; and the way back (publish)."""
+"""The project's one local cache, and the local copies of remote inputs kept in it; and the way back (publish).
+
+:func:`cache_dir` is the one cache root: an explicit folder (``--cache-dir``), else ``$MAMMOFLOW_CACHE``, else
+``mammoflow-cache`` in the system temp folder. Every cache of the project is a folder in it:
+
+- ``inputs/``: files and folders a step fetched from object storage (:func:`fetch_tree`), reused by a retried step;
+- ``shards/``: sha256-verified dataset shards, what tf.data reads (:func:`mammoflow.dataset.cache.shard_cache`);
+- ``runs/``, ``reports/``, ``weights/``: local copies kept by training, reports and pretrained weights.
+"""
 
 from __future__ import annotations
 

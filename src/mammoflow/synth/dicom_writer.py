@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from mammoflow.io.dicom import MG_SOP_CLASS
+from mammoflow.io.dicom_header import MG_SOP_CLASS
 from mammoflow.io.dicom_pixels import stored_range
+from mammoflow.storage import atomic_write_bytes
 
 # Transfer syntax names accepted by write_dicom -> (UID, encoder). "gdcm" encoders transcode an
 # uncompressed file with GDCM; "pydicom" ones use Dataset.compress with pydicom's own plugins.
@@ -172,7 +173,7 @@ def write_dicom(
     data = _dataset_bytes(ds)
     if how == "gdcm":
         data = _gdcm_transcode(data, uid, path)
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
 
 
 def _dataset_bytes(ds: Any) -> bytes:
@@ -209,8 +210,3 @@ def _gdcm_transcode(data: bytes, uid: str, path: Path) -> bytes:
         with open(dst, "rb") as fh:
             return fh.read()
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    from mammoflow.io.images import atomic_write_bytes
-
-    atomic_write_bytes(path, data)

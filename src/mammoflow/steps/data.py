@@ -87,6 +87,12 @@ def demo_data(out_uri: str, n_images: int, seed: int, cache: str | os.PathLike[s
             "lesions": sum(len(im["lesions"]) for im in images), "seed": seed}
 
 
+def local_abspath(path: str | os.PathLike[str]) -> str:
+    """A local path (or ``file://`` URI) made absolute and normal (``..`` folded, links kept), so that the same
+    folder is named the same whichever folder a step runs from."""
+    return os.path.abspath(storage.local_path(path))
+
+
 def locate_data(source: str, data_root: str) -> str:
     """Check that ``source`` is a known reader and ``data_root`` exists; returns ``data_root`` made absolute
     when local (pipeline steps may run from another folder)."""
@@ -101,7 +107,7 @@ def locate_data(source: str, data_root: str) -> str:
             raise InputError(data_root, "no object at or under this URI", "check the bucket and prefix",
                              code="missing_file")
         return data_root
-    path = storage.local_path(data_root).absolute()
+    path = Path(local_abspath(data_root))
     if not path.exists():
         raise InputError(path, "not found", "check data_root (relative paths are taken from the current folder)",
                          code="missing_file")
@@ -157,7 +163,7 @@ def _local_file(ref: str | os.PathLike[str] | None, cache: str | os.PathLike[str
     path as given (absolute), which the reader checks with its own message."""
     if not ref:
         return None
-    return fetch_tree(str(ref), cache) if storage.is_remote(ref) else Path(os.path.abspath(ref))
+    return fetch_tree(str(ref), cache) if storage.is_remote(ref) else Path(local_abspath(ref))
 
 
 @dataclass(frozen=True)
@@ -188,9 +194,9 @@ def ingest_inputs(source: str, data_root: str | os.PathLike[str] | None, *, labe
     check_labels(source, labels)
     check_pseudonymise_paths(source, pseudonymise_paths)
     root = os.fspath(data_root) if data_root else ""
-    local_root = fetch_tree(root, cache) if root else None
     if root and not storage.is_remote(root):
-        root = str(local_root)  # absolute: the records name their data wherever the next step runs
+        root = local_abspath(root)  # the records name their data wherever the next step runs
+    local_root = fetch_tree(root, cache) if root else None
     uri = labels_uri(root, os.fspath(labels)) if labels else ""
     local_labels = _local_labels(uri, root, local_root, cache)
     opts = SourceOptions(root=local_root, info=_local_file(info, cache),

@@ -4,7 +4,8 @@ Run-time choices (data, presets, storage root) are pipeline parameters; what the
 node pool, spot nodes, credentials) is fixed when compiling, from :class:`PipelineOptions`
 (``mammoflow pipeline compile --image ... --gpu-node-selector ...`` or the environment variables below).
 
-Every step gets CPU and memory requests and limits, the pod labels ``app.kubernetes.io/part-of=mammoflow`` and
+:func:`configure` gives every step what its entry in the stage table (:mod:`mammoflow.components.stages`) says:
+CPU and memory requests and limits, the pod labels ``app.kubernetes.io/part-of=mammoflow`` and
 ``app.kubernetes.io/component=<stage>`` (``training`` for the train steps: the ``mammoflow-training`` PodMonitor of
 k8s/base/monitoring.yaml selects it), and its caching setting. GPU stages (train, sweep, explain, the retraining's
 train) ask for one ``nvidia.com/gpu``, tolerate the GPU taint and select the GPU node pool. The training steps are
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mammoflow.components.stages import RAY_DRIVER, STAGE
 from mammoflow.errors import ConfigError
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -39,75 +41,6 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 #: Port of the training runs' Prometheus endpoint; k8s/base/monitoring.yaml scrapes it.
 METRICS_PORT = 9400
 STORAGE_ROOT_ENV = "MAMMOFLOW_STORAGE_ROOT"
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Kubernetes requests and limits of one step (CPU in cores, memory with a unit)."""
-
-    cpu: str
-    cpu_limit: str
-    memory: str
-    memory_limit: str
-    gpu: bool = False
-
-
-#: Sized for CBIS-DDSM-scale runs: whole 16-bit mammograms in preprocess, a VGG16 fusion model in train/explain.
-RESOURCES: dict[str, Resources] = {
-    "demo_data": Resources("1", "2", "2Gi", "4Gi"),
-    "locate_data": Resources("250m", "500m", "256Mi", "512Mi"),
-    "ingest": Resources("1", "2", "2Gi", "4Gi"),
-    "preprocess": Resources("2", "4", "4Gi", "8Gi"),
-    "build_dataset": Resources("2", "4", "4Gi", "8Gi"),
-    "train": Resources("4", "8", "16Gi", "32Gi", gpu=True),
-    "sweep": Resources("4", "8", "16Gi", "32Gi", gpu=True),
-    "evaluate": Resources("2", "4", "8Gi", "16Gi"),
-    "explain": Resources("2", "4", "8Gi", "16Gi", gpu=True),
-    "report": Resources("500m", "1", "1Gi", "2Gi"),
-    "sweep_report": Resources("500m", "1", "1Gi", "2Gi"),
-    # The retraining pipeline (pipelines/retrain.py).
-    "retrain_scan": Resources("500m", "1", "1Gi", "2Gi"),
-    "retrain_ingest": Resources("1", "2", "2Gi", "4Gi"),
-    "retrain_preprocess": Resources("2", "4", "4Gi", "8Gi"),
-    "retrain_build_dataset": Resources("2", "4", "4Gi", "8Gi"),
-    "retrain_train": Resources("4", "8", "16Gi", "32Gi", gpu=True),
-    "retrain_evaluate": Resources("2", "4", "8Gi", "16Gi"),
-    "bless": Resources("1", "2", "2Gi", "4Gi"),
-    "register": Resources("500m", "1", "1Gi", "2Gi"),
-    "promote": Resources("250m", "500m", "256Mi", "512Mi"),
-    "push_retrain_metrics": Resources("250m", "500m", "512Mi", "1Gi"),
-    # The exit handler of the training and sweep pipelines.
-    "push_pipeline_status": Resources("100m", "250m", "256Mi", "512Mi"),
-}
-
-#: The sweep step when its trials run on a Ray cluster (``ray_address``, compiled with ``sweep_on_ray``): it only
-#: drives Tune, so it holds no GPU and little CPU for the days a sweep takes.
-RAY_DRIVER = Resources("1", "2", "2Gi", "4Gi")
-
-#: KFP caching per stage. On where the outputs are a pure function of the inputs (data steps read immutable
-#: inputs: a changed dataset must get a new data_root; evaluation steps read artifacts). Off for training, whose
-#: re-runs are wanted (new seeds, resumed preemptions), and for the steps that look at the outside world.
-CACHING: dict[str, bool] = {
-    "demo_data": False, "locate_data": False, "ingest": True, "preprocess": True, "build_dataset": True,
-    "train": False, "sweep": False, "evaluate": True, "explain": True, "report": True, "sweep_report": True,
-    # Retraining reads and writes shared state (the watched folder, state.json, the registry): never cached.
-    **{stage: False for stage in ("retrain_scan", "retrain_ingest", "retrain_preprocess", "retrain_build_dataset",
-                                  "retrain_train", "retrain_evaluate", "bless", "register", "promote",
-                                  "push_retrain_metrics")},
-    "push_pipeline_status": False,  # reports how this very run ended
-}
-
-#: Retries of the preemptible steps (exponential back-off from 1 minute, at most 1 hour apart).
-RETRIES: dict[str, int] = {"train": 3, "sweep": 3, "retrain_train": 3}
-#: Wall-clock ceilings, so a hung step does not hold a GPU for ever.
-TIMEOUTS_S: dict[str, int] = {"train": 48 * 3600, "sweep": 72 * 3600, "explain": 6 * 3600,
-                              "retrain_train": 48 * 3600}
-#: Stages that read patient identifiers and pseudonymise them with the site's salt (Secret salt_secret, required:
-#: create it before running, see k8s/README.md).
-SALTED_STAGES = ("ingest", "retrain_ingest")
-#: Pod label app.kubernetes.io/component per stage (default: the stage name with dashes). Both training steps are
-#: ``training``: the mammoflow-training PodMonitor scrapes their metrics port.
-COMPONENT_NAMES = {"train": "training", "retrain_train": "training"}
 
 
 def _parse_selector(text: str) -> dict[str, str]:
@@ -178,43 +111,45 @@ class PipelineOptions:
 
 
 def configure(task: Any, stage: str, options: PipelineOptions) -> Any:
-    """Apply the stage's resources, GPU, retries, caching, timeouts, labels and credentials to a task."""
+    """Apply the stage's entry of the stage table (resources, GPU, retries, caching, timeout, labels, salt) and the
+    cluster's credentials to a task."""
     from kfp import kubernetes
 
-    res = RAY_DRIVER if stage == "sweep" and options.sweep_on_ray else RESOURCES[stage]
+    entry = STAGE[stage]
+    ray_driver = stage == "sweep" and options.sweep_on_ray
+    res = RAY_DRIVER if ray_driver else entry.resources
     task.set_display_name(stage.replace("_", "-"))
     task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory).set_memory_limit(res.memory_limit)
-    task.set_caching_options(CACHING[stage] and options.caching)
+    task.set_caching_options(entry.caching and options.caching)
     task.set_env_variable("MAMMOFLOW_LOG_LEVEL", "INFO")
     task.set_env_variable("TF_CPP_MIN_LOG_LEVEL", "2")
-    if stage in RETRIES and options.retries:
-        task.set_retry(num_retries=RETRIES[stage], backoff_duration="60s", backoff_factor=2.0,
+    if entry.retries and options.retries:
+        task.set_retry(num_retries=entry.retries, backoff_duration="60s", backoff_factor=2.0,
                        backoff_max_duration="3600s")
-    if stage in TIMEOUTS_S:
-        kubernetes.set_timeout(task, TIMEOUTS_S[stage])
+    if entry.timeout_s:
+        kubernetes.set_timeout(task, entry.timeout_s)
     kubernetes.add_pod_label(task, *PART_OF)
-    kubernetes.add_pod_label(task, COMPONENT_LABEL, COMPONENT_NAMES.get(stage, stage.replace("_", "-")))
-    if res.gpu and options.gpu:
+    kubernetes.add_pod_label(task, COMPONENT_LABEL, entry.label)
+    if entry.gpu and not ray_driver and options.gpu:
         task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
         kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
         for key, value in options.gpu_node_selector.items():
             kubernetes.add_node_selector(task, key, value)
-    if options.spot and stage in RETRIES:
+    if options.spot and entry.retries:
         for key, value in SPOT_NODE_SELECTOR.items():
             kubernetes.add_node_selector(task, key, value)
         kubernetes.add_toleration(task, key="cloud.google.com/gke-spot", operator="Equal", value="true",
                                   effect="NoSchedule")
-    if stage == "sweep" and options.sweep_on_ray:
+    if ray_driver:
         task.set_env_variable("RAY_AUTH_MODE", "token")
         kubernetes.use_secret_as_env(task, RAY_TOKEN_SECRET, {"auth_token": "RAY_AUTH_TOKEN"}, optional=False)
-    if stage in SALTED_STAGES and options.salt_secret:
+    if entry.salted and options.salt_secret:
         kubernetes.use_secret_as_env(task, options.salt_secret, {SALT_ENV: SALT_ENV}, optional=False)
     if options.gcs_secret:
         kubernetes.use_secret_as_volume(task, options.gcs_secret, mount_path=GCS_KEY_MOUNT)
         task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_KEY_MOUNT}/key.json")
     return task
-
 
 
 def pushes_its_status(name: str, description: str, options: PipelineOptions) -> Callable[[Callable], Any]:

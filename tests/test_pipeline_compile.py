@@ -381,3 +381,49 @@ def test_the_compile_command_takes_sweep_on_ray(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     spec = next(iter(yaml.safe_load_all(out.read_text())))
     assert "accelerator" not in executors(spec)["sweep"]["resources"]
+
+
+# ----------------------------------------------------------------------------------------------- the stage table
+
+
+def test_the_stage_table_is_what_the_compiled_pipelines_run(training: dict[str, Any], sweep: dict[str, Any],
+                                                            retrain: dict[str, Any]) -> None:
+    """Every step of every pipeline has one entry in the stage table, every entry is a step of some pipeline, and
+    what the IR asks of the cluster (image, GPU, requests and limits, caching, retries, timeout, label, salt) is
+    the entry's."""
+    from mammoflow.components.stages import STAGE, STAGES
+
+    assert len(STAGE) == len(STAGES)  # one entry per name
+    seen = set()
+    for spec in (training, sweep, retrain):
+        steps = tasks(spec)
+        for executor, container in executors(spec).items():
+            stage = STAGE[executor.removesuffix("-2").replace("-", "_")]  # KeyError: a step with no entry
+            seen.add(stage.name)
+            platform = spec["_platform"][f"exec-{executor}"]
+            res = container["resources"]
+            assert (res["resourceCpuRequest"], res["resourceCpuLimit"], res["resourceMemoryRequest"],
+                    res["resourceMemoryLimit"]) == (stage.resources.cpu, stage.resources.cpu_limit,
+                                                    stage.resources.memory, stage.resources.memory_limit), executor
+            assert ("accelerator" in res) is stage.gpu, executor
+            assert container["image"].startswith("mammoflow/mammoflow-gpu:" if stage.gpu else "mammoflow/mammoflow:")
+            assert platform["podMetadata"]["labels"]["app.kubernetes.io/component"] == stage.label
+            assert int(platform.get("activeDeadlineSeconds", 0)) == stage.timeout_s, executor
+            assert ("secretAsEnv" in platform) is stage.salted, executor
+            task = steps[executor]
+            assert task.get("cachingOptions", {}).get("enableCache", False) is stage.caching, executor
+            assert task.get("retryPolicy", {}).get("maxRetryCount", 0) == stage.retries, executor
+    assert seen == set(STAGE)  # no entry that no pipeline runs
+
+
+def test_a_stage_entry_names_its_component_function() -> None:
+    from mammoflow.components import build_components
+    from mammoflow.components.stages import STAGES
+
+    components = build_components("r/cpu:1", "r/gpu:1")
+    assert list(components) == [stage.name for stage in STAGES]
+    for stage in STAGES:
+        fn = stage.load()
+        assert fn.__name__ == stage.name and fn.__doc__, stage.name  # the component is named after its stage
+        image = components[stage.name].component_spec.implementation.container.image
+        assert image == ("r/gpu:1" if stage.gpu else "r/cpu:1"), stage.name

@@ -34,7 +34,6 @@ from typing import Any, TextIO
 
 from mammoflow import storage
 from mammoflow.errors import MammoflowError
-from mammoflow.records import atomic_write_text
 from mammoflow.storage.copies import CACHE_ENV
 
 log = logging.getLogger(__name__)
@@ -167,5 +166,5 @@ def run_local(name: str, root: str | os.PathLike[str], params: dict[str, Any] | 
         "pipeline_root": str(root / "kfp"), "log": str(log_path), "seconds": round(seconds, 1),
         "metrics": dict(task.outputs["metrics"].metadata),
     }
-    atomic_write_text(root / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    storage.atomic_write_text(root / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

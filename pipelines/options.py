@@ -105,9 +105,15 @@ class PipelineOptions:
         return cpu, (self.gpu_image or gpu) if self.gpu else cpu
 
     def components(self) -> dict[str, Any]:
+        """Stage name -> its KFP component on this cluster's images."""
         from mammoflow.components import build_components
 
         return build_components(*self.images())
+
+    def task(self, stage: str, **inputs: Any) -> Any:
+        """Add the stage's step to the pipeline being defined, with ``inputs``, configured by its entry of the stage
+        table (:func:`configure`); returns the task."""
+        return configure(self.components()[stage](**inputs), stage, self)
 
 
 def configure(task: Any, stage: str, options: PipelineOptions) -> Any:
@@ -179,8 +185,7 @@ def pushes_its_status(name: str, description: str, options: PipelineOptions) -> 
             push_gateway = values.pop("push_gateway")
             body = steps(**values)
             body.set_caching_options(False)  # a sub-DAG: each step inside keeps its own caching option
-            push = configure(options.components()["push_pipeline_status"](pipeline=name, push_gateway=push_gateway),
-                             "push_pipeline_status", options)
+            push = options.task("push_pipeline_status", pipeline=name, push_gateway=push_gateway)
             push.after(body).ignore_upstream_failure()
             return outputs(**{key: body.outputs[key] for key in outputs._fields})
 

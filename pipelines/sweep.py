@@ -10,7 +10,7 @@ are :class:`~mammoflow.pipelines.data.DataParameters`, shared with the training 
 from typing import Any
 
 from mammoflow.pipelines.data import DataParameters, add_data_steps
-from mammoflow.pipelines.options import PipelineOptions, configure, pushes_its_status
+from mammoflow.pipelines.options import PipelineOptions, pushes_its_status
 from mammoflow.pipelines.signature import pipeline_outputs, takes
 
 NAME = "mammoflow-sweep"
@@ -21,7 +21,6 @@ def build(options: PipelineOptions | None = None) -> Any:
     from kfp import dsl
 
     options = options or PipelineOptions.from_env()
-    ops = options.components()
     Outputs = pipeline_outputs()  # the return annotation below
 
     @pushes_its_status(NAME, "An ablation sweep on Ray Tune with early stopping: built-in phantoms or "
@@ -43,11 +42,11 @@ def build(options: PipelineOptions | None = None) -> Any:
             ray_address: Ray cluster address; empty = a Ray inside the sweep's pod.
             max_concurrent: At most this many trials at once (0: the spec's setting).
         """
-        steps = add_data_steps(ops, options, data)
-        sweep = configure(ops["sweep"](dataset=steps.dataset, spec=spec, datasets=datasets,
-                                       storage_root=data.storage_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                       ray_address=ray_address, max_concurrent=max_concurrent), "sweep", options)
-        report = configure(ops["sweep_report"](sweep=sweep.outputs["results"]), "sweep_report", options)
+        steps = add_data_steps(options.components(), options, data)
+        sweep = options.task("sweep", dataset=steps.dataset, spec=spec, datasets=datasets,
+                             storage_root=data.storage_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                             ray_address=ray_address, max_concurrent=max_concurrent)
+        report = options.task("sweep_report", sweep=sweep.outputs["results"])
         return Outputs(report=report.outputs["html"], metrics=sweep.outputs["metrics"])
 
     return sweep_pipeline

@@ -7,7 +7,7 @@ report. Its data parameters are :class:`~mammoflow.pipelines.data.DataParameters
 from typing import Any
 
 from mammoflow.pipelines.data import DataParameters, add_data_steps
-from mammoflow.pipelines.options import METRICS_PORT, PipelineOptions, configure, pushes_its_status
+from mammoflow.pipelines.options import METRICS_PORT, PipelineOptions, pushes_its_status
 from mammoflow.pipelines.signature import pipeline_outputs, takes
 
 NAME = "mammoflow-training"
@@ -18,7 +18,6 @@ def build(options: PipelineOptions | None = None) -> Any:
     from kfp import dsl
 
     options = options or PipelineOptions.from_env()
-    ops = options.components()
     Outputs = pipeline_outputs()  # the return annotation below
 
     @pushes_its_status(NAME, "Train, evaluate and explain one mammography classifier: built-in "
@@ -44,18 +43,17 @@ def build(options: PipelineOptions | None = None) -> Any:
             n_explain: Images in the CAM gallery.
             metrics_port: Port of the training pod's Prometheus endpoint (0: off).
         """
-        steps = add_data_steps(ops, options, data)
-        train = configure(ops["train"](dataset=steps.dataset, train_config=train_config,
-                                       train_overrides=train_overrides, storage_root=data.storage_root,
-                                       run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, metrics_port=metrics_port),
-                          "train", options)
+        steps = add_data_steps(options.components(), options, data)
+        train = options.task("train", dataset=steps.dataset, train_config=train_config,
+                             train_overrides=train_overrides, storage_root=data.storage_root,
+                             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, metrics_port=metrics_port)
         model = train.outputs["model"]
-        evaluate = configure(ops["evaluate"](model=model, dataset=steps.dataset, split=split,
-                                             n_bootstrap=n_bootstrap, seed=data.seed), "evaluate", options)
-        explain = configure(ops["explain"](model=model, records=steps.records, dataset=steps.dataset,
-                                           n_images=n_explain), "explain", options)
-        report = configure(ops["report"](model=model, evaluation=evaluate.outputs["evaluation"],
-                                         cams=explain.outputs["cams"]), "report", options)
+        evaluate = options.task("evaluate", model=model, dataset=steps.dataset, split=split, n_bootstrap=n_bootstrap,
+                                seed=data.seed)
+        explain = options.task("explain", model=model, records=steps.records, dataset=steps.dataset,
+                               n_images=n_explain)
+        report = options.task("report", model=model, evaluation=evaluate.outputs["evaluation"],
+                              cams=explain.outputs["cams"])
         return Outputs(report=report.outputs["html"], metrics=evaluate.outputs["metrics"])
 
     return training_pipeline

@@ -353,3 +353,25 @@ def test_emulator_end_to_end_with_tf_data(gcs_bucket: str, tmp_path: Path) -> No
     assert train == 6 * 3 + 6 * 5
     ids = [i for _, _, batch in eval_dataset(paths["val"], cfg) for i in batch.numpy()]
     assert len(ids) == 4 * 4 and len(set(ids)) == 4
+
+
+def test_the_shard_cache_is_a_folder_of_the_one_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """shards/ of storage.copies.cache_dir(): an explicit folder, else $MAMMOFLOW_CACHE, else the system temp folder."""
+    import tempfile
+
+    from mammoflow.dataset.cache import default_cache_dir, shard_cache
+    from mammoflow.storage.copies import cache_dir
+
+    monkeypatch.delenv("MAMMOFLOW_CACHE", raising=False)
+    assert cache_dir() == Path(tempfile.gettempdir()) / "mammoflow-cache"
+    assert default_cache_dir() == cache_dir() / "shards"
+
+    monkeypatch.setenv("MAMMOFLOW_CACHE", str(tmp_path / "env-cache"))
+    assert cache_dir() == tmp_path / "env-cache"
+    assert shard_cache(tmp_path / "explicit").root == tmp_path / "explicit" / "shards"  # an explicit folder wins
+
+    result, _ = build(make_examples(10), str(tmp_path / "ds"))
+    paths = shard_cache().fetch(str(tmp_path / "ds"))["train"]
+    assert len(paths) == len(result.shards)
+    assert all(Path(p).is_relative_to(tmp_path / "env-cache" / "shards") for p in paths)
+    assert LocalCache().root == tmp_path / "env-cache" / "shards"

@@ -206,3 +206,39 @@ def test_local_lock_is_a_no_op_for_remote_uris(tmp_path: Path, monkeypatch: pyte
     with storage.local_lock("gs://bucket/state/state.json"):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_one_atomic_local_write(tmp_path: Path) -> None:
+    """storage.atomic_write_bytes/_text (what records, images, phantoms and reports write with): the file appears
+    whole with a plain file's mode, a failed write keeps the old file and leaves no temporary behind."""
+    import os
+
+    target = tmp_path / "sub" / "out.txt"
+    storage.atomic_write_text(target, "première\n")  # the folder is created; UTF-8, newline kept
+    assert target.read_bytes() == "première\n".encode()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # shared like any output, not owner-only like mkstemp
+    storage.atomic_write_bytes(str(target), b"second")  # a str path too, replacing the old content
+    assert target.read_bytes() == b"second"
+
+    with pytest.raises(RuntimeError, match="killed"):
+        with storage.atomic_file(target) as tmp:
+            assert tmp.parent == target.parent and tmp.name.endswith(storage.PARTIAL_SUFFIX)
+            tmp.write_bytes(b"half of the new content")
+            raise RuntimeError("killed")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
+
+    # A .partial a killed writer left is never listed as an object.
+    (target.parent / f".out.txt.x1y2{storage.PARTIAL_SUFFIX}").write_bytes(b"left by a killed writer")
+    assert storage.list(str(target.parent)) == [str(target)]
+
+
+def test_records_and_images_write_through_storage() -> None:
+    """One atomic writer: the names the library has used are storage's, not copies of it."""
+    from mammoflow import records
+    from mammoflow.io import images
+
+    assert records.atomic_write_text is storage.atomic_write_text
+    assert images.atomic_write_bytes is storage.atomic_write_bytes

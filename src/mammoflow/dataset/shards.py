@@ -12,7 +12,7 @@ How to build one (what ``mammoflow build-dataset`` does)::
     write_manifest(out_uri, manifest)      # publish: readers only ever follow a manifest
     prune_stale(out_uri, manifest)         # optional: drop shards no manifest refers to any more
 
-and to read one: ``LocalCache(dir).fetch(out_uri)`` (:mod:`mammoflow.dataset.cache`) gives verified local shard
+and to read one: ``shard_cache().fetch(out_uri)`` (:mod:`mammoflow.dataset.cache`) gives verified local shard
 paths per split for :mod:`mammoflow.dataset.pipeline`; :func:`iter_examples` reads a shard without TensorFlow.
 
 **Records.** Each record is a ``tf.train.Example`` (feature names in :data:`FEATURES`). Images are stored as raw

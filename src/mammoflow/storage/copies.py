@@ -27,7 +27,8 @@ CACHE_ENV = "MAMMOFLOW_CACHE"
 
 
 def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Where remote inputs are cached: ``explicit``, else ``$MAMMOFLOW_CACHE``, else the system temp folder."""
+    """The project's one local cache root: ``explicit``, else ``$MAMMOFLOW_CACHE``, else ``mammoflow-cache`` in the
+    system temp folder. Every cache is a folder in it (see the module docstring)."""
     if explicit:
         return Path(explicit)
     env = os.environ.get(CACHE_ENV)

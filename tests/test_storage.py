@@ -230,8 +230,15 @@ def test_the_one_atomic_local_write(tmp_path: Path) -> None:
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
 
-    # A .partial a killed writer left is never listed as an object.
+    # A writer that picks its format by the name (Keras's model.save) gets a temporary ending in its suffix.
+    with storage.atomic_file(tmp_path / "model.keras", suffix=".keras") as tmp:
+        assert tmp.name.endswith(".keras") and tmp.name.startswith(".model.keras.")
+        tmp.write_bytes(b"a model")
+    assert (tmp_path / "model.keras").read_bytes() == b"a model"
+
+    # A .partial a killed writer left is never listed as an object, whatever its suffix.
     (target.parent / f".out.txt.x1y2{storage.PARTIAL_SUFFIX}").write_bytes(b"left by a killed writer")
+    (target.parent / f".m.keras.x1y2{storage.PARTIAL_SUFFIX}.keras").write_bytes(b"left by a killed save")
     assert storage.list(str(target.parent)) == [str(target)]
 
 

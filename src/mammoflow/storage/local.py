@@ -35,11 +35,16 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def partial_path(dest: Path) -> Path:
-    """A new, empty hidden temporary file beside ``dest`` (``.name.XXXX.partial``)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
+def partial_path(dest: Path, suffix: str = "") -> Path:
+    """A new, empty hidden temporary file beside ``dest`` (``.name.XXXX.partial``, then ``suffix``)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX + suffix, dir=dest.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def is_partial(name: str) -> bool:
+    """Whether a file name is that of an in-flight (or abandoned) write: never listed as an object."""
+    return name.startswith(".") and PARTIAL_SUFFIX in name
 
 
 def install(tmp: Path, dest: Path) -> None:
@@ -51,12 +56,13 @@ def install(tmp: Path, dest: Path) -> None:
 
 
 @contextmanager
-def atomic_file(dest: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_file(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """A temporary path to fill; it becomes ``dest`` only if the block ends without an exception (else it is
-    removed and ``dest`` is left as it was). The destination folder is created."""
+    removed and ``dest`` is left as it was). The destination folder is created. ``suffix`` ends the temporary's
+    name, for writers that choose the format by the name (``.keras`` for ``model.save``)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(dest)
+    tmp = partial_path(dest, suffix)
     try:
         yield tmp
         install(tmp, dest)
@@ -133,8 +139,7 @@ class LocalBackend:
         out = []
         for root, dirs, files in os.walk(folder):
             dirs.sort()
-            out.extend(Path(root) / f for f in files
-                       if not (f.startswith(".") and f.endswith(PARTIAL_SUFFIX)))
+            out.extend(Path(root) / f for f in files if not is_partial(f))
         return sorted(out)
 
     @staticmethod

@@ -121,7 +121,7 @@ def build_dataset(records: Input[Dataset], preset: str, dataset_config: str, sto
     from mammoflow import steps, storage
 
     steps.setup_step_logging()
-    config = preset if dataset_config in ("", "auto") else dataset_config
+    config = steps.dataset_config_for(preset, dataset_config)
     result = steps.build_dataset(records.path, config, storage_root)
     steps.copy_files(result.out_uri, dataset.path, ("manifest.json", "split_summary.md", "dataset_config.yaml"))
     manifest = result.manifest

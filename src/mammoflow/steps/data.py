@@ -339,6 +339,12 @@ def preprocess_config_for(source: str, preset: str, preprocess_config: str = "au
     return PREPROCESSED_SOURCES.get(source, preset)
 
 
+def dataset_config_for(preset: str, dataset_config: str = "auto") -> str:
+    """The dataset config a pipeline builds with: ``dataset_config`` unless ``auto`` (or empty): the paper
+    ``preset``."""
+    return preset if dataset_config in ("", "auto") else dataset_config
+
+
 def preprocess(records_dir: str | os.PathLike[str], config: str, out_dir: str | os.PathLike[str], *,
                workers: int = 1, cache: str | os.PathLike[str] | None = None,
                export_dir: str | os.PathLike[str] | None = None, overwrite: bool = False) -> dict[str, Any]:

@@ -23,9 +23,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +39,7 @@ from mammoflow.logs import progress
 from mammoflow.preprocess import ops
 from mammoflow.preprocess.chain import Chain, ChainResult
 from mammoflow.records import RECORDS_FILE, Lesion, QuarantineEntry, Record, RecordsTable, atomic_write_text
+from mammoflow.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +86,6 @@ def _input_fingerprint(rec: Record, image_path: Path) -> str:
         stamp = []
     text = json.dumps([rec.to_dict(), str(image_path), stamp], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; exported views are meant to be looked at by others
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------- one record
@@ -221,7 +206,7 @@ def export_view(path: Path, image: np.ndarray, rec: Record, masks: list[np.ndarr
     ok, buf = cv2.imencode(".png", view)
     if not ok:  # pragma: no cover - an 8-bit BGR image always encodes
         raise RuntimeError(f"could not encode {path}")
-    _atomic_write_bytes(path, buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes())
 
 
 # --------------------------------------------------------------------------------------------------- the run

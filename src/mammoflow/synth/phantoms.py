@@ -66,18 +66,22 @@ def _lesion_dict(lesion: PhantomLesion, **more: Any) -> dict[str, Any]:
     return {**asdict(lesion), **more}
 
 
+def read_ground_truth(folder: str | Path) -> dict[str, Any] | None:
+    """The ``ground_truth.json`` of a phantom dataset folder, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(folder) / GROUND_TRUTH_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def _resume_or_start(out: Path, params: dict[str, Any]) -> dict[str, Any] | None:
     """The finished ground truth if ``out`` already holds this very dataset; ``None`` to (re)generate.
 
     Generation is deterministic, so an interrupted run is simply redone; a folder holding a *different*
     demo dataset is refused rather than mixed.
     """
-    path = out / GROUND_TRUTH_FILE
-    if not path.exists():
-        return None
-    try:
-        done = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    done = read_ground_truth(out)
+    if done is None:
         return None
     if done.get("params") == params:
         log.info("%s already holds this demo dataset: nothing to do", out)

@@ -266,3 +266,23 @@ def test_real_rois_through_a_zip_image_root(mias_rois_zip: Path, tmp_path: Path)
     assert preprocess_records(folder, "yu2020", tmp_path / "yu").processed == 3
     for out_rec in RecordsTable.read(tmp_path / "yu").records:
         assert read_image(tmp_path / "yu" / out_rec.image_path).shape == (120, 120)
+
+
+def test_preprocess_names_inputs_by_record_id_when_paths_are_pseudonymised(records_dir: Path, tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Folders named after patients: with paths pseudonymised at ingest, the preprocess output (its quarantine,
+    carried over from ingest or new) and its log never hold a real path, only record ids."""
+    import json
+    import logging
+
+    from mammoflow.preprocess.run import preprocess_records
+
+    table = RecordsTable.read(records_dir)
+    table.meta["paths_pseudonymised"] = True
+    table.write(records_dir)
+    with caplog.at_level(logging.INFO):
+        preprocess_records(records_dir, "minimal", tmp_path / "out")
+    written = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert {q["record_id"] for q in written} == {"demo:c", "demo:d"}  # the truncated image and the carried entry
+    assert all(q["path"] == q["record_id"] for q in written)
+    assert "c.png" not in caplog.text and "d.png" not in caplog.text and "demo:c" in caplog.text

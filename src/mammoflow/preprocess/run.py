@@ -249,6 +249,11 @@ def require_finished_records(records_dir: Path | str) -> Path:
     return require_complete(records_dir)
 
 
+def _by_record_id(entry: QuarantineEntry) -> QuarantineEntry:
+    """``entry`` naming its input by record id instead of its (real) path."""
+    return dataclasses.replace(entry, path=entry.record_id or "(path pseudonymised at ingest)")
+
+
 def preprocess_records(records_dir: Path | str, config: str | Path | dict[str, Any], out_dir: Path | str,
                        export_dir: Path | str | None = None, workers: int = 1, overwrite: bool = False
                        ) -> PreprocessSummary:
@@ -295,17 +300,24 @@ def preprocess_records(records_dir: Path | str, config: str | Path | dict[str, A
     if summary.reused:
         log.info("%d records already preprocessed with this config: reused", summary.reused)
 
+    # Paths pseudonymised at ingest (folders named after patients): real paths stay in the ingest's records folder;
+    # this output and its log name each input by record id only.
+    hide_paths = bool(table.meta.get("paths_pseudonymised"))
     for i, outcome in zip((i for i, _ in todo), _run_all([j for _, j in todo], chain, config, config_hash,
                                                          out_dir, export, workers), strict=True):
+        if isinstance(outcome, QuarantineEntry) and hide_paths:
+            outcome = _by_record_id(outcome)
         results[i] = outcome
         if isinstance(outcome, QuarantineEntry):
-            log.warning("quarantined %s (%s) [%s]: %s. Fix: %s", outcome.record_id, outcome.path, outcome.code,
+            where = "" if hide_paths else f" ({outcome.path})"
+            log.warning("quarantined %s%s [%s]: %s. Fix: %s", outcome.record_id, where, outcome.code,
                         outcome.problem, outcome.fix)
 
     records = [r for _, r in sorted(results.items()) if isinstance(r, Record)]
     new_quarantine = [q for _, q in sorted(results.items()) if isinstance(q, QuarantineEntry)]
+    carried = [_by_record_id(q) for q in table.quarantine] if hide_paths else list(table.quarantine)
     out_table = RecordsTable(
-        records=records, quarantine=list(table.quarantine) + new_quarantine, image_root=".", source=table.source,
+        records=records, quarantine=carried + new_quarantine, image_root=".", source=table.source,
         meta={**table.meta, "preprocess": {"config_hash": config_hash, "config": _config_label(config)}})
     written = out_table.write(out_dir)
     summary.processed = len(records) - summary.reused

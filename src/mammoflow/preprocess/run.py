@@ -38,8 +38,8 @@ from mammoflow.errors import ConfigError, InputError
 from mammoflow.logs import progress
 from mammoflow.preprocess import ops
 from mammoflow.preprocess.chain import Chain, ChainResult
-from mammoflow.records import RECORDS_FILE, Lesion, QuarantineEntry, Record, RecordsTable, atomic_write_text
-from mammoflow.storage import atomic_write_bytes
+from mammoflow.records import RECORDS_FILE, Lesion, QuarantineEntry, Record, RecordsTable
+from mammoflow.storage import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -129,7 +129,7 @@ def read_csv_text(path: Path, what: str = "the CSV") -> str:
     ``InputError(code="bad_csv")`` naming the line; a file that cannot be opened raises code ``unreadable``.
     Parse the result with ``csv.reader(io.StringIO(text, newline=""))``.
     """
-    from mammoflow.io.images import unreadable_error
+    from mammoflow.io.files import unreadable_error
 
     try:
         data = Path(path).read_bytes()

@@ -384,7 +384,8 @@ def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str)
     """Join ``rec`` to its DICOM files on disk; fills path, size, hash, masks, lesion geometry and what tells the
     image from others (``extra.sop_instance``, ``extra.pixel_sha256``)."""
     from mammoflow.io.dicom import read_dicom
-    from mammoflow.io.images import file_sha256, read_image
+    from mammoflow.io.files import file_sha256
+    from mammoflow.io.images import read_image
 
     key = rows[0].image_key
     candidates = index.full.get(key, [])

@@ -136,7 +136,7 @@ def _patient(row: LabelRow | None, header_patient: str | None, rel: str, path: P
 def _record(path: Path, root: Path, rid: str, row: LabelRow | None, salt: str, metadata_only: bool,
             modality: str | None, sop_instance: str | None) -> Record:
     from mammoflow.io.dicom import read_dicom, read_dicom_header
-    from mammoflow.io.images import file_sha256
+    from mammoflow.io.files import file_sha256
 
     rel = path.relative_to(root).as_posix()
     header = read_dicom_header(path, salt=salt, expect_modality=modality, log_as=rid) if metadata_only else \

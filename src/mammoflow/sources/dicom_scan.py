@@ -67,7 +67,7 @@ def _sidecar_note(name: str) -> str | None:
 
 def _classify(path: Path, scan: FolderScan) -> None:
     """Add one file of the folder to ``scan`` (see the module docstring for the rules)."""
-    from mammoflow.io.images import unreadable_error
+    from mammoflow.io.files import unreadable_error
 
     note = _sidecar_note(path.name)
     if path.name.startswith("."):
@@ -119,7 +119,7 @@ def _folders(here: Path, names: list[str], scan: FolderScan) -> list[str]:
 def scan_folder(root: Path) -> FolderScan:
     """Every entry under ``root`` (recursively, in sorted order), sorted into DICOM files, skipped entries and
     rejects (module docstring). A folder that cannot be listed is a reject (code ``unreadable``)."""
-    from mammoflow.io.images import unreadable_error
+    from mammoflow.io.files import unreadable_error
 
     root = Path(root)
     scan = FolderScan()

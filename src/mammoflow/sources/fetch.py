@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mammoflow import storage
 from mammoflow.errors import InputError, MammoflowError
 from mammoflow.logs import progress
-from mammoflow.records import atomic_write_text
+from mammoflow.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +93,6 @@ def verify_sha256(path: Path, expected: str) -> None:
     if got != expected.lower():
         raise FetchError(f"{path}: SHA-256 is {got}, expected {expected}. Fix: the file is damaged, incomplete or "
                          "not the published one; download it again from the official source")
-
-
-def _copy_atomic(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------------------ download
@@ -200,7 +188,7 @@ def _fetch_mias_rois(out: Path, from_file: Path | None, url: str | None, timeout
         source = _existing(from_file)
         verify_sha256(source, ds.sha256)
         if source.resolve() != dest.resolve():
-            _copy_atomic(source, dest)
+            storage.put_file(source, dest)  # atomic: a partial copy is never seen under dest
         log.info("installed %s from %s (SHA-256 verified)", dest, source)
         return dest
     if dest.is_file():

@@ -304,7 +304,8 @@ def note_bit_depth(record: Record, pixels: Any) -> None:
 
 def _with_image(record: Record, root: Path) -> Record:
     """Check the image of ``record`` and fill size and content hash (raises InputError)."""
-    from mammoflow.io.images import file_sha256, read_image
+    from mammoflow.io.files import file_sha256
+    from mammoflow.io.images import read_image
 
     ref = record.record_id.split(":", 1)[1]
     path = _find_image(root, ref)

@@ -1,10 +1,12 @@
 """Retraining components: scan -> ingest -> preprocess -> build-dataset -> train -> evaluate (challenger and
 champion) -> bless -> register -> promote, and the exit handler's push of the outcome.
 
-Each one calls a ``mammoflow.steps.retrain_*`` step, itself a call into :mod:`mammoflow.retrain`. Every step
-takes the retrain config (a YAML path or ``gs://`` URI, plus overrides), the storage root and the pipeline run id:
-what a run keeps lives under ``<storage_root>/retrain/<name>/<run id>/`` (see the retraining section of
-:mod:`mammoflow.steps`), where later steps and the exit handler find it.
+Each one calls a ``mammoflow.steps.retrain_*`` step, itself a call into :mod:`mammoflow.retrain.stages` (the step
+functions ``mammoflow retrain --once`` runs in one process). Every step takes the retrain config (a YAML path or
+``gs://`` URI, plus overrides), the storage root and the pipeline run id: what a run keeps lives under
+``<storage_root>/retrain/<name>/<run id>/`` (see :mod:`mammoflow.retrain.run`), where later steps and the exit
+handler find it. The scan freezes the config there; later steps work with that frozen copy and refuse to go on if
+the config they are given no longer has its sha256.
 
 The steps whose outcome decides a ``dsl.If`` (scan, ingest, bless) return a single ``bool``: kfp.local resolves a
 condition only on a task's single output, so the ids and URIs later steps need travel through the run folder.
@@ -103,14 +105,14 @@ def retrain_preprocess(config: str, config_overrides: dict, storage_root: str, r
         config_overrides: Nested overrides of the config.
         storage_root: Local folder or gs:// prefix.
         run_id: Pipeline run id.
-        records: From ingest.
+        records: From ingest (its copy under the run folder is what is preprocessed).
         preprocessed: This run's preprocessed records table; its images are the shared folder's (metadata uri).
     """
     from mammoflow import steps
 
     steps.setup_step_logging()
     cfg = steps.load_retrain(config, config_overrides, storage_root)
-    out = steps.retrain_preprocess(cfg, run_id, records.path, preprocessed.path)
+    out = steps.retrain_preprocess(cfg, run_id, preprocessed.path)
     preprocessed.metadata.update({"uri": out["shared_uri"], "config_hash": out["config_hash"],
                                   "processed": out["processed"], "reused": out["reused"],
                                   "quarantined": out["quarantined_total"]})
@@ -125,7 +127,7 @@ def retrain_build_dataset(config: str, config_overrides: dict, storage_root: str
         config_overrides: Nested overrides of the config.
         storage_root: Local folder or gs:// prefix.
         run_id: Pipeline run id.
-        preprocessed: From preprocess.
+        preprocessed: From preprocess (the shared folder it wrote is what is built).
         dataset: manifest.json and split_summary.md; metadata uri = the shards, split_sha256 = the evaluation
             split's fingerprint.
     """
@@ -133,7 +135,7 @@ def retrain_build_dataset(config: str, config_overrides: dict, storage_root: str
 
     steps.setup_step_logging()
     cfg = steps.load_retrain(config, config_overrides, storage_root)
-    out = steps.retrain_build(cfg, run_id, preprocessed.path)
+    out = steps.retrain_build(cfg, run_id)
     steps.copy_files(out["data_uri"], dataset.path, ("manifest.json", "split_summary.md", "dataset_config.yaml"))
     dataset.metadata.update({"uri": out["data_uri"], "train_uri": out["train_uri"], "split": out["split"],
                              "split_sha256": out["split_sha256"], "manifest_sha256": out["manifest_sha256"],
@@ -179,7 +181,7 @@ def retrain_train(config: str, config_overrides: dict, storage_root: str, run_id
     return out["run_uri"], out["champion"] or "", out["champion_uri"] or ""
 
 
-def retrain_evaluate(config: str, config_overrides: dict, storage_root: str, model_uri: str,
+def retrain_evaluate(config: str, config_overrides: dict, storage_root: str, run_id: str, model_uri: str,
                      dataset: Input[Dataset], evaluation: Output[Artifact], metrics: Output[Metrics],
                      classification: Output[ClassificationMetrics]):
     """Evaluate one model (the challenger's run, or the champion's registry version) on the evaluation split.
@@ -190,6 +192,7 @@ def retrain_evaluate(config: str, config_overrides: dict, storage_root: str, mod
         config: Retrain config (its evaluation section).
         config_overrides: Nested overrides of the config.
         storage_root: Local folder or gs:// prefix.
+        run_id: Pipeline run id.
         model_uri: The model's run folder or registry version; "" when there is no champion yet (nothing to do).
         dataset: From build-dataset.
         evaluation: metrics.json, predictions.parquet and plots; metadata absent=True when there was no model.
@@ -199,7 +202,6 @@ def retrain_evaluate(config: str, config_overrides: dict, storage_root: str, mod
     import os
 
     from mammoflow import steps
-    from mammoflow.retrain.loop import evaluate_step
 
     steps.setup_step_logging()
     os.makedirs(evaluation.path, exist_ok=True)
@@ -207,11 +209,10 @@ def retrain_evaluate(config: str, config_overrides: dict, storage_root: str, mod
         evaluation.metadata.update({"absent": True, "reason": "no champion yet"})
         return
     cfg = steps.load_retrain(config, config_overrides, storage_root)
-    report = evaluate_step(cfg, model_uri, dataset.metadata["uri"], evaluation.path,
-                           split_sha256=dataset.metadata["split_sha256"], cache_dir=steps.cache_dir())
+    report = steps.retrain_evaluate(cfg, run_id, model_uri, evaluation.path)
     steps.log_kfp_evaluation(report, evaluation.path, metrics, classification)
-    evaluation.metadata.update({"absent": False, "model_uri": model_uri, "split": cfg.evaluation.split,
-                                "level": report["primary_level"], "data_uri": dataset.metadata["uri"]})
+    evaluation.metadata.update({"absent": False, "model_uri": model_uri, "split": report["evaluation_split"]["split"],
+                                "level": report["primary_level"], "data_uri": report["evaluation_split"]["data_uri"]})
 
 
 def bless(config: str, config_overrides: dict, storage_root: str, run_id: str, pipeline: str,

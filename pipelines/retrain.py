@@ -73,10 +73,10 @@ def build(options: PipelineOptions | None = None) -> Any:
                     dataset = data.outputs["dataset"]
                     train = configure(ops["retrain_train"](**run, metrics_port=metrics_port, dataset=dataset),
                                       "retrain_train", options)
-                    challenger = configure(ops["retrain_evaluate"](**common, model_uri=train.outputs["run_uri"],
+                    challenger = configure(ops["retrain_evaluate"](**run, model_uri=train.outputs["run_uri"],
                                                                    dataset=dataset), "retrain_evaluate", options)
                     challenger.set_display_name("evaluate-challenger")
-                    champion = configure(ops["retrain_evaluate"](**common, model_uri=train.outputs["champion_uri"],
+                    champion = configure(ops["retrain_evaluate"](**run, model_uri=train.outputs["champion_uri"],
                                                                  dataset=dataset), "retrain_evaluate", options)
                     champion.set_display_name("evaluate-champion")
                     verdict = configure(ops["bless"](**run, pipeline=NAME, force_bless_reason=force_bless_reason,

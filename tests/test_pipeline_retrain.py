@@ -21,6 +21,7 @@ from tests.gcs_emulator import emulator_endpoint
 from tests.test_retrain_support import (
     PUSHGATEWAY,
     deliver_phantoms,
+    fast_config,
     http_get,
     phantom_batch,
     start_pushgateway,
@@ -36,17 +37,7 @@ from mammoflow.retrain.ingest import split_of_patients
 pytestmark = pytest.mark.slow
 
 #: A training run of seconds (one epoch of three steps on 32 px patches); blessing with a lax rule.
-CONFIG: dict[str, Any] = {
-    "name": "site-a",
-    "source": {"name": "mias", "root": "watched"},
-    "preprocess": "yu2020", "dataset": "yu2020", "train": "demo",
-    "train_overrides": {"data.patch_size": 32, "data.patches_per_roi": {"normal": 4, "tumour": 8},
-                        "schedule.phases": [{"epochs": 1, "learning_rate": 0.001, "trainable_backbone": True}],
-                        "schedule.steps_per_epoch": 3},
-    "evaluation": {"split": "test", "n_bootstrap": 100},
-    "blessing": {"first_model": "bless", "level": "patch", "n_bootstrap": 100,
-                 "rules": [{"metric": "roc_auc", "margin": 0.5}]},
-}
+CONFIG: dict[str, Any] = fast_config("site-a")
 #: No challenger can gain a whole unit of ROC-AUC: refused, whatever it learnt.
 STRICT = {"blessing": {"rules": [{"metric": "roc_auc", "min_gain": 1.0}]}}
 ALL_STEPS = {"retrain-scan", "retrain-ingest", "retrain-preprocess", "retrain-build-dataset", "retrain-train",

@@ -62,6 +62,22 @@ def retrain_config(tmp: Path, watched: Path, gateway: str | None = None, **over:
     return cfg
 
 
+def fast_config(name: str) -> dict[str, Any]:
+    """A retrain config training for seconds (one epoch of three steps on 32 px patches), blessing with a lax rule;
+    its watched source is ``watched`` next to the YAML it is written to."""
+    return {
+        "name": name,
+        "source": {"name": "mias", "root": "watched"},
+        "preprocess": "yu2020", "dataset": "yu2020", "train": "demo",
+        "train_overrides": {"data.patch_size": 32, "data.patches_per_roi": {"normal": 4, "tumour": 8},
+                            "schedule.phases": [{"epochs": 1, "learning_rate": 0.001, "trainable_backbone": True}],
+                            "schedule.steps_per_epoch": 3},
+        "evaluation": {"split": "test", "n_bootstrap": 100},
+        "blessing": {"first_model": "bless", "level": "patch", "n_bootstrap": 100,
+                     "rules": [{"metric": "roc_auc", "margin": 0.5}]},
+    }
+
+
 # --------------------------------------------------------------------------------------- real Prometheus servers
 
 PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"

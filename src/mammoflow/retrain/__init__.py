@@ -6,7 +6,11 @@ The library behind ``mammoflow retrain`` (one machine) and the KFP retraining pi
 - :mod:`~mammoflow.retrain.blessing`: :func:`bless` -> :class:`Verdict` with a readable reason;
   :func:`paired_bootstrap_delta`
 - :mod:`~mammoflow.retrain.push`: :func:`push_metrics` to a Prometheus Pushgateway
-- :mod:`~mammoflow.retrain.loop`: :func:`retrain_once`, :func:`retrain_forever` and the step functions
+- :mod:`~mammoflow.retrain.stages`: the steps of one run, written once (scan, ingest, preprocess, build, train,
+  evaluate, bless, register, promote, finalize), over a :class:`~mammoflow.retrain.run.RetrainRun`
+- :mod:`~mammoflow.retrain.run`: where a run keeps things (:class:`~mammoflow.retrain.run.Layout`), its steps'
+  records and its frozen config; :mod:`~mammoflow.retrain.state`: ``state.json``, results, metric bookkeeping
+- :mod:`~mammoflow.retrain.loop`: :func:`retrain_once` (the steps in order, in one process), :func:`retrain_forever`
 - :mod:`~mammoflow.retrain.config`: :class:`RetrainConfig` (YAML)
 
 The model registry itself is :mod:`mammoflow.registry`.

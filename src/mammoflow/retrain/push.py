@@ -1,7 +1,7 @@
 """Retraining metrics for Prometheus, pushed to a Pushgateway (a retrain is a batch job: nothing to scrape after it).
 
 Every push sends the *complete* set of the retraining's metrics (``push_to_gateway`` replaces the group), built
-from the state the retrain loop keeps, so a Pushgateway restart or a "nothing new" run never leaves a partial
+from the state a retraining keeps, so a Pushgateway restart or a "nothing new" run never leaves a partial
 picture. Counters (names ending in ``_total``) are cumulative over the life of the retraining work folder.
 ``k8s/base/alerts.yaml`` alerts on these names and ``k8s/grafana/mammoflow-dashboard.json`` plots them.
 """
@@ -53,7 +53,7 @@ def push_metrics(gateway_url: str, job: str, values: Mapping[str, MetricValue], 
 
 
 def retrain_values(state_metrics: Mapping[str, Any]) -> dict[str, MetricValue]:
-    """The full metric set from the retrain state's ``metrics`` section (see :mod:`mammoflow.retrain.loop`)."""
+    """The full metric set from the retrain state's ``metrics`` (see :func:`mammoflow.retrain.state.update_metrics`)."""
     m = dict(state_metrics)
     out: dict[str, MetricValue] = {}
     for name in METRICS:

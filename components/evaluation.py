@@ -6,6 +6,28 @@ No ``from __future__ import annotations`` here: KFP reads the artifact types fro
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
+def log_kfp_evaluation(report: dict, evaluation_dir: str, metrics: Metrics, classification: ClassificationMetrics
+                       ) -> None:
+    """Show an evaluation in the KFP UI: its scalar metrics (:func:`mammoflow.steps.primary_metrics`) on a
+    ``Metrics`` artifact, the ROC curve and confusion matrix of ``classification_metrics.json`` on a
+    ``ClassificationMetrics`` artifact. Not a stage: a helper of the evaluate and retrain_evaluate components."""
+    import json
+    import os
+
+    from mammoflow import steps
+
+    for name, value in steps.primary_metrics(report).items():
+        metrics.log_metric(name, value)
+    with open(os.path.join(evaluation_dir, "classification_metrics.json")) as fh:
+        kfp_view = json.load(fh)
+    if kfp_view.get("roc"):
+        roc = kfp_view["roc"]
+        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
+    if kfp_view.get("confusion_matrix"):
+        cm = kfp_view["confusion_matrix"]
+        classification.log_confusion_matrix(cm["categories"], cm["matrix"])
+
+
 def evaluate(model: Input[Model], dataset: Input[Dataset], split: str, n_bootstrap: int, seed: int,
              evaluation: Output[Artifact], metrics: Output[Metrics], classification: Output[ClassificationMetrics]):
     """Predict every patch of the split's ROIs, vote per ROI, and compute metrics with bootstrap 95% CIs.
@@ -22,11 +44,12 @@ def evaluate(model: Input[Model], dataset: Input[Dataset], split: str, n_bootstr
     """
 
     from mammoflow import steps
+    from mammoflow.components.evaluation import log_kfp_evaluation
 
     steps.setup_step_logging()
     report = steps.evaluate(model.path, dataset.metadata["uri"], evaluation.path, split=split,
-                               n_bootstrap=n_bootstrap, seed=seed)
-    steps.log_kfp_evaluation(report, evaluation.path, metrics, classification)
+                            n_bootstrap=n_bootstrap, seed=seed)
+    log_kfp_evaluation(report, evaluation.path, metrics, classification)
     evaluation.metadata.update({"split": split, "level": report["primary_level"], "model": report["model"]["name"],
                                 "data_uri": dataset.metadata["uri"]})
 

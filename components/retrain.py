@@ -210,7 +210,9 @@ def retrain_evaluate(config: str, config_overrides: dict, storage_root: str, run
         return
     cfg = steps.load_retrain(config, config_overrides, storage_root)
     report = steps.retrain_evaluate(cfg, run_id, model_uri, evaluation.path)
-    steps.log_kfp_evaluation(report, evaluation.path, metrics, classification)
+    from mammoflow.components.evaluation import log_kfp_evaluation
+
+    log_kfp_evaluation(report, evaluation.path, metrics, classification)
     evaluation.metadata.update({"absent": False, "model_uri": model_uri, "split": report["evaluation_split"]["split"],
                                 "level": report["primary_level"], "data_uri": report["evaluation_split"]["data_uri"]})
 

@@ -16,6 +16,8 @@ from click.testing import CliRunner
 
 from mammoflow.cli import cli
 from mammoflow.evaluation import cam as C
+from mammoflow.evaluation import cam_model as M
+from mammoflow.evaluation.explain import explain
 
 # ------------------------------------------------------------------------------------------- pure functions
 
@@ -95,9 +97,9 @@ def xi_model():
 def test_cam_is_the_log_odds_decomposition(xi_model):
     """Xi et al.'s head: the spatial mean of CAM = sum_k (w_k,tumour - w_k,normal) f_k, plus the bias difference,
     is exactly the model's log-odds log(P(tumour) / P(normal))."""
-    target = C.cam_target(xi_model, centring="none")
+    target = M.cam_target(xi_model, centring="none")
     assert (target.method, target.layer, target.dense) == ("cam", "last_conv", "predictions")
-    proj = C.cam_projection(xi_model, target)
+    proj = M.cam_projection(xi_model, target)
     assert proj.stride == 16
     x = np.random.default_rng(1).uniform(0, 255, (1, 96, 96, 1)).astype(np.float32)
     probs = xi_model(x).numpy()[0]
@@ -105,15 +107,15 @@ def test_cam_is_the_log_odds_decomposition(xi_model):
 
 
 def test_tiled_cam_equals_one_pass(xi_model):
-    target = C.cam_target(xi_model, centring="patch_mean")
+    target = M.cam_target(xi_model, centring="patch_mean")
     image = np.random.default_rng(2).uniform(0, 255, (300, 220)).astype(np.float32)
-    whole = C.fully_convolutional_cam(xi_model, image, target, tile=4096)
-    tiled = C.fully_convolutional_cam(xi_model, image, target, tile=64, margin=192)
+    whole = M.fully_convolutional_cam(xi_model, image, target, tile=4096)
+    tiled = M.fully_convolutional_cam(xi_model, image, target, tile=64, margin=192)
     np.testing.assert_allclose(tiled, whole, atol=1e-4 * np.ptp(whole))
 
 
 def test_variable_input_model_keeps_the_weights(xi_model):
-    flexible = C.variable_input_model(xi_model)
+    flexible = M.variable_input_model(xi_model)
     assert flexible.input_shape[1:3] == (None, None)
     x = np.random.default_rng(3).uniform(0, 255, (2, 96, 96, 1)).astype(np.float32)
     np.testing.assert_allclose(flexible(x).numpy(), xi_model(x).numpy(), atol=1e-6)
@@ -124,14 +126,14 @@ def test_gradcam_target_for_fusion_models():
     from mammoflow.models import create_model
 
     model = create_model("compact_fusion", input_shape=(24, 24, 1), widths=[4, 8], fc_units=[8], seed=0)
-    target = C.cam_target(model)
+    target = M.cam_target(model)
     assert target.method == "gradcam" and target.layer == "block2_conv2" and target.patch_size == 24
     with pytest.raises(Exception, match="no GAP -> dense head"):
-        C.cam_target(model, method="cam")
+        M.cam_target(model, method="cam")
     image = np.random.default_rng(4).uniform(0, 255, (60, 50)).astype(np.float32)
     valid = np.zeros((60, 50), bool)
     valid[10:50, 10:40] = True
-    cam = C.sliding_gradcam(model, image, target, stride=6, valid=valid)
+    cam = M.sliding_gradcam(model, image, target, stride=6, valid=valid)
     assert cam.shape == (60, 50) and cam.min() >= 0 and cam.max() <= 1
     assert not cam[:, 50:].any()  # windows are only run where their centre is valid: none reaches past col 49
 
@@ -270,7 +272,7 @@ def test_explain_chance_follows_the_tolerance(tmp_path, xi_run):
     runs = {}
     for tol in (0.0, 30.0):
         out = tmp_path / f"e{int(tol)}"
-        index = C.explain(str(xi_run), out=out, images=[str(tmp_path / "c.png")], circles=[(100, 80, 6)],
+        index = explain(str(xi_run), out=out, images=[str(tmp_path / "c.png")], circles=[(100, 80, 6)],
                           preprocess="none", tolerance=tol)
         (img,) = index["images"]
         runs[tol] = (index, img)
@@ -317,7 +319,7 @@ _MEASURE = textwrap.dedent("""
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     import tensorflow  # noqa: F401  (the baseline includes TensorFlow itself)
-    from mammoflow.evaluation.cam import explain
+    from mammoflow.evaluation.explain import explain
     base = peak_kb()
     index = explain(sys.argv[1], out=sys.argv[3], images=[sys.argv[2]], preprocess="minimal",
                     circles=[tuple(map(float, sys.argv[4].split(",")))])

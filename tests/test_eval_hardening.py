@@ -105,8 +105,9 @@ def _patches(n_patients: int, rng: np.random.Generator):
 def _evaluation_doc(n_patients: int, trained_fold=None, fold=None) -> dict:
     from mammoflow.evaluation import caveats
     from mammoflow.evaluation import evaluate as ev
+    from mammoflow.evaluation.levels import compute_metrics
 
-    part, _ = ev.compute_metrics(_patches(n_patients, np.random.default_rng(0)), n_bootstrap=2000, seed=0)
+    part, _ = compute_metrics(_patches(n_patients, np.random.default_rng(0)), n_bootstrap=2000, seed=0)
     return {"kind": ev.METRICS_KIND, "split": "train" if fold is not None else "test", "fold": fold,
             "threshold": 0.5, "model": {"name": "tiny", "uri": "/runs/tiny", "sha256": "0" * 64},
             "class_names": ["normal", "tumour"], "positive_class": "tumour", **part, "paper_comparison": None,

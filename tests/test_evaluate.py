@@ -17,7 +17,10 @@ from tests.test_evaluate_support import GRID, PATCH, ROI_SIDE, train_tiny_run, w
 
 from mammoflow.cli import cli
 from mammoflow.evaluation import evaluate as ev
+from mammoflow.evaluation import levels as lv
+from mammoflow.evaluation import outputs, predictions
 from mammoflow.evaluation.metrics import metric_names
+from mammoflow.training.package import load_package
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +45,9 @@ def evaluated(tiny) -> Path:
 
 
 def test_outputs_and_metrics_schema(evaluated):
-    for name in ("metrics.json", "predictions.parquet", "classification_metrics.json", *ev.FIGURES):
+    for name in ("metrics.json", "predictions.parquet", "classification_metrics.json", *outputs.FIGURES):
         assert (evaluated / name).stat().st_size > 0, name
-    for name in ev.FIGURES:
+    for name in outputs.FIGURES:
         assert (evaluated / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     m = json.loads((evaluated / "metrics.json").read_text())
     assert m["kind"] == ev.METRICS_KIND and m["evaluation_schema_version"] == 1 and m["schema_version"] == 1
@@ -236,10 +239,10 @@ def test_evaluation_keeps_the_roi_features_of_its_prediction_pass(tiny, evaluate
     out = tmp_path / "with_features"
     ev.evaluate(str(tiny["run"]), str(tiny["data"]), out, n_bootstrap=20, cache_dir=tiny["cache"],
                 save_features=True)
-    rois, feats = ev.read_roi_features(out)
+    rois, feats = outputs.read_roi_features(out)
     assert len(rois) == 20 and rois["example_id"].is_unique and set(rois["label"]) == {0, 1}
     assert feats.shape == (20, 16)  # fc_units [16]: the input of the softmax layer
-    loaded = ev.load_model(str(tiny["run"]))
+    loaded = load_package(str(tiny["run"]))
     shards = LocalCache(tiny["cache"] / "shards").fetch(str(tiny["data"]))["test"]
     ref_rois, ref_feats = roi_features(loaded.model, [str(p) for p in shards], loaded.input_config())
     assert ref_rois["example_id"].tolist() == rois["example_id"].tolist()
@@ -252,10 +255,10 @@ def test_evaluation_keeps_the_roi_features_of_its_prediction_pass(tiny, evaluate
     with caplog.at_level(logging.INFO, logger="mammoflow.evaluation.evaluate"):
         ev.evaluate(str(tiny["run"]), str(tiny["data"]), out, n_bootstrap=20, cache_dir=tiny["cache"],
                     save_features=True)
-    assert "reusing the predictions" in caplog.text and ev.read_roi_features(out) is not None
+    assert "reusing the predictions" in caplog.text and outputs.read_roi_features(out) is not None
     # Features of another evaluation are not taken for this one's.
-    assert ev.read_roi_features(out, fingerprint="0" * 64) is None
-    assert ev.read_roi_features(evaluated) is None  # evaluated without save_features
+    assert outputs.read_roi_features(out, fingerprint="0" * 64) is None
+    assert outputs.read_roi_features(evaluated) is None  # evaluated without save_features
 
 
 def test_report_of_an_ensemble_evaluation_names_every_member(tiny, evaluated, tmp_path):
@@ -319,7 +322,7 @@ def test_compute_metrics_ties_levels_and_groups():
     # roi00: a 2-2 tie with mean P(tumour) below 0.5 -> normal; roi01: a tie with mean >= 0.5 -> tumour.
     patches.loc[patches["example_id"] == "roi00", "prob"] = [0.9, 0.6, 0.1, 0.2]
     patches.loc[patches["example_id"] == "roi01", "prob"] = [0.9, 0.7, 0.4, 0.3]
-    part, tables = ev.compute_metrics(patches, n_bootstrap=200, seed=1)
+    part, tables = lv.compute_metrics(patches, n_bootstrap=200, seed=1)
     rois = tables.units.set_index("example_id")
     assert rois.loc["roi00", "decision"] == 0 and rois.loc["roi01", "decision"] == 1
     assert rois.loc["roi00", "votes_tumour"] == 2
@@ -338,44 +341,44 @@ def test_compute_metrics_without_patient_ids_resamples_rois():
     patches = _patches(np.random.default_rng(1)).drop(columns=["patient_id", "breast_id"])
     patches["patient_id"] = None
     patches["breast_id"] = None
-    part, tables = ev.compute_metrics(patches, n_bootstrap=50)
+    part, tables = lv.compute_metrics(patches, n_bootstrap=50)
     assert part["bootstrap_unit"] == "roi" and set(part["levels"]) == {"patch", "roi", "roi_soft"}
     assert part["levels"]["roi"]["bootstrap"]["n_units"] == 12
     assert tables.breasts is None and tables.patients is None
 
 
 def test_paper_entry_for_registered_models():
-    cell = ev.paper_entry_for("vgg16_fusion1", {"branches": [4, 5]})
+    cell = lv.paper_entry_for("vgg16_fusion1", {"branches": [4, 5]})
     assert (cell["paper"], cell["model"], cell["branches"]) == ("yu2020", "VGG16_Fusion1", [4, 5])
-    assert ev.paper_entry_for("vgg19_fusion2", {})["branches"] == [1, 2, 3, 4, 5]
-    assert ev.paper_entry_for("xi_vgg16")["model"] == "VGGNet"
-    assert ev.paper_entry_for("jaamour_mobilenetv2")["model"] == "H"
-    assert ev.paper_entry_for("compact_fusion") is None
+    assert lv.paper_entry_for("vgg19_fusion2", {})["branches"] == [1, 2, 3, 4, 5]
+    assert lv.paper_entry_for("xi_vgg16")["model"] == "VGGNet"
+    assert lv.paper_entry_for("jaamour_mobilenetv2")["model"] == "H"
+    assert lv.paper_entry_for("compact_fusion") is None
     levels = {"roi": {"metrics": {"accuracy": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}}}}
-    comp = ev.paper_comparison("vgg16_fusion1", {"branches": [1, 2, 3, 4, 5]}, levels)
+    comp = lv.paper_comparison("vgg16_fusion1", {"branches": [1, 2, 3, 4, 5]}, levels)
     (row,) = [r for r in comp["rows"] if r["metric"] == "accuracy"]
     assert row["paper"] == pytest.approx(0.8906) and row["paper_within_ci"] is True
 
 
 def test_positive_probability_is_the_positive_column():
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])
-    assert ev.positive_probability(probs).tolist() == [0.1, 0.8]
+    assert predictions.positive_probability(probs).tolist() == [0.1, 0.8]
     with pytest.raises(ValueError):
-        ev.positive_probability(np.array([0.1, 0.2]))
+        predictions.positive_probability(np.array([0.1, 0.2]))
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
     from mammoflow.errors import InputError
 
     with pytest.raises(InputError, match="neither a training run folder"):
-        ev.load_model(tmp_path)
+        load_package(tmp_path)
     (tmp_path / "config.yaml").write_text("{}\n")
     with pytest.raises(InputError, match="no trained model here"):
-        ev.load_model(tmp_path)
+        load_package(tmp_path)
 
 
 def test_roi_means_average_each_roi_in_order_of_first_appearance():
-    ids, means = ev.roi_means(["b", "a", "b", "a", "c"], np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0],
+    ids, means = predictions.roi_means(["b", "a", "b", "a", "c"], np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0],
                                                                   [9.0, 10.0]]))
     assert ids == ["b", "a", "c"]
     np.testing.assert_allclose(means, [[3.0, 4.0], [5.0, 6.0], [9.0, 10.0]])
@@ -383,3 +386,22 @@ def test_roi_means_average_each_roi_in_order_of_first_appearance():
 
 def test_roi_constants_match_the_support_data():
     assert ROI_SIDE == 48 and PATCH == 24
+
+
+def test_one_model_package_serves_evaluate_and_predict(tiny, tmp_path):
+    """A .keras file inside a run folder is the run's package (config, label names), and `predict` on one ROI gives
+    the mean P(tumour) that evaluation's patch rows give for that ROI: one loader, one set of input settings."""
+    from mammoflow.dataset.cache import LocalCache
+    from mammoflow.dataset.shards import iter_examples
+    from mammoflow.training.predict import Predictor
+
+    package = load_package(str(tiny["run"] / "model.keras"))
+    assert package.run_uri == str(tiny["run"]) and package.config is not None
+    assert package.label_names == ["normal", "tumour"] and package.patch_size == PATCH
+    shards = [str(p) for p in LocalCache(tiny["cache"] / "shards").fetch(str(tiny["data"]))["test"]]
+    rows = predictions.predict_rows(package, shards, "test")[0]
+    example = next(iter_examples(shards[0]))
+    predicted = Predictor(None, package=package).predict_array(example.image, example.example_id)
+    assert predicted.n_patches == GRID[0] * GRID[1]
+    expected = rows.loc[rows["example_id"] == example.example_id, "prob"].mean()
+    assert predicted.probabilities["tumour"] == pytest.approx(expected, abs=1e-5)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mammoflow.cli import cli
 from mammoflow.errors import InputError
-from mammoflow.evaluation.cam import EXPLAIN_INDEX, explain
+from mammoflow.evaluation.explain import EXPLAIN_INDEX, explain
 from mammoflow.io.images import encode_png, write_png
 from mammoflow.records import Lesion, Record, RecordsTable
 from mammoflow.synth.phantoms import make_phantom

@@ -24,8 +24,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory) -> dict[str, Path]:
     """A trained tiny run, its evaluation (some tumours missed on purpose), a CAM folder, and the report."""
-    from mammoflow.evaluation.cam import explain
     from mammoflow.evaluation.evaluate import evaluate
+    from mammoflow.evaluation.explain import explain
     from mammoflow.io.images import write_png
     from mammoflow.synth.phantoms import make_phantom
 
@@ -142,7 +142,7 @@ def test_cross_validation_folder_and_evaluation_folder_as_run(reported, tmp_path
 
 def test_paper_comparison_is_rendered(reported, tmp_path):
     """An evaluation of one of Yu et al.'s models shows the paper's Table 1 numbers beside ours."""
-    from mammoflow.evaluation.evaluate import paper_comparison
+    from mammoflow.evaluation.levels import paper_comparison
 
     evaluation = tmp_path / "evaluation"
     shutil.copytree(reported["run"] / "evaluation", evaluation)

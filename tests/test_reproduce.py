@@ -208,7 +208,7 @@ def test_fast_reproduction_on_the_released_rois(mias_rois_zip: Path, tmp_path: P
     tsne = pd.read_csv(out / "tsne" / "tsne.csv")
     assert len(tsne) == 64 and set(tsne["label"]) == {0, 1}
     # The t-SNE reuses the features of the evaluation's prediction pass (the model is not run again for it).
-    from mammoflow.evaluation.evaluate import read_roi_features
+    from mammoflow.evaluation.outputs import read_roi_features
 
     kept, _feats = read_roi_features(out / "evaluations" / "vgg16_fusion1_b12345")
     assert tsne["example_id"].tolist() == kept["example_id"].tolist() == rois["example_id"].tolist()

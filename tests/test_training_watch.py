@@ -13,7 +13,8 @@ import pytest
 
 from mammoflow import storage
 from mammoflow.training.config import load_train_config
-from mammoflow.training.loop import RunFolder, train
+from mammoflow.training.loop import train
+from mammoflow.training.run_folder import RunFolder
 
 pytest_plugins = ["tests.gcs_emulator"]  # the gcs_emulator and gcs_bucket fixtures
 
@@ -83,7 +84,7 @@ def test_a_failed_push_is_retried_by_the_next_one_and_only_the_final_push_raises
     run.write_text("history.json", "[1, 2]\n")
     run.write_text("tensorboard/train/events.out.tfevents.2", "e2")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", _dead_endpoint())  # the object store is unreachable
-    with caplog.at_level(logging.WARNING, logger="mammoflow.training.loop"):
+    with caplog.at_level(logging.WARNING, logger="mammoflow.training.run_folder"):
         assert run.push("history.json", "tensorboard", best_effort=True) == []
     assert "retried at the next push" in caplog.text
     with pytest.raises(storage.StorageError):

@@ -51,24 +51,21 @@ def command(models: tuple[str, ...], data_uri: str, split: str | None, out: str,
     Writes metrics.json, predictions.parquet, roc.png, pr.png, confusion.png, confusion_normalised.png,
     calibration.png and classification_metrics.json (for Kubeflow) into --out.
     """
-    from mammoflow.evaluation.evaluate import evaluate, evaluate_many, is_sweep_folder, sweep_trials
+    from mammoflow import steps
+    from mammoflow.evaluation.evaluate import METRICS_KIND
 
     check_out(out)
-    uris: list[str] = []
-    for uri in models:
-        uris += sweep_trials(uri) if is_sweep_folder(uri) else [uri]
-    common = dict(split=split, method=method, calibrate=calibrate, n_bootstrap=n_bootstrap, seed=seed,
-                  threshold=threshold, batch_size=batch_size, cache_dir=cache_dir)
-    if len(uris) == 1 and not fold_of_each:
-        report = evaluate(uris[0], data_uri, out, **{**common, "split": split or "test"})
-        level = report["primary_level"]
-        m = report["levels"].get(level, {}).get("metrics", {})
+    doc = steps.evaluate_runs(models, data_uri, out, split=split, fold_of_each=fold_of_each, method=method,
+                              calibrate=calibrate, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold,
+                              batch_size=batch_size, cache=cache_dir)
+    if doc["kind"] == METRICS_KIND:  # one run
+        level = doc["primary_level"]
+        m = doc["levels"].get(level, {}).get("metrics", {})
         acc, auc = m.get("accuracy") or {}, m.get("roc_auc") or {}
-        click.echo(f"{report['model']['name']} on {report['split']}: {level} accuracy {_num(acc.get('value'))} "
+        click.echo(f"{doc['model']['name']} on {doc['split']}: {level} accuracy {_num(acc.get('value'))} "
                    f"(95% CI {_num(acc.get('ci_low'))}-{_num(acc.get('ci_high'))}), ROC-AUC {_num(auc.get('value'))}"
                    f" -> {out}")
         return
-    doc = evaluate_many(uris, data_uri, out, fold_of_each=fold_of_each, **common)
     for group in doc["groups"].values():
         level = "roi" if "roi" in group["levels"] else next(iter(group["levels"]), None)
         acc = group["levels"].get(level, {}).get("metrics", {}).get("accuracy", {}) if level else {}

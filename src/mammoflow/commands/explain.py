@@ -69,15 +69,15 @@ def command(model_uri: str, images: tuple[str, ...], records: str | None, prepro
     al. 2018) or window by window (Grad-CAM), overlaid on the image (PNG) and saved raw (NPY). Where lesions are
     known, each map is scored: pointing game (peak inside a lesion) and IoU with the lesion mask.
     """
-    from mammoflow.evaluation.cam import explain
+    from mammoflow import steps
 
     if not images and records is None:
         raise click.UsageError("give --image PATH_OR_ID, or --records DIR")
     check_out(out)
-    index = explain(model_uri, out=out, images=images, records=records, preprocess=preprocess,
-                    circles=[_circle(t) for t in lesions], mask_paths=masks, limit=limit, stride=stride, tile=tile,
-                    method=method, layer=layer, iou_fraction=iou_threshold,  # type: ignore[arg-type]
-                    tolerance=tolerance, cache_dir=cache_dir)
+    index = steps.explain_images(model_uri, out, images=images, records=records, cache=cache_dir,
+                                 preprocess=preprocess, circles=[_circle(t) for t in lesions], mask_paths=masks,
+                                 limit=limit, stride=stride, tile=tile, method=method, layer=layer,
+                                 iou_fraction=iou_threshold, tolerance=tolerance)
     summary = index["summary"]
     n_reused, n_held = len(index["reused_now"]), len(index["quarantined_now"])
     line = f"explained {len(index['explained_now'])} image(s) with {index['method']} on {index['layer']}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -22,7 +20,7 @@ and n_patches. --out is written atomically and left as it was when no image coul
 
 
 @click.command("predict", epilog=_EPILOG)
-@click.option("--model", "run_uri", required=True, help="Training run folder (local or gs://).")
+@click.option("--model", "run_uri", required=True, help="Training run folder (local or gs://) or a .keras file.")
 @click.option("--images", "images", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Image files (PNG/PGM/DICOM) or folders of them; ROIs or full images.")
 @click.option("--preprocess", default=None,
@@ -34,31 +32,13 @@ def command(run_uri: str, images: tuple[Path, ...], preprocess: str | None, out:
 
     Unreadable files are reported with the reason and skipped; the others are still predicted.
     """
-    import logging
-
-    from mammoflow.errors import InputError
-    from mammoflow.training.predict import Predictor
+    from mammoflow import steps
 
     check_out(out, is_file=True)
-    log = logging.getLogger("mammoflow.predict")
-    files: list[Path] = []
-    for item in images:
-        files += sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
-    predictor = Predictor(run_uri)
-    lines, failed = [], 0
-    for path in files:
-        try:
-            lines.append(json.dumps(asdict(predictor.predict_file(path, preprocess)), sort_keys=True))
-        except InputError as exc:
-            failed += 1
-            log.error("%s", exc)
-    if not lines:  # before writing: a failed run leaves an earlier --out as it was
+    lines, failed = steps.predict(run_uri, images, out=out, preprocess=preprocess)
+    if not lines:  # steps.predict leaves an earlier --out as it was
         raise click.ClickException("no image could be predicted")
-    text = "\n".join(lines) + "\n"
     if out:
-        from mammoflow.records import atomic_write_text
-
-        atomic_write_text(out, text)  # a reader never sees half a file
         click.echo(f"predicted {len(lines)} image(s), {failed} unreadable -> {out}")
     else:
-        click.echo(text, nl=False)
+        click.echo("\n".join(lines) + "\n", nl=False)

@@ -31,8 +31,8 @@ def command(run: str, out: str, evaluation: str | None, explain_dir: str | None,
     """Write report.html (images embedded, opens anywhere) and report.md: config, data, metrics with 95% CIs next
     to the paper's numbers, curves, confusion matrix, calibration, CAM gallery and the worst false negatives.
     """
-    from mammoflow.evaluation.report import build_report
+    from mammoflow import steps
 
     check_out(out)
-    paths = build_report(run, out, evaluation=evaluation, explain=explain_dir, n_worst=worst, cache_dir=cache_dir)
+    paths = steps.report(run, out, evaluation=evaluation, explain=explain_dir, n_worst=worst, cache=cache_dir)
     click.echo(f"report -> {paths['html']} and {paths['markdown']}")

@@ -56,27 +56,25 @@ def command(spec_ref: str, data: tuple[str, ...], out_uri: str | None, address: 
             max_concurrent: int | None, num_cpus: int | None, dashboard: bool, metrics_export_port: int | None,
             cache_dir: str | None, dry_run: bool) -> None:
     """Run a sweep spec: a base training config + axes, early stopping (ASHA), one `train` per trial."""
-    from mammoflow.sweep.runner import dry_run_lines, run_sweep
-    from mammoflow.sweep.spec import expand_cells, load_spec, split_cell
+    from mammoflow import steps
 
-    spec = load_spec(spec_ref)
     if dry_run:
-        for line in dry_run_lines(spec):
+        for line in steps.sweep_plan(spec_ref, cache_dir):
             click.echo(line)
         return
     data_uris = _parse_data(data)
     if not data_uris:
         raise click.UsageError("--data is required (except with --dry-run)")
-    needed = {split_cell(cell)[0] for cell in expand_cells(spec)}
-    missing = sorted(needed - set(data_uris))
-    if missing:
-        raise click.UsageError(f"the spec's trials need --data for dataset(s): {', '.join(missing)} "
-                               "(give --data NAME=URI)")
-    out = out_uri or f"runs/sweeps/{spec.name}"
-    summary = run_sweep(spec, data_uris, out, address=address, resume=resume, max_concurrent=max_concurrent,
-                        num_cpus=num_cpus, cache_dir=cache_dir, dashboard=dashboard,
-                        metrics_export_port=metrics_export_port)
-    click.echo(f"sweep {spec.name}: {summary['trials']} trials, {summary['finished']} finished, "
+    default = data_uris.pop("default", None)
+    try:
+        steps.sweep_inputs(spec_ref, default, data_uris, cache_dir)
+    except steps.SweepDataError as exc:  # a --data problem: a usage error, before Ray starts
+        raise click.UsageError(str(exc)) from None
+    summary = steps.sweep(spec_ref, default, out_uri, address=address, num_cpus=num_cpus,
+                          max_concurrent=max_concurrent, cache=cache_dir, datasets=data_uris, resume=resume,
+                          dashboard=dashboard, metrics_export_port=metrics_export_port)
+    out = out_uri or steps.local_sweep_uri(summary["sweep"])
+    click.echo(f"sweep {summary['sweep']}: {summary['trials']} trials, {summary['finished']} finished, "
                f"{summary['stopped_early']} stopped early, {summary['failed']} failed; "
                f"{summary['trial_epochs_saved']} of {summary['full_grid_trial_epochs']} trial-epochs saved; "
                f"best {summary['best_trial']} -> {out}")

@@ -45,15 +45,14 @@ model.keras; evaluate, explain, predict and report take it as --model / --run.""
 @click.option("--cache-dir", default=None, help="Local cache for shards and remote run folders.")
 def command(config_ref: str, data_uri: str, out_uri: str, overrides: tuple[str, ...], cache_dir: str | None) -> None:
     """Train a registered model on a dataset's shards; checkpoints every epoch and resumes when re-run."""
-    from mammoflow.training.config import load_train_config
-    from mammoflow.training.loop import Preempted, train
+    from mammoflow import steps
+    from mammoflow.training.loop import Preempted
 
     check_out(out_uri)
-    config = load_train_config(config_ref, parse_overrides(overrides))
     try:
-        result = train(config, data_uri, out_uri, cache_dir=cache_dir)
+        result = steps.train(config_ref, data_uri, out_uri, overrides=parse_overrides(overrides), cache=cache_dir)
     except Preempted as exc:
         click.echo(str(exc), err=True)
         raise click.exceptions.Exit(EXIT_PREEMPTED) from None
-    click.echo(f"trained {config.model.name}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f} "
+    click.echo(f"trained {result.model}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f} "
                f"-> {out_uri}")

@@ -24,10 +24,10 @@ def roi_features(model: Any, shard_paths: Sequence[str], input_cfg: Any,
     """(one row per ROI: ``example_id``, ``label``; features ``[n_rois, d]``), the mean over each ROI's patches.
 
     For a model without an evaluation to reuse: ``evaluate(..., save_features=True)`` keeps the same features
-    from its prediction pass (:func:`mammoflow.evaluation.evaluate.read_roi_features`).
+    from its prediction pass (:func:`mammoflow.evaluation.outputs.read_roi_features`).
     """
     from mammoflow.dataset.pipeline import eval_dataset, whole_image_dataset
-    from mammoflow.evaluation.evaluate import roi_means, run_model
+    from mammoflow.evaluation.predictions import roi_means, run_model
 
     paths = list(map(str, shard_paths))
     data = eval_dataset(paths, input_cfg) if image_size is None else \

@@ -11,7 +11,6 @@ renders it), plus ``protocol.json`` (the threshold and temperature with what the
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -19,6 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from mammoflow.evaluation import calibration, metrics
+from mammoflow.evaluation.evaluate import EVALUATION_SCHEMA_VERSION, METRICS_KIND, dataset_files, split_shards
+from mammoflow.evaluation.levels import compute_metrics
+from mammoflow.evaluation.outputs import (
+    KFP_METRICS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    kfp_classification_metrics,
+    predictions_table,
+    write_figures,
+    write_parquet,
+)
 from mammoflow.reproduce.predict import average_members, choose_threshold, grid_predictions
 
 log = logging.getLogger(__name__)
@@ -74,14 +84,14 @@ def evaluate_ours(runs: str | Sequence[str], data_uri: str, out: str | Path, pro
     The first ``protocol.members`` runs are used; their input configs must agree (one preset, several seeds).
     """
     from mammoflow.errors import ConfigError
-    from mammoflow.evaluation import evaluate as ev
+    from mammoflow.training.package import load_package
 
     runs = [runs] if isinstance(runs, str) else list(runs)[:protocol.members]
     if len(runs) < protocol.members:
         raise ConfigError(f"protocol asks for {protocol.members} ensemble members, {len(runs)} run(s) given")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    members = [ev.load_model(r, cache_dir) for r in runs]
+    members = [load_package(r, cache_dir) for r in runs]
     loaded = members[0]
     manifest, shards, data_sha = dataset_files(data_uri, cache_dir)
     cfg = loaded.input_config()
@@ -113,11 +123,11 @@ def evaluate_ours(runs: str | Sequence[str], data_uri: str, out: str | Path, pro
         rows["prob_calibrated"] = calibration.apply_temperature(rows[_prob_columns(rows)].to_numpy(),
                                                                 temperature_info["value"])[:, 1]
     threshold = float(chosen["threshold"])
-    part, tables = ev.compute_metrics(rows, class_names=tuple(loaded.label_names), method=protocol.method,  # type: ignore[arg-type]
+    part, tables = compute_metrics(rows, class_names=tuple(loaded.label_names), method=protocol.method,  # type: ignore[arg-type]
                                       n_bootstrap=n_bootstrap, seed=seed, threshold=threshold)
     part["calibration"]["temperature"] = temperature_info
     report = {
-        "kind": ev.METRICS_KIND, "evaluation_schema_version": ev.EVALUATION_SCHEMA_VERSION,
+        "kind": METRICS_KIND, "evaluation_schema_version": EVALUATION_SCHEMA_VERSION,
         "schema_version": metrics.METRICS_SCHEMA_VERSION, "split": split, "fold": None, "threshold": threshold,
         "model": {**loaded.describe(), "members": [m.describe() for m in members]},
         "data": {"uri": data_uri, "manifest_sha256": data_sha,
@@ -127,38 +137,12 @@ def evaluate_ours(runs: str | Sequence[str], data_uri: str, out: str | Path, pro
         **part, "paper_comparison": None, "n_bootstrap": n_bootstrap, "seed": seed,
         "protocol": {**protocol.to_dict(), "threshold": chosen, "runs": runs},
     }
-    ev.write_parquet(ev.predictions_table(tables, loaded.name), out / ev.PREDICTIONS_FILE)
-    report["figures"] = ev.write_figures(part, tables, out, tuple(loaded.label_names), split)
-    metrics.write_metrics_json(ev.kfp_classification_metrics(part, split), out / ev.KFP_METRICS_FILE)
-    metrics.write_metrics_json(report, out / ev.METRICS_FILE)
+    write_parquet(predictions_table(tables, loaded.name), out / PREDICTIONS_FILE)
+    report["figures"] = write_figures(part, tables, out, tuple(loaded.label_names), split)
+    metrics.write_metrics_json(kfp_classification_metrics(part, split), out / KFP_METRICS_FILE)
+    metrics.write_metrics_json(report, out / METRICS_FILE)
     metrics.write_metrics_json(report["protocol"], out / "protocol.json")
     return report
-
-
-def dataset_files(data_uri: str, cache_dir: str | Path | None = None
-                  ) -> tuple[dict[str, Any], dict[str, list[str]], str]:
-    """(manifest, verified local shard paths per split, sha256 of manifest.json) of a dataset folder or URI."""
-    import hashlib
-    import tempfile
-
-    from mammoflow import storage
-    from mammoflow.dataset.cache import LocalCache
-    from mammoflow.dataset.shards import read_manifest
-
-    manifest_uri = storage.join(data_uri, "manifest.json")
-    sha = hashlib.sha256(storage.get_bytes(manifest_uri)).hexdigest()
-    root = Path(cache_dir or Path(tempfile.gettempdir()) / "mammoflow-cache")
-    shards = LocalCache(root / "shards").fetch(manifest_uri)
-    return read_manifest(data_uri), {k: [str(p) for p in v] for k, v in shards.items()}, sha
-
-
-def split_shards(shards: Mapping[str, list[str]], split: str, data_uri: str) -> list[str]:
-    from mammoflow.errors import ConfigError
-
-    paths = shards.get(split)
-    if not paths:
-        raise ConfigError(f"{data_uri}: the dataset has no {split!r} split (has {sorted(shards)})")
-    return paths
 
 
 def headline(report: Mapping[str, Any], level: str = "roi") -> dict[str, Any]:
@@ -178,7 +162,3 @@ def target_check(report: Mapping[str, Any], accuracy: float = 0.90, recall: floa
             "accuracy_met": acc >= accuracy - 1e-9, "recall_met": rec >= recall - 1e-9,
             "accuracy_shortfall": max(0.0, accuracy - acc), "recall_shortfall": max(0.0, recall - rec),
             "met": acc >= accuracy - 1e-9 and rec >= recall - 1e-9}
-
-
-def read_report(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "metrics.json").read_text())

@@ -63,7 +63,7 @@ def grid_predictions(model: Any, shard_paths: Sequence[str], input_cfg: Any, n_v
     TTA-averaged), ``p0``..``pK-1``, ``patch_index`` (row-major grid position).
 
     With ``image_size`` the model is a whole-ROI model: one row per ROI, resized to ``image_size`` (the
-    ``whole_image`` data mode). The rows feed :func:`mammoflow.evaluation.evaluate.compute_metrics` (voting,
+    ``whole_image`` data mode). The rows feed :func:`mammoflow.evaluation.levels.compute_metrics` (voting,
     metrics with CIs) unchanged.
     """
     from mammoflow.dataset.pipeline import eval_dataset, whole_image_dataset

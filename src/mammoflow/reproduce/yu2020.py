@@ -179,7 +179,7 @@ def _tsne(info: Mapping[str, Any], dataset: str, out: Path, title: str, seed: in
           cache_dir: str | None) -> dict[str, Any] | None:
     """t-SNE of the cell's test-ROI features: those its evaluation kept from its prediction pass, else (our
     ensemble, whose evaluation averages the members) the first member's, computed here."""
-    from mammoflow.evaluation.evaluate import read_roi_features
+    from mammoflow.evaluation.outputs import read_roi_features
     from mammoflow.reproduce.features import roi_features, write_tsne
 
     kept = read_roi_features(info["evaluation"]) if info.get("evaluation") else None
@@ -187,10 +187,10 @@ def _tsne(info: Mapping[str, Any], dataset: str, out: Path, title: str, seed: in
         log.info("t-SNE: reusing the ROI features of the evaluation in %s", info["evaluation"])
         rois, feats = kept
     else:
-        from mammoflow.evaluation.evaluate import load_model
-        from mammoflow.reproduce.ours import dataset_files, split_shards
+        from mammoflow.evaluation.evaluate import dataset_files, split_shards
+        from mammoflow.training.package import load_package
 
-        loaded = load_model(info["run"], cache_dir)
+        loaded = load_package(info["run"], cache_dir)
         _, shards, _ = dataset_files(dataset, cache_dir)
         size = loaded.config.data.image_size if loaded.whole_image and loaded.config is not None else None
         rois, feats = roi_features(loaded.model, split_shards(shards, "test", dataset), loaded.input_config(),

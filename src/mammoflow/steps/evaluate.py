@@ -1,16 +1,18 @@
-"""The evaluation steps over URIs: voting evaluation with CIs, class activation maps, the report."""
+"""The evaluation steps over URIs: voting evaluation with CIs, class activation maps, the report, predictions."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mammoflow import storage
 from mammoflow.errors import InputError
+from mammoflow.records import atomic_write_text as write_text
 from mammoflow.steps.data import localise_records
 from mammoflow.storage.copies import cache_dir
 
@@ -18,13 +20,36 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(model_dir: str, data_uri: str, out_dir: str | os.PathLike[str], *, split: str = "test",
-             method: str = "majority", n_bootstrap: int = 2000, seed: int = 0,
-             cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+             method: str = "majority", calibrate: bool = False, n_bootstrap: int = 2000, seed: int = 0,
+             threshold: float = 0.5, batch_size: int | None = None, cache: str | os.PathLike[str] | None = None
+             ) -> dict[str, Any]:
     """Evaluate a run (folder or package) on one split (``mammoflow evaluate``); returns metrics.json's content."""
     from mammoflow.evaluation.evaluate import evaluate as run_evaluation
 
     return run_evaluation(model_dir, data_uri, out_dir, split=split, method=method,  # type: ignore[arg-type]
-                          n_bootstrap=n_bootstrap, seed=seed, cache_dir=cache_dir(cache))
+                          calibrate=calibrate, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold,
+                          batch_size=batch_size, cache_dir=cache_dir(cache))
+
+
+def evaluate_runs(models: Sequence[str], data_uri: str, out_dir: str | os.PathLike[str], *, split: str | None = None,
+                  fold_of_each: bool = False, method: str = "majority", calibrate: bool = False,
+                  n_bootstrap: int = 2000, seed: int = 0, threshold: float = 0.5, batch_size: int | None = None,
+                  cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Evaluate one or several runs (``mammoflow evaluate --model ...``): a sweep folder stands for its finished
+    trials. One run (without ``fold_of_each``): :func:`evaluate` on ``split`` (default ``test``), returning its
+    metrics.json; several: each into ``out_dir/<run>/`` and a cross-validation summary (kind
+    ``mammoflow.evaluation.cross_validation``) returned."""
+    from mammoflow.evaluation.evaluate import evaluate_many, is_sweep_folder, sweep_trials
+
+    uris: list[str] = []
+    for uri in models:
+        uris += sweep_trials(uri) if is_sweep_folder(uri) else [uri]
+    common = dict(method=method, calibrate=calibrate, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold,
+                  batch_size=batch_size)
+    if len(uris) == 1 and not fold_of_each:
+        return evaluate(uris[0], data_uri, out_dir, split=split or "test", cache=cache, **common)  # type: ignore[arg-type]
+    return evaluate_many(uris, data_uri, out_dir, split=split, fold_of_each=fold_of_each,  # type: ignore[arg-type]
+                         cache_dir=cache_dir(cache), **common)
 
 
 def primary_metrics(report: Mapping[str, Any]) -> dict[str, float]:
@@ -39,22 +64,6 @@ def primary_metrics(report: Mapping[str, Any]) -> dict[str, float]:
                 if isinstance(cell.get(key), (int, float)):
                     out[f"{level}_{name}{suffix}"] = float(cell[key])
     return out
-
-
-def log_kfp_evaluation(report: Mapping[str, Any], evaluation_dir: str | os.PathLike[str], metrics: Any,
-                       classification: Any) -> None:
-    """Show an evaluation in the KFP UI: the scalar metrics (:func:`primary_metrics`) on a ``Metrics`` artifact, the
-    ROC curve and confusion matrix of ``classification_metrics.json`` on a ``ClassificationMetrics`` artifact."""
-    for name, value in primary_metrics(report).items():
-        metrics.log_metric(name, value)
-    with open(os.path.join(evaluation_dir, "classification_metrics.json")) as fh:
-        kfp_view = json.load(fh)
-    if kfp_view.get("roc"):
-        roc = kfp_view["roc"]
-        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
-    if kfp_view.get("confusion_matrix"):
-        cm = kfp_view["confusion_matrix"]
-        classification.log_confusion_matrix(cm["categories"], cm["matrix"])
 
 
 def records_to_explain(records_dir: str | os.PathLike[str], data_uri: str | None, limit: int) -> list[str]:
@@ -81,19 +90,57 @@ def records_to_explain(records_dir: str | os.PathLike[str], data_uri: str | None
 def explain(model_dir: str, records_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
             data_uri: str | None = None, limit: int = 4, cache: str | os.PathLike[str] | None = None
             ) -> dict[str, Any]:
-    """CAMs of the model over whole (preprocessed) images of ``records_dir`` (``mammoflow explain``)."""
-    from mammoflow.evaluation.cam import explain as run_explain
-
+    """The CAM gallery of a pipeline run: the :func:`records_to_explain` of ``records_dir``, explained."""
     ids = records_to_explain(records_dir, data_uri, limit)
     if not ids:
         raise InputError(records_dir, "no record to explain", "check the records folder", code="empty")
-    return run_explain(model_dir, out=out_dir, images=ids, records=localise_records(records_dir, cache),
-                       cache_dir=cache_dir(cache))
+    return explain_images(model_dir, out_dir, images=ids, records=localise_records(records_dir, cache), cache=cache)
+
+
+def explain_images(model_dir: str, out_dir: str | os.PathLike[str], *, images: Sequence[str] = (),
+                   records: str | os.PathLike[str] | None = None, cache: str | os.PathLike[str] | None = None,
+                   **options: Any) -> dict[str, Any]:
+    """CAMs of the model over whole images given as paths or record ids of ``records`` (``mammoflow explain``);
+    ``options`` are :func:`mammoflow.evaluation.explain.explain`'s (preprocess, circles, mask_paths, limit,
+    stride, tile, method, layer, iou_fraction, tolerance)."""
+    from mammoflow.evaluation.explain import explain as run_explain
+
+    return run_explain(model_dir, out=out_dir, images=images, records=records, cache_dir=cache_dir(cache), **options)
 
 
 def report(run: str, out_dir: str | os.PathLike[str], *, evaluation: str | None = None, explain: str | None = None,
-           cache: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+           n_worst: int = 8, cache: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """report.html + report.md for a run, an evaluation or a sweep folder (``mammoflow report``)."""
     from mammoflow.evaluation.report import build_report
 
-    return build_report(run, out_dir, evaluation=evaluation, explain=explain, cache_dir=cache_dir(cache))
+    return build_report(run, out_dir, evaluation=evaluation, explain=explain, n_worst=n_worst,
+                        cache_dir=cache_dir(cache))
+
+
+def image_files(images: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files, and the files of image folders (sorted, recursively), in the order given."""
+    files: list[Path] = []
+    for item in map(Path, images):
+        files += sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
+    return files
+
+
+def predict(model_dir: str, images: Sequence[str | os.PathLike[str]], *, out: str | os.PathLike[str] | None = None,
+            preprocess: str | None = None, cache: str | os.PathLike[str] | None = None) -> tuple[list[str], int]:
+    """Class probabilities of image files or folders (``mammoflow predict``): (one JSON line per predicted image,
+    how many could not be read). An unreadable image is logged with its reason and skipped. ``out`` is written
+    atomically, and only when an image was predicted (an earlier ``out`` is otherwise left as it was)."""
+    from mammoflow.training.predict import Predictor
+
+    files = image_files(images)
+    predictor = Predictor(model_dir, cache_dir(cache))
+    lines, failed = [], 0
+    for path in files:
+        try:
+            lines.append(json.dumps(asdict(predictor.predict_file(path, preprocess)), sort_keys=True))
+        except InputError as exc:
+            failed += 1
+            log.error("%s", exc)
+    if lines and out is not None:
+        write_text(out, "\n".join(lines) + "\n")  # a reader never sees half a file
+    return lines, failed

@@ -14,11 +14,12 @@ from mammoflow.config import plain_numbers
 from mammoflow.errors import ConfigError, InputError
 from mammoflow.steps.data import require_root, safe_name
 from mammoflow.storage.copies import cache_dir, copy_files, local_config
+from mammoflow.training.package import PACKAGE_FILES
 
 log = logging.getLogger(__name__)
 
 #: Files of a training run folder that make a self-contained model package (evaluate, explain and report read them).
-RUN_PACKAGE_FILES = ("model.keras", "config.yaml", "metrics.json", "run.json", "history.csv", "history.json")
+RUN_PACKAGE_FILES = PACKAGE_FILES
 #: Top-level files of a sweep folder worth keeping beside the pipeline (the trials stay in storage).
 SWEEP_PACKAGE_FILES = ("spec.yaml", "results.csv", "results.md", "summary.json", "best_config.yaml")
 
@@ -31,10 +32,6 @@ def run_uri(storage_root: str, run_id: str, name: str = "train") -> str:
 def sweep_uri(storage_root: str, run_id: str) -> str:
     """The sweep folder of pipeline run ``run_id`` (stable across retries: a retried sweep resumes)."""
     return storage.join(require_root(storage_root), "sweeps", safe_name(run_id))
-
-
-
-
 
 
 def train(config_ref: str, data_uri: str, out_uri: str, *, overrides: Mapping[str, Any] | None = None,
@@ -87,44 +84,74 @@ def available_cpus(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> in
     return count
 
 
-def sweep_datasets(spec_datasets: Sequence[str], data_uri: str, given: Mapping[str, str] | None = None
+class SweepDataError(ConfigError):
+    """The datasets given to a sweep do not match its spec's dataset names."""
+
+
+def sweep_datasets(spec_datasets: Sequence[str], data_uri: str | None, given: Mapping[str, str] | None = None
                    ) -> dict[str, str]:
-    """Which dataset URI each dataset name of a sweep spec trains on. The pipeline builds one dataset: it serves
-    the spec's ``default`` (or its only dataset); a spec that ablates datasets (preprocessing, mass/calc) needs the
-    others given by name, built beforehand. A missing one is an error, never the pipeline's dataset under another
-    name (that would report an ablation that did not happen)."""
+    """Which dataset URI each dataset name of a sweep spec trains on. ``data_uri`` (the pipeline's one dataset, or
+    the CLI's bare ``--data URI``) serves the spec's ``default`` (or its first dataset); a spec that ablates
+    datasets (preprocessing, mass/calc) needs the others given by name, built beforehand. A missing one is an
+    error, never ``data_uri`` under another name (that would report an ablation that did not happen)."""
     from mammoflow.sweep.spec import DEFAULT_DATASET
 
     given = {str(k): str(v) for k, v in (given or {}).items() if v}
     unknown = sorted(set(given) - set(spec_datasets))
     if unknown:
-        raise ConfigError(f"datasets {unknown} are not in the sweep spec (it has {list(spec_datasets)}). Fix: name "
+        raise SweepDataError(f"datasets {unknown} are not in the sweep spec (it has {list(spec_datasets)}). Fix: name "
                           "only the spec's datasets")
     own = DEFAULT_DATASET if DEFAULT_DATASET in spec_datasets else spec_datasets[0]
-    mapping = {own: data_uri, **given}
+    mapping = {**({own: data_uri} if data_uri else {}), **given}
     missing = [name for name in spec_datasets if name not in mapping]
     if missing:
-        raise ConfigError(
-            f"the sweep spec ablates datasets {list(spec_datasets)}, and this pipeline builds one (used as {own!r}); "
-            f"{missing} have no dataset. Fix: build them (`mammoflow build-dataset --config ... --out "
-            "gs://.../datasets/NAME`) and pass datasets={NAME: URI, ...}, or use a spec with one dataset")
+        raise SweepDataError(
+            f"the sweep spec ablates datasets {list(spec_datasets)}, and the one dataset given (if any) is used as "
+            f"{own!r}; {', '.join(sorted(missing))} have no dataset. Fix: build them (`mammoflow build-dataset "
+            "--config ... --out gs://.../datasets/NAME`) and give each by name (`mammoflow sweep --data NAME=URI`, "
+            "the pipeline's datasets={NAME: URI, ...}), or use a spec with one dataset")
     return mapping
 
 
-def sweep(spec_ref: str, data_uri: str, out_uri: str, *, address: str | None = None, num_cpus: int | None = None,
-          max_concurrent: int | None = None, cache: str | os.PathLike[str] | None = None,
-          datasets: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Run a sweep spec on Ray Tune (``mammoflow sweep``) on the pipeline's dataset (plus, for a spec that
-    ablates datasets, the other ones by name: :func:`sweep_datasets`); resumes a sweep left by an earlier attempt
-    at ``out_uri`` (a retried step after preemption)."""
+def sweep_inputs(spec_ref: str, data_uri: str | None, datasets: Mapping[str, str] | None = None,
+                 cache: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The dataset of every dataset name of a sweep spec (:func:`sweep_datasets`), checked before Ray starts."""
+    from mammoflow.sweep.spec import load_spec
+
+    return sweep_datasets(load_spec(local_config(spec_ref, cache)).datasets, data_uri, datasets)
+
+
+def local_sweep_uri(spec_name: str) -> str:
+    """Where ``mammoflow sweep`` puts a sweep when no ``--out`` is given."""
+    return f"runs/sweeps/{spec_name}"
+
+
+def sweep_plan(spec_ref: str, cache: str | os.PathLike[str] | None = None) -> list[str]:
+    """The trials a sweep spec would run, one line each, then their count (``mammoflow sweep --dry-run``)."""
+    from mammoflow.sweep.runner import dry_run_lines
+    from mammoflow.sweep.spec import load_spec
+
+    return dry_run_lines(load_spec(local_config(spec_ref, cache)))
+
+
+def sweep(spec_ref: str, data_uri: str | None, out_uri: str | None = None, *, address: str | None = None,
+          num_cpus: int | None = None, max_concurrent: int | None = None, cache: str | os.PathLike[str] | None = None,
+          datasets: Mapping[str, str] | None = None, resume: bool | None = None, dashboard: bool = False,
+          metrics_export_port: int | None = None) -> dict[str, Any]:
+    """Run a sweep spec on Ray Tune (``mammoflow sweep``) on ``data_uri`` (plus, for a spec that ablates datasets,
+    the other ones by name: :func:`sweep_datasets`) into ``out_uri`` (default :func:`local_sweep_uri`).
+    ``resume`` None resumes a sweep left by an earlier attempt at ``out_uri`` (a retried step after
+    preemption). ``dashboard`` / ``metrics_export_port``: those of a local Ray."""
     from mammoflow.sweep.runner import run_sweep
     from mammoflow.sweep.spec import load_spec
 
     spec = load_spec(local_config(spec_ref, cache))
     data = sweep_datasets(spec.datasets, data_uri, datasets)
-    resume = storage.exists(storage.join(out_uri, "spec.yaml"))
+    out_uri = out_uri or local_sweep_uri(spec.name)
+    if resume is None:
+        resume = storage.exists(storage.join(out_uri, "spec.yaml"))
     if not address and num_cpus is None:
-        num_cpus = available_cpus()  # a Ray inside this pod: as many CPUs as the pod may use
-    return run_sweep(spec, data, out_uri, address=address or None,
-                     resume=resume, num_cpus=num_cpus, max_concurrent=max_concurrent,
-                     cache_dir=str(cache_dir(cache)))
+        num_cpus = available_cpus()  # a local Ray: as many CPUs as this process (or its pod) may use
+    return run_sweep(spec, data, out_uri, address=address or None, resume=resume, num_cpus=num_cpus,
+                     max_concurrent=max_concurrent, cache_dir=str(cache_dir(cache)), dashboard=dashboard,
+                     metrics_export_port=metrics_export_port)

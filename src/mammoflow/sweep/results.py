@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def run_history(run_uri: str) -> list[dict[str, Any]]:
     """The epochs a trial's run folder holds: ``history.json``, or the resume state of a run that did not finish
     (a remote run folder gets its history.json when ``train()`` returns; its checkpoint state every epoch)."""
-    from mammoflow.training.loop import STATE_FILE
+    from mammoflow.training.run_folder import STATE_FILE
 
     for rel, key in (("history.json", None), (STATE_FILE, "history")):
         uri = storage.join(run_uri, rel)

@@ -1,6 +1,6 @@
 """``train(config, data_uri, out_uri)``: the one training function behind the CLI, the KFP component and Ray Tune.
 
-A run folder (local path or ``gs://``) ends up holding::
+A run folder (local path or ``gs://``; :mod:`mammoflow.training.run_folder` holds its I/O) ends up holding::
 
     config.yaml          the resolved TrainConfig (re-run with `mammoflow train --config <run>/config.yaml`)
     run.json             code version, data manifest sha256, status, timings
@@ -21,35 +21,38 @@ with the same command ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import signal
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mammoflow import __version__, storage
 from mammoflow.config import dump_yaml
 from mammoflow.errors import ConfigError
+from mammoflow.storage.copies import cache_dir as cache_root
 from mammoflow.training.config import TrainConfig
+from mammoflow.training.run_folder import (
+    BEST_CKPT,
+    LAST_CKPT,
+    LAST_HEAD,
+    META_FILE,
+    STATE_FILE,
+    WATCH_FILES,
+    RunFolder,
+    TrainResult,
+    finished_result,
+    load_checkpoint,
+    write_history,
+)
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "checkpoints/state.json"
-LAST_CKPT = "checkpoints/last.keras"
-LAST_HEAD = "checkpoints/last_head.keras"  # head_cache: the head with its optimizer state
-BEST_CKPT = "checkpoints/best.keras"
-META_FILE = "model_meta.json"  # layer names (taps, CAM layer, backbone) that a saved .keras file does not keep
-WATCH_FILES = ("history.csv", "history.json", "tensorboard")  # published after every epoch, for watching a run
 
 EpochCallback = Callable[[dict[str, float], bool], None]
 """``epoch_callback(row, is_last)``: an epoch's history row, and whether the run is finished after it."""
@@ -57,103 +60,6 @@ EpochCallback = Callable[[dict[str, float], bool], None]
 
 class Preempted(RuntimeError):
     """The run was asked to stop (SIGTERM on a spot node); a checkpoint was written, rerun to resume."""
-
-
-@dataclass
-class TrainResult:
-    run_uri: str
-    best_epoch: int
-    best_val_loss: float
-    epochs_run: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    resumed_from_epoch: int | None = None
-
-
-# ----------------------------------------------------------------------------------------------- run folder
-class RunFolder:
-    """A local working folder mirrored to the run URI (local runs write in place)."""
-
-    def __init__(self, out_uri: str, cache_dir: str | Path | None = None):
-        self.uri = out_uri.rstrip("/")
-        if storage.is_remote(self.uri):
-            base = Path(cache_dir or Path(tempfile.gettempdir()) / "mammoflow-cache") / "runs"
-            self.local = base / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        else:
-            self.local = Path(self.uri)
-        self.local.mkdir(parents=True, exist_ok=True)
-        # relative path -> sha256 of the content the run URI holds (as far as this object knows): what push skips
-        self._published: dict[str, str] = {}
-
-    def path(self, rel: str) -> Path:
-        p = self.local / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def pull(self, rel: str) -> bool:
-        """Bring one file of a remote run folder into the local folder (for resume). True when it exists."""
-        if not storage.is_remote(self.uri):
-            return (self.local / rel).exists()
-        remote = storage.join(self.uri, rel)
-        info = storage.stat(remote)
-        if info is None:
-            return False
-        storage.get_file(remote, self.path(rel))
-        if info.sha256:  # recorded at upload: a pulled file is not pushed back unchanged
-            self._published[rel] = info.sha256
-        return True
-
-    def push(self, *rels: str, best_effort: bool = False) -> list[str]:
-        """Publish local files and folders to the run URI; return the files uploaded. No-op for local runs.
-
-        Only files whose content differs from what this folder last published are uploaded, each as one atomic
-        object write (readers see the old or the new object). ``best_effort``: an upload that still fails after
-        storage's retries is logged and the push stops there; what was not published stays pending and goes with
-        the next push. For the pushes that only let people watch a run, so an object-store outage does not end a
-        long training; the final push of a run is not best-effort, so a run never ends unpublished in silence.
-        """
-        if not storage.is_remote(self.uri):
-            return []
-        uploaded: list[str] = []
-        for rel in self._files(rels):
-            src = self.local / rel
-            sha = storage.file_sha256(src)
-            if self._published.get(rel) == sha:
-                continue
-            try:
-                storage.put_file(src, storage.join(self.uri, rel))
-            except Exception as exc:  # any error: the run's final push meets it again and raises it
-                if not best_effort:
-                    raise
-                log.warning("could not publish %s to %s (%s); retried at the next push", rel, self.uri, exc)
-                break
-            self._published[rel] = sha
-            uploaded.append(rel)
-        return uploaded
-
-    def _files(self, rels: tuple[str, ...]) -> list[str]:
-        """The existing files among ``rels``, folders expanded (sorted), as paths relative to the local folder."""
-        files: list[str] = []
-        for rel in rels:
-            src = self.local / rel
-            if src.is_dir():
-                files += [f.relative_to(self.local).as_posix() for f in sorted(src.rglob("*")) if f.is_file()]
-            elif src.is_file():
-                files.append(rel)
-        return files
-
-    def save_model(self, model, rel: str) -> None:
-        """Save a Keras model atomically: a kill mid-save must not leave a truncated checkpoint to resume from."""
-        p = self.path(rel)
-        tmp = p.with_name(f".{p.stem}.tmp.keras")
-        model.save(tmp)
-        os.replace(tmp, p)
-
-    def write_text(self, rel: str, text: str) -> None:
-        p = self.path(rel)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, p)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -308,7 +214,7 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
 
     t_start = time.perf_counter()
     run = RunFolder(out_uri, cache_dir)
-    cache = LocalCache(Path(cache_dir or Path(tempfile.gettempdir()) / "mammoflow-cache") / "shards")
+    cache = LocalCache(cache_root(cache_dir) / "shards")
     manifest_uri = storage.join(data_uri, "manifest.json")
     manifest_bytes = storage.get_bytes(manifest_uri)
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
@@ -327,10 +233,11 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
     cfg_yaml = dump_yaml(config.to_dict())
     if run.pull("config.yaml") and run.path("config.yaml").read_text() != cfg_yaml:
         raise ConfigError(f"{out_uri}: holds a run with a different config.yaml; use a new --out or the same config")
-    done = _finished_result(run, out_uri, manifest_sha)
+    done = finished_result(run, out_uri, manifest_sha)
     if done is not None:  # a re-run of a finished run: nothing to redo, nothing rewritten
         log.info("%s: already finished (best epoch %d of %d); nothing to do", out_uri, done.best_epoch,
                  done.epochs_run)
+        done.model = config.model.name
         return done
     run.write_text("config.yaml", cfg_yaml)
     run.push("config.yaml")
@@ -348,7 +255,7 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
     strategy = _strategy(config.distribute)
     with strategy.scope():
         if resumed_from is not None:
-            model = _load(run, LAST_CKPT)
+            model = load_checkpoint(run, LAST_CKPT)
         else:
             _seed_everything(config.seed)
             phase0 = config.schedule.phases[0]
@@ -451,10 +358,10 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
                     if fit_model is not model:
                         raise ConfigError("head_cache with early stopping between phases is not supported: use "
                                           "one phase, or head_cache: false")
-                    model = fit_model = _load(run, BEST_CKPT)
+                    model = fit_model = load_checkpoint(run, BEST_CKPT)
                     _enter_phase(model, fit_model, config, config.phase_of_epoch(phase_end)[1])
                 save_checkpoint(phase_end, 0)
-            _write_history(run, state["history"])
+            write_history(run, state["history"])
             run.push(*WATCH_FILES, best_effort=True)  # watchable while it trains; a failure waits for the next
             epochs_this_call += 1
             is_last = state["epochs_done"] >= config.total_epochs
@@ -468,7 +375,8 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
     finished = state["epochs_done"] >= config.total_epochs
     result = TrainResult(run_uri=out_uri, best_epoch=state["best_epoch"] or 0,
                          best_val_loss=float(state["best_val_loss"] or float("nan")),
-                         epochs_run=len(state["history"]), history=state["history"], resumed_from_epoch=resumed_from)
+                         epochs_run=len(state["history"]), history=state["history"], resumed_from_epoch=resumed_from,
+                         model=config.model.name)
     if finished:
         shutil.copyfile(run.path(BEST_CKPT), run.path("model.keras"))
         best_row = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
@@ -488,34 +396,6 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
     # Not best-effort: whatever an epoch's push left pending is published here, or the error is raised.
     run.push("run.json", "metrics.json", "model.keras", META_FILE, *WATCH_FILES)
     return result
-
-
-def _finished_result(run: RunFolder, out_uri: str, manifest_sha: str) -> TrainResult | None:
-    """The result of a run folder that already finished on the same data (its config was checked equal); None
-    when there is anything left to do (or the data changed: then it is trained again, as a resume would)."""
-    if not (run.pull("run.json") and run.pull(STATE_FILE) and run.pull("metrics.json") and run.pull("model.keras")):
-        return None
-    info = json.loads(run.path("run.json").read_text())
-    if info.get("status") != "finished" or info.get("data_manifest_sha256") != manifest_sha:
-        return None
-    state = json.loads(run.path(STATE_FILE).read_text())
-    return TrainResult(run_uri=out_uri, best_epoch=state["best_epoch"] or 0,
-                       best_val_loss=float(state["best_val_loss"] or float("nan")),
-                       epochs_run=len(state["history"]), history=state["history"],
-                       metrics=json.loads(run.path("metrics.json").read_text()),
-                       resumed_from_epoch=state["epochs_done"])
-
-
-def _load(run: RunFolder, rel: str):
-    """A checkpoint with its mammoflow metadata re-attached (phase changes and CAMs need the layer names)."""
-    import keras
-
-    from mammoflow.models import attach_meta
-
-    model = keras.models.load_model(run.path(rel))
-    if run.pull(META_FILE):
-        attach_meta(model, json.loads(run.path(META_FILE).read_text()))
-    return model
 
 
 def _input_shape(cfg: TrainConfig) -> tuple[int, int, int]:
@@ -620,16 +500,6 @@ def _maybe_reduce_lr(model, cfg: TrainConfig, state: dict[str, Any]) -> None:
     lr = max(lr, float(plateau.get("min_lr", 1e-7)))
     model.optimizer.learning_rate.assign(lr)
     log.info("val loss on a plateau: learning rate -> %g", lr)
-
-
-def _write_history(run: RunFolder, history: list[dict[str, float]]) -> None:
-    run.write_text("history.json", json.dumps(history, indent=2) + "\n")
-    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(history)
-    run.write_text("history.csv", buf.getvalue())
 
 
 def _install_sigterm(stepper: _StepCheckpoint):

@@ -1,18 +1,18 @@
-"""Predictions for single images or ROIs from a trained run: probabilities, not just labels (the confidence
-Jaamour et al. ask for), with the run's own input settings so that inference matches training."""
+"""Predictions for single images or ROIs from a trained model package: probabilities, not just labels (the
+confidence Jaamour et al. ask for), with the package's own input settings so that inference matches training."""
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mammoflow import storage
 from mammoflow.errors import ConfigError
+from mammoflow.training.package import ModelPackage, load_package
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +27,14 @@ class Prediction:
 
 
 class Predictor:
-    """A trained run (folder or gs:// URI) loaded once, predicting many images."""
+    """A trained model package (run folder, ``gs://`` URI or ``.keras`` file) loaded once, predicting many images."""
 
-    def __init__(self, run_uri: str, cache_dir: str | Path | None = None):
-        import keras
-
-        from mammoflow.training.config import load_train_config
-        from mammoflow.training.loop import RunFolder, _input_config
-
-        run = RunFolder(run_uri, cache_dir)
-        for rel in ("config.yaml", "model.keras", "metrics.json"):
-            if not run.pull(rel):
-                raise ConfigError(f"{storage.join(run_uri, rel)} not found: is {run_uri} a finished training run?")
-        self.config = load_train_config(str(run.path("config.yaml")))
-        self.input_cfg = _input_config(self.config)
-        self.model = keras.models.load_model(run.path("model.keras"))
-        names = json.loads(run.path("metrics.json").read_text())["label_names"]
-        self.label_names = [names[str(i)] for i in range(len(names))]
+    def __init__(self, run_uri: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None = None,
+                 package: ModelPackage | None = None):
+        self.package = package or load_package(run_uri or "", cache_dir)
+        self.input_cfg = self.package.input_config()
+        self.model = self.package.model
+        self.label_names = list(self.package.label_names)
 
     def predict_array(self, image: np.ndarray, name: str = "") -> Prediction:
         """Predict one 2-D image: the run's grid of patches (patch models) or the resized image (whole-image)."""
@@ -51,16 +42,16 @@ class Predictor:
 
         if image.ndim != 2:
             raise ConfigError(f"{name}: expected a 2-D greyscale image, got shape {image.shape}")
-        if self.config.data.mode == "whole_image":
+        if self.package.whole_image:
             from mammoflow.preprocess.ops import resize_with_padding
 
-            side = int(self.config.data.image_size)
+            side = int(self.package.image_size)  # type: ignore[arg-type]
             patches = resize_with_padding(image, (side, side))[0][None]
         else:
-            p = self.config.data.patch_size
+            p = self.package.patch_size
             if min(image.shape) < p:
                 raise ConfigError(f"{name}: image {image.shape} is smaller than the model's {p}x{p} patches")
-            origins = grid_patch_origins(image.shape, p, self.config.data.eval_grid)
+            origins = grid_patch_origins(image.shape, p, self.package.eval_grid)
             patches = np.stack([image[r:r + p, c:c + p] for r, c in origins])
         probs = np.asarray(self.model.predict_on_batch(prepare_patches(patches, self.input_cfg)))
         mean = probs.mean(axis=0)

@@ -187,7 +187,7 @@ def write_rgb_png(path: Path | str, rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG atomically."""
     import cv2
 
-    from mammoflow.io.images import atomic_write_bytes
+    from mammoflow.storage import atomic_write_bytes
 
     ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:  # pragma: no cover - OpenCV only fails on unsupported arrays
@@ -200,7 +200,7 @@ def save_npy(path: Path | str, array: np.ndarray) -> Path:
     """Save an array as .npy atomically."""
     import io
 
-    from mammoflow.io.images import atomic_write_bytes
+    from mammoflow.storage import atomic_write_bytes
 
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)

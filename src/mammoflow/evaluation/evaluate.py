@@ -64,7 +64,6 @@ from mammoflow.evaluation.outputs import (
     write_roi_features,
 )
 from mammoflow.evaluation.predictions import predict_rows
-from mammoflow.storage.copies import cache_dir as cache_root
 from mammoflow.training.package import ModelPackage, load_package
 
 log = logging.getLogger(__name__)
@@ -95,13 +94,13 @@ metrics.json (kind "mammoflow.evaluation", evaluation_schema_version 1):
 def dataset_files(data_uri: str, cache_dir: str | os.PathLike[str] | None = None
                   ) -> tuple[dict[str, Any], dict[str, list[str]], str]:
     """(manifest, verified local shard paths per split, sha256 of manifest.json) of a dataset folder or URI."""
-    from mammoflow.dataset.cache import LocalCache
+    from mammoflow.dataset.cache import shard_cache
     from mammoflow.dataset.shards import read_manifest
 
     manifest_uri = storage.join(data_uri, "manifest.json")
     sha = hashlib.sha256(storage.get_bytes(manifest_uri)).hexdigest()
     manifest = read_manifest(data_uri)
-    shards = LocalCache(cache_root(cache_dir) / "shards").fetch(manifest_uri)
+    shards = shard_cache(cache_dir).fetch(manifest_uri)
     return manifest, {k: [str(p) for p in v] for k, v in shards.items()}, sha
 
 

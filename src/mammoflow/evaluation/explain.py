@@ -36,7 +36,7 @@ from mammoflow.evaluation.cam import (
     write_rgb_png,
 )
 from mammoflow.evaluation.cam_model import CamMethod, CamTarget, compute_cam, package_cam_target
-from mammoflow.records import atomic_write_text
+from mammoflow.storage import atomic_write_text
 from mammoflow.training.package import ModelPackage, load_package
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ def _sha256_json(data: Any) -> str:
 
 def _content_sha256(path: str | Path) -> str:
     """sha256 of a file's (or zip member's) bytes; ``InputError`` when it cannot be read."""
-    from mammoflow.io.images import file_sha256
+    from mammoflow.io.files import file_sha256
 
     try:
         return file_sha256(path)

@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from mammoflow.records import atomic_write_text
+from mammoflow.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -68,7 +68,7 @@ def predictions_table(tables: Tables, model_name: str) -> pd.DataFrame:
 def write_roi_features(rows: pd.DataFrame, features: np.ndarray, path: Path, fingerprint: str) -> Path:
     """``roi_features.npz``: per ROI (or image) its ``example_id``, ``label`` (-1: none) and the mean of its rows'
     penultimate features, with the evaluation's fingerprint (which model, data, split and fold they belong to)."""
-    from mammoflow.io.images import atomic_write_bytes
+    from mammoflow.storage import atomic_write_bytes
 
     ids, means = roi_means(rows["example_id"].tolist(), features)
     first = rows.groupby("example_id", sort=False)["label"].first()

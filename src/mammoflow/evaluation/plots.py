@@ -11,8 +11,6 @@ Curve arguments map a legend name to either ``(y_true, y_prob)`` arrays or, for 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,18 +36,14 @@ def _figure(figsize: tuple[float, float] = _FIGSIZE) -> Any:
 
 
 def _save(fig: Any, path: Path | str) -> Path:
-    """Save as PNG atomically and release the figure's memory."""
+    """Save as PNG atomically (:func:`mammoflow.storage.atomic_file`) and release the figure's memory."""
+    from mammoflow.storage import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; figures are meant to be shared (reports, KFP UI)
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png")
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         fig.clear()
     return path
 

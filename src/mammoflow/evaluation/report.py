@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 from mammoflow import storage
 from mammoflow.errors import InputError
 from mammoflow.evaluation import caveats
-from mammoflow.records import atomic_write_text
+from mammoflow.storage import atomic_write_text, copies
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ def _local_folder(uri: str, cache_dir: str | Path | None) -> Path:
     """A local copy of a folder (the folder itself when local), for remote run / sweep folders."""
     if not storage.is_remote(uri):
         return storage.local_path(uri)
-    base = Path(cache_dir or Path(tempfile.gettempdir()) / "mammoflow-cache") / "reports"
+    base = copies.cache_dir(cache_dir) / "reports"
     local = base / hashlib.sha256(uri.encode()).hexdigest()[:16]
     for obj in storage.list(uri):
         rel = obj[len(uri.rstrip("/")) + 1:]
@@ -332,10 +331,10 @@ def _thumbnails(evaluation: Mapping[str, Any], example_ids: Sequence[str], cache
     split = evaluation.get("split")
     wanted = set(example_ids)
     try:
-        from mammoflow.dataset.cache import LocalCache
+        from mammoflow.dataset.cache import shard_cache
         from mammoflow.dataset.shards import iter_examples
 
-        cache = LocalCache(Path(cache_dir or Path(tempfile.gettempdir()) / "mammoflow-cache") / "shards")
+        cache = shard_cache(cache_dir)
         shards = cache.fetch(storage.join(data["uri"], "manifest.json"))
         out: dict[str, bytes] = {}
         for shard in shards.get(split, []):
@@ -570,7 +569,7 @@ def build_report(run: str, out: str | Path, *, evaluation: str | None = None, ex
 
 def _markdown_assets(ctx: dict[str, Any], assets: Path) -> dict[str, Any]:
     """The context with image sources pointing at files in ``report_files/`` (written here) instead of data URIs."""
-    from mammoflow.io.images import atomic_write_bytes
+    from mammoflow.storage import atomic_write_bytes
 
     md = dict(ctx)
 

@@ -39,8 +39,11 @@ def parse_weights(weights: str | os.PathLike | None) -> tuple[WeightsKind, str |
 
 
 def cache_dir() -> Path:
-    """Where files fetched from object storage are kept (``$MAMMOFLOW_CACHE``, default ``~/.cache/mammoflow``)."""
-    return Path(os.environ.get("MAMMOFLOW_CACHE", Path.home() / ".cache" / "mammoflow")) / "weights"
+    """Where weight files fetched from object storage are kept: ``weights/`` in the project's one local cache
+    (:func:`mammoflow.storage.copies.cache_dir`: ``$MAMMOFLOW_CACHE``, else the system temp folder)."""
+    from mammoflow.storage import copies
+
+    return copies.cache_dir() / "weights"
 
 
 def local_file(uri: str | os.PathLike, suffixes: tuple[str, ...]) -> Path:

@@ -59,7 +59,7 @@ def plot_tsne(embedding: np.ndarray, labels: Sequence[int], path: Path | str, ti
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from mammoflow.io.images import atomic_write_bytes
+    from mammoflow.storage import atomic_write_bytes
 
     labels = np.asarray(labels)
     fig = Figure(figsize=(5.5, 5.0), dpi=120, layout="constrained")
@@ -83,7 +83,7 @@ def plot_tsne(embedding: np.ndarray, labels: Sequence[int], path: Path | str, ti
 def write_tsne(rois: pd.DataFrame, features: np.ndarray, out: Path, title: str, seed: int = 0) -> dict[str, Any]:
     """``tsne.png`` and ``tsne.csv`` (example_id, label, x, y) of ROI features (:func:`roi_features`, or those an
     evaluation kept) into ``out``."""
-    from mammoflow.records import atomic_write_text
+    from mammoflow.storage import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     emb = tsne_embedding(features, seed=seed)

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mammoflow.records import atomic_write_text
+from mammoflow.storage import atomic_write_text
 
 PAPER = "yu2020"
 # The paper's columns (Tables 1-3), in its order, then the ranking metric it shows only as curves.
@@ -433,7 +433,7 @@ figure img { max-width: 520px; border: 1px solid #dde3e8; }
 def write_report(summary: Mapping[str, Any], out: Path) -> dict[str, Path]:
     """``report.md`` (images in ``report_files/``) and a self-contained ``report.html`` in ``out``."""
     from mammoflow.evaluation.report import data_uri
-    from mammoflow.io.images import atomic_write_bytes
+    from mammoflow.storage import atomic_write_bytes
 
     tsne_png = Path(summary["tsne"]["png"]) if summary.get("tsne") else None
     src = None

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from mammoflow.errors import ConfigError
-from mammoflow.records import atomic_write_text
 from mammoflow.reproduce.budgets import Budget, Cell, get_budget
+from mammoflow.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 

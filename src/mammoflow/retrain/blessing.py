@@ -173,7 +173,7 @@ class Verdict:
 
     def write(self, folder: str | Path) -> tuple[Path, Path]:
         """``verdict.json`` and ``verdict.md`` in a local folder (atomic writes)."""
-        from mammoflow.records import atomic_write_text
+        from mammoflow.storage import atomic_write_text
 
         folder = Path(folder)
         atomic_write_text(folder / "verdict.json", self.to_json())

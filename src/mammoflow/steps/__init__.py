@@ -21,11 +21,11 @@ Remote inputs are fetched once into the local cache of :mod:`mammoflow.storage.c
 
 from mammoflow.config import plain_numbers
 from mammoflow.logs import setup_step_logging
-from mammoflow.records import atomic_write_text as write_text
 from mammoflow.steps.data import *  # noqa: F403 - the step layer's face
 from mammoflow.steps.evaluate import *  # noqa: F403
 from mammoflow.steps.retrain import *  # noqa: F403
 from mammoflow.steps.train import *  # noqa: F403
+from mammoflow.storage import atomic_write_text as write_text
 from mammoflow.storage.copies import (
            CACHE_ENV,
            cache_dir,

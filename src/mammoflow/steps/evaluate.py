@@ -12,8 +12,8 @@ from typing import Any
 
 from mammoflow import storage
 from mammoflow.errors import InputError
-from mammoflow.records import atomic_write_text as write_text
 from mammoflow.steps.data import localise_records
+from mammoflow.storage import atomic_write_text as write_text
 from mammoflow.storage.copies import cache_dir
 
 log = logging.getLogger(__name__)

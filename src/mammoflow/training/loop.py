@@ -36,7 +36,6 @@ from typing import Any
 from mammoflow import __version__, storage
 from mammoflow.config import dump_yaml
 from mammoflow.errors import ConfigError
-from mammoflow.storage.copies import cache_dir as cache_root
 from mammoflow.training.config import TrainConfig
 from mammoflow.training.run_folder import (
     BEST_CKPT,
@@ -206,7 +205,7 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
     import keras
     import tensorflow as tf
 
-    from mammoflow.dataset.cache import LocalCache
+    from mammoflow.dataset.cache import shard_cache
     from mammoflow.dataset.pipeline import eval_dataset
     from mammoflow.dataset.shards import read_manifest
     from mammoflow.models import create_model, model_meta
@@ -214,7 +213,7 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
 
     t_start = time.perf_counter()
     run = RunFolder(out_uri, cache_dir)
-    cache = LocalCache(cache_root(cache_dir) / "shards")
+    cache = shard_cache(cache_dir)
     manifest_uri = storage.join(data_uri, "manifest.json")
     manifest_bytes = storage.get_bytes(manifest_uri)
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()

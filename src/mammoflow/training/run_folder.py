@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,16 +111,11 @@ class RunFolder:
 
     def save_model(self, model, rel: str) -> None:
         """Save a Keras model atomically: a kill mid-save must not leave a truncated checkpoint to resume from."""
-        p = self.path(rel)
-        tmp = p.with_name(f".{p.stem}.tmp.keras")
-        model.save(tmp)
-        os.replace(tmp, p)
+        with storage.atomic_file(self.path(rel), suffix=".keras") as tmp:
+            model.save(tmp)
 
     def write_text(self, rel: str, text: str) -> None:
-        p = self.path(rel)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, p)
+        storage.atomic_write_text(self.path(rel), text)
 
 
 def finished_result(run: RunFolder, out_uri: str, manifest_sha: str) -> TrainResult | None:

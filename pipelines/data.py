@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mammoflow.pipelines.options import PipelineOptions, configure
-from mammoflow.pipelines.signature import parameter
+from mammoflow.pipelines.options import PipelineOptions, configure, pushes_its_status
+from mammoflow.pipelines.signature import parameter, takes
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,13 @@ def add_data_steps(ops: dict[str, Any], options: PipelineOptions, data: DataPara
                                            dataset_config=data.dataset_config, storage_root=data.storage_root),
                       "build_dataset", options)
     return DataSteps(source=reader, ingest=ingest, preprocess=preprocess, build_dataset=build)
+
+
+def data_pipeline(name: str, description: str, options: PipelineOptions) -> Any:
+    """Decorator of a pipeline that starts with the data steps (training, sweep): it takes the
+    :class:`DataParameters` (``storage_root`` defaulting to the options'), runs as a sub-pipeline and pushes how its
+    run ended (:func:`~mammoflow.pipelines.options.pushes_its_status`)."""
+    def decorate(fn: Any) -> Any:
+        return pushes_its_status(name, description, options)(takes(DataParameters,
+                                                                   storage_root=options.storage_root)(fn))
+    return decorate

@@ -9,9 +9,9 @@ are :class:`~mammoflow.pipelines.data.DataParameters`, shared with the training 
 # annotations.
 from typing import Any
 
-from mammoflow.pipelines.data import DataParameters, add_data_steps
-from mammoflow.pipelines.options import PipelineOptions, pushes_its_status
-from mammoflow.pipelines.signature import pipeline_outputs, takes
+from mammoflow.pipelines.data import DataParameters, add_data_steps, data_pipeline
+from mammoflow.pipelines.options import PipelineOptions
+from mammoflow.pipelines.signature import pipeline_outputs
 
 NAME = "mammoflow-sweep"
 
@@ -23,9 +23,8 @@ def build(options: PipelineOptions | None = None) -> Any:
     options = options or PipelineOptions.from_env()
     Outputs = pipeline_outputs()  # the return annotation below
 
-    @pushes_its_status(NAME, "An ablation sweep on Ray Tune with early stopping: built-in phantoms or "
+    @data_pipeline(NAME, "An ablation sweep on Ray Tune with early stopping: built-in phantoms or "
                         "a real dataset -> ingest -> preprocess -> shards -> sweep -> HTML report.", options)
-    @takes(DataParameters, storage_root=options.storage_root)
     def sweep_pipeline(
         data: DataParameters,
         spec: str = "demo",

@@ -6,9 +6,9 @@ report. Its data parameters are :class:`~mammoflow.pipelines.data.DataParameters
 # annotations.
 from typing import Any
 
-from mammoflow.pipelines.data import DataParameters, add_data_steps
-from mammoflow.pipelines.options import METRICS_PORT, PipelineOptions, pushes_its_status
-from mammoflow.pipelines.signature import pipeline_outputs, takes
+from mammoflow.pipelines.data import DataParameters, add_data_steps, data_pipeline
+from mammoflow.pipelines.options import METRICS_PORT, PipelineOptions
+from mammoflow.pipelines.signature import pipeline_outputs
 
 NAME = "mammoflow-training"
 
@@ -20,10 +20,9 @@ def build(options: PipelineOptions | None = None) -> Any:
     options = options or PipelineOptions.from_env()
     Outputs = pipeline_outputs()  # the return annotation below
 
-    @pushes_its_status(NAME, "Train, evaluate and explain one mammography classifier: built-in "
+    @data_pipeline(NAME, "Train, evaluate and explain one mammography classifier: built-in "
                         "phantoms or a real dataset -> ingest -> preprocess -> shards -> train -> voting evaluation "
                         "with 95% CIs -> CAMs -> HTML report.", options)
-    @takes(DataParameters, storage_root=options.storage_root)
     def training_pipeline(
         data: DataParameters,
         train_config: str = "demo",

@@ -138,7 +138,11 @@ class Verdict:
     evaluation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        from mammoflow.evaluation.metrics import (
+            jsonable,  # numpy to Python; NaN to null, so the JSON is valid
+        )
+
+        return jsonable(dataclasses.asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -182,16 +186,6 @@ class Verdict:
 
 
 # ------------------------------------------------------------------------------------------- metric access
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def _fmt(value: Any, signed: bool = False) -> str:

@@ -122,7 +122,7 @@ def build_dataset(records: Input[Dataset], preset: str, dataset_config: str, sto
 
     steps.setup_step_logging()
     config = steps.dataset_config_for(preset, dataset_config)
-    result = steps.build_dataset(records.path, config, storage_root)
+    result = steps.build_dataset(records.path, config, storage_root=storage_root)
     steps.copy_files(result.out_uri, dataset.path, ("manifest.json", "split_summary.md", "dataset_config.yaml"))
     manifest = result.manifest
     dataset.metadata.update({

@@ -123,7 +123,7 @@ def test_labels_in_a_bucket_are_fetched_and_named_by_their_uri(tmp_path: Path, g
     storage.put_file(write_labels(tmp_path / "site.csv", rows), csv_uri)
 
     out = tmp_path / "records"
-    summary = steps.ingest("dicom-dir", data_root, out, labels=csv_uri, salt=SALT, cache=tmp_path / "cache")
+    summary = steps.ingest("dicom-dir", data_root, out, labels=csv_uri, salt=SALT, cache_dir=tmp_path / "cache")
     assert summary["used"] == len(truth) and summary["labels_csv"] == csv_uri
     assert labels_of(out) == truth
     table = RecordsTable.read(out)
@@ -134,7 +134,7 @@ def test_labels_in_a_bucket_are_fetched_and_named_by_their_uri(tmp_path: Path, g
     # A CSV inside a remote data_root, given relative to it, is read from the copy already fetched.
     storage.put_file(tmp_path / "site.csv", f"{data_root}/meta/labels.csv")
     again = steps.ingest("dicom-dir", data_root, tmp_path / "again", labels="meta/labels.csv", salt=SALT,
-                            cache=tmp_path / "cache")
+                            cache_dir=tmp_path / "cache")
     assert again["labels_csv"] == f"{data_root}/meta/labels.csv" and labels_of(tmp_path / "again") == truth
 
 

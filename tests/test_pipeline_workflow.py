@@ -50,12 +50,12 @@ def test_local_inputs_are_used_in_place(tmp_path: Path, monkeypatch: pytest.Monk
 def test_remote_phantoms_ingest_to_portable_records(gcs_bucket: str, tmp_path: Path) -> None:
     uri = steps.phantoms_uri(f"{gcs_bucket}/mf", 4, seed=5)
     assert uri == f"{gcs_bucket}/mf/raw/phantoms-n4-s5"
-    summary = steps.demo_data(uri, 4, 5, cache=tmp_path / "cache")
+    summary = steps.demo_data(uri, 4, 5, cache_dir=tmp_path / "cache")
     assert summary["source"] == "mias" and summary["data_root"] == uri and summary["images"] == 4
     assert storage.exists(f"{uri}/ground_truth.json") and storage.exists(f"{uri}/mdb004.pgm")
 
     records = tmp_path / "records"
-    ingest = steps.ingest("mias", uri, records, cache=tmp_path / "cache-ingest")
+    ingest = steps.ingest("mias", uri, records, cache_dir=tmp_path / "cache-ingest")
     assert ingest["used"] == 4
     # What the next pod sees: records whose images are named by their URI, not by this pod's cache.
     meta = json.loads((records / "records_meta.json").read_text())
@@ -64,7 +64,7 @@ def test_remote_phantoms_ingest_to_portable_records(gcs_bucket: str, tmp_path: P
     table = RecordsTable.read(local)
     assert Path(table.image_root).is_dir() and len(table.records) == 4
     assert all(table.image_path(r, local).is_file() for r in table.records)
-    out = steps.preprocess(records, "minimal", tmp_path / "pre", cache=tmp_path / "cache-preprocess")
+    out = steps.preprocess(records, "minimal", tmp_path / "pre", cache_dir=tmp_path / "cache-preprocess")
     assert out["usable"] == 4 and len(list((tmp_path / "pre" / "images").iterdir())) == 4
     # Local records are left alone.
     assert steps.localise_records(tmp_path / "pre") == tmp_path / "pre"
@@ -188,7 +188,7 @@ def test_build_dataset_takes_a_dataset_config_by_uri(phantom_dataset: Path, gcs_
     config["description"] = "Yu's ROIs, from a dataset YAML in a bucket"
     uri = f"{gcs_bucket}/configs/rois.yaml"
     storage.put_bytes(uri, dump_yaml(config).encode())
-    result = steps.build_dataset(phantom_dataset.parent / "pre", uri, str(tmp_path / "store"))
+    result = steps.build_dataset(phantom_dataset.parent / "pre", uri, storage_root=str(tmp_path / "store"))
     datasets = sorted((tmp_path / "store" / "datasets").iterdir())
     assert [d.name.split("-")[0] for d in datasets] == ["rois"]
     assert (datasets[0] / "manifest.json").exists()

@@ -65,7 +65,7 @@ def test_a_preprocess_config_in_a_bucket_is_fetched_by_the_step_and_the_cli(reco
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     uri = f"{gcs_bucket}/configs/site-chain.yaml"
     storage.put_bytes(uri, dump_yaml(SITE_CHAIN).encode())
-    counts = steps.preprocess(records, uri, tmp_path / "pre", cache=tmp_path / "cache")
+    counts = steps.preprocess(records, uri, tmp_path / "pre", cache_dir=tmp_path / "cache")
     assert counts["usable"] == 2 and counts["quarantined_new"] == 0
     written = yaml.safe_load((tmp_path / "pre" / "preprocess_config.yaml").read_text())
     assert written["output_dtype"] == "uint16"
@@ -83,12 +83,12 @@ def test_a_preprocess_config_in_a_bucket_is_fetched_by_the_step_and_the_cli(reco
 
 def test_dicom_demo_data_goes_to_a_bucket_with_its_folders(gcs_bucket: str, tmp_path: Path) -> None:
     uri = f"{gcs_bucket}/raw/demo-cbis"
-    summary = steps.demo_data(uri, 2, 5, tmp_path / "cache", fmt="dicom", size=(128, 96))
+    summary = steps.demo_data(uri, 2, 5, fmt="dicom", size=(128, 96), cache_dir=tmp_path / "cache")
     assert summary["source"] == "cbis-ddsm" and summary["data_root"] == uri and summary["images"] == 2
     names = [u[len(uri) + 1:] for u in storage.list(uri)]
     assert "ground_truth.json" in names and sum(n.endswith(".dcm") for n in names) >= 2
     assert any(n.count("/") >= 2 and n.endswith(".dcm") for n in names)  # the CBIS-DDSM folder tree kept
-    records = steps.ingest(summary["source"], uri, tmp_path / "records", cache=tmp_path / "cache-ingest")
+    records = steps.ingest(summary["source"], uri, tmp_path / "records", cache_dir=tmp_path / "cache-ingest")
     assert records["used"] >= 2
     assert RecordsTable.read(tmp_path / "records").image_root.startswith(uri)
     with pytest.raises(ConfigError, match="not one of mias, dicom"):
@@ -112,7 +112,7 @@ def test_build_dataset_writes_where_told_or_content_addressed(phantom_dataset: P
     pre = phantom_dataset.parent / "pre"
     told = steps.build_dataset(pre, "yu2020", out=str(tmp_path / "here"))
     assert told.out_uri == str(tmp_path / "here") and (tmp_path / "here" / "manifest.json").is_file()
-    addressed = steps.build_dataset(pre, "yu2020", str(tmp_path / "store"))
+    addressed = steps.build_dataset(pre, "yu2020", storage_root=str(tmp_path / "store"))
     assert addressed.out_uri == steps.dataset_uri(str(tmp_path / "store"), pre, "yu2020")
     assert (Path(addressed.out_uri) / "manifest.json").read_bytes() == (tmp_path / "here" / "manifest.json"
                                                                         ).read_bytes()

@@ -48,10 +48,10 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
     return data
 
 
-def resolve_ref(ref: str | os.PathLike[str], kind: str, cache: str | os.PathLike[str] | None = None) -> str:
+def resolve_ref(ref: str | os.PathLike[str], kind: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
     """The one place where a config reference of any ``kind`` (``preprocess``, ``dataset``, ``train``, ``sweep``,
     ``retrain``, ...) is resolved, before any work: a shipped preset name of that kind as it is; a ``gs://`` YAML
-    fetched into the local copies cache (:mod:`mammoflow.storage.copies`, ``cache`` or ``$MAMMOFLOW_CACHE``) and its
+    fetched into the local copies cache (:mod:`mammoflow.storage.copies`, ``cache_dir`` or ``$MAMMOFLOW_CACHE``) and its
     local path returned (it keeps the file's name, which names datasets and labels runs); a local YAML path as it
     is. Anything else is a :class:`ConfigError` naming the presets. Every loader takes what this returns."""
     from mammoflow import storage
@@ -60,7 +60,7 @@ def resolve_ref(ref: str | os.PathLike[str], kind: str, cache: str | os.PathLike
     if storage.is_remote(text):
         from mammoflow.storage.copies import fetch_tree
 
-        return str(fetch_tree(text, cache))
+        return str(fetch_tree(text, cache_dir))
     if text in preset_names(kind):
         return text
     path = storage.local_path(text)  # file:// URIs too
@@ -74,14 +74,14 @@ def resolve_ref(ref: str | os.PathLike[str], kind: str, cache: str | os.PathLike
 
 
 def resolve_config(name_or_path: str | Path | dict | None, kind: str,
-                   cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                   cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """A config dict from a preset name, a YAML path or ``gs://`` URI (see :func:`resolve_ref`), a dict (returned
     as a copy) or None (empty)."""
     if name_or_path is None:
         return {}
     if isinstance(name_or_path, dict):
         return dict(name_or_path)
-    ref = resolve_ref(name_or_path, kind, cache)
+    ref = resolve_ref(name_or_path, kind, cache_dir)
     if ref in preset_names(kind):
         preset = resources.files("mammoflow") / "presets" / kind / f"{ref}.yaml"
         return yaml.safe_load(preset.read_text()) or {}

@@ -57,7 +57,7 @@ def command(models: tuple[str, ...], data_uri: str, split: str | None, out: str,
     check_out(out)
     doc = steps.evaluate_runs(models, data_uri, out, split=split, fold_of_each=fold_of_each, method=method,
                               calibrate=calibrate, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold,
-                              batch_size=batch_size, cache=cache_dir)
+                              batch_size=batch_size, cache_dir=cache_dir)
     if doc["kind"] == METRICS_KIND:  # one run
         level = doc["primary_level"]
         m = doc["levels"].get(level, {}).get("metrics", {})

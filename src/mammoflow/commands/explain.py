@@ -74,7 +74,7 @@ def command(model_uri: str, images: tuple[str, ...], records: str | None, prepro
     if not images and records is None:
         raise click.UsageError("give --image PATH_OR_ID, or --records DIR")
     check_out(out)
-    index = steps.explain_images(model_uri, out, images=images, records=records, cache=cache_dir,
+    index = steps.explain_images(model_uri, out, images=images, records=records, cache_dir=cache_dir,
                                  preprocess=preprocess, circles=[_circle(t) for t in lesions], mask_paths=masks,
                                  limit=limit, stride=stride, tile=tile, method=method, layer=layer,
                                  iou_fraction=iou_threshold, tolerance=tolerance)

@@ -98,7 +98,7 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
              "pseudonymise_paths": pseudonymise_paths}
     try:
         if previous is not None:
-            d = steps.ingest_incremental(source, root, out, previous, freeze_test=freeze_test, **given)
+            d = steps.ingest_incremental(source, root, previous, out, freeze_test=freeze_test, **given)
             click.echo(f"ingest {source}: nothing new -> {out}" if d.nothing_new else
                        f"ingest {source}: {d.new_records} new, {d.changed_records} changed, {d.removed_records} "
                        f"removed, {d.quarantined_new} quarantined -> {out}")

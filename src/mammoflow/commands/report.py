@@ -34,5 +34,5 @@ def command(run: str, out: str, evaluation: str | None, explain_dir: str | None,
     from mammoflow import steps
 
     check_out(out)
-    paths = steps.report(run, out, evaluation=evaluation, explain=explain_dir, n_worst=worst, cache=cache_dir)
+    paths = steps.report(run, out, evaluation=evaluation, explain=explain_dir, n_worst=worst, cache_dir=cache_dir)
     click.echo(f"report -> {paths['html']} and {paths['markdown']}")

@@ -59,7 +59,7 @@ def command(spec_ref: str, data: tuple[str, ...], out_uri: str | None, address: 
     from mammoflow import steps
 
     if dry_run:
-        for line in steps.sweep_plan(spec_ref, cache_dir):
+        for line in steps.sweep_plan(spec_ref, cache_dir=cache_dir):
             click.echo(line)
         return
     data_uris = _parse_data(data)
@@ -67,11 +67,11 @@ def command(spec_ref: str, data: tuple[str, ...], out_uri: str | None, address: 
         raise click.UsageError("--data is required (except with --dry-run)")
     default = data_uris.pop("default", None)
     try:
-        steps.sweep_inputs(spec_ref, default, data_uris, cache_dir)
+        steps.sweep_inputs(spec_ref, default, data_uris, cache_dir=cache_dir)
     except steps.SweepDataError as exc:  # a --data problem: a usage error, before Ray starts
         raise click.UsageError(str(exc)) from None
     summary = steps.sweep(spec_ref, default, out_uri, address=address, num_cpus=num_cpus,
-                          max_concurrent=max_concurrent, cache=cache_dir, datasets=data_uris, resume=resume,
+                          max_concurrent=max_concurrent, cache_dir=cache_dir, datasets=data_uris, resume=resume,
                           dashboard=dashboard, metrics_export_port=metrics_export_port)
     out = out_uri or steps.local_sweep_uri(summary["sweep"])
     click.echo(f"sweep {summary['sweep']}: {summary['trials']} trials, {summary['finished']} finished, "

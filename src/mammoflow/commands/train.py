@@ -50,7 +50,7 @@ def command(config_ref: str, data_uri: str, out_uri: str, overrides: tuple[str, 
 
     check_out(out_uri)
     try:
-        result = steps.train(config_ref, data_uri, out_uri, overrides=parse_overrides(overrides), cache=cache_dir)
+        result = steps.train(config_ref, data_uri, out_uri, overrides=parse_overrides(overrides), cache_dir=cache_dir)
     except Preempted as exc:
         click.echo(str(exc), err=True)
         raise click.exceptions.Exit(EXIT_PREEMPTED) from None

@@ -20,7 +20,7 @@ from mammoflow import storage
 from mammoflow.config import resolve_ref
 from mammoflow.errors import ConfigError, InputError
 from mammoflow.sources import LABELLED_SOURCES, check_labels, check_pseudonymise_paths  # noqa: F401 - the step layer's face
-from mammoflow.storage.copies import cache_dir, fetch_tree, uri_key
+from mammoflow.storage import copies
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,14 @@ def require_root(storage_root: str) -> str:
     return storage_root
 
 
-def demo_data(out_uri: str, n_images: int, seed: int, cache: str | os.PathLike[str] | None = None, *,
-              fmt: str = "mias", size: int | tuple[int, int] | None = None) -> dict[str, Any]:
-    """Write the phantom dataset to ``out_uri`` (once: an existing identical dataset is kept): MIAS-like PGMs
+def demo_data(out: str, n_images: int, seed: int, *, fmt: str = "mias", size: int | tuple[int, int] | None = None,
+              cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Write the phantom dataset to ``out`` (once: an existing identical dataset is kept): MIAS-like PGMs
     (``fmt`` mias, ``size`` one side, 1024 by default) or a CBIS-DDSM-like DICOM download (``fmt`` dicom, ``size``
-    (height, width), 640x480 by default). A remote ``out_uri`` is written in the cache and uploaded, its
+    (height, width), 640x480 by default). A remote ``out`` is written in the cache and uploaded, its
     ``ground_truth.json`` last.
 
-    Returns the ground truth summary, with ``source`` (the reader to ingest it with) and ``data_root`` (``out_uri``).
+    Returns the ground truth summary, with ``source`` (the reader to ingest it with) and ``data_root`` (``out``).
     """
     from mammoflow.synth.phantoms import write_dicom_dataset, write_mias_dataset
 
@@ -72,17 +72,17 @@ def demo_data(out_uri: str, n_images: int, seed: int, cache: str | os.PathLike[s
             return write_mias_dataset(folder, n_images=n_images, seed=seed, size=size or PHANTOM_SIZE)
         return write_dicom_dataset(folder, n_images=n_images, seed=seed, size=size or (640, 480))
 
-    if storage.is_remote(out_uri):
-        local = cache_dir(cache) / "phantoms" / uri_key(out_uri)
+    if storage.is_remote(out):
+        local = copies.cache_dir(cache_dir) / "phantoms" / copies.uri_key(out)
         truth = write(local)
         # ground_truth.json goes last: its presence tells a reader the dataset is complete.
         files = sorted(p for p in local.rglob("*") if p.is_file() and p != local / "ground_truth.json")
         for path in [*files, local / "ground_truth.json"]:
-            storage.put_file(path, storage.join(out_uri, path.relative_to(local).as_posix()))
+            storage.put_file(path, storage.join(out, path.relative_to(local).as_posix()))
     else:
-        truth = write(storage.local_path(out_uri))
+        truth = write(storage.local_path(out))
     images = truth["images"]
-    return {"source": DEMO_FORMATS[fmt], "data_root": out_uri, "images": len(images),
+    return {"source": DEMO_FORMATS[fmt], "data_root": out, "images": len(images),
             "images_with_lesions": sum(1 for im in images if im["lesions"]),
             "lesions": sum(len(im["lesions"]) for im in images), "seed": seed}
 
@@ -144,7 +144,7 @@ def data_digest(data_root: str, labels_csv: str = "") -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _local_labels(uri: str, data_root: str, local_root: Path | None, cache: str | os.PathLike[str] | None
+def _local_labels(uri: str, data_root: str, local_root: Path | None, cache_dir: str | os.PathLike[str] | None
                   ) -> Path | None:
     """A local copy of the labels CSV at ``uri``: the file itself when local, the already fetched copy when it lies
     in a remote ``data_root``, else fetched into the cache."""
@@ -155,15 +155,15 @@ def _local_labels(uri: str, data_root: str, local_root: Path | None, cache: str 
         local = local_root / uri[len(prefix):]
         if local.is_file():
             return local
-    return fetch_tree(uri, cache)
+    return copies.fetch_tree(uri, cache_dir)
 
 
-def _local_file(ref: str | os.PathLike[str] | None, cache: str | os.PathLike[str] | None) -> Path | None:
+def _local_file(ref: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None) -> Path | None:
     """An annotation file given apart from the data (MIAS Info.txt, CBIS-DDSM CSVs): fetched when remote, else the
     path as given (absolute), which the reader checks with its own message."""
     if not ref:
         return None
-    return fetch_tree(str(ref), cache) if storage.is_remote(ref) else Path(local_abspath(ref))
+    return copies.fetch_tree(str(ref), cache_dir) if storage.is_remote(ref) else Path(local_abspath(ref))
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ class IngestInputs:
 def ingest_inputs(source: str, data_root: str | os.PathLike[str] | None, *, labels: str | os.PathLike[str] = "",
                   info: str | os.PathLike[str] | None = None, csvs: Sequence[str | os.PathLike[str]] = (),
                   metadata_only: bool = False, salt: str | None = None, any_modality: bool = False,
-                  pseudonymise_paths: bool = False, cache: str | os.PathLike[str] | None = None) -> IngestInputs:
+                  pseudonymise_paths: bool = False, cache_dir: str | os.PathLike[str] | None = None) -> IngestInputs:
     """Check an ingest's options (labels CSV and path pseudonyms only for the sources that take them) and make
     its inputs local: a remote ``data_root``, labels CSV, Info.txt or description CSV is fetched into the cache."""
     from mammoflow.sources import SourceOptions
@@ -196,11 +196,11 @@ def ingest_inputs(source: str, data_root: str | os.PathLike[str] | None, *, labe
     root = os.fspath(data_root) if data_root else ""
     if root and not storage.is_remote(root):
         root = local_abspath(root)  # the records name their data wherever the next step runs
-    local_root = fetch_tree(root, cache) if root else None
+    local_root = copies.fetch_tree(root, cache_dir) if root else None
     uri = labels_uri(root, os.fspath(labels)) if labels else ""
-    local_labels = _local_labels(uri, root, local_root, cache)
-    opts = SourceOptions(root=local_root, info=_local_file(info, cache),
-                         csvs=tuple(p for p in (_local_file(c, cache) for c in csvs) if p is not None),
+    local_labels = _local_labels(uri, root, local_root, cache_dir)
+    opts = SourceOptions(root=local_root, info=_local_file(info, cache_dir),
+                         csvs=tuple(p for p in (_local_file(c, cache_dir) for c in csvs) if p is not None),
                          labels=local_labels, metadata_only=metadata_only, salt=salt, any_modality=any_modality,
                          pseudonymise_paths=pseudonymise_paths)
     return IngestInputs(source, root, uri, opts, local_root, local_labels)
@@ -212,10 +212,10 @@ def _given_paths(*refs: Any) -> list[Path]:
     return [Path(r) for r in flat if r and not storage.is_remote(r)]
 
 
-def ingest(source: str, data_root: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str], *,
-           labels: str | os.PathLike[str] = "", salt: str | None = None, cache: str | os.PathLike[str] | None = None,
-           pseudonymise_paths: bool = False, info: str | os.PathLike[str] | None = None,
-           csvs: Sequence[str | os.PathLike[str]] = (), metadata_only: bool = False, any_modality: bool = False
+def ingest(source: str, data_root: str | os.PathLike[str] | None, out: str | os.PathLike[str], *,
+           labels: str | os.PathLike[str] = "", salt: str | None = None, pseudonymise_paths: bool = False,
+           info: str | os.PathLike[str] | None = None, csvs: Sequence[str | os.PathLike[str]] = (),
+           metadata_only: bool = False, any_modality: bool = False, cache_dir: str | os.PathLike[str] | None = None
            ) -> dict[str, Any]:
     """Read a dataset into a records folder (``mammoflow ingest``, the ingest component); returns the ingest
     summary, with ``labels_csv``: where the labels CSV read was (None: none).
@@ -234,10 +234,11 @@ def ingest(source: str, data_root: str | os.PathLike[str] | None, out_dir: str |
     from mammoflow.sources import read_source, resume
     from mammoflow.sources._common import salt_note, site_salt
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out)
     resume.check_out_dir(out_dir, _given_paths(data_root, info, csvs))  # before anything is fetched or read
     inp = ingest_inputs(source, data_root, labels=labels, info=info, csvs=csvs, metadata_only=metadata_only,
-                        salt=salt, any_modality=any_modality, pseudonymise_paths=pseudonymise_paths, cache=cache)
+                        salt=salt, any_modality=any_modality, pseudonymise_paths=pseudonymise_paths,
+                        cache_dir=cache_dir)
     data_root, opts = inp.data_root, inp.options
     uri = inp.labels_uri
     fingerprint = resume.input_fingerprint(source, opts, {"data_root": data_root, "labels": uri})
@@ -276,21 +277,21 @@ def ingest(source: str, data_root: str | os.PathLike[str] | None, out_dir: str |
     return summary
 
 
-def ingest_incremental(source: str, data_root: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str],
-                       previous: str | os.PathLike[str], *, freeze_test: bool = False, labels: str | os.PathLike[str] = "",
-                       salt: str | None = None, cache: str | os.PathLike[str] | None = None,
-                       pseudonymise_paths: bool = False, info: str | os.PathLike[str] | None = None,
-                       csvs: Sequence[str | os.PathLike[str]] = (), any_modality: bool = False) -> Any:
-    """Read only what changed since the records folder ``previous`` into the new folder ``out_dir`` (``mammoflow
+def ingest_incremental(source: str, data_root: str | os.PathLike[str] | None, previous: str | os.PathLike[str],
+                       out: str | os.PathLike[str], *, freeze_test: bool = False, labels: str | os.PathLike[str] = "",
+                       salt: str | None = None, pseudonymise_paths: bool = False,
+                       info: str | os.PathLike[str] | None = None, csvs: Sequence[str | os.PathLike[str]] = (),
+                       any_modality: bool = False, cache_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Read only what changed since the records folder ``previous`` into the new folder ``out`` (``mammoflow
     ingest --incremental``): unchanged files are not opened, new records join its split plan (``freeze_test``: new
     patients go to train/val only). Returns the :class:`~mammoflow.retrain.ingest.IngestDelta`."""
     from mammoflow.retrain.ingest import incremental_ingest
     from mammoflow.sources import resume
 
-    resume.check_out_dir(Path(out_dir), _given_paths(data_root, info, csvs))
+    resume.check_out_dir(Path(out), _given_paths(data_root, info, csvs))
     inp = ingest_inputs(source, data_root, labels=labels, info=info, csvs=csvs, salt=salt,
-                        any_modality=any_modality, pseudonymise_paths=pseudonymise_paths, cache=cache)
-    return incremental_ingest(source, inp.options, previous, out_dir, freeze_test=freeze_test)
+                        any_modality=any_modality, pseudonymise_paths=pseudonymise_paths, cache_dir=cache_dir)
+    return incremental_ingest(source, inp.options, previous, out, freeze_test=freeze_test)
 
 
 def _portable_entry(entry: Any, remote_of: Mapping[str, str]) -> Any:
@@ -310,7 +311,7 @@ def portable_root(image_root: str, local_root: Path, remote_root: str) -> str:
     return remote_root.rstrip("/") if rel == "." else storage.join(remote_root, rel)
 
 
-def localise_records(records_dir: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None) -> Path:
+def localise_records(records_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """A records folder whose images are on local disk.
 
     When the records' ``image_root`` is a remote URI (see :func:`ingest`), the images are fetched into the cache
@@ -324,9 +325,9 @@ def localise_records(records_dir: str | os.PathLike[str], cache: str | os.PathLi
     if not storage.is_remote(image_root):
         return records_dir
     table = RecordsTable.read(records_dir)
-    table.image_root = str(fetch_tree(image_root, cache))
+    table.image_root = str(copies.fetch_tree(image_root, cache_dir))
     digest = hashlib.sha256((records_dir / "records.jsonl").read_bytes()).hexdigest()[:16]
-    local = cache_dir(cache) / "records" / f"{uri_key(image_root)}-{digest}"
+    local = copies.cache_dir(cache_dir) / "records" / f"{copies.uri_key(image_root)}-{digest}"
     table.write(local)
     return local
 
@@ -345,10 +346,10 @@ def dataset_config_for(preset: str, dataset_config: str = "auto") -> str:
     return preset if dataset_config in ("", "auto") else dataset_config
 
 
-def preprocess(records_dir: str | os.PathLike[str], config: str, out_dir: str | os.PathLike[str], *,
-               workers: int = 1, cache: str | os.PathLike[str] | None = None,
-               export_dir: str | os.PathLike[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Preprocess a records folder into ``out_dir`` (``mammoflow preprocess``, the preprocess component); returns
+def preprocess(records_dir: str | os.PathLike[str], config: str, out: str | os.PathLike[str], *,
+               workers: int = 1, export_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
+               cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Preprocess a records folder into ``out`` (``mammoflow preprocess``, the preprocess component); returns
     the run's counts (:class:`~mammoflow.preprocess.run.PreprocessSummary` as a dict, with ``usable``).
 
     ``config``: a preprocess preset, YAML path or ``gs://`` URI (:func:`~mammoflow.config.resolve_ref`). Records
@@ -361,14 +362,14 @@ def preprocess(records_dir: str | os.PathLike[str], config: str, out_dir: str | 
     from mammoflow.preprocess.run import preprocess_records
     from mammoflow.records import require_complete
 
-    config = resolve_ref(config, "preprocess", cache)
+    config = resolve_ref(config, "preprocess", cache_dir)
     if not storage.is_remote(records_dir):  # checked before the local copy, which would be marked complete
         require_complete(records_dir)
-    summary = preprocess_records(localise_records(records_dir, cache), config, out_dir, export_dir, workers,
+    summary = preprocess_records(localise_records(records_dir, cache_dir), config, out, export_dir, workers,
                                  overwrite=overwrite)
     counts = {**asdict(summary), "usable": summary.usable}
     if summary.usable == 0:
-        raise NothingUsable(Path(out_dir) / "quarantine.md", "no usable record left after preprocessing",
+        raise NothingUsable(Path(out) / "quarantine.md", "no usable record left after preprocessing",
                             "see the quarantine report for each record's problem and fix", counts)
     return counts
 
@@ -392,9 +393,9 @@ def dataset_uri(storage_root: str, records_dir: str | os.PathLike[str], config: 
     return storage.join(require_root(storage_root), "datasets", f"{safe_name(config)}-{digest[:16]}")
 
 
-def build_dataset(records_dir: str | os.PathLike[str], config: str, storage_root: str = "", *,
-                  out: str | None = None, export_png: str | os.PathLike[str] | None = None,
-                  cache: str | os.PathLike[str] | None = None) -> Any:
+def build_dataset(records_dir: str | os.PathLike[str], config: str, out: str | None = None, *, storage_root: str = "",
+                  export_png: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None
+                  ) -> Any:
     """Shards + manifest for a records folder (``mammoflow build-dataset``, the build-dataset component); returns
     the :class:`~mammoflow.dataset.build.BuildResult`.
 
@@ -404,7 +405,7 @@ def build_dataset(records_dir: str | os.PathLike[str], config: str, storage_root
     """
     from mammoflow.dataset.build import build_dataset as build
 
-    config = resolve_ref(config, "dataset", cache)
+    config = resolve_ref(config, "dataset", cache_dir)
     return build(records_dir, config, out or dataset_uri(storage_root, records_dir, config), export_png=export_png)
 
 

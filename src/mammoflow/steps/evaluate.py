@@ -14,30 +14,30 @@ from mammoflow import storage
 from mammoflow.errors import InputError
 from mammoflow.steps.data import localise_records
 from mammoflow.storage import atomic_write_text as write_text
-from mammoflow.storage.copies import cache_dir
+from mammoflow.storage import copies
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(model_dir: str, data_uri: str, out_dir: str | os.PathLike[str], *, split: str = "test",
+def evaluate(model_dir: str, data_uri: str, out: str | os.PathLike[str], *, split: str = "test",
              method: str = "majority", calibrate: bool = False, n_bootstrap: int = 2000, seed: int = 0,
-             threshold: float = 0.5, batch_size: int | None = None, cache: str | os.PathLike[str] | None = None
+             threshold: float = 0.5, batch_size: int | None = None, cache_dir: str | os.PathLike[str] | None = None
              ) -> dict[str, Any]:
     """Evaluate a run (folder or package) on one split (``mammoflow evaluate``); returns metrics.json's content."""
     from mammoflow.evaluation.evaluate import evaluate as run_evaluation
 
-    return run_evaluation(model_dir, data_uri, out_dir, split=split, method=method,  # type: ignore[arg-type]
+    return run_evaluation(model_dir, data_uri, out, split=split, method=method,  # type: ignore[arg-type]
                           calibrate=calibrate, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold,
-                          batch_size=batch_size, cache_dir=cache_dir(cache))
+                          batch_size=batch_size, cache_dir=copies.cache_dir(cache_dir))
 
 
-def evaluate_runs(models: Sequence[str], data_uri: str, out_dir: str | os.PathLike[str], *, split: str | None = None,
+def evaluate_runs(models: Sequence[str], data_uri: str, out: str | os.PathLike[str], *, split: str | None = None,
                   fold_of_each: bool = False, method: str = "majority", calibrate: bool = False,
                   n_bootstrap: int = 2000, seed: int = 0, threshold: float = 0.5, batch_size: int | None = None,
-                  cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                  cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Evaluate one or several runs (``mammoflow evaluate --model ...``): a sweep folder stands for its finished
     trials. One run (without ``fold_of_each``): :func:`evaluate` on ``split`` (default ``test``), returning its
-    metrics.json; several: each into ``out_dir/<run>/`` and a cross-validation summary (kind
+    metrics.json; several: each into ``out/<run>/`` and a cross-validation summary (kind
     ``mammoflow.evaluation.cross_validation``) returned."""
     from mammoflow.evaluation.evaluate import evaluate_many, is_sweep_folder, sweep_trials
 
@@ -47,9 +47,10 @@ def evaluate_runs(models: Sequence[str], data_uri: str, out_dir: str | os.PathLi
     common = dict(method=method, calibrate=calibrate, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold,
                   batch_size=batch_size)
     if len(uris) == 1 and not fold_of_each:
-        return evaluate(uris[0], data_uri, out_dir, split=split or "test", cache=cache, **common)  # type: ignore[arg-type]
-    return evaluate_many(uris, data_uri, out_dir, split=split, fold_of_each=fold_of_each,  # type: ignore[arg-type]
-                         cache_dir=cache_dir(cache), **common)
+        return evaluate(uris[0], data_uri, out, split=split or "test", cache_dir=cache_dir,  # type: ignore[arg-type]
+                        **common)
+    return evaluate_many(uris, data_uri, out, split=split, fold_of_each=fold_of_each,  # type: ignore[arg-type]
+                         cache_dir=copies.cache_dir(cache_dir), **common)
 
 
 def primary_metrics(report: Mapping[str, Any]) -> dict[str, float]:
@@ -87,34 +88,36 @@ def records_to_explain(records_dir: str | os.PathLike[str], data_uri: str | None
     return [rec.record_id for rec in ordered[:limit]]
 
 
-def explain(model_dir: str, records_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-            data_uri: str | None = None, limit: int = 4, cache: str | os.PathLike[str] | None = None
+def explain(model_dir: str, records_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
+            data_uri: str | None = None, limit: int = 4, cache_dir: str | os.PathLike[str] | None = None
             ) -> dict[str, Any]:
     """The CAM gallery of a pipeline run: the :func:`records_to_explain` of ``records_dir``, explained."""
     ids = records_to_explain(records_dir, data_uri, limit)
     if not ids:
         raise InputError(records_dir, "no record to explain", "check the records folder", code="empty")
-    return explain_images(model_dir, out_dir, images=ids, records=localise_records(records_dir, cache), cache=cache)
+    return explain_images(model_dir, out, images=ids, records=localise_records(records_dir, cache_dir),
+                          cache_dir=cache_dir)
 
 
-def explain_images(model_dir: str, out_dir: str | os.PathLike[str], *, images: Sequence[str] = (),
-                   records: str | os.PathLike[str] | None = None, cache: str | os.PathLike[str] | None = None,
+def explain_images(model_dir: str, out: str | os.PathLike[str], *, images: Sequence[str] = (),
+                   records: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
                    **options: Any) -> dict[str, Any]:
     """CAMs of the model over whole images given as paths or record ids of ``records`` (``mammoflow explain``);
     ``options`` are :func:`mammoflow.evaluation.explain.explain`'s (preprocess, circles, mask_paths, limit,
     stride, tile, method, layer, iou_fraction, tolerance)."""
     from mammoflow.evaluation.explain import explain as run_explain
 
-    return run_explain(model_dir, out=out_dir, images=images, records=records, cache_dir=cache_dir(cache), **options)
+    return run_explain(model_dir, out=out, images=images, records=records, cache_dir=copies.cache_dir(cache_dir),
+                       **options)
 
 
-def report(run: str, out_dir: str | os.PathLike[str], *, evaluation: str | None = None, explain: str | None = None,
-           n_worst: int = 8, cache: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+def report(run: str, out: str | os.PathLike[str], *, evaluation: str | None = None, explain: str | None = None,
+           n_worst: int = 8, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """report.html + report.md for a run, an evaluation or a sweep folder (``mammoflow report``)."""
     from mammoflow.evaluation.report import build_report
 
-    return build_report(run, out_dir, evaluation=evaluation, explain=explain, n_worst=n_worst,
-                        cache_dir=cache_dir(cache))
+    return build_report(run, out, evaluation=evaluation, explain=explain, n_worst=n_worst,
+                        cache_dir=copies.cache_dir(cache_dir))
 
 
 def image_files(images: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -125,15 +128,15 @@ def image_files(images: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return files
 
 
-def predict(model_dir: str, images: Sequence[str | os.PathLike[str]], *, out: str | os.PathLike[str] | None = None,
-            preprocess: str | None = None, cache: str | os.PathLike[str] | None = None) -> tuple[list[str], int]:
+def predict(model_dir: str, images: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None, *,
+            preprocess: str | None = None, cache_dir: str | os.PathLike[str] | None = None) -> tuple[list[str], int]:
     """Class probabilities of image files or folders (``mammoflow predict``): (one JSON line per predicted image,
     how many could not be read). An unreadable image is logged with its reason and skipped. ``out`` is written
     atomically, and only when an image was predicted (an earlier ``out`` is otherwise left as it was)."""
     from mammoflow.training.predict import Predictor
 
     files = image_files(images)
-    predictor = Predictor(model_dir, cache_dir(cache))
+    predictor = Predictor(model_dir, copies.cache_dir(cache_dir))
     lines, failed = [], 0
     for path in files:
         try:

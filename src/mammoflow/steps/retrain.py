@@ -24,7 +24,7 @@ from mammoflow.retrain import stages
 from mammoflow.retrain.run import Layout, RetrainRun
 from mammoflow.retrain.state import RETRAIN_STEPS, STATE_FILE, read_state, result_from_steps, update_state
 from mammoflow.steps.data import require_root
-from mammoflow.storage.copies import local_config
+from mammoflow.storage import copies
 
 __all__ = ["RETRAIN_STEPS", "load_retrain", "load_retrain_state", "read_steps", "retrain_bless", "retrain_build",
            "retrain_evaluate", "retrain_finalize", "retrain_ingest", "retrain_markdown", "retrain_preprocess",
@@ -33,7 +33,7 @@ __all__ = ["RETRAIN_STEPS", "load_retrain", "load_retrain_state", "read_steps", 
 
 log = logging.getLogger(__name__)
 
-Cache = str | os.PathLike[str] | None
+CacheDir = str | os.PathLike[str] | None
 
 
 def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, 
 
 
 def load_retrain(config_ref: str, overrides: Mapping[str, Any] | None = None, storage_root: str = "", *,
-                 cache: Cache = None) -> Any:
+                 cache_dir: CacheDir = None) -> Any:
     """The :class:`~mammoflow.retrain.config.RetrainConfig` a pipeline step is given.
 
     ``config_ref``: a retrain YAML (local path or ``gs://`` URI); ``overrides``: a nested mapping merged into it
@@ -59,7 +59,7 @@ def load_retrain(config_ref: str, overrides: Mapping[str, Any] | None = None, st
     if not config_ref:
         raise ConfigError("config is empty. Fix: pass config=gs://BUCKET/retrain.yaml (or a local YAML path): the "
                           "retrain config naming the watched source, the train preset and the blessing policy")
-    cfg = load_retrain_config(local_config(config_ref, cache))
+    cfg = load_retrain_config(copies.local_config(config_ref, cache_dir))
     data = cfg.to_dict()
     if overrides:
         data = _deep_merge(data, plain_numbers(dict(overrides)))
@@ -70,10 +70,10 @@ def load_retrain(config_ref: str, overrides: Mapping[str, Any] | None = None, st
     return cfg
 
 
-def _layout(cfg: Any, cache: Cache = None) -> Layout:
+def _layout(cfg: Any, cache_dir: CacheDir = None) -> Layout:
     require_root(cfg.storage_root or "")
     layout = Layout.shared(cfg)
-    return dataclasses.replace(layout, cache=str(cache)) if cache else layout
+    return dataclasses.replace(layout, cache=str(cache_dir)) if cache_dir else layout
 
 
 def retrain_uri(cfg: Any, *parts: str) -> str:
@@ -102,40 +102,42 @@ def read_steps(cfg: Any, run_id: str) -> dict[str, dict[str, Any]]:
     return RetrainRun(cfg, _layout(cfg), run_id).load_steps()
 
 
-def _open(cfg: Any, run_id: str, cache: Cache = None, pipeline: str | None = None) -> RetrainRun:
-    return RetrainRun.open(cfg, run_id, layout=_layout(cfg, cache), pipeline=pipeline)
+def _open(cfg: Any, run_id: str, cache_dir: CacheDir = None, pipeline: str | None = None) -> RetrainRun:
+    return RetrainRun.open(cfg, run_id, layout=_layout(cfg, cache_dir), pipeline=pipeline)
 
 
-def retrain_scan(cfg: Any, run_id: str, *, cache: Cache = None) -> dict[str, Any]:
+def retrain_scan(cfg: Any, run_id: str, *, cache_dir: CacheDir = None) -> dict[str, Any]:
     """Step 1 (:func:`mammoflow.retrain.stages.scan`): freezes ``cfg`` into the run folder."""
-    return stages.scan(RetrainRun(cfg, _layout(cfg, cache), run_id, pipeline_run_id=run_id))
+    return stages.scan(RetrainRun(cfg, _layout(cfg, cache_dir), run_id, pipeline_run_id=run_id))
 
 
-def retrain_ingest(cfg: Any, run_id: str, out_dir: str | os.PathLike[str], *, cache: Cache = None) -> dict[str, Any]:
-    """Step 2 (:func:`mammoflow.retrain.stages.ingest`) into ``out_dir``, kept as ``<run>/records``."""
-    return stages.ingest(_open(cfg, run_id, cache), out_dir)
+def retrain_ingest(cfg: Any, run_id: str, out: str | os.PathLike[str], *, cache_dir: CacheDir = None
+                   ) -> dict[str, Any]:
+    """Step 2 (:func:`mammoflow.retrain.stages.ingest`) into ``out``, kept as ``<run>/records``."""
+    return stages.ingest(_open(cfg, run_id, cache_dir), out)
 
 
-def retrain_preprocess(cfg: Any, run_id: str, out_dir: str | os.PathLike[str], *, cache: Cache = None
+def retrain_preprocess(cfg: Any, run_id: str, out: str | os.PathLike[str], *, cache_dir: CacheDir = None
                        ) -> dict[str, Any]:
-    """Step 3 (:func:`mammoflow.retrain.stages.preprocess`); ``out_dir`` gets the run's preprocessed table."""
-    return stages.preprocess(_open(cfg, run_id, cache), out_dir)
+    """Step 3 (:func:`mammoflow.retrain.stages.preprocess`); ``out`` gets the run's preprocessed table."""
+    return stages.preprocess(_open(cfg, run_id, cache_dir), out)
 
 
-def retrain_build(cfg: Any, run_id: str, *, cache: Cache = None) -> dict[str, Any]:
+def retrain_build(cfg: Any, run_id: str, *, cache_dir: CacheDir = None) -> dict[str, Any]:
     """Step 4 (:func:`mammoflow.retrain.stages.build`): shards under ``<run>/data``."""
-    return stages.build(_open(cfg, run_id, cache))
+    return stages.build(_open(cfg, run_id, cache_dir))
 
 
-def retrain_train(cfg: Any, run_id: str, *, metrics_port: int | None = None, cache: Cache = None) -> dict[str, Any]:
+def retrain_train(cfg: Any, run_id: str, *, metrics_port: int | None = None, cache_dir: CacheDir = None
+                  ) -> dict[str, Any]:
     """Step 5 (:func:`mammoflow.retrain.stages.train`): the challenger under ``<run>/train``."""
-    return stages.train(_open(cfg, run_id, cache), metrics_port=metrics_port)
+    return stages.train(_open(cfg, run_id, cache_dir), metrics_port=metrics_port)
 
 
-def retrain_evaluate(cfg: Any, run_id: str, model_uri: str, out_dir: str | os.PathLike[str], *,
-                     cache: Cache = None) -> dict[str, Any]:
-    """Step 6 (:func:`mammoflow.retrain.stages.evaluate`) of one model on the run's evaluation split."""
-    return stages.evaluate(_open(cfg, run_id, cache), model_uri, out_dir)
+def retrain_evaluate(cfg: Any, run_id: str, model_uri: str, out: str | os.PathLike[str], *,
+                     cache_dir: CacheDir = None) -> dict[str, Any]:
+    """Step 6 (:func:`mammoflow.retrain.stages.evaluate`) of one model on the run's evaluation split into ``out``."""
+    return stages.evaluate(_open(cfg, run_id, cache_dir), model_uri, out)
 
 
 def retrain_bless(cfg: Any, run_id: str, challenger_eval: str | os.PathLike[str],

@@ -13,7 +13,7 @@ from mammoflow import storage
 from mammoflow.config import plain_numbers
 from mammoflow.errors import ConfigError, InputError
 from mammoflow.steps.data import require_root, safe_name
-from mammoflow.storage.copies import cache_dir, copy_files, local_config
+from mammoflow.storage import copies
 from mammoflow.training.package import PACKAGE_FILES
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,12 @@ def sweep_uri(storage_root: str, run_id: str) -> str:
     return storage.join(require_root(storage_root), "sweeps", safe_name(run_id))
 
 
-def train(config_ref: str, data_uri: str, out_uri: str, *, overrides: Mapping[str, Any] | None = None,
-          metrics_port: int | None = None, cache: str | os.PathLike[str] | None = None) -> Any:
+def train(config_ref: str, data_uri: str, out: str, *, overrides: Mapping[str, Any] | None = None,
+          metrics_port: int | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """One training run (``mammoflow train``): preset or YAML (local or ``gs://``) + dotted overrides.
 
     ``metrics_port`` serves the run's Prometheus gauges there (0 or None: not served). Re-running with the same
-    ``out_uri`` resumes; a preempted run raises :class:`mammoflow.training.loop.Preempted` after checkpointing.
+    ``out`` resumes; a preempted run raises :class:`mammoflow.training.loop.Preempted` after checkpointing.
     """
     from mammoflow.training.config import load_train_config
     from mammoflow.training.loop import train as train_loop
@@ -47,13 +47,13 @@ def train(config_ref: str, data_uri: str, out_uri: str, *, overrides: Mapping[st
     values = plain_numbers(dict(overrides or {}))
     if metrics_port:
         values["metrics_port"] = int(metrics_port)
-    config = load_train_config(local_config(config_ref, cache), values)
-    return train_loop(config, data_uri, out_uri, cache_dir=cache_dir(cache))
+    config = load_train_config(copies.local_config(config_ref, cache_dir), values)
+    return train_loop(config, data_uri, out, cache_dir=copies.cache_dir(cache_dir))
 
 
-def package_run(run: str, dest: str | os.PathLike[str]) -> list[str]:
-    """Copy the files that make a run usable elsewhere (:data:`RUN_PACKAGE_FILES`) into the local ``dest``."""
-    copied = copy_files(run, dest, RUN_PACKAGE_FILES)
+def package_run(run: str, out: str | os.PathLike[str]) -> list[str]:
+    """Copy the files that make a run usable elsewhere (:data:`RUN_PACKAGE_FILES`) into the local folder ``out``."""
+    copied = copies.copy_files(run, out, RUN_PACKAGE_FILES)
     if "model.keras" not in copied:
         raise InputError(storage.join(run, "model.keras"), "the run has no trained model",
                          "let the training run finish (re-run resumes it)", code="missing_file")
@@ -113,12 +113,12 @@ def sweep_datasets(spec_datasets: Sequence[str], data_uri: str | None, given: Ma
     return mapping
 
 
-def sweep_inputs(spec_ref: str, data_uri: str | None, datasets: Mapping[str, str] | None = None,
-                 cache: str | os.PathLike[str] | None = None) -> dict[str, str]:
+def sweep_inputs(spec_ref: str, data_uri: str | None, datasets: Mapping[str, str] | None = None, *,
+                 cache_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
     """The dataset of every dataset name of a sweep spec (:func:`sweep_datasets`), checked before Ray starts."""
     from mammoflow.sweep.spec import load_spec
 
-    return sweep_datasets(load_spec(local_config(spec_ref, cache)).datasets, data_uri, datasets)
+    return sweep_datasets(load_spec(copies.local_config(spec_ref, cache_dir)).datasets, data_uri, datasets)
 
 
 def local_sweep_uri(spec_name: str) -> str:
@@ -126,32 +126,32 @@ def local_sweep_uri(spec_name: str) -> str:
     return f"runs/sweeps/{spec_name}"
 
 
-def sweep_plan(spec_ref: str, cache: str | os.PathLike[str] | None = None) -> list[str]:
+def sweep_plan(spec_ref: str, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """The trials a sweep spec would run, one line each, then their count (``mammoflow sweep --dry-run``)."""
     from mammoflow.sweep.runner import dry_run_lines
     from mammoflow.sweep.spec import load_spec
 
-    return dry_run_lines(load_spec(local_config(spec_ref, cache)))
+    return dry_run_lines(load_spec(copies.local_config(spec_ref, cache_dir)))
 
 
-def sweep(spec_ref: str, data_uri: str | None, out_uri: str | None = None, *, address: str | None = None,
-          num_cpus: int | None = None, max_concurrent: int | None = None, cache: str | os.PathLike[str] | None = None,
-          datasets: Mapping[str, str] | None = None, resume: bool | None = None, dashboard: bool = False,
-          metrics_export_port: int | None = None) -> dict[str, Any]:
+def sweep(spec_ref: str, data_uri: str | None, out: str | None = None, *, address: str | None = None,
+          num_cpus: int | None = None, max_concurrent: int | None = None, datasets: Mapping[str, str] | None = None,
+          resume: bool | None = None, dashboard: bool = False, metrics_export_port: int | None = None,
+          cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Run a sweep spec on Ray Tune (``mammoflow sweep``) on ``data_uri`` (plus, for a spec that ablates datasets,
-    the other ones by name: :func:`sweep_datasets`) into ``out_uri`` (default :func:`local_sweep_uri`).
-    ``resume`` None resumes a sweep left by an earlier attempt at ``out_uri`` (a retried step after
+    the other ones by name: :func:`sweep_datasets`) into ``out`` (default :func:`local_sweep_uri`).
+    ``resume`` None resumes a sweep left by an earlier attempt at ``out`` (a retried step after
     preemption). ``dashboard`` / ``metrics_export_port``: those of a local Ray."""
     from mammoflow.sweep.runner import run_sweep
     from mammoflow.sweep.spec import load_spec
 
-    spec = load_spec(local_config(spec_ref, cache))
+    spec = load_spec(copies.local_config(spec_ref, cache_dir))
     data = sweep_datasets(spec.datasets, data_uri, datasets)
-    out_uri = out_uri or local_sweep_uri(spec.name)
+    out = out or local_sweep_uri(spec.name)
     if resume is None:
-        resume = storage.exists(storage.join(out_uri, "spec.yaml"))
+        resume = storage.exists(storage.join(out, "spec.yaml"))
     if not address and num_cpus is None:
         num_cpus = available_cpus()  # a local Ray: as many CPUs as this process (or its pod) may use
-    return run_sweep(spec, data, out_uri, address=address or None, resume=resume, num_cpus=num_cpus,
-                     max_concurrent=max_concurrent, cache_dir=str(cache_dir(cache)), dashboard=dashboard,
+    return run_sweep(spec, data, out, address=address or None, resume=resume, num_cpus=num_cpus,
+                     max_concurrent=max_concurrent, cache_dir=str(copies.cache_dir(cache_dir)), dashboard=dashboard,
                      metrics_export_port=metrics_export_port)

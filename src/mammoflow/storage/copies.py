@@ -35,15 +35,18 @@ def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser() if env else Path(tempfile.gettempdir()) / "mammoflow-cache"
 
 
+_cache_root = cache_dir  # for the functions below, whose ``cache_dir`` parameter (the vocabulary) hides it
+
+
 def uri_key(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
-def fetch_tree(uri: str, cache: str | os.PathLike[str] | None = None) -> Path:
+def fetch_tree(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """A local copy of the file or folder at ``uri``; a local ``uri`` is returned as it is (absolute).
 
-    Remote objects are downloaded once into the cache (an object already there with the same size is kept), so
-    a retried step does not fetch a large dataset again.
+    Remote objects are downloaded once into the cache ``cache_dir`` (an object already there with the same size is
+    kept), so a retried step does not fetch a large dataset again.
     """
     if not storage.is_remote(uri):
         path = storage.local_path(uri).absolute()
@@ -54,7 +57,7 @@ def fetch_tree(uri: str, cache: str | os.PathLike[str] | None = None) -> Path:
     objects = storage.list(uri)
     if not objects:
         raise InputError(uri, "no object at or under this URI", "check the bucket and prefix", code="missing_file")
-    local = cached_copy_path(uri, cache)
+    local = cached_copy_path(uri, cache_dir)
     single = objects == [uri.rstrip("/")]
     for obj in objects:
         dest = local if single else local / obj[len(uri.rstrip("/")) + 1:]
@@ -79,9 +82,9 @@ def _cached_copy_current(dest: Path, info: Any) -> bool:
     return info.size >= SMALL_OBJECT
 
 
-def cached_copy_path(uri: str, cache: str | os.PathLike[str] | None = None) -> Path:
+def cached_copy_path(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where :func:`fetch_tree` keeps its local copy of the remote ``uri`` (the same path in every pod)."""
-    return cache_dir(cache) / "inputs" / uri_key(uri) / uri.rstrip("/").rsplit("/", 1)[-1]
+    return _cache_root(cache_dir) / "inputs" / uri_key(uri) / uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 def publish_tree(local: str | os.PathLike[str], uri: str) -> list[str]:
@@ -109,6 +112,6 @@ def copy_files(src_uri: str, dest: str | os.PathLike[str], names: Sequence[str])
     return copied
 
 
-def local_config(ref: str, cache: str | os.PathLike[str] | None) -> str:
+def local_config(ref: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
     """A preset name or local YAML path as it is; a remote YAML URI fetched to a local file."""
-    return str(fetch_tree(ref, cache)) if storage.is_remote(ref) else ref
+    return str(fetch_tree(ref, cache_dir)) if storage.is_remote(ref) else ref

@@ -28,18 +28,18 @@ def build(options: PipelineOptions | None = None) -> Any:
     def sweep_pipeline(
         data: DataParameters,
         spec: str = "demo",
-        datasets: dict = {},  # noqa: B006 - KFP reads parameter defaults from the signature
         ray_address: str = "",
         max_concurrent: int = 0,
+        datasets: dict = {},  # noqa: B006 - KFP reads parameter defaults from the signature
     ) -> Outputs:
         """Parameters of the sweep pipeline (the data steps' ones are added by ``takes``).
 
         Args:
             spec: Sweep spec (demo, yu2020_branches, jaamour2023_divide_conquer, xi2018_cv) or YAML path / URI.
-            datasets: A spec that ablates datasets (jaamour2023_divide_conquer): its other datasets, name -> URI,
-                built beforehand; the pipeline's own dataset serves the spec's default one.
             ray_address: Ray cluster address; empty = a Ray inside the sweep's pod.
             max_concurrent: At most this many trials at once (0: the spec's setting).
+            datasets: A spec that ablates datasets (jaamour2023_divide_conquer): its other datasets, name -> URI,
+                built beforehand; the pipeline's own dataset serves the spec's default one.
         """
         steps = add_data_steps(options.components(), options, data)
         sweep = options.task("sweep", dataset=steps.dataset, spec=spec, datasets=datasets,

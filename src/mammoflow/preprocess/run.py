@@ -43,11 +43,9 @@ from mammoflow.storage import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-IMAGES_DIR = "images"
-MASKS_DIR = "masks"
-RESUME_DIR = ".resume"
-CONFIG_FILE = "preprocess_config.yaml"
-SUMMARY_FILE = "preprocess_summary.json"
+# The output folder's layout (drawn in the module docstring): its folders, then its own files.
+IMAGES_DIR, MASKS_DIR, RESUME_DIR = "images", "masks", ".resume"
+CONFIG_FILE, SUMMARY_FILE = "preprocess_config.yaml", "preprocess_summary.json"
 
 
 def safe_name(text: str) -> str:

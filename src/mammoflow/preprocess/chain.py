@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,6 +125,24 @@ def _step(name: str, params: type, summary: str) -> Callable[[Callable[[_State, 
     return register
 
 
+def _intensity_step(name: str, params: type, op: Callable[..., np.ndarray], summary: str) -> None:
+    """Register a step that maps the image alone through ``op(image, **params)``."""
+    def run(state: _State, p: Any) -> None:
+        state.image = op(state.image, **{f.name: getattr(p, f.name) for f in fields(p)})
+    _step(name, params, summary)(run)
+
+
+def _require(ok: bool, message: str) -> None:
+    """A parameter check of a step's params dataclass (``from_dict`` names the step when it fails)."""
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """The params of a step that takes none."""
+
+
 def step_names() -> list[str]:
     return sorted(STEPS)
 
@@ -171,13 +189,7 @@ class MedianParams:
     ksize: int = 3
 
     def __post_init__(self) -> None:
-        if self.ksize < 3 or self.ksize % 2 == 0:
-            raise ValueError(f"ksize must be an odd integer >= 3, got {self.ksize}")
-
-
-@_step("median", MedianParams, "median filter, ksize x ksize (Yu et al. 2020)")
-def _median(state: _State, p: MedianParams) -> None:
-    state.image = ops.median_filter(state.image, p.ksize)
+        _require(self.ksize >= 3 and self.ksize % 2 == 1, f"ksize must be an odd integer >= 3, got {self.ksize}")
 
 
 @dataclass(frozen=True)
@@ -186,15 +198,9 @@ class ClaheParams:
     tile_grid: tuple[int, int] = (8, 8)
 
     def __post_init__(self) -> None:
-        if self.clip_limit <= 0:
-            raise ValueError(f"clip_limit must be > 0, got {self.clip_limit}")
-        if len(self.tile_grid) != 2 or min(self.tile_grid) < 1:
-            raise ValueError(f"tile_grid must be two positive integers [rows, cols], got {list(self.tile_grid)}")
-
-
-@_step("clahe", ClaheParams, "contrast limited adaptive histogram equalisation (Yu et al. 2020)")
-def _clahe(state: _State, p: ClaheParams) -> None:
-    state.image = ops.clahe(state.image, p.clip_limit, p.tile_grid)
+        _require(self.clip_limit > 0, f"clip_limit must be > 0, got {self.clip_limit}")
+        _require(len(self.tile_grid) == 2 and min(self.tile_grid) >= 1,
+                 f"tile_grid must be two positive integers [rows, cols], got {list(self.tile_grid)}")
 
 
 @dataclass(frozen=True)
@@ -202,23 +208,16 @@ class GaussianParams:
     sigma: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.sigma <= 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        _require(self.sigma > 0, f"sigma must be > 0, got {self.sigma}")
 
 
-@_step("gaussian", GaussianParams, "Gaussian filter, sigma in pixels (Jaamour et al. 2023)")
-def _gaussian(state: _State, p: GaussianParams) -> None:
-    state.image = ops.gaussian_filter(state.image, p.sigma)
-
-
-@dataclass(frozen=True)
-class NoParams:
-    pass
-
-
-@_step("equalize", NoParams, "global histogram equalisation, 8 or 16 bit (Jaamour et al. 2023)")
-def _equalize(state: _State, p: NoParams) -> None:
-    state.image = ops.equalize_histogram(state.image)
+# Intensity steps: the image alone through one pure function of mammoflow.preprocess.ops, the step's params as its
+# keyword arguments; masks and geometry are untouched.
+_intensity_step("median", MedianParams, ops.median_filter, "median filter, ksize x ksize (Yu et al. 2020)")
+_intensity_step("clahe", ClaheParams, ops.clahe, "contrast limited adaptive histogram equalisation (Yu et al. 2020)")
+_intensity_step("gaussian", GaussianParams, ops.gaussian_filter, "Gaussian filter, sigma in pixels (Jaamour et al. 2023)")
+_intensity_step("equalize", NoParams, ops.equalize_histogram,
+                "global histogram equalisation, 8 or 16 bit (Jaamour et al. 2023)")
 
 
 @dataclass(frozen=True)
@@ -243,8 +242,7 @@ class CropBreastParams:
     margin: int = 0
 
     def __post_init__(self) -> None:
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        _require(self.margin >= 0, f"margin must be >= 0, got {self.margin}")
 
 
 @_step("crop_breast", CropBreastParams, "crop to the breast mask's bounding box plus margin pixels")
@@ -259,8 +257,8 @@ class SizeParams:
     width: int
 
     def __post_init__(self) -> None:
-        if self.height < 1 or self.width < 1:
-            raise ValueError(f"height and width must be positive, got {self.height}x{self.width}")
+        _require(self.height >= 1 and self.width >= 1,
+                 f"height and width must be positive, got {self.height}x{self.width}")
 
 
 @_step("resize", SizeParams, "resize to height x width, aspect ratio not kept (area interpolation when shrinking)")
@@ -299,8 +297,8 @@ class NormalizeParams:
     within_breast: bool = False  # percentiles inside the breast mask only (computed if needed)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.low_pct < self.high_pct <= 100.0:
-            raise ValueError(f"need 0 <= low_pct < high_pct <= 100, got {self.low_pct}, {self.high_pct}")
+        _require(0.0 <= self.low_pct < self.high_pct <= 100.0,
+                 f"need 0 <= low_pct < high_pct <= 100, got {self.low_pct}, {self.high_pct}")
 
 
 @_step("normalize", NormalizeParams,

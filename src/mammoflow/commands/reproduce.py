@@ -60,10 +60,10 @@ def yu2020(data: str, out: str, weights: str | None, budget: str, overrides: tup
     trains the budget's cells, votes 25 patches per test ROI, and writes OUT/report.md and OUT/report.html with
     each of our cells next to the paper's (95% bootstrap CIs), a per-cell report and the t-SNE figure.
     """
-    from mammoflow.reproduce.yu2020 import reproduce_yu2020
+    from mammoflow import steps
 
-    result = reproduce_yu2020(data, out, weights=weights, budget=budget, overrides=parse_overrides(overrides),
-                              n_bootstrap=n_bootstrap, seed=seed, address=address, cache_dir=cache_dir, tsne=tsne)
+    result = steps.reproduce_yu2020(data, out, weights=weights, budget=budget, overrides=parse_overrides(overrides),
+                                    n_bootstrap=n_bootstrap, seed=seed, address=address, cache_dir=cache_dir, tsne=tsne)
     lines = [f"reproduce yu2020 ({budget}): {len(result.cells)} cell(s) -> {result.report['html']}"]
     for name, info in result.cells.items():
         m = info["report"]["levels"]["roi"]["metrics"]

@@ -37,22 +37,20 @@ EXIT_REFUSED = 4
 def command(config_path: str, once: bool, interval: float | None, max_runs: int | None, force_reason: str | None,
             by: str | None) -> None:
     """Retrain on new data and replace the champion only when the challenger is blessed."""
-    from mammoflow.retrain.config import load_retrain_config
-    from mammoflow.retrain.loop import retrain_forever, retrain_once
+    from mammoflow import steps
 
     if once == (interval is not None):
         raise click.UsageError("give exactly one of --once and --interval SECONDS")
     if force_reason is not None and not once:
         raise click.UsageError("--force-bless applies to one run: use it with --once")
-    cfg = load_retrain_config(config_path)
     if once:
-        result = retrain_once(cfg, force_bless_reason=force_reason, by=by)
+        result = steps.retrain_once(config_path, force_bless_reason=force_reason, by=by)
         click.echo(result.summary())
         if result.status == "refused":
             sys.exit(EXIT_REFUSED)
         return
     try:
-        results = retrain_forever(cfg, interval, max_runs=max_runs, by=by)  # type: ignore[arg-type]
+        results = steps.retrain_every(config_path, interval, max_runs=max_runs, by=by)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         click.echo("stopped")
         return

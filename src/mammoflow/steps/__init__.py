@@ -6,7 +6,10 @@ Read in the order the data flows:
 - :mod:`~mammoflow.steps.data`: built-in phantoms or a located dataset -> ingest -> preprocess -> build-dataset
 - :mod:`~mammoflow.steps.train`: a training run, or a Ray Tune sweep of many
 - :mod:`~mammoflow.steps.evaluate`: voting evaluation with CIs, class activation maps, the report
-- :mod:`~mammoflow.steps.retrain`: the steps of one scheduled retraining run
+- :mod:`~mammoflow.steps.retrain`: the steps of one scheduled retraining run, or all of them in one process
+
+Verbs that inspect rather than run a step (``models``, ``registry``, ``pipeline``, ``fetch``) read their own module
+directly: there is no step behind them.
 
 Where things live under a ``storage_root`` (local folder or ``gs://bucket/prefix``)::
 

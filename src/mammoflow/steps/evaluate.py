@@ -147,3 +147,12 @@ def predict(model_dir: str, images: Sequence[str | os.PathLike[str]], out: str |
     if lines and out is not None:
         write_text(out, "\n".join(lines) + "\n")  # a reader never sees half a file
     return lines, failed
+
+
+def reproduce_yu2020(data: str, out: str | os.PathLike[str], **options: Any) -> Any:
+    """Yu et al. 2020's Tables 1-3 on the released ROIs (``mammoflow reproduce yu2020``): ingest, build, train the
+    budget's cells and evaluate them beside the paper's numbers. ``options`` are those of
+    :func:`mammoflow.reproduce.yu2020.reproduce_yu2020` (weights, budget, overrides, n_bootstrap, seed, ...)."""
+    from mammoflow.reproduce.yu2020 import reproduce_yu2020 as run_reproduction
+
+    return run_reproduction(data, out, **options)

@@ -6,6 +6,9 @@ in one process. What a run keeps lives under ``<storage_root>/retrain/<name>/<ru
 :class:`mammoflow.retrain.run.Layout`). The scan freezes the config into that folder; every later step is given the
 same config parameters only to find the run, and works with the frozen copy after checking that both have the
 sha256 the scan recorded (a config changed mid-run is an error naming the fix).
+
+:func:`retrain_once` and :func:`retrain_every` run all of them in this process (``mammoflow retrain``), through
+:mod:`mammoflow.retrain.loop`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from mammoflow.storage import copies
 __all__ = ["RETRAIN_STEPS", "load_retrain", "load_retrain_state", "read_steps", "retrain_bless", "retrain_build",
            "retrain_evaluate", "retrain_finalize", "retrain_ingest", "retrain_markdown", "retrain_preprocess",
            "retrain_promote", "retrain_register", "retrain_result", "retrain_run_uri", "retrain_scan", "retrain_train",
-           "retrain_uri", "update_retrain_state"]
+           "retrain_uri", "update_retrain_state", "retrain_once", "retrain_every"]
 
 log = logging.getLogger(__name__)
 
@@ -205,3 +208,19 @@ def retrain_markdown(cfg: Any, run_id: str, result: Any, gateway: str | None) ->
     if result.error:
         lines += ["## Error", "", result.error, ""]
     return "\n".join(lines)
+
+
+def retrain_once(config_ref: str, *, force_bless_reason: str | None = None, by: str | None = None) -> Any:
+    """One whole retraining run in this process (every step above, in order): its ``RetrainResult``."""
+    from mammoflow.retrain.config import load_retrain_config
+    from mammoflow.retrain.loop import retrain_once as run_once
+
+    return run_once(load_retrain_config(config_ref), force_bless_reason=force_bless_reason, by=by)
+
+
+def retrain_every(config_ref: str, interval: float, *, max_runs: int | None = None, by: str | None = None) -> list[Any]:
+    """:func:`retrain_once` every ``interval`` seconds until stopped (Ctrl-C) or ``max_runs``: their results."""
+    from mammoflow.retrain.config import load_retrain_config
+    from mammoflow.retrain.loop import retrain_forever
+
+    return retrain_forever(load_retrain_config(config_ref), interval, max_runs=max_runs, by=by)

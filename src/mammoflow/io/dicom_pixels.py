@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 FULL_SCALE = 65535
+_LUT_ENTRIES = 1 << 16  # stored ranges up to 16 bits are mapped through a table of every storable value
 _NAMES = {"RescaleSlope": "Rescale Slope", "RescaleIntercept": "Rescale Intercept", "WindowCenter": "Window Center",
           "WindowWidth": "Window Width", "VOILUTFunction": "VOI LUT Function",
           "ModalityLUTSequence": "Modality LUT Sequence", "VOILUTSequence": "VOI LUT Sequence",
@@ -176,15 +177,32 @@ def display_pixels(raw: np.ndarray, ds: Any) -> np.ndarray:
     Raises :class:`PixelTransformError` for a degenerate transform, and pydicom's own errors (``ValueError``,
     ``IndexError``, ...) for a Modality or VOI LUT that cannot be applied.
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi
-
     signed = _signed(ds)
     s_lo, s_hi = stored_range(_bits_stored(ds), signed)
-    if not signed:
-        # Bits above BitsStored may hold overlays or garbage: they are not part of the pixel value.
-        raw = raw & np.asarray(s_hi, dtype=raw.dtype)
+    r_lo, r_hi = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
+    if r_lo < s_lo or r_hi > s_hi:
+        if not signed:
+            # Bits above BitsStored may hold overlays or garbage: they are not part of the pixel value.
+            raw = raw & np.asarray(s_hi, dtype=raw.dtype)
+        else:
+            raw = np.clip(raw, s_lo, s_hi)
+        r_lo, r_hi = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
+    if raw.dtype.kind in "ui" and s_hi - s_lo < _LUT_ENTRIES:
+        # Every step is a function of the stored value alone: map each storable value once, then look the image up.
+        lut, stage = _display_values(np.arange(s_lo, s_hi + 1).astype(raw.dtype), ds, s_lo, s_hi)
+        out = lut[raw if s_lo == 0 else raw.astype(np.int32) - s_lo]
     else:
-        raw = np.clip(raw, s_lo, s_hi)
+        out, stage = _display_values(raw, ds, s_lo, s_hi)
+    if out.size and r_lo != r_hi and out.min() == out.max():
+        raise PixelTransformError(stage, f"the {transform_name(stage)} map every pixel of the image to one grey level "
+                                         "(a flat image)")
+    return np.ascontiguousarray(out)
+
+
+def _display_values(raw: np.ndarray, ds: Any, s_lo: int, s_hi: int) -> tuple[np.ndarray, str]:
+    """Stored values already within ``[s_lo, s_hi]`` -> display values on 0..65535 (``uint16``), and the keyword of
+    the last step that applied (what a degenerate result is blamed on)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi
 
     has_mlut = bool(ds.get("ModalityLUTSequence"))
     slope, intercept = (1.0, 0.0) if has_mlut else rescale(ds)
@@ -222,11 +240,7 @@ def display_pixels(raw: np.ndarray, ds: Any) -> np.ndarray:
                                              "after the transform")
     invert = str(ds.PhotometricInterpretation).upper() == "MONOCHROME1" or \
         str(ds.get("PresentationLUTShape", "") or "").upper() == "INVERSE"
-    out = to_full_scale(values, lo, hi, invert)
-    if out.size and raw.min() != raw.max() and out.min() == out.max():
-        raise PixelTransformError(stage, f"the {transform_name(stage)} map every pixel of the image to one grey level "
-                                         "(a flat image)")
-    return out
+    return to_full_scale(values, lo, hi, invert), stage
 
 
 def transform_name(keyword: str) -> str:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 from mammoflow import storage
 from mammoflow.config import dump_yaml, from_dict, resolve_config, to_dict
 from mammoflow.dataset import rois
+from mammoflow.dataset.png_export import PngExport
 from mammoflow.dataset.splits import SPLITS, SplitConfig, SplitPlan, check_plan, plan_from_config
 from mammoflow.errors import ConfigError, InputError
 from mammoflow.logs import progress
@@ -408,79 +408,22 @@ def _read_mask(table: RecordsTable, records_dir: Path, rec: Record, k: int) -> n
         raise
 
 
-def _safe_name(text: str) -> str:
-    """A file-name-safe version of an example id (``mias:mdb001#lesion0`` -> ``mias_mdb001_lesion0``)."""
-    return re.sub(r"[^A-Za-z0-9._()-]+", "_", text).strip("_") or "example"
-
-
-class _PngExport:
-    """``--export-png``: every example as ``split/class/example_id.png`` and one contact sheet per class."""
-
-    def __init__(self, folder: Path, classes: Sequence[str], per_class: int = 24, tile: int = 96):
-        self.folder = Path(folder)
-        self.classes = classes
-        self.per_class = per_class
-        self.tile = tile
-        self.samples: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
-
-    def add(self, split: str, cut: Cut) -> None:
-        from mammoflow.io.images import write_png
-
-        write_png(self.folder / split / cut.class_name / f"{_safe_name(cut.example_id)}.png", cut.image)
-        if len(self.samples[cut.class_name]) < self.per_class:
-            self.samples[cut.class_name].append((f"{split}", cut.image))
-
-    def _tile(self, img: np.ndarray) -> np.ndarray:
-        lo, hi = (float(v) for v in np.percentile(img, (0.5, 99.5)))
-        scaled = np.clip((img.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
-        out, _ = ops.resize_with_padding((scaled * 255).astype(np.uint8), (self.tile, self.tile))
-        return out
-
-    def contact_sheet(self, columns: int = 12) -> Path:
-        """A grid per class (class name on the left, each tile marked with its split), stacked top to bottom."""
-        import cv2
-
-        from mammoflow.io.images import write_png
-
-        label_w, gap, step = 140, 4, self.tile + 4
-        classes = [c for c in self.classes if self.samples.get(c)]
-        lines = {c: max(1, math.ceil(len(self.samples[c]) / columns)) for c in classes}
-        used_cols = max([min(len(self.samples[c]), columns) for c in classes], default=1)
-        sheet = np.full((gap + step * max(sum(lines.values()), 1), label_w + gap + step * used_cols), 32, np.uint8)
-        top = gap
-        for cls in classes:
-            cv2.putText(sheet, cls, (8, top + self.tile // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 255, 1, cv2.LINE_AA)
-            for j, (split, img) in enumerate(self.samples[cls]):
-                y, x = top + (j // columns) * step, label_w + gap + (j % columns) * step
-                sheet[y:y + self.tile, x:x + self.tile] = self._tile(img)
-                cv2.putText(sheet, split, (x + 3, y + self.tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, 255, 1,
-                            cv2.LINE_AA)
-            top += lines[cls] * step
-        path = self.folder / "contact_sheet.png"
-        write_png(path, sheet)
-        return path
-
-
 def _put_text(uri: str, text: str) -> None:
     storage.put_bytes(uri, text.encode("utf-8"))
 
 
-def build_dataset(records_dir: Path | str, config: DatasetConfig | str | Path | dict, out_uri: str,
-                  export_png: Path | str | None = None) -> BuildResult:
-    """Build a dataset from a records folder (see the module docstring for the order of work)."""
-    from mammoflow import __version__
-    from mammoflow.dataset import shards
-    from mammoflow.io.images import read_image
+@dataclass
+class Tally:
+    """What the examples of a build gave, gathered while they are cut: quarantined records, examples per split and
+    class, the records that gave at least one example."""
 
-    cfg = config if isinstance(config, DatasetConfig) else DatasetConfig.load(config)
-    records_dir = Path(records_dir)
-    table = RecordsTable.read(records_dir)
-    out_uri = str(out_uri)
-    if not storage.is_remote(out_uri) and any(p.is_file() for p in (Path(out_uri), *Path(out_uri).parents)):
-        raise ConfigError(f"{out_uri}: is (or is under) a file, not a folder. Fix: give a folder path or a gs:// "
-                          "prefix for the dataset")
+    quarantine: list[QuarantineEntry] = field(default_factory=list)
+    counts: dict[str, Counter[str]] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
+    used_records: set[str] = field(default_factory=set)
 
-    # 1. Which records can give examples (metadata only).
+
+def usable_records(table: RecordsTable, cfg: DatasetConfig, where: object) -> tuple[list[Record], Counter[str]]:
+    """Step 1: the records that can give examples under ``cfg`` (metadata only), and why the others cannot."""
     skipped: Counter[str] = Counter()
     usable: list[Record] = []
     for rec in table.records:
@@ -491,11 +434,21 @@ def build_dataset(records_dir: Path | str, config: DatasetConfig | str | Path | 
         else:
             skipped["record_without_examples"] += 1
     if not usable:
-        raise ConfigError(f"{records_dir}: no record gives an example under label_scheme={cfg.label_scheme!r}, "
+        raise ConfigError(f"{where}: no record gives an example under label_scheme={cfg.label_scheme!r}, "
                           f"mode={cfg.mode!r} (skipped: {dict(skipped)}). Fix: choose a label scheme that fits "
                           "the records' labels")
+    return usable, skipped
 
-    # 2. Split plan: made, checked and written before anything is built.
+
+def check_out_uri(out_uri: str) -> str:
+    if not storage.is_remote(out_uri) and any(p.is_file() for p in (Path(out_uri), *Path(out_uri).parents)):
+        raise ConfigError(f"{out_uri}: is (or is under) a file, not a folder. Fix: give a folder path or a gs:// "
+                          "prefix for the dataset")
+    return out_uri
+
+
+def write_plan(out_uri: str, usable: list[Record], cfg: DatasetConfig) -> SplitPlan:
+    """Step 2: the split plan over every usable record, made, checked and written before anything is built."""
     plan = plan_from_config(usable, cfg.splits)
     check_plan(plan, usable)
     plan_json = plan.to_json()
@@ -505,70 +458,101 @@ def build_dataset(records_dir: Path | str, config: DatasetConfig | str | Path | 
                           "Fix: write to a new --out (or delete the old dataset)")
     _put_text(plan_uri, plan_json)
     _put_text(storage.join(out_uri, PLAN_SUMMARY), plan.summary_markdown())
-    resolved = to_dict(cfg)
-    _put_text(storage.join(out_uri, CONFIG_FILE), dump_yaml(resolved))
+    _put_text(storage.join(out_uri, CONFIG_FILE), dump_yaml(to_dict(cfg)))
     log.info("split plan: %s", ", ".join(f"{s} {sum(c.values())}" for s, c in plan.counts.items()))
+    return plan
 
-    # 3. Examples, split by split.
-    classes = cfg.classes
-    quarantine: list[QuarantineEntry] = []
-    counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
-    used_records: set[str] = set()
-    exporter = _PngExport(Path(export_png), classes) if export_png else None
+
+def records_by_split(usable: Sequence[Record], plan: SplitPlan) -> dict[str, list[Record]]:
     by_split: dict[str, list[Record]] = defaultdict(list)
     for rec in usable:
         by_split[plan.split_of(rec.record_id)].append(rec)
+    return by_split
 
-    def examples(split: str) -> Iterator[Any]:
-        for rec in progress(by_split[split], desc=f"build {split}", unit="image"):
-            path = table.image_path(rec, records_dir)
-            try:
-                image = read_image(path, expect_modality=None)
-                masks = [_read_mask(table, records_dir, rec, k) for k in range(len(rec.lesions))]
-                cuts = cut_examples(rec, image, cfg, masks, path=rec.image_path)
-            except InputError as err:
-                err.record_id = err.record_id or rec.record_id
-                quarantine.append(QuarantineEntry.from_error(err, source=rec.source))
-                log.warning("quarantined %s (%s) [%s]: %s. Fix: %s", rec.record_id, err.path, err.code, err.problem,
-                            err.fix)
-                continue
-            if cuts:
-                used_records.add(rec.record_id)
-            for cut in cuts:
-                counts[split][cut.class_name] += 1
-                if exporter is not None:
-                    exporter.add(split, cut)
-                fold = plan.fold_of(rec.record_id)
-                extra = {**cut.extra, "source": rec.source, "view": rec.view, "laterality": rec.laterality}
-                yield shards.Example(
-                    example_id=cut.example_id, record_id=rec.record_id, patient_id=rec.patient_id,
-                    breast_id=rec.breast_id, label=classes.index(cut.class_name), label_name=cut.class_name,
-                    split=split, fold=-1 if fold is None else fold, image=cut.image, mask=cut.mask,
-                    lesion_rows=cut.lesion_rows, lesion_cols=cut.lesion_cols, lesion_radii=cut.lesion_radii,
-                    extra=json.dumps(extra, sort_keys=True))
 
-    split_results = [shards.write_split(examples(split), out_uri, split, target_shard_bytes=cfg.shard_target_bytes)
-                     for split in SPLITS if by_split.get(split)]
+def split_examples(records: Sequence[Record], split: str, plan: SplitPlan, table: RecordsTable, records_dir: Path,
+                   cfg: DatasetConfig, tally: Tally, exporter: PngExport | None = None) -> Iterator[Any]:
+    """Step 3: the examples of ``records`` (all of ``split``), read and cut one record at a time; a record that
+    cannot be read or cut goes to ``tally``'s quarantine, and the run goes on."""
+    from mammoflow.dataset import shards
+    from mammoflow.io.images import read_image
 
-    # 4. Quarantine, then the manifest last.
-    quarantine.sort(key=lambda q: (q.record_id or "", q.path))
+    classes = cfg.classes
+    for rec in progress(records, desc=f"build {split}", unit="image"):
+        path = table.image_path(rec, records_dir)
+        try:
+            image = read_image(path, expect_modality=None)
+            masks = [_read_mask(table, records_dir, rec, k) for k in range(len(rec.lesions))]
+            cuts = cut_examples(rec, image, cfg, masks, path=rec.image_path)
+        except InputError as err:
+            err.record_id = err.record_id or rec.record_id
+            tally.quarantine.append(QuarantineEntry.from_error(err, source=rec.source))
+            log.warning("quarantined %s (%s) [%s]: %s. Fix: %s", rec.record_id, err.path, err.code, err.problem,
+                        err.fix)
+            continue
+        if cuts:
+            tally.used_records.add(rec.record_id)
+        for cut in cuts:
+            tally.counts[split][cut.class_name] += 1
+            if exporter is not None:
+                exporter.add(split, cut)
+            fold = plan.fold_of(rec.record_id)
+            extra = {**cut.extra, "source": rec.source, "view": rec.view, "laterality": rec.laterality}
+            yield shards.Example(
+                example_id=cut.example_id, record_id=rec.record_id, patient_id=rec.patient_id,
+                breast_id=rec.breast_id, label=classes.index(cut.class_name), label_name=cut.class_name,
+                split=split, fold=-1 if fold is None else fold, image=cut.image, mask=cut.mask,
+                lesion_rows=cut.lesion_rows, lesion_cols=cut.lesion_cols, lesion_radii=cut.lesion_radii,
+                extra=json.dumps(extra, sort_keys=True))
+
+
+def finish_build(out_uri: str, table: RecordsTable, cfg: DatasetConfig, plan: SplitPlan, usable: Sequence[Record],
+                 skipped: Counter[str], split_results: Sequence[Any], tally: Tally) -> dict[str, Any]:
+    """Step 4: the quarantine, then the manifest last; returns the manifest."""
+    from mammoflow import __version__
+    from mammoflow.dataset import shards
+
+    built = {r.split for r in split_results}
+    tally.quarantine.sort(key=lambda q: (q.record_id or "", q.path))
     _put_text(storage.join(out_uri, QUARANTINE_FILE),
-              "".join(json.dumps(asdict(q), sort_keys=True) + "\n" for q in quarantine))
-    manifest = shards.build_manifest(split_results, config=resolved, code_version=__version__)
+              "".join(json.dumps(asdict(q), sort_keys=True) + "\n" for q in tally.quarantine))
+    manifest = shards.build_manifest(split_results, config=to_dict(cfg), code_version=__version__)
     manifest.update({
         "dataset_format": DATASET_FORMAT,
-        "classes": list(classes),
-        "counts": {s: {c: counts[s][c] for c in classes} for s in SPLITS if by_split.get(s)},
-        "examples": sum(sum(c.values()) for c in counts.values()),
+        "classes": list(cfg.classes),
+        "counts": {s: {c: tally.counts[s][c] for c in cfg.classes} for s in SPLITS if s in built},
+        "examples": sum(sum(c.values()) for c in tally.counts.values()),
         "inputs": {"records_read": len(table.records), "records_planned": len(usable),
-                   "records_used": len(used_records), "records_quarantined": len(quarantine),
+                   "records_used": len(tally.used_records), "records_quarantined": len(tally.quarantine),
                    "skipped": dict(sorted(skipped.items())), "source": table.source},
         "quarantine_file": QUARANTINE_FILE,
         "split_plan": {"file": PLAN_FILE, "summary": PLAN_SUMMARY, "sha256": plan.sha256(),
                        "moved_patients": len(plan.moved), "k_folds": cfg.splits.k_folds},
     })
     shards.write_manifest(out_uri, manifest)
+    log.info("dataset at %s: %s", out_uri, {s: dict(c) for s, c in manifest["counts"].items()})
+    return manifest
+
+
+def build_dataset(records_dir: Path | str, config: DatasetConfig | str | Path | dict, out_uri: str,
+                  export_png: Path | str | None = None) -> BuildResult:
+    """Build a dataset from a records folder (see the module docstring for the order of work)."""
+    from mammoflow.dataset import shards
+
+    cfg = config if isinstance(config, DatasetConfig) else DatasetConfig.load(config)
+    records_dir = Path(records_dir)
+    table = RecordsTable.read(records_dir)
+    out_uri = check_out_uri(str(out_uri))
+    usable, skipped = usable_records(table, cfg, records_dir)
+    plan = write_plan(out_uri, usable, cfg)
+    tally = Tally()
+    exporter = PngExport(Path(export_png), cfg.classes) if export_png else None
+    by_split = records_by_split(usable, plan)
+    split_results = [shards.write_split(split_examples(by_split[split], split, plan, table, records_dir, cfg, tally,
+                                                       exporter),
+                                        out_uri, split, target_shard_bytes=cfg.shard_target_bytes)
+                     for split in SPLITS if by_split.get(split)]
+    manifest = finish_build(out_uri, table, cfg, plan, usable, skipped, split_results, tally)
     if exporter is not None:
         exporter.contact_sheet()
-    log.info("dataset at %s: %s", out_uri, {s: dict(c) for s, c in manifest["counts"].items()})
-    return BuildResult(out_uri=out_uri, manifest=manifest, plan=plan, quarantine=quarantine)
+    return BuildResult(out_uri=out_uri, manifest=manifest, plan=plan, quarantine=tally.quarantine)

@@ -62,6 +62,7 @@ import numpy as np
 
 from mammoflow import storage
 from mammoflow.dataset.spool import spool_folder
+from mammoflow.dataset.spool_index import Spooled, SpoolIndex
 from mammoflow.dataset.tfrecord import decode_features, encode_features, frame_record, read_records
 from mammoflow.errors import InputError
 from mammoflow.logs import progress
@@ -280,15 +281,6 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
 
 
-@dataclass
-class _Spooled:
-    example_id: str
-    key: int
-    offset: int
-    length: int
-    label_name: str
-
-
 def write_split(
     examples: Iterable[Example],
     out_uri: str,
@@ -313,42 +305,49 @@ def write_split(
     # The spool folder is locked while this build lives; the next build removes those of killed builds.
     with spool_folder(split, work_dir) as tmp:
         spool_path = Path(tmp) / "spool.bin"
-        items, counts, names, patients, folds = _spool(examples, split, spool_path)
-        total = sum(i.length for i in items)
-        n = shard_count(total, target_shard_bytes)
-        if n == 0:
-            log.warning("split %s has no examples: no shards written", split)
-        members: list[list[_Spooled]] = [[] for _ in range(n)]
-        for item in items:
-            members[item.key % n].append(item)
-        result = SplitResult(split=split, shards=[], counts=dict(counts), label_names=names,
-                             patients=len(patients), folds=dict(folds))
-        with open(spool_path, "rb") as spool, ThreadPoolExecutor(max(1, upload_workers)) as pool:
-            pending: list[tuple[ShardInfo, Path, Future[bool]]] = []
-            for index in progress(range(n), desc=f"{split} shards", unit="shard"):
-                group = sorted(members[index], key=lambda i: i.example_id)
-                local = Path(tmp) / shard_name(split, index, n)
-                info = _write_shard_file(spool, group, local, f"{split}/{local.name}")
-                uri = storage.join(out_uri, info.path)
-                pending.append((info, local, pool.submit(_publish, local, uri, info)))
-                # keep at most `upload_workers` finished shard files waiting on local disk
-                while len(pending) > max(1, upload_workers):
-                    _finish(pending.pop(0), result, on_shard)
-            while pending:
+        index = spool_examples(examples, split, spool_path)
+        return write_spooled(index, spool_path, out_uri, split, target_shard_bytes=target_shard_bytes,
+                             work_dir=tmp, upload_workers=upload_workers, on_shard=on_shard)
+
+
+def write_spooled(index: SpoolIndex, spool_path: str | os.PathLike[str], out_uri: str, split: str, *,
+                  target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES, work_dir: str | os.PathLike[str],
+                  upload_workers: int = 4, on_shard: Callable[[ShardInfo, bool], None] | None = None
+                  ) -> SplitResult:
+    """Cut the spool file ``spool_path`` described by ``index`` into the split's shards (see :func:`write_split`;
+    the shard files are made in ``work_dir``). The shards depend only on the examples, never on how they were
+    spooled: a build in partitions gives the same bytes as a build in one piece."""
+    items = index.items
+    n = shard_count(index.bytes, target_shard_bytes)
+    if n == 0:
+        log.warning("split %s has no examples: no shards written", split)
+    members: list[list[Spooled]] = [[] for _ in range(n)]
+    for item in items:
+        members[item.key % n].append(item)
+    result = SplitResult(split=split, shards=[], counts=dict(index.counts), label_names=dict(index.names),
+                         patients=len(index.patients), folds=dict(index.folds))
+    with open(spool_path, "rb") as spool, ThreadPoolExecutor(max(1, upload_workers)) as pool:
+        pending: list[tuple[ShardInfo, Path, Future[bool]]] = []
+        for i in progress(range(n), desc=f"{split} shards", unit="shard"):
+            group = sorted(members[i], key=lambda it: it.example_id)
+            local = Path(work_dir) / shard_name(split, i, n)
+            info = _write_shard_file(spool, group, local, f"{split}/{local.name}")
+            uri = storage.join(out_uri, info.path)
+            pending.append((info, local, pool.submit(_publish, local, uri, info)))
+            # keep at most `upload_workers` finished shard files waiting on local disk
+            while len(pending) > max(1, upload_workers):
                 _finish(pending.pop(0), result, on_shard)
+        while pending:
+            _finish(pending.pop(0), result, on_shard)
     log.info("%s: %d records in %d shards (%.1f MiB): %d uploaded, %d unchanged", split, result.records,
              len(result.shards), result.bytes / MiB, len(result.uploaded), len(result.unchanged))
     return result
 
 
-def _spool(examples: Iterable[Example], split: str, spool_path: Path
-           ) -> tuple[list[_Spooled], Counter[str], dict[int, str], set[str], Counter[int]]:
-    items: list[_Spooled] = []
+def spool_examples(examples: Iterable[Example], split: str, spool_path: Path) -> SpoolIndex:
+    """Validate and frame ``examples`` (all of split ``split``) into the local file ``spool_path``; its index."""
+    index = SpoolIndex()
     seen: set[str] = set()
-    counts: Counter[str] = Counter()
-    names: dict[int, str] = {}
-    patients: set[str] = set()
-    folds: Counter[int] = Counter()
     offset = 0
     with open(spool_path, "wb") as spool:
         for ex in progress(examples, desc=f"{split} examples", unit="ex"):
@@ -360,6 +359,7 @@ def _spool(examples: Iterable[Example], split: str, spool_path: Path
                 raise InputError(ex.example_id, "example id appears twice in the split",
                                  "make example ids unique (e.g. record_id + ROI index)", code="duplicate_id",
                                  record_id=ex.record_id)
+            names = index.names
             if names.setdefault(int(ex.label), ex.label_name) != ex.label_name:
                 raise InputError(ex.example_id, f"label {ex.label} is named both {names[int(ex.label)]!r} and "
                                  f"{ex.label_name!r}", "use one name per label index", code="unknown_label",
@@ -367,15 +367,15 @@ def _spool(examples: Iterable[Example], split: str, spool_path: Path
             seen.add(ex.example_id)
             frame = frame_record(serialize_example(ex))
             spool.write(frame)
-            items.append(_Spooled(ex.example_id, shard_key(ex.example_id), offset, len(frame), ex.label_name))
+            index.items.append(Spooled(ex.example_id, shard_key(ex.example_id), offset, len(frame), ex.label_name))
             offset += len(frame)
-            counts[ex.label_name] += 1
-            patients.add(ex.patient_id)
-            folds[int(ex.fold)] += 1
-    return items, counts, names, patients, folds
+            index.counts[ex.label_name] += 1
+            index.patients.add(ex.patient_id)
+            index.folds[int(ex.fold)] += 1
+    return index
 
 
-def _write_shard_file(spool: BinaryIO, group: list[_Spooled], local: Path, rel_path: str) -> ShardInfo:
+def _write_shard_file(spool: BinaryIO, group: list[Spooled], local: Path, rel_path: str) -> ShardInfo:
     digest = hashlib.sha256()
     size = 0
     with open(local, "wb") as out:

@@ -311,23 +311,39 @@ def portable_root(image_root: str, local_root: Path, remote_root: str) -> str:
     return remote_root.rstrip("/") if rel == "." else storage.join(remote_root, rel)
 
 
-def localise_records(records_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def localise_records(records_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None, *,
+                     only: Sequence[Any] | None = None, dest: str | os.PathLike[str] | None = None) -> Path:
     """A records folder whose images are on local disk.
 
-    When the records' ``image_root`` is a remote URI (see :func:`ingest`), the images are fetched into the cache
-    and a copy of the records folder pointing at them is returned; otherwise ``records_dir`` itself.
+    When the records' ``image_root`` is a remote URI (see :func:`ingest`), the records' own files (image and
+    lesion masks; a whole zip) are fetched into the cache, nothing else of that folder, and a copy of the records
+    folder pointing at them is returned; otherwise ``records_dir`` itself. ``only``: just these records (a
+    partition), always as a copy; ``dest``: fetch the files there instead of the shared cache (a folder the caller
+    removes, so that its local disk stays bounded).
     """
     from mammoflow.records import META_FILE, RecordsTable
 
     records_dir = Path(records_dir)
     meta = json.loads((records_dir / META_FILE).read_text()) if (records_dir / META_FILE).exists() else {}
     image_root = str(meta.get("image_root", "."))
-    if not storage.is_remote(image_root):
+    if not storage.is_remote(image_root) and only is None:
         return records_dir
     table = RecordsTable.read(records_dir)
-    table.image_root = str(copies.fetch_tree(image_root, cache_dir))
-    digest = hashlib.sha256((records_dir / "records.jsonl").read_bytes()).hexdigest()[:16]
-    local = copies.cache_dir(cache_dir) / "records" / f"{copies.uri_key(image_root)}-{digest}"
+    if only is not None:
+        table.records = list(only)
+    if not storage.is_remote(image_root):
+        root = Path(image_root)
+        table.image_root = str(root if root.is_absolute() else (records_dir / root).absolute())
+    elif image_root.endswith(".zip"):
+        table.image_root = str(copies.fetch_tree(image_root, cache_dir))
+    else:
+        names = [n for rec in table.records for n in (rec.image_path, *(les.mask_path for les in rec.lesions))
+                 if n]
+        table.image_root = str(copies.fetch_files(image_root, names, cache_dir, dest=dest)[0])
+    text = "".join(json.dumps(r.to_dict(), sort_keys=True) for r in table.records)
+    digest = hashlib.sha256((records_dir / "records.jsonl").read_bytes() + text.encode()).hexdigest()[:16]
+    local = (Path(dest) / ".records" if dest is not None else
+             copies.cache_dir(cache_dir) / "records" / f"{copies.uri_key(image_root)}-{digest}")
     table.write(local)
     return local
 

@@ -68,6 +68,33 @@ def fetch_tree(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Pat
     return local
 
 
+def fetch_files(root_uri: str, names: Sequence[str], cache_dir: str | os.PathLike[str] | None = None,
+                *, dest: str | os.PathLike[str] | None = None) -> tuple[Path, int]:
+    """Local copies of the files ``names`` (paths relative to the folder ``root_uri``) and nothing else of that
+    folder: a step that reads some records of a large dataset fetches only their files. They go where
+    :func:`fetch_tree` would put them (``dest`` instead, when given); a copy already there with the same size (and
+    sha256 when recorded) is kept. A name with no object is skipped (the reader then says the file is missing).
+    Returns the local folder and the bytes it now holds of these files."""
+    local = Path(dest) if dest is not None else cached_copy_path(root_uri, cache_dir)
+    total = 0
+    for name in dict.fromkeys(names):
+        target = local / name
+        info = storage.stat(storage.join(root_uri, name))
+        if info is None:
+            continue
+        if not _cached_copy_current(target, info):
+            storage.get_file(storage.join(root_uri, name), target)
+        total += target.stat().st_size
+    log.info("fetched %d file(s) of %s (%d bytes) into %s", len(names), root_uri, total, local)
+    return local, total
+
+
+def folder_bytes(folder: str | os.PathLike[str]) -> int:
+    """The bytes of every file under ``folder`` (0 when it does not exist): a step's local disk in use."""
+    root = Path(folder)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+
 SMALL_OBJECT = 1 << 20  # bytes: below this a remote object without a recorded sha256 is simply fetched again
 
 

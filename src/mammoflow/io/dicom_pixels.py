@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from mammoflow.lut import lookup
+
 FULL_SCALE = 65535
 _LUT_ENTRIES = 1 << 16  # stored ranges up to 16 bits are mapped through a table of every storable value
 _NAMES = {"RescaleSlope": "Rescale Slope", "RescaleIntercept": "Rescale Intercept", "WindowCenter": "Window Center",
@@ -190,7 +192,7 @@ def display_pixels(raw: np.ndarray, ds: Any) -> np.ndarray:
     if raw.dtype.kind in "ui" and s_hi - s_lo < _LUT_ENTRIES:
         # Every step is a function of the stored value alone: map each storable value once, then look the image up.
         lut, stage = _display_values(np.arange(s_lo, s_hi + 1).astype(raw.dtype), ds, s_lo, s_hi)
-        out = lut[raw if s_lo == 0 else raw.astype(np.int32) - s_lo]
+        out = lookup(lut, raw, first=s_lo)
     else:
         out, stage = _display_values(raw, ds, s_lo, s_hi)
     if out.size and r_lo != r_hi and out.min() == out.max():

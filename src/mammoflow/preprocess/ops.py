@@ -25,6 +25,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from mammoflow.lut import lookup
+
 BBox = tuple[int, int, int, int]  # (r0, c0, r1, c1), half-open: rows r0..r1-1, cols c0..c1-1
 Interpolation = Literal["auto", "area", "linear", "nearest"]
 OutDType = Literal["uint8", "uint16", "float32"]
@@ -255,11 +257,14 @@ def equalize_histogram(img: np.ndarray) -> np.ndarray:
         return img.copy()
     top = _max_value(img.dtype)
     lut = np.rint(np.clip((cdf - cdf_min) / (cdf[-1] - cdf_min), 0.0, 1.0) * top).astype(img.dtype)
-    return lut[img]
+    return lookup(lut, img)
 
 
 def _percentile_values(img: np.ndarray, pcts: tuple[float, float], mask: np.ndarray | None) -> tuple[float, float]:
     """Lower/upper percentiles; exact order statistics for integer images (from the histogram, fast)."""
+    if img.dtype in _INTEGER_DTYPES and mask is None and pcts[0] == 0.0 and pcts[1] == 100.0:
+        lo, hi = (float(v) for v in cv2.minMaxLoc(img)[:2]) if img.ndim == 2 else (float(img.min()), float(img.max()))
+        return lo, hi
     if img.dtype in _INTEGER_DTYPES:
         cdf = np.cumsum(_histogram(img, mask))
         n = cdf[-1]
@@ -297,7 +302,7 @@ def normalize_intensity(img: np.ndarray, low_pct: float = 0.0, high_pct: float =
                              out_dtype)
 
     if img.dtype in _INTEGER_DTYPES:  # a lookup table over every possible value: same result, 2x faster
-        return stretch(np.arange(_max_value(img.dtype) + 1, dtype=img.dtype))[img]
+        return lookup(stretch(np.arange(_max_value(img.dtype) + 1, dtype=img.dtype)), img)
     return stretch(img)
 
 
@@ -315,7 +320,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected component of a boolean mask (all False when the mask is empty)."""
     if not mask.any():
         return np.zeros_like(mask, dtype=bool)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8) if mask.dtype == bool
+                                                           else mask.astype(np.uint8), connectivity=8)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     return labels == largest
 
@@ -327,6 +333,14 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return padded[1:-1, 1:-1] != 2
 
 
+def _is_flat(img: np.ndarray) -> bool:
+    """Every pixel has the same value (one pass for a 2-D image)."""
+    if img.ndim == 2 and img.size:
+        lo, hi = cv2.minMaxLoc(img)[:2]
+        return lo == hi
+    return bool(img.size == 0 or img.min() == img.max())
+
+
 def breast_mask(img: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Boolean mask of the breast: Otsu threshold -> largest connected component -> holes filled.
 
@@ -335,7 +349,7 @@ def breast_mask(img: np.ndarray, threshold: float | None = None) -> np.ndarray:
     ``threshold`` overrides Otsu (pixels strictly above it are foreground). Blank images give an empty mask.
     """
     _check_image(img, "breast_mask")
-    if img.min() == img.max():  # nothing to separate (Otsu would put every pixel above 0)
+    if _is_flat(img):  # nothing to separate (Otsu would put every pixel above 0)
         return np.zeros(img.shape, dtype=bool)
     t = otsu_threshold(img) if threshold is None else float(threshold)
     return fill_holes(largest_component(img > t))
@@ -345,6 +359,8 @@ def remove_background(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Zero every pixel outside ``mask`` (Yu et al. 2020: "the non-breast area is removed")."""
     _check_image(img, "remove_background", allow_float=True)
     _check_mask(mask, img.shape, "remove_background")
+    if img.ndim == 2 and img.dtype != np.float64:  # OpenCV copies under a mask in one pass; NumPy's where takes three
+        return cv2.copyTo(img, mask.view(np.uint8)) if mask.dtype == bool else np.where(mask, img, 0).astype(img.dtype)
     return np.where(mask, img, np.zeros((), dtype=img.dtype))
 
 

@@ -1,0 +1,40 @@
+"""Look-up tables applied to integer images: ``table[image]``, done in row blocks.
+
+NumPy's gather converts the whole index array to 64-bit integers before it looks anything up (eight bytes per pixel
+of a 12-megapixel mammogram, then a pass over them); a block of rows at a time keeps that copy in the cache and is
+several times faster with the same result. Used wherever a per-value mapping of an 8- or 16-bit image is computed
+once and looked up: the DICOM display mapping, intensity normalisation, histogram equalisation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ROWS_PER_BLOCK = 64
+
+
+def lookup(table: np.ndarray, image: np.ndarray, first: int = 0) -> np.ndarray:
+    """``table[image - first]``: ``table[k]`` is the output for the value ``first + k`` (``first <= 0``, e.g. the
+    lowest value of a signed image), and every value of the integer ``image`` lies in
+    ``[first, first + len(table) - 1]``. The result has the image's shape and the table's dtype, C-contiguous.
+
+    A signed image is looked up without a shifted copy: negative indices count from the table's end, so the table
+    is rolled by ``first`` instead.
+    """
+    if image.dtype.kind not in "ui":
+        raise TypeError(f"lookup: expected an integer image, got {image.dtype}")
+    if table.ndim != 1:
+        raise ValueError(f"lookup: expected a 1-D table, got shape {table.shape}")
+    out = np.empty(image.shape, dtype=table.dtype)
+    if image.size == 0:
+        return out
+    if first > 0 or -first > table.size:
+        raise ValueError(f"lookup: first must be in [-{table.size}, 0], got {first}")
+    if first:
+        table = np.roll(table, first)
+    if image.ndim < 2:
+        np.take(table, image, out=out, mode="raise")
+        return out
+    for start in range(0, image.shape[0], ROWS_PER_BLOCK):
+        np.take(table, image[start:start + ROWS_PER_BLOCK], out=out[start:start + ROWS_PER_BLOCK], mode="raise")
+    return out

@@ -25,9 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         print(f"no benchmark matches {wanted}; available: {', '.join(bench_modules())}")
         return 2
+    from tests.benchmarks import figures
+
     failed = []
     for name in names:
         print(f"== {name}", flush=True)
+        figures.start(name)
         started = time.perf_counter()
         try:
             importlib.import_module(f"{__package__}.{name}").main()
@@ -36,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
         print(f"== {name}: {time.perf_counter() - started:.1f} s{' (FAILED)' if name in failed else ''}\n",
               flush=True)
+    path, every = figures.write(figures.figures(), names, failed)
+    print(f"every figure ({len(every)}), also in {path}:\n{figures.table(every)}")
+    missed = [f.name for f in every if f.met is False]
+    if missed:
+        print(f"goals missed: {'; '.join(missed)}")
     if failed:
         print(f"failed: {', '.join(failed)}")
     return 1 if failed else 0

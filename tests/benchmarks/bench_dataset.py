@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tests.benchmarks.figures import record
 
 N_ROIS = 6000  # about 87 MB of shard bytes
 PIPELINE_ROIS = 16
@@ -63,6 +64,7 @@ def bench_write(root: Path) -> None:
 
     t_plain = _best(plain)
     mb = len(payload) / 1e6
+    record("shard write / bare write of the same bytes", mb / t_write, "MB/s", floor=mb / t_plain, goal=">= 0.67")
     print(f"shards: {N_ROIS} ROIs, {mb:.0f} MB in {len(result.shards)} shards (best of {REPEATS})")
     print(f"  write_split          {mb / t_write:8.0f} MB/s  ({t_write:.2f} s)")
     print(f"  rerun (no upload)    {mb / t_rerun:8.0f} MB/s  ({t_rerun:.2f} s)")
@@ -102,6 +104,8 @@ def bench_pipeline(root: Path) -> None:
     plain = max(_rate(train_dataset(paths, no_aug, seed=0, epoch=e), True) for e in range(2))
     grid = max(_rate(eval_dataset(paths, every), False) for _ in range(2))
     n = PIPELINE_ROIS // 2 * (PATCHES["normal"] + PATCHES["tumour"])
+    record("input pipeline, augmented, 1 thread", single, "patches/s")
+    record("input pipeline, augmented, all cores", parallel, "patches/s")
     print(f"input pipeline: {n} training patches of 72x72 from {PIPELINE_ROIS} ROIs, batch 32, {cores} cores")
     print(f"  train, augmented, 1 thread   {single:8.0f} patches/s per core")
     print(f"  train, augmented, all cores  {parallel:8.0f} patches/s")

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.benchmarks.figures import record
+
 
 def _dataset(root: Path) -> str:
     from mammoflow.dataset.build import build_dataset
@@ -75,6 +77,11 @@ def main() -> None:
               f"(trials' own time {fifo['trial_time_s']:.0f} s); "
               f"best {fifo['best_trial']} (val_loss {fifo['best_val_loss']:.4f})")
         print(f"  ASHA wall time / full grid: {asha['wall_time_s'] / max(fifo['wall_time_s'], 1e-9):.2f}")
+        same_best = asha["best_trial"] == fifo["best_trial"]
+        record("ASHA trial-epochs / full grid (demo spec)", asha["trial_epochs"], "trial-epochs",
+               floor=fifo["trial_epochs"], goal="<= 0.5",
+               note=f"same best cell as the full grid: {'yes' if same_best else 'NO'}")
+        record("ASHA wall time / full grid (demo spec)", asha["wall_time_s"], "s", floor=fifo["wall_time_s"])
 
 
 if __name__ == "__main__":

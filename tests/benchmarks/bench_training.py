@@ -8,6 +8,7 @@ import os
 import time
 
 import numpy as np
+from tests.benchmarks.figures import record
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -64,6 +65,10 @@ def main() -> None:
             epochs = 5
             cached = epochs / (1 / feature_rate + epochs / head_rate)
             head_txt, ratio_txt = f"{cached:10.0f} p/s", f"{cached / full:8.1f}x"
+            record(f"head cache, {name}: an epoch after the first (head only) vs a full step", head_rate, "patches/s",
+                   floor=full, goal=">= 10", note="features extracted once; extraction is the next figure")
+            record(f"head cache, {name}: {epochs} epochs incl. the one extraction vs full steps", cached, "patches/s",
+                   floor=full, note=f"extraction alone {feature_rate:.0f} patches/s")
         print(f"{label:45s} {full:10.0f} p/s {head_txt:>14s} {ratio_txt:>9s}", flush=True)
     print("head only = effective rate over 5 epochs with the backbone features computed once (head_cache: true)")
     _pipeline_vs_model()
@@ -94,6 +99,7 @@ def _pipeline_vs_model() -> None:
     x = np.random.default_rng(2).uniform(0, 255, (BATCH * 4, 72, 72, 1)).astype("float32")
     model = _rate(_compile(create_model("compact_fusion", input_shape=(72, 72, 1), trainable_backbone=True)), x,
                   np.zeros(len(x), int))
+    record("input pipeline / compact model's training step", pipe, "patches/s", floor=model, goal=">= 5")
     print(f"input pipeline (augmented 72x72 patches, both cores): {pipe:.0f} patches/s; compact model training "
           f"step: {model:.0f} patches/s -> pipeline/model = {pipe / model:.1f}x")
 

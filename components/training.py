@@ -51,7 +51,10 @@ def sweep(dataset: Input[Dataset], spec: str, datasets: dict, storage_root: str,
             default one).
         storage_root: Local folder or gs:// prefix; the sweep goes to sweeps/<run_id>/ (a retry resumes it).
         run_id: Pipeline run id.
-        ray_address: Ray cluster to use (e.g. ray://mammoflow-head-svc:10001); empty: a Ray inside this pod.
+        ray_address: Ray cluster to use: its Jobs API, http://mammoflow-head-svc.mammoflow.svc.cluster.local:8265
+            (the sweep runs as a Ray job there, this step follows it and stops it if the step is cancelled;
+            token from the Secret mammoflow-ray-token), or ray://...:10001 (Ray Client, the fallback);
+            empty: a Ray inside this pod.
         max_concurrent: At most this many trials at once (0: the spec's setting).
         results: results.csv/.md, summary.json, best_config.yaml, spec.yaml; metadata uri = the sweep folder.
         metrics: Trial counts and the best trial's metric.

@@ -1,7 +1,8 @@
 """The sweep pipeline: data source -> ingest -> preprocess -> build-dataset -> Ray Tune sweep -> report.
 
 The sweep runs every trial through the same training function as the training pipeline, on a Ray inside its
-pod (one GPU) or, with ``ray_address``, on the KubeRay cluster of k8s/base/raycluster.yaml. Its data parameters
+pod (one GPU) or, with ``ray_address``, on the KubeRay cluster of k8s/base/raycluster.yaml: submitted as a Ray job
+to its dashboard (``http://...:8265``, recommended) or joined through Ray Client (``ray://...:10001``). Its data parameters
 are :class:`~mammoflow.pipelines.data.DataParameters`, shared with the training pipeline.
 """
 
@@ -36,7 +37,9 @@ def build(options: PipelineOptions | None = None) -> Any:
 
         Args:
             spec: Sweep spec (demo, yu2020_branches, jaamour2023_divide_conquer, xi2018_cv) or YAML path / URI.
-            ray_address: Ray cluster address; empty = a Ray inside the sweep's pod.
+            ray_address: Ray cluster: http://mammoflow-head-svc.mammoflow.svc.cluster.local:8265 submits the sweep
+                as a Ray job (recommended), ray://...:10001 joins through Ray Client; empty = a Ray inside the
+                sweep's pod.
             max_concurrent: At most this many trials at once (0: the spec's setting).
             datasets: A spec that ablates datasets (jaamour2023_divide_conquer): its other datasets, name -> URI,
                 built beforehand; the pipeline's own dataset serves the spec's default one.

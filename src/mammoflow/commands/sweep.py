@@ -9,14 +9,23 @@ Examples:
   mammoflow sweep --spec demo --dry-run
   mammoflow sweep --spec demo --data runs/datasets/demo --out runs/sweeps/demo --num-cpus 2
   mammoflow sweep --spec demo --data runs/datasets/demo --out runs/sweeps/demo --resume
-  mammoflow sweep --spec jaamour2023_divide_conquer --address ray://localhost:10001 \\
+  mammoflow sweep --spec jaamour2023_divide_conquer --address http://localhost:8265 \\
       --data gs://b/ds/default --data gaussian_histeq=gs://b/ds/gh --data mass=gs://b/ds/mass \\
       --data calc=gs://b/ds/calc --out gs://b/sweeps/jaamour
 
 \b
 Writes OUT/results.csv and .md (one row per trial, best first), OUT/summary.json (trials finished,
 stopped early, failed; trial-epochs saved by early stopping), OUT/best_config.yaml and one training
-run folder per trial in OUT/trials/ (TensorBoard: tensorboard --logdir OUT/trials)."""
+run folder per trial in OUT/trials/ (TensorBoard: tensorboard --logdir OUT/trials).
+
+\b
+With --address http://HEAD:8265 the sweep runs as a Ray job on that cluster (token from
+RAY_AUTH_TOKEN); this command streams its log and waits. Ctrl-C or SIGTERM stops the job
+(exit 130 / 143); running the command again follows a job still running for the same --out,
+or (with --resume) submits a new one that continues the sweep."""
+
+
+EXIT_STOPPED = 143  # as `train` preempted (README "Exit codes"): stopped on SIGTERM, re-run to resume
 
 
 def _parse_data(items: tuple[str, ...]) -> dict[str, str]:
@@ -40,8 +49,9 @@ def _parse_data(items: tuple[str, ...]) -> dict[str, str]:
               help="Dataset(s): URI of the default dataset, or NAME=URI for a spec's `dataset` axis (repeat).")
 @click.option("--out", "out_uri", default=None, help="Sweep folder (local or gs://) [default: runs/sweeps/<name>].")
 @click.option("--address", default=None,
-              help="Ray to use: auto (inside a Ray cluster, e.g. a KubeRay RayJob), ray://HOST:10001 (Ray Client); "
-                   "default starts a local Ray.")
+              help="Ray to use: http://HEAD:8265 (submit a Ray job to that cluster's dashboard: recommended), "
+                   "auto (inside a Ray cluster, e.g. a Ray job's own driver), ray://HOST:10001 (Ray Client, the "
+                   "fallback); default starts a local Ray.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep: ended trials are not run again, "
                                               "running ones continue after their last finished epoch.")
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="At most this many trials at once.")
@@ -57,6 +67,7 @@ def command(spec_ref: str, data: tuple[str, ...], out_uri: str | None, address: 
             cache_dir: str | None, dry_run: bool) -> None:
     """Run a sweep spec: a base training config + axes, early stopping (ASHA), one `train` per trial."""
     from mammoflow import steps
+    from mammoflow.sweep.jobs import SweepCancelled
 
     if dry_run:
         for line in steps.sweep_plan(spec_ref, cache_dir=cache_dir):
@@ -70,9 +81,13 @@ def command(spec_ref: str, data: tuple[str, ...], out_uri: str | None, address: 
         steps.sweep_inputs(spec_ref, default, data_uris, cache_dir=cache_dir)
     except steps.SweepDataError as exc:  # a --data problem: a usage error, before Ray starts
         raise click.UsageError(str(exc)) from None
-    summary = steps.sweep(spec_ref, default, out_uri, address=address, num_cpus=num_cpus,
-                          max_concurrent=max_concurrent, cache_dir=cache_dir, datasets=data_uris, resume=resume,
-                          dashboard=dashboard, metrics_export_port=metrics_export_port)
+    try:
+        summary = steps.sweep(spec_ref, default, out_uri, address=address, num_cpus=num_cpus,
+                              max_concurrent=max_concurrent, cache_dir=cache_dir, datasets=data_uris, resume=resume,
+                              dashboard=dashboard, metrics_export_port=metrics_export_port)
+    except SweepCancelled as exc:  # the Ray job was stopped because this command was (SIGTERM)
+        click.echo(str(exc), err=True)
+        raise click.exceptions.Exit(EXIT_STOPPED) from None
     out = out_uri or steps.local_sweep_uri(summary["sweep"])
     click.echo(f"sweep {summary['sweep']}: {summary['trials']} trials, {summary['finished']} finished, "
                f"{summary['stopped_early']} stopped early, {summary['failed']} failed; "

@@ -141,7 +141,10 @@ def sweep(spec_ref: str, data_uri: str | None, out: str | None = None, *, addres
     """Run a sweep spec on Ray Tune (``mammoflow sweep``) on ``data_uri`` (plus, for a spec that ablates datasets,
     the other ones by name: :func:`sweep_datasets`) into ``out`` (default :func:`local_sweep_uri`).
     ``resume`` None resumes a sweep left by an earlier attempt at ``out`` (a retried step after
-    preemption). ``dashboard`` / ``metrics_export_port``: those of a local Ray."""
+    preemption). ``address``: none (a local Ray), ``auto``, ``ray://HOST:10001`` (Ray Client), or the head's
+    dashboard ``http(s)://HOST:8265``: then the sweep runs as a Ray job there (:mod:`mammoflow.sweep.jobs`) and
+    this call follows it. ``dashboard`` / ``metrics_export_port``: those of a local Ray."""
+    from mammoflow.sweep.jobs import is_jobs_address, submit_sweep
     from mammoflow.sweep.runner import run_sweep
     from mammoflow.sweep.spec import load_spec
 
@@ -150,6 +153,8 @@ def sweep(spec_ref: str, data_uri: str | None, out: str | None = None, *, addres
     out = out or local_sweep_uri(spec.name)
     if resume is None:
         resume = storage.exists(storage.join(out, "spec.yaml"))
+    if is_jobs_address(address):
+        return submit_sweep(spec, data, out, str(address), resume=resume, max_concurrent=max_concurrent)
     if not address and num_cpus is None:
         num_cpus = available_cpus()  # a local Ray: as many CPUs as this process (or its pod) may use
     return run_sweep(spec, data, out, address=address or None, resume=resume, num_cpus=num_cpus,

@@ -15,6 +15,8 @@ from mammoflow.sweep.spec import SweepSpec, cell_name, trial_cell, trial_config
 
 log = logging.getLogger(__name__)
 
+ATTEMPTS_DIR = "attempts"  # RUN/attempts/: one record per start of a trial's process (sweep.runner.record_attempt)
+
 
 def run_history(run_uri: str) -> list[dict[str, Any]]:
     """The epochs a trial's run folder holds: ``history.json``, or the resume state of a run that did not finish
@@ -27,6 +29,24 @@ def run_history(run_uri: str) -> list[dict[str, Any]]:
             data = json.loads(storage.get_bytes(uri))
             return list(data if key is None else data.get(key, []))
     return []
+
+
+def read_attempts(run_uri: str) -> list[dict[str, Any]]:
+    """The attempt records of a trial's run folder, oldest first: which Ray node ran it, after which epoch."""
+    uris = sorted(u for u in storage.list(storage.join(run_uri, ATTEMPTS_DIR)) if u.endswith(".json"))
+    return [json.loads(storage.get_bytes(u)) for u in uris]
+
+
+def node_account(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the trials ran: trials per Ray node (by the node of each trial's last attempt) and the trials that
+    ran more than once (a node or process died, or the driver resumed), with their nodes in order."""
+    by_node: dict[str, int] = {}
+    for row in rows:
+        if row["_attempts"]:
+            node = row["_attempts"][-1]["node_id"]
+            by_node[node] = by_node.get(node, 0) + 1
+    retried = {r["trial"]: [a["node_id"] for a in r["_attempts"]] for r in rows if len(r["_attempts"]) > 1}
+    return {"trials_by_node": dict(sorted(by_node.items())), "retried_trials": retried}
 
 
 def trial_rows(spec: SweepSpec, grid, cells: list[dict[str, Any]], max_epochs: int,
@@ -45,6 +65,7 @@ def trial_rows(spec: SweepSpec, grid, cells: list[dict[str, Any]], max_epochs: i
         metrics = result.metrics or {}
         name = metrics.get("trial_name") or cell_name(cell)
         history = run_history(storage.join(trials_uri, name)) if trials_uri else []
+        attempts = read_attempts(storage.join(trials_uri, name)) if trials_uri else []
         values = [float(r[spec.metric]) for r in history if isinstance(r.get(spec.metric), (int, float))]
         if not values and result.metrics_dataframe is not None and spec.metric in result.metrics_dataframe:
             values = [float(v) for v in result.metrics_dataframe[spec.metric].dropna()]
@@ -58,9 +79,9 @@ def trial_rows(spec: SweepSpec, grid, cells: list[dict[str, Any]], max_epochs: i
             "epochs": len(history) if history else int(metrics.get("epoch", 0) or 0),
             "total_epochs": int(metrics.get("total_epochs", max_epochs) or max_epochs),
             key: best, "last_val_loss": metrics.get("val_loss"), "last_val_accuracy": metrics.get("val_accuracy"),
-            "time_s": round(float(metrics.get("time_total_s", 0.0) or 0.0), 1),
+            "time_s": round(float(metrics.get("time_total_s", 0.0) or 0.0), 1), "attempts": len(attempts),
             **{f"axis:{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cell.items()},
-            "_cell": cell, "_error": str(result.error) if result.error else None,
+            "_cell": cell, "_error": str(result.error) if result.error else None, "_attempts": attempts,
         })
     worst = math.inf
     sign = 1 if spec.mode == "min" else -1
@@ -102,6 +123,7 @@ def write_results(spec: SweepSpec, grid, out_uri: str, *, base: dict[str, Any], 
         f"best_{spec.metric}": best[f"best_{spec.metric}"] if best else None,
         "best_run": storage.join(out_uri, "trials", best["trial"]) if best else None,
         "failures": {r["trial"]: r["_error"] for r in rows if r["_error"]},
+        **node_account(rows),
     }
     if best is not None:
         dataset, config = trial_config(base, best["_cell"])

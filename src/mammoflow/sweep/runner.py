@@ -6,7 +6,10 @@ Layout under the sweep folder ``OUT`` (local path or ``gs://``)::
     OUT/ray/<name>/                Ray Tune's experiment state (Tuner.restore reads it: --resume) and its
                                    per-trial TensorBoard files
     OUT/trials/<trial>/            one training run folder per trial (TensorBoard: tensorboard --logdir OUT/trials)
-    OUT/trials/<trial>/sweep_trial.json   written by the driver when a trial ends: finished or stopped_early
+    OUT/trials/<trial>/sweep_trial.json   written by the driver when a trial ends: finished or stopped_early, and
+                                   the trial's attempts (which Ray node ran it, after which epoch)
+    OUT/trials/<trial>/attempts/   one record per start of the trial's process: its Ray node id, pid, host and
+                                   the epochs already done (a trial restarted after a node died has two)
     OUT/results.csv, results.md    one row per trial, sorted by the sweep's metric
     OUT/summary.json               counts, trial-epochs run and saved by early stopping, wall time, best trial
     OUT/best_config.yaml           the best finished trial's resolved training config, ready for `mammoflow train`
@@ -40,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import asdict
 from typing import Any
@@ -47,6 +51,7 @@ from typing import Any
 from mammoflow import storage
 from mammoflow.config import dump_yaml
 from mammoflow.errors import ConfigError
+from mammoflow.sweep.results import ATTEMPTS_DIR, read_attempts, run_history, write_results
 from mammoflow.sweep.spec import (
     SweepSpec,
     base_config,
@@ -152,6 +157,21 @@ def record_trial_end(run_uri: str, doc: dict[str, Any]) -> bool:
     return False
 
 
+def record_attempt(run_uri: str) -> dict[str, Any]:
+    """Write one record of this start of a trial's process into ``RUN/attempts/`` and return it.
+
+    A trial runs again when its process or node dies (``max_failures``) or the driver resumes; each start leaves
+    a record, so the trial's ``sweep_trial.json`` says which Ray nodes ran it and after which epoch each took over.
+    """
+    import ray
+
+    doc = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid(),
+           "started_at": round(time.time(), 3), "epochs_done": len(run_history(run_uri))}
+    name = f"{time.time_ns()}-{doc['node_id'][:12]}-{doc['pid']}.json"
+    storage.put_bytes(storage.join(run_uri, ATTEMPTS_DIR, name), (json.dumps(doc, sort_keys=True) + "\n").encode())
+    return doc
+
+
 def make_trainable(base: dict[str, Any], cells: list[dict[str, Any]], data_uris: dict[str, str], trials_uri: str,
                    *, one_per_cell: bool, cache_dir: str | None = None, env: dict[str, str] | None = None):
     """The Ray Tune function trainable: params -> the cell's TrainConfig -> ``train()``, one report per epoch."""
@@ -180,6 +200,7 @@ def make_trainable(base: dict[str, Any], cells: list[dict[str, Any]], data_uris:
             tune.report({**ended["result"], **extra, "run_finished": int(ended["status"] == "finished")})
             return
 
+        extra["node_id"] = record_attempt(run_uri)["node_id"]
         reported: set[int] = set()
 
         def on_epoch(row: dict[str, float], is_last: bool) -> None:
@@ -279,8 +300,11 @@ def sweep_callback(spec: SweepSpec, trials_uri: str):
                 return
             kept = {k: v for k, v in last.items() if k not in AUTO_RESULT_KEYS and k not in _TUNE_KEYS
                     and isinstance(v, (int, float, str))}
-            doc = {"status": status, "trial_id": trial.trial_id, "result": kept}
-            if record_trial_end(storage.join(trials_uri, name), doc):
+            run_uri = storage.join(trials_uri, name)
+            attempts = read_attempts(run_uri)
+            doc = {"status": status, "trial_id": trial.trial_id, "result": kept, "attempts": attempts,
+                   "node_id": last.get("node_id") or (attempts[-1]["node_id"] if attempts else None)}
+            if record_trial_end(run_uri, doc):
                 log.info("trial %s %s after epoch %s", name, status.replace("_", " "), last.get(TIME_ATTR))
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -290,11 +314,18 @@ def sweep_callback(spec: SweepSpec, trials_uri: str):
 
 
 _TUNE_KEYS = ("done", "trial_id", "experiment_tag", "should_checkpoint", "run_finished", "trial_name", "dataset",
-              "total_epochs")
+              "total_epochs", "node_id")
 
 
 # ------------------------------------------------------------------------------------------- driver
-def _absolute(uri: str) -> str:
+def forwarded_env() -> dict[str, str]:
+    """The :data:`FORWARDED_ENV` of this process when it talks to a storage emulator, else nothing."""
+    if not os.environ.get("STORAGE_EMULATOR_HOST"):
+        return {}
+    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+
+
+def absolute_uri(uri: str) -> str:
     """Local paths made absolute: trials run in other working directories (and maybe on other machines)."""
     return uri if storage.is_remote(uri) else str(storage.local_path(uri).absolute())
 
@@ -328,6 +359,32 @@ def _check_resources(spec: SweepSpec) -> None:
                               "give --address of a cluster that has them")
 
 
+def experiment_path(spec: SweepSpec, out_uri: str):
+    """(pyarrow filesystem, Tune's storage path ``OUT/ray``, the experiment's path ``OUT/ray/<name>``)."""
+    fs, ray_path = storage.pyarrow_filesystem(storage.join(out_uri, "ray"))
+    return fs, ray_path, f"{ray_path.rstrip('/')}/{spec.name}"
+
+
+def claim_folder(spec: SweepSpec, out_uri: str, resume: bool) -> bool:
+    """Check the sweep folder ``out_uri`` before any work and write its ``spec.yaml``; True if it holds Ray Tune
+    state to resume. Refuses a folder of another spec, and one holding state unless ``resume`` (the local driver
+    and the Ray Jobs client apply the same rule)."""
+    from ray import tune
+
+    spec_uri = storage.join(out_uri, "spec.yaml")
+    text = spec_yaml(spec)
+    if storage.exists(spec_uri) and storage.get_bytes(spec_uri).decode() != text:
+        raise ConfigError(f"{out_uri}: holds a sweep with a different spec (spec.yaml). Fix: use a new --out, "
+                          "or the same spec to resume it")
+    fs, _, experiment = experiment_path(spec, out_uri)
+    restorable = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
+    if restorable and not resume:
+        raise ConfigError(f"{out_uri}: holds the state of sweep {spec.name}. Fix: add --resume to continue it, "
+                          "or give a new --out")
+    storage.put_bytes(spec_uri, text.encode())
+    return restorable
+
+
 def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, address: str | None = None,
               resume: bool = False, max_concurrent: int | None = None, num_cpus: int | None = None,
               cache_dir: str | None = None, dashboard: bool = False,
@@ -341,8 +398,6 @@ def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, addre
     import ray
     from ray import tune
 
-    from mammoflow.sweep.results import write_results
-
     if (dashboard or metrics_export_port) and address is None and not ray_default_installed():
         raise ConfigError("--dashboard / --metrics-export-port: this Ray is the minimal install (ray[tune]) without "
                           "dashboard or metrics agent. Fix: pip install 'ray[default,tune]' (the same version)")
@@ -350,25 +405,15 @@ def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, addre
     validate_cells(spec, cells)
     base = base_config(spec)
     max_epochs = max(trial_config(base, cell)[1].total_epochs for cell in cells)
-    out_uri = _absolute(out_uri.rstrip("/"))
-    data_uris = {name: _absolute(uri) for name, uri in data_uris.items()}
+    out_uri = absolute_uri(out_uri.rstrip("/"))
+    data_uris = {name: absolute_uri(uri) for name, uri in data_uris.items()}
     if address and address.startswith("ray://") and not storage.is_remote(out_uri):
         log.warning("--address %s with a local --out: trials on the cluster cannot write there; "
                     "use a gs:// sweep folder", address)
 
-    spec_uri = storage.join(out_uri, "spec.yaml")
-    text = spec_yaml(spec)
-    if storage.exists(spec_uri) and storage.get_bytes(spec_uri).decode() != text:
-        raise ConfigError(f"{out_uri}: holds a sweep with a different spec (spec.yaml). Fix: use a new --out, "
-                          "or the same spec to resume it")
     trials_uri = storage.join(out_uri, "trials")
-    fs, ray_path = storage.pyarrow_filesystem(storage.join(out_uri, "ray"))
-    experiment = f"{ray_path.rstrip('/')}/{spec.name}"
-    restorable = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
-    if restorable and not resume:
-        raise ConfigError(f"{out_uri}: holds the state of sweep {spec.name}. Fix: add --resume to continue it, "
-                          "or give a new --out")
-    storage.put_bytes(spec_uri, text.encode())
+    restorable = claim_folder(spec, out_uri, resume)
+    fs, ray_path, experiment = experiment_path(spec, out_uri)
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -383,8 +428,7 @@ def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, addre
     try:
         if started_ray and address is None:
             _check_resources(spec)
-        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)} \
-            if os.environ.get("STORAGE_EMULATOR_HOST") else {}
+        env = forwarded_env()
         trainable = tune.with_resources(
             make_trainable(base, cells, data_uris, trials_uri, one_per_cell=spec.one_folder_per_cell,
                            cache_dir=cache_dir, env=env),

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from mammoflow.cli import cli
 from mammoflow.config import preset_names
 
-VERBS = ("build-dataset", "evaluate", "explain", "predict", "preprocess", "report", "reproduce", "train")
+VERBS = ("build-dataset", "evaluate", "explain", "predict", "preprocess", "report", "reproduce", "train", "weights")
 
 # Which preset kind an option's value names when it is not a path.
 PRESET_OPTIONS = {("preprocess", "--config"): "preprocess", ("build-dataset", "--config"): "dataset",

@@ -38,15 +38,22 @@ def _fmt_shape(shape: tuple) -> str:
     return "x".join("?" if s is None else str(s) for s in shape)
 
 
+def accepted_weights(backbone: str | None) -> list[str]:
+    """The ``weights`` values a model with ``backbone`` takes (besides a .weights.h5 file of the model itself)."""
+    from mammoflow.models.pretrained import accepted_by
+
+    return ["none", *accepted_by(backbone)]
+
+
 def registry_table(family: str | None = None) -> str:
-    """The registry as an aligned text table: name, family, paper, default input, description."""
+    """The registry as an aligned text table: name, family, paper, default input, accepted weights, description."""
     from mammoflow.models import list_models
 
-    rows = [("NAME", "FAMILY", "PAPER", "INPUT", "DESCRIPTION")]
-    rows += [(i.name, i.family, i.paper, _fmt_shape(i.default_input_shape), i.description)
-             for i in list_models(family)]
-    widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+    rows = [("NAME", "FAMILY", "PAPER", "INPUT", "WEIGHTS", "DESCRIPTION")]
+    rows += [(i.name, i.family, i.paper, _fmt_shape(i.default_input_shape), ",".join(accepted_weights(i.backbone)),
+              i.description) for i in list_models(family)]
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
                      for row in rows)
 
 
@@ -64,6 +71,8 @@ def describe(name: str, input_shape: tuple | None, num_classes: int, params: dic
         info.description,
         f"input shape:       {_fmt_shape(meta.input_shape)}",
         f"backbone:          {meta.backbone or 'none (trained from scratch)'}",
+        f"weights accepted:  {', '.join(accepted_weights(meta.backbone))} (`mammoflow weights list`), "
+        "or a .weights.h5 file of this model",
         f"parameters:        {model.count_params():,} total, {trainable:,} trainable (trainable_backbone=false)",
         f"builder params:    {json.dumps(meta.to_dict()['params'])}",
         f"taps:              {', '.join(meta.taps)}",
@@ -111,6 +120,7 @@ def command(show: str | None, family: str | None, input_shape: str | None, num_c
     if as_json:
         click.echo(json.dumps([{"name": i.name, "family": i.family, "paper": i.paper, "description": i.description,
                                 "default_input_shape": list(i.default_input_shape), "backbone": i.backbone,
+                                "weights": accepted_weights(i.backbone),
                                 "params": {k: list(v) if isinstance(v, tuple) else v for k, v in i.params.items()}}
                                for i in infos], indent=2))
         return

@@ -11,10 +11,11 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mammoflow.errors import ConfigError
-from mammoflow.models.weights import imagenet_unavailable, is_download_failure
+from mammoflow.models.weights import imagenet_unavailable, is_download_failure, local_file
 
 if TYPE_CHECKING:
     import keras
@@ -61,9 +62,14 @@ def imagenet_backbone(name: str, inputs: Any, x: Any, weights: str | None) -> tu
 
     Returns the application model and the names of its own layers (not those in front of it).
 
-    ``weights``: ``None`` (random), ``"imagenet"`` (downloaded by Keras) or a local notop weights file.
+    ``weights``: ``None`` (random), ``"imagenet"`` (downloaded by Keras), another named entry of
+    :mod:`mammoflow.models.pretrained` (``torchvision-imagenet``, ``hed-bsds500``), or a local file: a
+    ``keras.applications`` notop ``.h5``, a PyTorch ``.pth``/``.pt`` or a layer-name map ``.yaml``/``.json``.
+    MobileNetV2 with PyTorch weights is built in torchvision's layout (:mod:`mammoflow.models.mobilenet_v2_torch`).
     """
     import keras
+
+    from mammoflow.models import pretrained
 
     spec = BACKBONES[name]
     if x.shape[-1] != 3:
@@ -75,11 +81,28 @@ def imagenet_backbone(name: str, inputs: Any, x: Any, weights: str | None) -> tu
                               f"{spec.min_size}x{spec.min_size}. Fix: use a larger input_shape")
     constructor = getattr(keras.applications, spec.app)
     before = {layer.name for layer in keras.Model(inputs, x).layers} if x is not inputs else set()
-    app = constructor(include_top=False, weights=None, input_tensor=x, input_shape=(height, width, 3))
+    if pretrained.torch_layout(name, weights):
+        from mammoflow.models.mobilenet_v2_torch import mobilenet_v2_torch
+
+        app = keras.Model(inputs, mobilenet_v2_torch(x), name="mobilenetv2_torchvision")
+    else:
+        app = constructor(include_top=False, weights=None, input_tensor=x, input_shape=(height, width, 3))
     own = tuple(layer.name for layer in app.layers if layer.name not in before and not _is_input_layer(layer))
-    if weights is not None:
+    if weights is None:
+        return app, own
+    if weights == "imagenet" or weights.endswith(".h5"):
         _copy_pretrained(app, constructor, spec.app, weights, (height, width, 3))
+    else:
+        assigned = load_pretrained(app, name, weights)
+        log.info("loaded %s backbone weights (%s) into %d layers", spec.app, weights, len(assigned))
     return app, own
+
+
+def preprocessing(name: str, weights: str | None) -> str:
+    """The input scaling backbone ``name`` expects with ``weights`` (ModelParts.preprocessing)."""
+    from mammoflow.models import pretrained
+
+    return pretrained.preprocessing(BACKBONES[name].preprocessing, weights)
 
 
 def tap(model: keras.Model, layer_name: str) -> Any:
@@ -117,3 +140,32 @@ def _copy_pretrained(app: keras.Model, constructor: Any, app_name: str, weights:
 
 def _is_input_layer(layer: Any) -> bool:
     return type(layer).__name__ == "InputLayer"
+
+
+def load_pretrained(app: Any, backbone: str, weights: str) -> list[str]:
+    """Load named weights or a PyTorch file / layer-name map into backbone ``app``; returns the layers assigned.
+
+    (``imagenet`` and Keras ``.h5`` files go through :func:`_copy_pretrained`.)
+    """
+    from mammoflow.models import mobilenet_v2_torch, pretrained, torch_checkpoint
+
+    if weights in pretrained.CATALOGUE:
+        entry = pretrained.check_fits(weights, backbone, app.name)
+        if entry.name == "hed-bsds500":
+            convs = pretrained.hed_vgg16_convs(entry.path())
+            for name, arrays in convs.items():
+                app.get_layer(name).set_weights(arrays)
+            return list(convs)
+        state, source, layers = torch_checkpoint.read_state_dict(entry.path()), entry.path(), None
+    elif weights.endswith(pretrained.MAP_SUFFIXES):
+        source = Path(weights)
+        uri, layers = pretrained.read_layer_map(source)
+        state = torch_checkpoint.read_state_dict(local_file(uri, pretrained.TORCH_SUFFIXES))
+    else:
+        state, source, layers = torch_checkpoint.read_state_dict(weights), Path(weights), None
+    if layers is None:
+        if backbone != "mobilenetv2":
+            raise ConfigError(f"{weights}: a PyTorch state dict for {backbone} needs a layer-name map. Fix: give a "
+                              ".yaml file {state_dict: FILE, layers: {keras_layer: torch_module}} instead")
+        layers = mobilenet_v2_torch.torchvision_map(include_top=False)
+    return torch_checkpoint.assign(app, state, layers, source)

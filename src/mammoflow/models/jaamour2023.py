@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from mammoflow.errors import ConfigError
 from mammoflow.models import checks
-from mammoflow.models.backbones import BACKBONES, imagenet_backbone, three_channels
+from mammoflow.models.backbones import BACKBONES, imagenet_backbone, preprocessing, three_channels
 from mammoflow.models.meta import ModelParts
 from mammoflow.models.registry import register_model
 
@@ -81,7 +81,7 @@ def build_jaamour(backbone: str, *, model: str, input_shape: tuple, num_classes:
     parts = ModelParts(backbone_layers=backbone_layers, taps=(base.layers[-1].name,),
                        # Learned extra blocks sit in front of the backbone: there is no frozen prefix to cache.
                        head_inputs=() if blocks else (pooling,),
-                       cam_layer=spec.last_conv, cam_method="gradcam", preprocessing=spec.preprocessing)
+                       cam_layer=spec.last_conv, cam_method="gradcam", preprocessing=preprocessing(backbone, backbone_weights))
     return net, parts
 
 

@@ -6,8 +6,9 @@ or a ``gs://`` URI), freezes the pretrained backbone and attaches a :class:`Mode
 (``model.mammoflow_meta``; read it with :func:`model_meta`) so that training and evaluation find the CAM layer,
 the backbone layers and the head's inputs by *name*.
 
-Builders receive ``input_shape``, ``num_classes`` and ``backbone_weights`` (``None``, ``"imagenet"`` or a local
-file path) plus their own keyword-only parameters, and return ``(keras.Model, ModelParts)``.
+Builders receive ``input_shape``, ``num_classes`` and ``backbone_weights`` (``None``, ``"imagenet"``, another named
+entry of :mod:`mammoflow.models.pretrained` or a local file path) plus their own keyword-only parameters, and return
+``(keras.Model, ModelParts)``.
 """
 
 from __future__ import annotations
@@ -95,17 +96,20 @@ def create_model(name: str, *, input_shape: tuple[int | None, ...] | list | None
     """Build registered model ``name`` as a Keras model carrying a :class:`ModelMeta`.
 
     ``weights``: ``"none"``/``None`` (random), ``"imagenet"`` (the backbone from ``keras.applications``, which
-    downloads it; the head stays random), or a local path / ``gs://`` URI of a ``.weights.h5`` file saved with
+    downloads it; the head stays random), another named backbone weights of :mod:`mammoflow.models.pretrained`
+    (``torchvision-imagenet`` for MobileNetV2, ``hed-bsds500`` for VGG16; ``mammoflow weights list``), or a local path / ``gs://`` URI of a ``.weights.h5`` file saved with
     ``model.save_weights`` from the *whole* model (same name, input channels, ``num_classes`` and params).
     ``backbone_weights``: a local path / ``gs://`` URI of a backbone-only file in the ``keras.applications``
     format (e.g. a mirrored ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``), for clusters without
-    internet; it replaces ``weights="imagenet"`` and cannot be combined with ``weights``.
+    internet; it replaces ``weights="imagenet"`` and cannot be combined with ``weights``. It may also be a PyTorch
+    state dict (``.pth``/``.pt``, MobileNetV2 in torchvision's naming) or a layer-name map (``.yaml``/``.json``).
     ``trainable_backbone=False`` freezes the pretrained backbone (the papers' setting); ``True`` unfreezes it
     but keeps its BatchNormalization layers in inference mode (see :func:`set_backbone_trainable`); models
     trained from scratch have no backbone and are always fully trainable. ``seed`` seeds Keras' initialisers (it sets Keras'
     global seed, the only way to seed ``keras.applications``). ``params`` are the builder's own parameters,
     listed by ``mammoflow models --show NAME``.
     """
+    from mammoflow.models import pretrained
     from mammoflow.models import weights as weights_io
     from mammoflow.models.split import set_backbone_trainable
 
@@ -118,18 +122,21 @@ def create_model(name: str, *, input_shape: tuple[int | None, ...] | list | None
     shape = check_input_shape(info.default_input_shape if input_shape is None else input_shape, name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"model {name!r}: num_classes must be an integer >= 2, got {num_classes!r}")
-    kind, whole_uri = weights_io.parse_weights(weights)
-    if info.backbone is None and (kind == "imagenet" or backbone_weights):
+    kind, value = weights_io.parse_weights(weights)
+    if info.backbone is None and (kind in ("imagenet", "named") or backbone_weights):
         raise ConfigError(f"model {name!r} is trained from scratch and has no pretrained backbone. "
                           "Fix: use weights: none or a .weights.h5 file of this model")
     if backbone_weights and kind != "none":
         raise ConfigError(f"model {name!r}: give either weights ({weights!r}) or backbone_weights, not both")
+    if kind == "named":
+        pretrained.check_fits(value, info.backbone, name)
 
     # Resolve (and fetch) files before building, so a wrong path fails fast.
     if backbone_weights:
-        backbone_source: str | None = str(weights_io.local_file(backbone_weights, suffixes=(".h5",)))
+        backbone_source: str | None = str(weights_io.local_file(backbone_weights, suffixes=pretrained.FILE_SUFFIXES))
     else:
-        backbone_source = "imagenet" if kind == "imagenet" else None
+        backbone_source = {"imagenet": "imagenet", "named": value}.get(kind)
+    whole_uri = value if kind == "file" else None
     whole_path = None if whole_uri is None else weights_io.local_file(whole_uri, suffixes=(".weights.h5",))
     if seed is not None:
         import keras
@@ -138,7 +145,7 @@ def create_model(name: str, *, input_shape: tuple[int | None, ...] | list | None
     model, parts = info.builder(input_shape=shape, num_classes=num_classes, backbone_weights=backbone_source,
                                 **call)
     meta = ModelMeta(**dataclasses.asdict(parts), name=name, family=info.family, input_shape=shape,
-                     num_classes=num_classes, weights=kind if whole_uri is None else whole_uri,
+                     num_classes=num_classes, weights={"file": whole_uri, "named": value}.get(kind, kind),
                      backbone_weights=backbone_weights, trainable_backbone=bool(trainable_backbone),
                      backbone=info.backbone, params={**accepted, **call})
     model.mammoflow_meta = meta

@@ -250,3 +250,58 @@ def _materialise(ref: _TensorRef, storages: dict[str, bytes], path: Path) -> np.
     if storage.kind.name == "BFloat16Storage":
         array = (array.astype(np.uint32) << 16).view(np.float32)
     return array
+
+
+# ------------------------------------------------------------------------------------------------ into Keras layers
+
+
+def keras_arrays(layer_type: str, state: Mapping[str, np.ndarray], prefix: str, path: str | os.PathLike = "",
+                 ) -> list[np.ndarray]:
+    """The weights of one torch module ``prefix`` (``features.0.0``) in the order and layout of a Keras layer.
+
+    Conv2d (out, in, kh, kw) -> Conv2D (kh, kw, in, out); a depthwise Conv2d (channels, 1, kh, kw) ->
+    DepthwiseConv2D (kh, kw, channels, 1); Linear (out, in) -> Dense (in, out); BatchNorm2d -> gamma, beta,
+    moving mean, moving variance. A bias is appended when the module has one.
+    """
+    def get(name: str) -> np.ndarray:
+        key = f"{prefix}.{name}"
+        if key not in state:
+            raise InputError(path, f"no tensor {key!r} for a Keras {layer_type}",
+                             "check the layer-name map against the state dict's names", code="layer_map")
+        return state[key]
+
+    bias = [get("bias")] if f"{prefix}.bias" in state else []
+    if layer_type == "Conv2D":
+        return [get("weight").transpose(2, 3, 1, 0), *bias]
+    if layer_type == "DepthwiseConv2D":
+        return [get("weight").transpose(2, 3, 0, 1), *bias]
+    if layer_type == "Dense":
+        return [get("weight").T, *bias]
+    if layer_type == "BatchNormalization":
+        return [get("weight"), get("bias"), get("running_mean"), get("running_var")]
+    raise InputError(path, f"no torch conversion for a Keras {layer_type} ({prefix})",
+                     "map only Conv2D, DepthwiseConv2D, Dense and BatchNormalization layers", code="layer_map")
+
+
+def assign(model: Any, state: Mapping[str, np.ndarray], layer_map: Mapping[str, str],
+           path: str | os.PathLike = "") -> list[str]:
+    """Set every Keras layer named in ``layer_map`` (Keras name -> torch module prefix) from ``state``.
+
+    Shapes must match exactly; returns the Keras layer names assigned, in ``layer_map`` order.
+    """
+    names = {layer.name for layer in model.layers}
+    missing = sorted(set(layer_map) - names)
+    if missing:
+        raise InputError(path, f"the layer-name map names layers the model does not have: {missing[:5]}",
+                         "map the Keras layer names of this backbone (`mammoflow models --show NAME`)",
+                         code="layer_map")
+    for keras_name, prefix in layer_map.items():
+        layer = model.get_layer(keras_name)
+        arrays = keras_arrays(type(layer).__name__, state, prefix, path)
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [a.shape for a in arrays]
+        if expected != got:
+            raise InputError(path, f"{prefix} has shapes {got}, Keras layer {keras_name} needs {expected}",
+                             "map each Keras layer to the torch module of the same size", code="layer_map")
+        layer.set_weights([a.astype(np.float32) for a in arrays])
+    return list(layer_map)

@@ -1,9 +1,11 @@
-"""Where model weights come from: none, ImageNet (``keras.applications``), a local file or a ``gs://`` URI.
+"""Where model weights come from: none, ImageNet (``keras.applications``), named pretrained weights
+(:mod:`mammoflow.models.pretrained`), a local file or a ``gs://`` URI.
 
 Two kinds of files: *whole-model* weights (``weights: path/to/run/model.weights.h5``, written by
 ``model.save_weights`` of the same registered model and params) and *backbone-only* weights
 (``backbone_weights: ...``, a ``keras.applications`` notop file, so that a cluster without internet can load
-ImageNet weights mirrored into object storage).
+ImageNet weights mirrored into object storage; or a PyTorch state dict / layer-name map, see
+:mod:`mammoflow.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -22,19 +24,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WeightsKind = Literal["none", "imagenet", "file"]
+WeightsKind = Literal["none", "imagenet", "named", "file"]
 
 
 def parse_weights(weights: str | os.PathLike | None) -> tuple[WeightsKind, str | None]:
-    """``(kind, uri)``: ``("none", None)``, ``("imagenet", None)`` or ``("file", path_or_gs_uri)``."""
+    """``(kind, value)``: ``("none", None)``, ``("imagenet", None)``, ``("named", name)`` for the other backbone
+    weights of :mod:`mammoflow.models.pretrained` (``torchvision-imagenet``, ``hed-bsds500``) or
+    ``("file", path_or_gs_uri)`` for whole-model weights."""
+    from mammoflow.models.pretrained import CATALOGUE
+
     if weights is None or str(weights).strip().lower() in ("", "none", "null", "random"):
         return "none", None
     text = str(weights).strip()
     if text.lower() == "imagenet":
         return "imagenet", None
+    if text.lower() in CATALOGUE:
+        return "named", text.lower()
     if not text.endswith(".weights.h5"):
-        raise ConfigError(f"weights {text!r} is not none, imagenet or a .weights.h5 file. Fix: give a path or "
-                          "gs:// URI of a file written by model.save_weights (it must end in .weights.h5)")
+        raise ConfigError(f"weights {text!r} is not none, {', '.join(CATALOGUE)} or a .weights.h5 file. Fix: give "
+                          "one of those names (`mammoflow weights list`) or a path or gs:// URI of a file written by "
+                          "model.save_weights (it must end in .weights.h5); backbone-only files go to backbone_weights")
     return "file", text
 
 

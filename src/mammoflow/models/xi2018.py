@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mammoflow.models.backbones import BACKBONES, imagenet_backbone, tap, three_channels
+from mammoflow.models.backbones import BACKBONES, imagenet_backbone, preprocessing, tap, three_channels
 from mammoflow.models.meta import ModelParts
 from mammoflow.models.registry import register_model
 
@@ -47,7 +47,7 @@ def build_xi(backbone: str, *, model: str, input_shape: tuple, num_classes: int,
     used = {layer.name for layer in net.layers}
     parts = ModelParts(backbone_layers=tuple(n for n in backbone_layers if n in used), taps=(spec.last_conv,),
                        head_inputs=("gap",), cam_layer="last_conv", cam_method="cam",
-                       preprocessing=spec.preprocessing)
+                       preprocessing=preprocessing(backbone, backbone_weights))
     return net, parts
 
 

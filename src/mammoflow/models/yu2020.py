@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mammoflow.errors import ConfigError
 from mammoflow.models import checks
-from mammoflow.models.backbones import BACKBONES, imagenet_backbone, spatial_size, tap, three_channels
+from mammoflow.models.backbones import (
+    BACKBONES,
+    imagenet_backbone,
+    preprocessing,
+    spatial_size,
+    tap,
+    three_channels,
+)
 from mammoflow.models.meta import ModelParts
 from mammoflow.models.registry import register_model
 
@@ -92,7 +99,7 @@ def build_yu(backbone: str, variant: Variant, *, model: str, input_shape: tuple,
     used = {layer.name for layer in net.layers}
     parts = ModelParts(backbone_layers=tuple(n for n in backbone_layers if n in used), taps=tap_names,
                        head_inputs=head_inputs, cam_layer=cam_layer, cam_method="gradcam",
-                       preprocessing=spec.preprocessing)
+                       preprocessing=preprocessing(backbone, backbone_weights))
     return net, parts
 
 

@@ -1,4 +1,4 @@
-"""Data components: demo data or a real source -> ingest -> preprocess -> build-dataset.
+"""Data components: demo data or a real source -> ingest -> preprocess and build-dataset in N record partitions.
 
 No ``from __future__ import annotations`` here: KFP reads the artifact types from the live annotations. Each
 function is shipped alone (see the package docstring), so it imports what it uses inside its body.
@@ -86,47 +86,123 @@ def ingest(source: str, data_root: str, labels: str, pseudonymise_paths: bool, d
                              "data_digest": data_digest})
 
 
-def preprocess(records: Input[Dataset], source: str, preset: str, preprocess_config: str,
-               preprocessed: Output[Dataset]):
-    """Apply a preprocessing chain to every image; lesion coordinates and masks move with the image.
+# ----------------------------------------------------------- preprocessing and dataset building in N partitions
+
+
+def partition_list(partitions: int) -> list[int]:
+    """The partitions the data steps fan out over (a ParallelFor's items).
 
     Args:
-        records: Records folder from ingest.
+        partitions: Number of record partitions (1: one piece); records are assigned by patient.
+
+    Returns:
+        [0, ..., partitions - 1].
+    """
+    from mammoflow.steps import partitions as fan_out
+
+    return fan_out.partition_list(partitions)
+
+
+def preprocess_partition(records: Input[Dataset], source: str, preset: str, preprocess_config: str,
+                         storage_root: str, partition: int, partitions: int) -> str:
+    """Preprocess one partition of the records into the shared folder under the storage root.
+
+    Args:
+        records: Records folder from ingest (the images stay where they are; only this partition's are fetched).
         source: The reader the records came from (decides the automatic chain).
         preset: Paper preset (yu2020, jaamour2023, xi2018).
         preprocess_config: Chain preset or YAML; "auto" = the preset's chain, or none for released ROIs.
-        preprocessed: New records folder holding the preprocessed images.
+        storage_root: Local folder or gs:// prefix; images go to preprocessed/<sha16>/.
+        partition: This partition's index.
+        partitions: Number of partitions.
+
+    Returns:
+        The preprocessed folder's URI (the same for every partition).
     """
+    import logging
 
     from mammoflow import steps
+    from mammoflow.steps import partitions as fan_out
 
     steps.setup_step_logging()
     config = steps.preprocess_config_for(source, preset, preprocess_config)
-    summary = steps.preprocess(records.path, config, preprocessed.path)
-    preprocessed.metadata.update({"config": config, "config_hash": summary["config_hash"],
-                                  "usable": summary["usable"], "quarantined": summary["quarantined_total"]})
+    done = fan_out.preprocess_partition(records.path, config, storage_root, partition, partitions)
+    logging.getLogger("mammoflow.components").info("preprocess partition: %s", done)
+    return done["uri"]
 
 
-def build_dataset(records: Input[Dataset], preset: str, dataset_config: str, storage_root: str,
-                  dataset: Output[Dataset]):
-    """Cut ROIs / whole images / lesion crops, plan patient-grouped splits and write shards to object storage.
+def plan_dataset(records: Input[Dataset], source: str, preset: str, preprocess_config: str, dataset_config: str,
+                 storage_root: str, partitions: int, preprocessed_parts: list[str],
+                 preprocessed: Output[Dataset]):
+    """Merge the partitions' preprocessed records into one records folder and plan the dataset's splits once.
 
     Args:
-        records: Preprocessed records folder.
+        records: Records folder from ingest.
+        source: The reader the records came from.
+        preset: Paper preset.
+        preprocess_config: Chain preset or YAML ("auto": the preset's).
+        dataset_config: Dataset preset or YAML; "auto" = preset.
+        storage_root: Local folder or gs:// prefix.
+        partitions: Number of partitions.
+        preprocessed_parts: What each preprocess partition returned (its folder's URI).
+        preprocessed: The merged records folder (small: its image_root is the preprocessed folder's URI);
+            metadata dataset_uri: the dataset folder, where the split plan is.
+    """
+    from mammoflow import steps
+    from mammoflow.steps import partitions as fan_out
+
+    steps.setup_step_logging()
+    config = steps.preprocess_config_for(source, preset, preprocess_config)
+    summary = fan_out.plan_dataset(records.path, config, steps.dataset_config_for(preset, dataset_config),
+                                   storage_root, partitions, preprocessed.path)
+    preprocessed.metadata.update({"config": config, "config_hash": summary["config_hash"],
+                                  "usable": summary["usable"], "quarantined": summary["quarantined_total"],
+                                  "uri": summary["preprocessed_uri"], "partitions": partitions,
+                                  "dataset_uri": summary["dataset_uri"]})
+
+
+def build_partition(preprocessed: Input[Dataset], preset: str, dataset_config: str, partition: int,
+                    partitions: int) -> str:
+    """Cut the examples of one partition's records into spools under the dataset folder.
+
+    Args:
+        preprocessed: The merged preprocessed records folder (metadata dataset_uri: the dataset folder).
         preset: Paper preset (used when dataset_config is "auto").
         dataset_config: Dataset preset or YAML; "auto" = preset.
-        storage_root: Local folder or gs:// prefix; shards go to datasets/<config>-<sha16>/.
+        partition: This partition's index.
+        partitions: Number of partitions.
+
+    Returns:
+        The dataset folder's URI.
+    """
+    import logging
+
+    from mammoflow import steps
+    from mammoflow.steps import partitions as fan_out
+
+    steps.setup_step_logging()
+    done = fan_out.build_partition(preprocessed.path, steps.dataset_config_for(preset, dataset_config),
+                                   preprocessed.metadata["dataset_uri"], partition, partitions)
+    logging.getLogger("mammoflow.components").info("build partition: %s", done)
+    return done["uri"]
+
+
+def merge_dataset(preprocessed: Input[Dataset], preset: str, dataset_config: str, partitions: int,
+                  built_parts: list[str], dataset: Output[Dataset]):
+    """Cut the partitions' spools into the dataset's shards and write its one manifest.
+
+    Args:
+        preprocessed: The merged preprocessed records folder (metadata dataset_uri: the dataset folder).
+        preset: Paper preset (used when dataset_config is "auto").
+        dataset_config: Dataset preset or YAML; "auto" = preset.
+        partitions: Number of partitions.
+        built_parts: What each build partition returned.
         dataset: manifest.json and split_summary.md; metadata uri = the shards' folder.
     """
-    from mammoflow import steps, storage
+    from mammoflow import steps
+    from mammoflow.steps import partitions as fan_out
 
     steps.setup_step_logging()
     config = steps.dataset_config_for(preset, dataset_config)
-    result = steps.build_dataset(records.path, config, storage_root=storage_root)
-    steps.copy_files(result.out_uri, dataset.path, ("manifest.json", "split_summary.md", "dataset_config.yaml"))
-    manifest = result.manifest
-    dataset.metadata.update({
-        "uri": result.out_uri, "config": config, "examples": manifest["examples"],
-        "classes": manifest["classes"], "counts": manifest["counts"],
-        "manifest_sha256": storage.sha256_of(storage.join(result.out_uri, "manifest.json")),
-        "quarantined": manifest["inputs"]["records_quarantined"]})
+    result = fan_out.merge_dataset(preprocessed.path, config, preprocessed.metadata["dataset_uri"], partitions)
+    dataset.metadata.update({**steps.publish_dataset(result, config, dataset.path), "partitions": partitions})

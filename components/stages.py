@@ -48,6 +48,7 @@ class Stage:
     timeout_s: int = 0  # wall-clock ceiling; 0: none
     salted: bool = False  # reads patient identifiers and pseudonymises them with the site's salt (Secret)
     component: str = ""  # pod label app.kubernetes.io/component; "": the name with dashes
+    scratch: str = ""  # local disk of a data step: an emptyDir of this size limit holds its cache ("": none)
 
     @property
     def label(self) -> str:
@@ -73,13 +74,24 @@ TRAIN = Resources("4", "8", "16Gi", "32Gi")
 #: drives Tune, so it holds no GPU and little CPU for the days a sweep takes.
 RAY_DRIVER = MEDIUM
 
+#: Local disk (the step's cache, an emptyDir with this size limit) of the data steps, sized for CBIS-DDSM (about
+#: 163 GB of DICOM, 3,032 full images, up to ~40 MB each). Ingest still copies the whole data root; a preprocess
+#: partition holds one chunk of records at a time (16 raw images and their outputs: < 2 GB); a build partition
+#: holds its partition's preprocessed images; the merge holds one split's example spools and a few shards.
+WHOLE_DATASET, CHUNK, PARTITION, SPOOLS, SMALL_DISK = "200Gi", "8Gi", "32Gi", "32Gi", "1Gi"
+
 #: In pipeline order: the data steps, training and sweep, evaluation, the retraining pipeline, the exit handler.
 STAGES: tuple[Stage, ...] = (
     Stage("demo_data", "data.demo_data", MEDIUM),
     Stage("locate_data", "data.locate_data", XSMALL),
-    Stage("ingest", "data.ingest", MEDIUM, caching=True, salted=True),
-    Stage("preprocess", "data.preprocess", LARGE, caching=True),
-    Stage("build_dataset", "data.build_dataset", LARGE, caching=True),
+    Stage("ingest", "data.ingest", MEDIUM, caching=True, salted=True, scratch=WHOLE_DATASET),
+    # Preprocessing and dataset building in N record partitions (a ParallelFor each; N=1: one piece); a
+    # partition's work is resumable, so it is retried alone.
+    Stage("partition_list", "data.partition_list", TINY),
+    Stage("preprocess_partition", "data.preprocess_partition", LARGE, caching=True, retries=2, scratch=CHUNK),
+    Stage("plan_dataset", "data.plan_dataset", SMALL, caching=True, scratch=SMALL_DISK),
+    Stage("build_partition", "data.build_partition", LARGE, caching=True, retries=2, scratch=PARTITION),
+    Stage("merge_dataset", "data.merge_dataset", MEDIUM, caching=True, scratch=SPOOLS),
     Stage("train", "training.train", TRAIN, gpu=True, retries=3, timeout_s=48 * HOUR, component="training"),
     Stage("sweep", "training.sweep", TRAIN, gpu=True, retries=3, timeout_s=72 * HOUR),
     Stage("evaluate", "evaluation.evaluate", EVAL, caching=True),

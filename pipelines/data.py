@@ -1,7 +1,8 @@
 """The data steps the training and sweep pipelines start with, and their parameters.
 
 Data source (a ``dsl.If``: the built-in phantoms, or a check that the real dataset and its labels CSV are where the
-run says) -> ingest -> preprocess -> build-dataset. :class:`DataParameters` are the pipeline parameters these steps
+run says) -> ingest -> preprocess in N record partitions (a ``dsl.ParallelFor``) -> plan-dataset (the partitions'
+records merged, the split plan made once) -> build-dataset in N partitions -> merge-dataset (one manifest). :class:`DataParameters` are the pipeline parameters these steps
 take, declared once for both pipelines (see :mod:`mammoflow.pipelines.signature`).
 """
 
@@ -34,6 +35,9 @@ class DataParameters:
     storage_root: str = parameter("", "Local folder or gs:// prefix for phantoms, shards and run folders.")
     n_demo_images: int = parameter(96, "Number of phantom mammograms (source=phantoms).")
     seed: int = parameter(0, "Seed of the phantoms, and of the bootstrap of the training pipeline's evaluation.")
+    partitions: int = parameter(1, "Record partitions (by patient) that preprocessing and dataset building fan out "
+                                "over (a ParallelFor each; about one per node). The records, shards and manifest "
+                                "do not depend on it.")
 
 
 @dataclass
@@ -42,16 +46,16 @@ class DataSteps:
 
     source: Any  # the reader used (a dsl.OneOf of the two branches)
     ingest: Any
-    preprocess: Any
-    build_dataset: Any
+    plan: Any  # merges the preprocess partitions (its output: the preprocessed records) and plans the splits
+    merge: Any  # merges the build partitions into the dataset
 
     @property
     def records(self) -> Any:
-        return self.preprocess.outputs["preprocessed"]
+        return self.plan.outputs["preprocessed"]
 
     @property
     def dataset(self) -> Any:
-        return self.build_dataset.outputs["dataset"]
+        return self.merge.outputs["dataset"]
 
 
 def add_ingest_steps(ops: dict[str, Any], options: PipelineOptions, data: DataParameters) -> tuple[Any, Any]:
@@ -77,15 +81,43 @@ def add_ingest_steps(ops: dict[str, Any], options: PipelineOptions, data: DataPa
     return reader, ingest
 
 
+def add_partitioned_steps(ops: dict[str, Any], options: PipelineOptions, *, records: Any, source: Any, preset: Any,
+                          preprocess_config: Any, dataset_config: Any, storage_root: Any, partitions: Any
+                          ) -> tuple[Any, Any]:
+    """Add preprocessing and dataset building, fanned out over ``partitions`` record partitions (a
+    ``dsl.ParallelFor`` each, :mod:`mammoflow.steps.partitions`), to the pipeline being defined, after the ingest
+    whose ``records`` they read; returns (plan-dataset: the preprocessed records, merge-dataset: the dataset)."""
+    from kfp import dsl
+
+    chain = {"source": source, "preset": preset, "preprocess_config": preprocess_config}
+    parts = configure(ops["partition_list"](partitions=partitions), "partition_list", options)
+    with dsl.ParallelFor(parts.output, name="preprocess-partitions") as index:
+        pre = configure(ops["preprocess_partition"](records=records, **chain, storage_root=storage_root,
+                                                    partition=index, partitions=partitions),
+                        "preprocess_partition", options)
+    plan = configure(ops["plan_dataset"](records=records, **chain, dataset_config=dataset_config,
+                                         storage_root=storage_root, partitions=partitions,
+                                         preprocessed_parts=dsl.Collected(pre.output)), "plan_dataset", options)
+    # The dataset folder travels in the preprocessed records' metadata (kfp.local 2.17 resolves a task's output
+    # parameter inside a ParallelFor to the loop item; artifacts resolve right).
+    dataset = {"preprocessed": plan.outputs["preprocessed"], "preset": preset, "dataset_config": dataset_config}
+    with dsl.ParallelFor(parts.output, name="build-partitions") as index:
+        part = configure(ops["build_partition"](**dataset, partition=index, partitions=partitions),
+                         "build_partition", options)
+    merge = configure(ops["merge_dataset"](**dataset, partitions=partitions, built_parts=dsl.Collected(part.output)),
+                      "merge_dataset", options)
+    return plan, merge
+
+
 def add_data_steps(ops: dict[str, Any], options: PipelineOptions, data: DataParameters) -> DataSteps:
-    """Add the data steps to the pipeline being defined."""
+    """Add the data steps to the pipeline being defined: ingest, then preprocessing and dataset building in
+    ``data.partitions`` partitions (:func:`add_partitioned_steps`)."""
     reader, ingest = add_ingest_steps(ops, options, data)
-    preprocess = configure(ops["preprocess"](records=ingest.outputs["records"], source=reader, preset=data.preset,
-                                             preprocess_config=data.preprocess_config), "preprocess", options)
-    build = configure(ops["build_dataset"](records=preprocess.outputs["preprocessed"], preset=data.preset,
-                                           dataset_config=data.dataset_config, storage_root=data.storage_root),
-                      "build_dataset", options)
-    return DataSteps(source=reader, ingest=ingest, preprocess=preprocess, build_dataset=build)
+    plan, merge = add_partitioned_steps(ops, options, records=ingest.outputs["records"], source=reader,
+                                        preset=data.preset, preprocess_config=data.preprocess_config,
+                                        dataset_config=data.dataset_config, storage_root=data.storage_root,
+                                        partitions=data.partitions)
+    return DataSteps(source=reader, ingest=ingest, plan=plan, merge=merge)
 
 
 def data_pipeline(name: str, description: str, options: PipelineOptions) -> Any:

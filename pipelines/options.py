@@ -41,6 +41,10 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 #: Port of the training runs' Prometheus endpoint; k8s/base/monitoring.yaml scrapes it.
 METRICS_PORT = 9400
 STORAGE_ROOT_ENV = "MAMMOFLOW_STORAGE_ROOT"
+#: Where a data step's local disk (an emptyDir sized by the stage table's ``scratch``) is mounted: the default
+#: cache root of :func:`mammoflow.storage.copies.cache_dir` in a container (no MAMMOFLOW_CACHE there), so a local
+#: run, where mounts have no effect, keeps its own cache.
+SCRATCH_MOUNT = "/tmp/mammoflow-cache"
 
 
 def _parse_selector(text: str) -> dict[str, str]:
@@ -150,6 +154,11 @@ def configure(task: Any, stage: str, options: PipelineOptions) -> Any:
     if ray_driver:
         task.set_env_variable("RAY_AUTH_MODE", "token")
         kubernetes.use_secret_as_env(task, RAY_TOKEN_SECRET, {"auth_token": "RAY_AUTH_TOKEN"}, optional=False)
+    if entry.scratch:
+        # KFP 2.17 has no ephemeral-storage request: the step's disk is an emptyDir with a size limit (the kubelet
+        # evicts a pod that writes more), holding the step's cache.
+        kubernetes.empty_dir_mount(task, volume_name="mammoflow-cache", mount_path=SCRATCH_MOUNT,
+                                   size_limit=entry.scratch)
     if entry.salted and options.salt_secret:
         kubernetes.use_secret_as_env(task, options.salt_secret, {SALT_ENV: SALT_ENV}, optional=False)
     if options.gcs_secret:

@@ -3,12 +3,15 @@ give the same outputs, byte for byte: both are thin adapters over :mod:`mammoflo
 
 On the same tiny phantom inputs (a MIAS-like folder with a truncated image, so the quarantine is not empty; a
 DICOM folder with a hidden file and a sidecar, so skipped.jsonl is not empty): demo-data's files, ingest's records
-folder, preprocess's images and records, build-dataset's manifest and shards. The only files left out are named in
-:data:`DIFFERS` with the reason.
+folder, preprocess's images and records, build-dataset's manifest and shards. The pipeline preprocesses and builds
+in record partitions (one here; tests/test_partitions.py compares N=3 with N=1): its images are in the storage
+root, its records folder points at them. The only files left out are named in :data:`DIFFERS` and
+:data:`NOT_COMPARED` with the reason.
 """
 
 # No `from __future__ import annotations`: the test's pipeline is defined here, and KFP reads live annotations.
 import hashlib
+import json
 import os
 import shutil
 import warnings
@@ -25,12 +28,18 @@ SALT = "cli-vs-kfp"
 DIFFERS = {
     "preprocess_summary.json": "holds the run's wall-clock seconds",
 }
+#: Folders that only one route writes.
+NOT_COMPARED = {
+    ".resume": "the CLI's per-record resume state; a partition keeps its own in parts/<p>-of-<N>/part.json",
+    "parts": "the partitions' work (named after their partition of N), not the result",
+}
 
 
 def files_of(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (relative path -> sha256), the hidden resume state included."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in DIFFERS}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in DIFFERS
+            and not NOT_COMPARED.keys() & set(p.relative_to(folder).parts)}
 
 
 def assert_same_files(cli_out: Path, kfp_out: Path, must_have: tuple[str, ...]) -> None:
@@ -45,9 +54,11 @@ def data_pipeline():
     """Every data component, wired as in the training pipeline (pipelines/data.py), plus a dicom-dir ingest."""
     from kfp import dsl
 
+    from mammoflow.pipelines.data import add_partitioned_steps
     from mammoflow.pipelines.options import PipelineOptions
 
-    ops = PipelineOptions(retries=False, gpu=False).components()
+    options = PipelineOptions(retries=False, gpu=False)
+    ops = options.components()
 
     @dsl.pipeline(name="cli-vs-kfp")
     def data_steps(storage_root: str, mias_root: str, site_root: str):
@@ -55,10 +66,9 @@ def data_pipeline():
         located = ops["locate_data"](source="mias", data_root=mias_root, labels="")
         ingest = ops["ingest"](source=located.outputs["source"], data_root=located.outputs["data_root"], labels="",
                                pseudonymise_paths=False, data_digest=located.outputs["data_digest"])
-        pre = ops["preprocess"](records=ingest.outputs["records"], source=located.outputs["source"],
-                                preset="yu2020", preprocess_config="auto")
-        ops["build_dataset"](records=pre.outputs["preprocessed"], preset="yu2020", dataset_config="auto",
-                             storage_root=storage_root)
+        add_partitioned_steps(ops, options, records=ingest.outputs["records"], source=located.outputs["source"],
+                              preset="yu2020", preprocess_config="auto", dataset_config="auto",
+                              storage_root=storage_root, partitions=1)
         site = ops["locate_data"](source="dicom-dir", data_root=site_root, labels="").set_display_name("site")
         ops["ingest"](source=site.outputs["source"], data_root=site.outputs["data_root"], labels="",
                       pseudonymise_paths=False, data_digest=site.outputs["data_digest"])
@@ -121,7 +131,7 @@ def test_the_data_steps_give_the_same_bytes_through_the_cli_and_kfp(inputs: Path
               "--out", "site-records")
 
     tasks = run_kfp(tmp_path / "kfp-run", inputs / "mias", inputs / "site")
-    assert set(tasks) >= {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "ingest-2"}
+    assert set(tasks) >= {"demo-data", "locate-data", "ingest", "plan-dataset", "merge-dataset", "ingest-2"}
 
     # demo-data: the same phantoms (the component keeps their ground truth and Info.txt; the images are in storage)
     store = tmp_path / "kfp-run" / "store"
@@ -134,11 +144,21 @@ def test_the_data_steps_give_the_same_bytes_through_the_cli_and_kfp(inputs: Path
     assert_same_files(cli_dir / "site-records", tasks["ingest-2"] / "records", ("records.jsonl", "skipped.jsonl"))
     skipped = (cli_dir / "site-records" / "skipped.jsonl").read_text()
     assert "notes.txt" in skipped and ".hidden.dcm" in skipped
-    # preprocess: the images, masks, records and resume state
-    assert_same_files(cli_dir / "pre", tasks["preprocess"] / "preprocessed",
-                      ("records.jsonl", "preprocess_config.yaml", "quarantine.jsonl"))
+    # preprocess: the images, masks and config (in the storage root), and the records (pointing at them)
+    pre = Path(json.loads((tasks["plan-dataset"] / "executor_output.json").read_text())["artifacts"]["preprocessed"]
+               ["artifacts"][0]["metadata"]["uri"])
+    assert pre.parent == store / "preprocessed"
+    kfp_pre = tmp_path / "kfp-pre"
+    shutil.copytree(pre, kfp_pre)
+    shutil.copytree(tasks["plan-dataset"] / "preprocessed", kfp_pre, dirs_exist_ok=True)
+    meta = json.loads((kfp_pre / "records_meta.json").read_text())
+    assert meta.pop("image_root") == str(pre)  # the CLI's folder holds its images: "."
+    (kfp_pre / "records_meta.json").write_text(json.dumps({**meta, "image_root": "."}, indent=2, sort_keys=True)
+                                               + "\n")
+    assert_same_files(cli_dir / "pre", kfp_pre, ("records.jsonl", "preprocess_config.yaml", "quarantine.jsonl",
+                                                 "records_meta.json", "images/mias_mdb001-23526938.png"))
     # build-dataset: the manifest (and the shards it names) at the content-addressed folder under storage_root
     [dataset] = (store / "datasets").iterdir()
     assert_same_files(cli_dir / "data", dataset, ("manifest.json", "split_plan.json", "dataset_config.yaml"))
-    assert (tasks["build-dataset"] / "dataset" / "manifest.json").read_bytes() == (
+    assert (tasks["merge-dataset"] / "dataset" / "manifest.json").read_bytes() == (
         cli_dir / "data" / "manifest.json").read_bytes()

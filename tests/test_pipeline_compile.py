@@ -16,9 +16,11 @@ from mammoflow.pipelines import PIPELINES, build_pipeline, get_pipeline
 from mammoflow.pipelines.options import PipelineOptions
 
 GPU_STAGES = {"train", "sweep", "explain", "retrain-train"}
-TRAINING_STAGES = {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "train", "evaluate",
+DATA_STAGES = {"demo-data", "locate-data", "ingest", "partition-list", "preprocess-partition", "plan-dataset",
+               "build-partition", "merge-dataset"}
+TRAINING_STAGES = {*DATA_STAGES, "train", "evaluate",
                    "explain", "report", "push-pipeline-status"}
-SWEEP_STAGES = {"demo-data", "locate-data", "ingest", "preprocess", "build-dataset", "sweep", "sweep-report",
+SWEEP_STAGES = {*DATA_STAGES, "sweep", "sweep-report",
                 "push-pipeline-status"}
 
 
@@ -45,7 +47,9 @@ def tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for comp in [spec["root"], *spec["components"].values()]:
         found.update((comp.get("dag") or {}).get("tasks", {}))
     # The sub-DAG of a pipeline's steps (before its status push) is a group, not a stage.
-    return {name: t for name, t in found.items() if not name.startswith("condition") and not name.endswith("-steps")}
+    # A ParallelFor (the data partitions) is a group too.
+    return {name: t for name, t in found.items()
+            if not name.startswith(("condition", "for-loop")) and not name.endswith("-steps")}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +93,8 @@ def test_artifact_types_are_the_kfp_ones(training: dict[str, Any]) -> None:
         return {k: v["artifactType"]["schemaTitle"] for k, v in arts.items()}
 
     assert outputs("ingest") == {"records": "system.Dataset"}
-    assert outputs("build-dataset") == {"dataset": "system.Dataset"}
+    assert outputs("plan-dataset") == {"preprocessed": "system.Dataset"}
+    assert outputs("merge-dataset") == {"dataset": "system.Dataset"}
     assert outputs("train") == {"model": "system.Model", "metrics": "system.Metrics"}
     assert outputs("evaluate") == {"evaluation": "system.Artifact", "metrics": "system.Metrics",
                                    "classification": "system.ClassificationMetrics"}
@@ -144,10 +149,12 @@ def test_retries_only_on_preemptible_steps_and_caching_where_safe(training: dict
                 assert retry["maxRetryCount"] == 3 and retry["backoffFactor"] == 2.0, name
                 assert retry["backoffDuration"] == "60s" and retry["backoffMaxDuration"] == "3600s"
                 assert caching is False, name
+            elif name in ("preprocess-partition", "build-partition"):  # resumable: a failed partition is retried
+                assert retry["maxRetryCount"] == 2 and caching is True, name
             else:
                 assert retry is None, name
         cached = {n for n, t in tasks(spec).items() if t.get("cachingOptions", {}).get("enableCache")}
-        assert {"ingest", "preprocess", "build-dataset"} <= cached
+        assert {"ingest", "preprocess-partition", "plan-dataset", "build-partition", "merge-dataset"} <= cached
         assert not cached & {"train", "sweep", "demo-data", "locate-data"}
     platform = training["_platform"]
     assert int(platform["exec-train"]["activeDeadlineSeconds"]) == 48 * 3600

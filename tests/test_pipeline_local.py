@@ -22,7 +22,9 @@ pytest_plugins = ["tests.gcs_emulator"]  # the gcs_bucket fixture
 TINY_TRAIN = {"schedule.phases": [{"epochs": 1, "learning_rate": 0.001, "trainable_backbone": True}],
               "schedule.steps_per_epoch": 4, "data.patches_per_roi": {"normal": 4, "tumour": 8}}
 TINY = {"n_demo_images": 24, "train_overrides": TINY_TRAIN, "n_bootstrap": 50, "n_explain": 2}
-TRAINING_STEPS = ["ingest", "preprocess", "build-dataset", "train", "evaluate", "explain", "report"]
+#: The data steps after ingest, with partitions=1: one iteration of each ParallelFor (a folder of its own).
+DATA_STEPS = ["partition-list", "for-loop-4-iteration-0", "plan-dataset", "for-loop-5-iteration-0", "merge-dataset"]
+TRAINING_STEPS = ["ingest", *DATA_STEPS, "train", "evaluate", "explain", "report"]
 
 
 def run_dir(root: Path) -> Path:
@@ -68,7 +70,7 @@ def test_training_pipeline_on_phantoms_with_object_storage(tmp_path: Path, gcs_b
     # Shards, phantoms and the run folder are in the bucket, where each step found them.
     objects = storage.list(store)
     assert f"{store}/raw/phantoms-n24-s0/ground_truth.json" in objects
-    dataset_uri = outputs(root, "build-dataset")["dataset"]["metadata"]["uri"]
+    dataset_uri = outputs(root, "merge-dataset")["dataset"]["metadata"]["uri"]
     assert dataset_uri.startswith(f"{store}/datasets/yu2020-") and f"{dataset_uri}/manifest.json" in objects
     model = outputs(root, "train")["model"]
     run_uri = model["metadata"]["run_uri"]
@@ -120,7 +122,7 @@ def test_sweep_pipeline_on_a_real_dataset_folder(tmp_path: Path, monkeypatch: py
     root = tmp_path / "out"
     assert f"report: {root / 'report.html'}" in result.stdout
     assert "trials: 2\n" in result.stdout and "failed: 0\n" in result.stdout
-    assert {p.name for p in run_dir(root).iterdir()} == {"locate-data", "ingest", "preprocess", "build-dataset",
+    assert {p.name for p in run_dir(root).iterdir()} == {"locate-data", "ingest", *DATA_STEPS,
                                                           "sweep", "sweep-report", "push-pipeline-status"}
     records = outputs(root, "ingest")["records"]
     assert records["metadata"]["data_root"] == str(tmp_path / "mias") and records["metadata"]["used"] == 24

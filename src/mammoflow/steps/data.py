@@ -425,6 +425,17 @@ def build_dataset(records_dir: str | os.PathLike[str], config: str, out: str | N
     return build(records_dir, config, out or dataset_uri(storage_root, records_dir, config), export_png=export_png)
 
 
+def publish_dataset(result: Any, config: str, out: str | os.PathLike[str]) -> dict[str, Any]:
+    """The dataset's manifest, split summary and config copied into the local folder ``out`` (a pipeline's dataset
+    artifact); returns what the artifact's metadata shows (``uri``: the shards' folder)."""
+    copies.copy_files(result.out_uri, out, ("manifest.json", "split_summary.md", "dataset_config.yaml"))
+    manifest = result.manifest
+    return {"uri": result.out_uri, "config": config, "examples": manifest["examples"],
+            "classes": manifest["classes"], "counts": manifest["counts"],
+            "manifest_sha256": storage.sha256_of(storage.join(result.out_uri, "manifest.json")),
+            "quarantined": manifest["inputs"]["records_quarantined"]}
+
+
 def fetch_dataset(dataset: str, out: str | os.PathLike[str], *, from_file: str | os.PathLike[str] | None = None,
                   url: str | None = None, timeout: float = 60.0) -> Path:
     """Download a public dataset (``mias``, ``mias-rois``) into ``out`` and verify it, or install an archive

@@ -75,7 +75,8 @@ TRAIN = Resources("4", "8", "16Gi", "32Gi")
 RAY_DRIVER = MEDIUM
 
 #: Local disk (the step's cache, an emptyDir with this size limit) of the data steps, sized for CBIS-DDSM (about
-#: 163 GB of DICOM, 3,032 full images, up to ~40 MB each). Ingest still copies the whole data root; a preprocess
+#: 163 GB of DICOM, 3,032 full images, up to ~40 MB each). Ingest streams mias and cbis-ddsm roots through a 4 GiB
+#: window (MAMMOFLOW_STREAM_LIMIT) but copies the other sources whole; a preprocess
 #: partition holds one chunk of records at a time (16 raw images and their outputs: < 2 GB); a build partition
 #: holds its partition's preprocessed images; the merge holds one split's example spools and a few shards.
 WHOLE_DATASET, CHUNK, PARTITION, SPOOLS, SMALL_DISK = "200Gi", "8Gi", "32Gi", "32Gi", "1Gi"

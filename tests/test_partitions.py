@@ -231,3 +231,96 @@ def test_the_compiled_training_pipeline_fans_out_with_parallel_for(tmp_path: Pat
                      "merge-dataset": STAGE["merge_dataset"].scratch}
     assert all(e["emptyDirMounts"][0]["mountPath"] == "/tmp/mammoflow-cache" for e in executors.values()
                if e.get("emptyDirMounts"))
+
+
+# ------------------------------------------------------------------------- bounded local disk, measured
+
+
+class DiskHighWater:
+    """The most disk blocks (bytes) ever held under a folder, sampled by a thread every few milliseconds while the
+    block runs (sparse placeholders count as what they use: nothing)."""
+
+    def __init__(self, folder: Path):
+        import threading
+
+        self.folder, self.peak, self._stop = folder, 0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def used(self) -> int:
+        total = 0
+        for p in self.folder.rglob("*"):
+            try:
+                total += p.lstat().st_blocks * 512 if p.is_file() else 0
+            except OSError:  # removed while we looked
+                pass
+        return total
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.used())
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> "DiskHighWater":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.used())
+
+
+@pytest.mark.slow
+def test_ingest_streams_a_bucket_through_a_bounded_local_window(tmp_path: Path, gcs_bucket: str) -> None:
+    from mammoflow import steps
+
+    raw = steps.phantoms_uri(f"{gcs_bucket}/store", N_IMAGES, SEED)
+    steps.demo_data(raw, N_IMAGES, SEED, cache_dir=tmp_path / "demo-cache")
+    sizes = [i.size for i in storage.list_info(raw)]
+    images = sum(s for s in sizes if s >= 1 << 20)
+    small = sum(s for s in sizes if s < 1 << 20)  # Info.txt, ground truth: fetched whole
+    limit = 3 * max(sizes)  # three images at a time
+    assert images > 3 * limit  # the window is much smaller than the data
+
+    cache = tmp_path / "cache"
+    with DiskHighWater(cache) as disk:
+        summary = steps.ingest("mias", raw, tmp_path / "streamed", stream=limit, cache_dir=cache)
+    # Block-rounded: each file may take up to one more 4 KiB block than its size.
+    assert disk.peak <= limit + small + 4096 * len(sizes), (disk.peak, limit, small)
+    assert summary["used"] == N_IMAGES and summary["quarantined"] == 0
+    left = DiskHighWater(cache).used()
+    assert left <= small + 4096 * len(sizes)  # every image is a placeholder again
+    # The same records as an ingest of a full local copy.
+    steps.ingest("mias", raw, tmp_path / "copied", stream=0, cache_dir=tmp_path / "cache-full")
+    for name in ("records.jsonl", "quarantine.jsonl", "skipped.jsonl", "records_meta.json"):
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "copied" / name).read_bytes(), name
+    print(f"\ningest: {images} bytes of images streamed, window {limit} bytes, peak local disk {disk.peak} bytes")
+
+
+@pytest.mark.slow
+def test_a_preprocess_partition_holds_one_chunk_on_local_disk(tmp_path: Path, gcs_bucket: str) -> None:
+    """A partition fetches only its records' images, a chunk at a time, and removes them: the local disk it used
+    (sampled, and the step's own measure) stays under one chunk of raw images and their outputs."""
+    from mammoflow import steps
+    from mammoflow.records import RecordsTable
+    from mammoflow.steps.partitions import preprocess_partition
+
+    store = f"{gcs_bucket}/store"
+    raw = steps.phantoms_uri(store, N_IMAGES, SEED)
+    steps.demo_data(raw, N_IMAGES, SEED, cache_dir=tmp_path / "demo-cache")
+    steps.ingest("mias", raw, tmp_path / "records", cache_dir=tmp_path / "ingest-cache")
+    table = RecordsTable.read(tmp_path / "records")
+    largest_raw = max(i.size for i in storage.list_info(raw))
+    chunk, cache = 2, tmp_path / "cache"
+    mine = in_partition(table.records, 0, 2)
+    assert len(mine) > 2 * chunk  # several chunks
+    with DiskHighWater(cache) as disk:
+        done = preprocess_partition(tmp_path / "records", "yu2020", store, 0, 2, chunk=chunk, cache_dir=cache)
+    assert done["records_in"] == len(mine) and done["usable"] == len(mine) and not done["reused"]
+    outputs = [storage.stat(u).size for u in storage.list(done["uri"]) if "/images/" in u or "/masks/" in u]
+    bound = chunk * largest_raw + chunk * max(outputs) * 2 + 64 * 1024  # raw + image and mask, + records files
+    assert 0 < done["peak_local_bytes"] <= bound and disk.peak <= bound + 4096 * 4 * chunk, (disk.peak, bound)
+    assert disk.peak < len(mine) * largest_raw  # not the partition's images all at once
+    assert DiskHighWater(cache).used() == 0  # the partition's scratch is gone
+    print(f"\npreprocess partition: {len(mine)} records, peak local disk {disk.peak} bytes "
+          f"(step's measure {done['peak_local_bytes']}), bound {bound}")

@@ -386,6 +386,7 @@ def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str)
     from mammoflow.io.dicom import read_dicom
     from mammoflow.io.files import file_sha256
     from mammoflow.io.images import read_image
+    from mammoflow.storage.copies import materialise  # fetches a file of a streamed data root when it is read
 
     key = rows[0].image_key
     candidates = index.full.get(key, [])
@@ -405,7 +406,7 @@ def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str)
         log.warning("%s: %d DICOM files in the full image folder, using the first (the others are listed in "
                     "skipped.jsonl)", rec.record_id, len(files))
         rec.extra["extra_files"] = [f.relative_to(index.root).as_posix() for f in files[1:]]
-    image = read_dicom(files[0], salt=salt, expect_modality="MG")
+    image = read_dicom(materialise(files[0]), salt=salt, expect_modality="MG")
     for what, found, want in (("laterality", image.laterality, rec.laterality), ("view", image.view, rec.view)):
         if found and want and found != want:
             raise InputError(files[0], f"DICOM header {what} {found} differs from the CSV's {want}",
@@ -415,8 +416,8 @@ def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str)
     if getattr(image, "for_processing", False):  # raw detector data: used, flagged in the record
         rec.extra["for_processing"] = True
     rec.image_path = files[0].relative_to(index.root).as_posix()
-    rec.content_hash = file_sha256(files[0])
-    identity = read_identity(files[0], salt)
+    rec.content_hash = file_sha256(materialise(files[0]))
+    identity = read_identity(materialise(files[0]), salt)
     if identity.sop_instance:
         rec.extra["sop_instance"] = identity.sop_instance
     rec.extra["pixel_sha256"] = pixel_digest(image.pixels)
@@ -433,7 +434,7 @@ def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str)
         dcm = [f for d in folders for f in index.dicoms(d)]
         for path in dcm:
             check_name(path, index.root, rec.record_id)
-        pixels = [read_image(f, expect_modality=None) for f in dcm]
+        pixels = [read_image(materialise(f), expect_modality=None) for f in dcm]
         try:
             mask_i, crop_i = split_crop_and_mask(pixels, (rec.height, rec.width))
             row_c, col_c, radius = mask_geometry(pixels[mask_i])

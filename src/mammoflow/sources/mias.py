@@ -306,6 +306,7 @@ def _with_image(record: Record, root: Path) -> Record:
     """Check the image of ``record`` and fill size and content hash (raises InputError)."""
     from mammoflow.io.files import file_sha256
     from mammoflow.io.images import read_image
+    from mammoflow.storage.copies import materialise
 
     ref = record.record_id.split(":", 1)[1]
     path = _find_image(root, ref)
@@ -313,7 +314,7 @@ def _with_image(record: Record, root: Path) -> Record:
         raise InputError(root / f"{ref}.pgm", "image listed in Info.txt but not found",
                          "put the image in the --root folder (or run `mammoflow fetch mias`), or use "
                          "--metadata-only", code="missing_file", record_id=record.record_id)
-    pixels = read_image(path)
+    pixels = read_image(materialise(path))  # fetched now when the data root is streamed from object storage
     height, width = pixels.shape[:2]
     if (height, width) != (MIAS_SIZE, MIAS_SIZE):
         raise InputError(path, f"image is {width}x{height}, mini-MIAS images are {MIAS_SIZE}x{MIAS_SIZE}",

@@ -6,6 +6,7 @@ images into the local cache (:func:`localise_records`), since every reader of th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -176,6 +177,7 @@ class IngestInputs:
     options: Any  # the readers' SourceOptions, over local files
     local_root: Path | None
     local_labels: Path | None
+    stream: Any = None  # the StreamedTree of a remote data root read through a bounded window (None: a full copy)
 
     @property
     def local_files(self) -> list[Path | None]:
@@ -186,24 +188,42 @@ class IngestInputs:
 def ingest_inputs(source: str, data_root: str | os.PathLike[str] | None, *, labels: str | os.PathLike[str] = "",
                   info: str | os.PathLike[str] | None = None, csvs: Sequence[str | os.PathLike[str]] = (),
                   metadata_only: bool = False, salt: str | None = None, any_modality: bool = False,
-                  pseudonymise_paths: bool = False, cache_dir: str | os.PathLike[str] | None = None) -> IngestInputs:
+                  pseudonymise_paths: bool = False, stream_limit: int = 0,
+                  cache_dir: str | os.PathLike[str] | None = None) -> IngestInputs:
     """Check an ingest's options (labels CSV and path pseudonyms only for the sources that take them) and make
-    its inputs local: a remote ``data_root``, labels CSV, Info.txt or description CSV is fetched into the cache."""
-    from mammoflow.sources import SourceOptions
+    its inputs local: a remote ``data_root``, labels CSV, Info.txt or description CSV is fetched into the cache.
+
+    ``stream_limit`` > 0: a remote ``data_root`` of a reader that fetches each image as it reads it
+    (:data:`~mammoflow.sources.STREAMED_SOURCES`) is not copied but mirrored by a
+    :class:`~mammoflow.storage.copies.StreamedTree` holding at most that many bytes of images at once (read under
+    :func:`~mammoflow.storage.copies.streaming` of ``stream``)."""
+    from mammoflow.sources import STREAMED_SOURCES, SourceOptions
 
     check_labels(source, labels)
     check_pseudonymise_paths(source, pseudonymise_paths)
     root = os.fspath(data_root) if data_root else ""
     if root and not storage.is_remote(root):
         root = local_abspath(root)  # the records name their data wherever the next step runs
-    local_root = copies.fetch_tree(root, cache_dir) if root else None
+    stream = None
+    if stream_limit > 0 and storage.is_remote(root) and source in STREAMED_SOURCES and not root.endswith(".zip"):
+        stream = copies.StreamedTree(root, copies.cached_copy_path(root, cache_dir), stream_limit)
+    local_root = stream.root if stream is not None else copies.fetch_tree(root, cache_dir) if root else None
     uri = labels_uri(root, os.fspath(labels)) if labels else ""
     local_labels = _local_labels(uri, root, local_root, cache_dir)
     opts = SourceOptions(root=local_root, info=_local_file(info, cache_dir),
                          csvs=tuple(p for p in (_local_file(c, cache_dir) for c in csvs) if p is not None),
                          labels=local_labels, metadata_only=metadata_only, salt=salt, any_modality=any_modality,
                          pseudonymise_paths=pseudonymise_paths)
-    return IngestInputs(source, root, uri, opts, local_root, local_labels)
+    return IngestInputs(source, root, uri, opts, local_root, local_labels, stream)
+
+
+def stream_limit(explicit: int | None = None) -> int:
+    """The bound of a streamed ingest's local window in bytes: ``explicit``, else ``$MAMMOFLOW_STREAM_LIMIT`` (bytes;
+    0 copies the data root whole), else :data:`~mammoflow.storage.copies.DEFAULT_STREAM_LIMIT`."""
+    if explicit is not None:
+        return int(explicit)
+    env = os.environ.get(copies.STREAM_LIMIT_ENV, "")
+    return int(env) if env.strip() else copies.DEFAULT_STREAM_LIMIT
 
 
 def _given_paths(*refs: Any) -> list[Path]:
@@ -215,8 +235,8 @@ def _given_paths(*refs: Any) -> list[Path]:
 def ingest(source: str, data_root: str | os.PathLike[str] | None, out: str | os.PathLike[str], *,
            labels: str | os.PathLike[str] = "", salt: str | None = None, pseudonymise_paths: bool = False,
            info: str | os.PathLike[str] | None = None, csvs: Sequence[str | os.PathLike[str]] = (),
-           metadata_only: bool = False, any_modality: bool = False, cache_dir: str | os.PathLike[str] | None = None
-           ) -> dict[str, Any]:
+           metadata_only: bool = False, any_modality: bool = False, stream: int | None = None,
+           cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Read a dataset into a records folder (``mammoflow ingest``, the ingest component); returns the ingest
     summary, with ``labels_csv``: where the labels CSV read was (None: none).
 
@@ -226,7 +246,8 @@ def ingest(source: str, data_root: str | os.PathLike[str] | None, out: str | os.
     remote URI, so that the records folder stays valid in the next step's pod; quarantine entries name the remote
     files too. ``pseudonymise_paths`` (dicom-dir): record ids are salted pseudonyms of the file paths, for site
     folders named after patients. ``info``, ``csvs``, ``metadata_only``, ``any_modality``: see ``mammoflow ingest
-    --help``. The folder is written all or nothing, and a folder already holding the ingest of the same inputs is
+    --help``. ``stream``: the bound in bytes of the local window a remote ``data_root`` is streamed through
+    (:func:`stream_limit`; 0: copied whole). The folder is written all or nothing, and a folder already holding the ingest of the same inputs is
     kept as it is (:mod:`mammoflow.sources.resume`). Nothing usable: :class:`NothingUsable` (the folder, with its
     quarantine report, is written).
     """
@@ -238,7 +259,7 @@ def ingest(source: str, data_root: str | os.PathLike[str] | None, out: str | os.
     resume.check_out_dir(out_dir, _given_paths(data_root, info, csvs))  # before anything is fetched or read
     inp = ingest_inputs(source, data_root, labels=labels, info=info, csvs=csvs, metadata_only=metadata_only,
                         salt=salt, any_modality=any_modality, pseudonymise_paths=pseudonymise_paths,
-                        cache_dir=cache_dir)
+                        stream_limit=stream_limit(stream), cache_dir=cache_dir)
     data_root, opts = inp.data_root, inp.options
     uri = inp.labels_uri
     fingerprint = resume.input_fingerprint(source, opts, {"data_root": data_root, "labels": uri})
@@ -262,8 +283,12 @@ def ingest(source: str, data_root: str | os.PathLike[str] | None, out: str | os.
         return table
 
     # A retried step whose inputs are already ingested there reads nothing again (unless nothing was usable).
-    result = resume.ingest_into(out_dir, fingerprint, read, inputs=inp.local_files,
-                                reuse_if=lambda done: bool(done.get("used")))
+    with copies.streaming(inp.stream) if inp.stream is not None else contextlib.nullcontext():
+        result = resume.ingest_into(out_dir, fingerprint, read, inputs=inp.local_files,
+                                    reuse_if=lambda done: bool(done.get("used")))
+    if inp.stream is not None:
+        log.info("streamed %s through a local window of %d bytes: at most %d bytes of images held at once",
+                 data_root, inp.stream.limit, inp.stream.high_water)
     summary = result.summary
     if result.reused:
         log.info("%s: already holds the ingest of these inputs (used %d, quarantined %d); nothing read again",

@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from mammoflow.errors import InputError
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "MAMMOFLOW_CACHE"
+#: Bytes of images a streamed ingest holds on local disk at once (:class:`StreamedTree`); 0: copy the data root whole.
+STREAM_LIMIT_ENV = "MAMMOFLOW_STREAM_LIMIT"
+DEFAULT_STREAM_LIMIT = 4 << 30
 
 
 def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -104,6 +108,8 @@ def _cached_copy_current(dest: Path, info: Any) -> bool:
     a small one (a config, a labels CSV) is fetched again, since an edit can keep its size."""
     if info is None or not dest.is_file() or dest.stat().st_size != info.size:
         return False
+    if info.size and dest.stat().st_blocks == 0:  # a StreamedTree placeholder: the size without the data
+        return False
     if info.sha256:
         return storage.file_sha256(dest) == info.sha256
     return info.size >= SMALL_OBJECT
@@ -142,3 +148,98 @@ def copy_files(src_uri: str, dest: str | os.PathLike[str], names: Sequence[str])
 def local_config(ref: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
     """A preset name or local YAML path as it is; a remote YAML URI fetched to a local file."""
     return str(fetch_tree(ref, cache_dir)) if storage.is_remote(ref) else ref
+
+
+# --------------------------------------------------------------------------- streaming: a bounded local window
+
+
+class StreamedTree:
+    """A local mirror of the remote folder ``uri`` that holds at most ``limit`` bytes of its large files at once.
+
+    Small objects (below ``eager_below``: annotation files, CSVs, configs) are fetched at once. Every larger object is
+    a *sparse* placeholder of its size and version (``stat`` and listings see the real tree, no disk block is used)
+    until a reader asks for it with :func:`materialise`; the window then downloads it over its placeholder, after
+    turning the least recently used materialised files back into placeholders until it fits under ``limit``. So a
+    reader walks a dataset of any size with a local disk of ``limit`` bytes (plus its small files).
+    ``high_water``: the most bytes of large files held at once. Use it as a context manager (:func:`streaming`) so
+    that :func:`materialise` finds it; on exit every large file is a placeholder again."""
+
+    def __init__(self, uri: str, local: Path, limit: int, eager_below: int = SMALL_OBJECT):
+        self.uri, self.root, self.limit = uri.rstrip("/"), Path(local), int(limit)
+        self.lazy: dict[Path, Any] = {}
+        self.resident: dict[Path, int] = {}  # insertion order = least recently used first
+        self.high_water = 0
+        for info in storage.list_info(self.uri):
+            dest = self.root / info.uri[len(self.uri) + 1:]
+            if info.size < eager_below:
+                if not _cached_copy_current(dest, info):
+                    storage.get_file(info.uri, dest)
+                continue
+            if info.size > self.limit:
+                raise InputError(info.uri, f"object of {info.size} bytes is larger than the local cache bound "
+                                 f"({self.limit} bytes)", "raise the bound (MAMMOFLOW_STREAM_LIMIT or the "
+                                 "step's option) above the largest file", code="too_large")
+            self.lazy[dest] = info
+            self._placeholder(dest, info)
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(self.resident.values())
+
+    @staticmethod
+    def _placeholder(dest: Path, info: Any) -> None:
+        """A sparse file of the object's size (no data block), dated the same on every run (the ingest's resume
+        fingerprint reads sizes and dates)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as fh:
+            fh.truncate(info.size)
+        os.utime(dest, ns=(0, 0))
+
+    def materialise(self, path: Path) -> Path:
+        info = self.lazy.get(path)
+        if info is None:
+            return path
+        if path in self.resident:
+            self.resident[path] = self.resident.pop(path)  # now the most recently used
+            return path
+        while self.resident and self.resident_bytes + info.size > self.limit:
+            oldest = next(iter(self.resident))
+            self._placeholder(oldest, self.lazy[oldest])
+            del self.resident[oldest]
+        tmp = path.with_name(f".{path.name}.partial")
+        storage.get_file(info.uri, tmp)
+        os.replace(tmp, path)
+        os.utime(path, ns=(0, 0))
+        self.resident[path] = info.size
+        self.high_water = max(self.high_water, self.resident_bytes)
+        return path
+
+    def close(self) -> None:
+        for path in list(self.resident):
+            self._placeholder(path, self.lazy[path])
+        self.resident.clear()
+
+
+_WINDOWS: list[StreamedTree] = []
+
+
+@contextlib.contextmanager
+def streaming(tree: StreamedTree) -> Iterator[StreamedTree]:
+    """Make ``tree`` the window :func:`materialise` serves while the block runs; its large files are placeholders
+    again afterwards."""
+    _WINDOWS.append(tree)
+    try:
+        yield tree
+    finally:
+        _WINDOWS.remove(tree)
+        tree.close()
+
+
+def materialise(path: str | os.PathLike[str]) -> Path:
+    """``path`` with its content on local disk: a reader calls it before opening a file of a data root, and a file of
+    a :class:`StreamedTree` being streamed is downloaded then (any other path is returned as it is)."""
+    p = Path(path)
+    for tree in _WINDOWS:
+        if tree.root in p.parents:
+            return tree.materialise(p)
+    return p

@@ -1,9 +1,16 @@
-"""Preprocessing throughput on one full-size mammogram, next to the bare OpenCV/pydicom operations it is built on.
+"""Preprocessing throughput on one full-size mammogram, next to the bare OpenCV/pydicom operations it is built on;
+and the preprocess step's throughput in 1 and 2 parallel record partitions.
 
 A synthetic 4000x3000, 12-bit (stored in 16) MONOCHROME2 DICOM with a breast, tissue texture and a burned-in label
 is written to a temporary folder. For each preset the benchmark times read (pydicom decode + display mapping) +
 chain, on one thread, and the sum of the bare library calls that do the same work; the ratio is the cost of our
 layer (validation, dtype handling, geometry tracking, mask post-processing).
+
+Partitions: a CBIS-DDSM-like download of :data:`PARTITION_IMAGES` full-size (4000x3000) DICOM phantoms is ingested,
+then preprocessed (yu2020) by :func:`mammoflow.steps.partitions.preprocess_partition` as the pipeline's
+``ParallelFor`` runs it: one partition in one process, then two partitions in two processes at once (one OpenCV
+thread each, as a pod with one CPU), each run into a fresh storage root. Throughput = images / wall time of the
+partitions (process start excluded); the ratio 2-vs-1 is what a second node buys on this machine (2 cores, shared).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tests.benchmarks.figures import record
 
 HEIGHT, WIDTH = 4000, 3000
 REPEATS = 3
@@ -70,6 +78,58 @@ def _bare_jaamour2023(path: Path) -> None:
     cv2.resize(img, (384, 512), interpolation=cv2.INTER_AREA)
 
 
+PARTITION_IMAGES, PARTITION_SIZE = 8, (4000, 3000)
+
+
+def _partition_worker_init() -> None:
+    cv2.setNumThreads(1)  # one core per partition, as a pod with one CPU
+    import mammoflow.steps.partitions  # noqa: F401 - imported before the clock starts
+
+
+def _run_partition(args: tuple[str, str, int, int]) -> dict:
+    from mammoflow.steps.partitions import preprocess_partition
+
+    records, store, index, count = args
+    return preprocess_partition(records, "yu2020", store, index, count, cache_dir=f"{store}-cache")
+
+
+def partitions_throughput(tmp: Path) -> None:
+    """Images/s of the preprocess step in 1 and in 2 parallel partitions (see the module docstring)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mammoflow import steps
+    from mammoflow.partitions import in_partition
+    from mammoflow.records import RecordsTable
+
+    raw, records = tmp / "cbis", tmp / "records"
+    steps.demo_data(str(raw), PARTITION_IMAGES, 1, fmt="dicom", size=PARTITION_SIZE)
+    steps.ingest("cbis-ddsm", str(raw), records)
+    table = RecordsTable.read(records)
+    n = len(table.records)
+    balance = [len(in_partition(table.records, p, 2)) for p in range(2)]
+    print(f"partitions: {n} CBIS-DDSM-like {PARTITION_SIZE[0]}x{PARTITION_SIZE[1]} DICOM phantoms, yu2020 chain, "
+          f"2 partitions of {balance[0]} and {balance[1]} records (by patient)")
+    rate = {}
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_partition_worker_init) as pool:
+        list(pool.map(abs, [0, 0]))  # both workers started and warm
+        for count in (1, 2):
+            store = str(tmp / f"store-{count}")
+            started = time.perf_counter()
+            done = list(pool.map(_run_partition, [(str(records), store, p, count) for p in range(count)]))
+            seconds = time.perf_counter() - started
+            assert sum(d["usable"] for d in done) == n, done
+            rate[count] = n / seconds
+            print(f"  {count} partition(s): {seconds:6.1f} s  {rate[count]:5.2f} images/s  "
+                  f"({seconds / n * count:5.2f} s per image per partition)")
+    print(f"  throughput ratio 2 vs 1 partitions: {rate[2] / rate[1]:4.2f} (ideal 2.00 on 2 free cores)")
+    record("preprocess throughput, 1 partition", rate[1], "images/s", note=f"{n} images {PARTITION_SIZE}")
+    record("preprocess throughput, 2 parallel partitions", rate[2], "images/s", floor=rate[1],
+           note="ratio = speedup over 1 partition; partitions " + "/".join(map(str, balance)))
+    record("preprocess cost per full image, 1 partition", 1 / rate[1], "s/image")
+
+
 def main() -> None:
     from mammoflow.io.images import read_image
     from mammoflow.preprocess.chain import Chain
@@ -92,6 +152,8 @@ def main() -> None:
             base = _time(lambda bare_fn=bare_fn: bare_fn(path))
             print(f"  {name:<12} ours {ours * 1e3:7.1f} ms ({1 / ours:5.2f} images/s per core)   "
                   f"bare ops {base * 1e3:7.1f} ms ({1 / base:5.2f} images/s)   ratio {ours / base:4.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        partitions_throughput(Path(tmp))
 
 
 if __name__ == "__main__":

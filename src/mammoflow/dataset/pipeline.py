@@ -28,13 +28,18 @@ augmentation the map is an integer translation and the patch equals the ROI's pi
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
+from mammoflow.dataset.memory import MemoryCache
 from mammoflow.errors import ConfigError
+
+log = logging.getLogger(__name__)
+_MEMORY = MemoryCache()  # decoded training examples, shared by every dataset this process builds
 
 Centring = Literal["patch_mean", "none", "caffe", "tf", "torch"]
 FillMode = Literal["reflect", "nearest", "constant", "wrap"]
@@ -84,6 +89,9 @@ class InputConfig:
     # Cross-validation: keep only the examples of these folds (None: all). Xi et al. 2018 train on four folds and
     # validate on the fifth.
     folds: tuple[int, ...] | None = None
+    # Keep decoded, un-augmented training examples in memory across epochs (mammoflow.dataset.memory): at most
+    # this many MiB; None: a quarter of the available memory (capped); 0: off, every epoch reads the shards.
+    memory_cache_mb: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -203,10 +211,9 @@ def _seeded_shuffle(ds: Any, buffer_size: int, seed: int, seed2: int) -> Any:
     return tf.data.experimental.from_variant(variant, ds.element_spec)
 
 
-def _records(shard_paths: Sequence[str], cfg: InputConfig) -> Any:
-    """Parsed ROIs of the shards, interleaved ``cycle_length`` files at a time, in a deterministic order."""
-    from mammoflow.dataset.shards import parse_example
-
+def _records(shard_paths: Sequence[str], cfg: InputConfig, *, all_folds: bool = False) -> Any:
+    """Parsed ROIs of the shards, interleaved ``cycle_length`` files at a time, in a deterministic order; only those
+    of ``cfg.folds`` unless ``all_folds``."""
     tf = _tf()
     paths = [str(p) for p in shard_paths]
     if not paths:
@@ -215,22 +222,94 @@ def _records(shard_paths: Sequence[str], cfg: InputConfig) -> Any:
     ds = files.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20),
                           cycle_length=min(cfg.cycle_length, len(paths)),
                           block_length=1, num_parallel_calls=_parallel(cfg), deterministic=True)
+    ds = ds.map(_parser(cfg), num_parallel_calls=_parallel(cfg), deterministic=True)
+    return ds if cfg.folds is None or all_folds else ds.filter(_in_folds(cfg))
+
+
+def _parser(cfg: InputConfig) -> Any:
+    """Serialized example -> the ROI dict the datasets work on."""
+    from mammoflow.dataset.shards import parse_example
+
+    tf = _tf()
 
     def parse(serialized: Any) -> dict[str, Any]:
         f = parse_example(serialized, value_range=cfg.value_range)
         return {"image": f["image"], "label": tf.cast(f["label"], tf.int32), "label_name": f["label_name"],
-                "example_id": f["example_id"],
+                "example_id": f["example_id"], "fold": tf.cast(f["fold"], tf.int64),
                 "key": tf.strings.to_hash_bucket_fast(f["example_id"], _HASH_BUCKETS)}
 
-    if cfg.folds is None:
-        return ds.map(parse, num_parallel_calls=_parallel(cfg), deterministic=True)
-    wanted = tf.constant(sorted(int(k) for k in cfg.folds), tf.int64)
+    return parse
 
-    def in_folds(serialized: Any) -> Any:
-        fold = tf.cast(parse_example(serialized, value_range=cfg.value_range)["fold"], tf.int64)
-        return tf.reduce_any(tf.equal(wanted, fold))
 
-    return ds.filter(in_folds).map(parse, num_parallel_calls=_parallel(cfg), deterministic=True)
+def _in_folds(cfg: InputConfig) -> Any:
+    tf = _tf()
+    wanted = tf.constant(sorted(int(k) for k in cfg.folds or ()), tf.int64)
+    return lambda roi: tf.reduce_any(tf.equal(wanted, roi["fold"]))
+
+
+def _decoded(paths: Sequence[str], cfg: InputConfig, prepare: Any, prepare_key: Any) -> dict[str, Any] | None:
+    """Every ROI of the files (all folds), after ``prepare``, as arrays in memory: from the cache, or read now and
+    kept when it fits (``None`` when it does not: variable image sizes, or over the budget)."""
+    from mammoflow.dataset import memory
+
+    budget = memory.budget_bytes(cfg.memory_cache_mb)
+    if budget <= 0:
+        return None
+    key = (memory.files_key(paths), float(cfg.value_range), prepare_key)
+    hit = _MEMORY.get(key)
+    if hit is not None:
+        return hit
+    tf = _tf()
+    order = sorted({str(p) for p in paths})
+    parse = _parser(cfg)
+
+    def read(index: Any, path: Any) -> Any:  # one file after the other, each ROI tagged with its file
+        return tf.data.TFRecordDataset(path, buffer_size=1 << 20).map(lambda s: {**parse(s), "file": index})
+
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(order), dtype=tf.int64), order)).flat_map(read)
+    if prepare is not None:
+        ds = ds.map(lambda roi: {**prepare(roi), "file": roi["file"]}, num_parallel_calls=_parallel(cfg),
+                    deterministic=True)
+    rows, total, counts = [], 0, np.zeros(len(order), np.int64)
+    for roi in ds.prefetch(_AUTOTUNE).as_numpy_iterator():
+        total += roi["image"].nbytes
+        if total > budget:
+            log.info("training examples exceed the memory cache (%d MiB): read from the shards every epoch",
+                     budget >> 20)
+            return None
+        counts[roi.pop("file")] += 1
+        rows.append(roi)
+    starts = dict(zip(order, (int(v) for v in np.cumsum(counts) - counts), strict=True))
+    counts = dict(zip(order, (int(v) for v in counts), strict=True))
+    if not rows or len({r["image"].shape for r in rows}) != 1:
+        return None  # images of several sizes cannot share one array: stream them
+    arrays = {k: tf.constant(np.stack([r[k] for r in rows])) for k in rows[0]}
+    entry = {"arrays": arrays, "starts": starts, "counts": counts}
+    _MEMORY.put(key, entry, total, budget)
+    log.info("kept %d decoded training examples in memory (%.1f MiB)", len(rows), total / 2**20)
+    return entry
+
+
+def _roi_stream(paths: Sequence[str], cfg: InputConfig, prepare: Any = None, prepare_key: Any = None) -> Any:
+    """The ROIs of ``paths`` in exactly the order (and with the values) of ``_records(paths, cfg)`` followed by
+    ``prepare``; from memory when the decoded examples fit (:mod:`mammoflow.dataset.memory`)."""
+    tf = _tf()
+    entry = _decoded(paths, cfg, prepare, prepare_key)
+    if entry is None:
+        ds = _records(paths, cfg)
+        return ds if prepare is None else ds.map(prepare, num_parallel_calls=_parallel(cfg), deterministic=True)
+    paths = [str(p) for p in paths]
+    ranges = tf.data.Dataset.from_tensor_slices(
+        (tf.constant([entry["starts"][p] for p in paths], tf.int64),
+         tf.constant([entry["counts"][p] for p in paths], tf.int64)))
+    # The same interleave over index ranges as over the files: the same order, element for element.
+    index = ranges.interleave(lambda start, n: tf.data.Dataset.range(start, start + n),
+                              cycle_length=min(cfg.cycle_length, len(paths)), block_length=1,
+                              num_parallel_calls=_parallel(cfg), deterministic=True)
+    arrays = entry["arrays"]
+    rois = index.map(lambda i: {k: tf.gather(v, i) for k, v in arrays.items()},
+                     num_parallel_calls=_parallel(cfg), deterministic=True)
+    return rois if cfg.folds is None else rois.filter(_in_folds(cfg))
 
 
 def _patch_count_table(cfg: InputConfig) -> Any:
@@ -331,7 +410,7 @@ def train_dataset(shard_paths: Sequence[str], cfg: InputConfig, seed: int | None
     seed = cfg.seed if seed is None else int(seed)
     epoch = int(epoch)
     order = np.random.default_rng(stream_seed(seed, _FILES, epoch)).permutation(len(shard_paths))
-    rois = _records([shard_paths[i] for i in order], cfg)
+    rois = _roi_stream([shard_paths[i] for i in order], cfg)
     rois = _seeded_shuffle(rois, cfg.roi_shuffle_buffer, stream_seed(seed, _ROI_SHUFFLE, epoch), epoch)
     table = _patch_count_table(cfg)
     p = cfg.patch_size
@@ -428,22 +507,29 @@ def whole_image_dataset(shard_paths: Sequence[str], cfg: InputConfig, size: int 
         paths = [paths[i] for i in order]
     augment_stream = stream_seed(seed, _WHOLE, epoch)
 
-    def resize(roi: dict[str, Any]) -> tuple[Any, Any, Any]:
+    def resize(roi: dict[str, Any]) -> dict[str, Any]:
         image = roi["image"][:, :, tf.newaxis]
+        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [h, w]))  # already the size: nothing to resample
         if keep_aspect:
-            image = tf.image.resize_with_pad(image, h, w, antialias=True)
+            image = tf.cond(same, lambda: image, lambda: tf.image.resize_with_pad(image, h, w, antialias=True))
         else:
-            image = tf.image.resize(image, (h, w), antialias=True)
+            image = tf.cond(same, lambda: image, lambda: tf.image.resize(image, (h, w), antialias=True))
+        return {**roi, "image": tf.ensure_shape(image, [h, w, 1])}
+
+    def augment(roi: dict[str, Any]) -> tuple[Any, Any, Any]:
+        image = roi["image"]
         if training:
             u = tf.random.stateless_uniform([1, 5], tf.stack([tf.constant(augment_stream, tf.int64), roi["key"]]))
             t = _affine(cfg, tf.constant([(h - 1) / 2]), tf.constant([(w - 1) / 2]), u, out_size=(h, w))
             image = _warp(image[:, :, 0], t[0], (h, w), cfg.fill_mode)
         return image, roi["label"], roi["example_id"]
 
-    ds = _records(paths, cfg)
     if training:
+        ds = _roi_stream(paths, cfg, resize, ("whole_image", h, w, keep_aspect))
         ds = _seeded_shuffle(ds, cfg.roi_shuffle_buffer, stream_seed(seed, _ROI_SHUFFLE, epoch), epoch)
-    ds = ds.map(resize, num_parallel_calls=_parallel(cfg), deterministic=True)
+    else:
+        ds = _records(paths, cfg).map(resize, num_parallel_calls=_parallel(cfg), deterministic=True)
+    ds = ds.map(augment, num_parallel_calls=_parallel(cfg), deterministic=True)
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder and training)
     ds = ds.map(lambda x, y, i: (_finish(cfg, x), y, i), num_parallel_calls=_parallel(cfg), deterministic=True)
     return ds.prefetch(_AUTOTUNE if cfg.prefetch is None else cfg.prefetch).with_options(_options())

@@ -1,5 +1,6 @@
-"""The training pipeline: data source -> ingest -> preprocess -> build-dataset -> train -> evaluate -> explain ->
-report. Its data parameters are :class:`~mammoflow.pipelines.data.DataParameters`, shared with the sweep pipeline.
+"""The training pipeline: data source -> ingest -> preprocess and build-dataset in N record partitions (a
+``dsl.ParallelFor`` each, then their merges) -> train -> evaluate -> explain -> report. Its data parameters (among
+them ``partitions``) are :class:`~mammoflow.pipelines.data.DataParameters`, shared with the sweep pipeline.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline's parameter and output types from the live

@@ -59,7 +59,8 @@ def test_gdcm_is_only_a_last_resort():
     from pydicom.pixels import get_decoder
 
     assert decoding_plugins(ExplicitVRLittleEndian) == ()  # native: pydicom itself, no plugin
-    assert decoding_plugins(RLELossless)[0] == "pydicom"
+    # RLE: the compiled decoder (pylibjpeg-rle, pinned in the lock) first, pydicom's pure-Python one after it.
+    assert decoding_plugins(RLELossless)[:2] == ("pylibjpeg", "pydicom")
     for uid in (JPEG2000Lossless, JPEG2000, UID("1.2.840.10008.1.2.4.70"), UID("1.2.840.10008.1.2.4.80")):
         available = set(get_decoder(uid).available_plugins)
         plugins = decoding_plugins(uid)
@@ -103,7 +104,30 @@ def test_a_syntax_without_any_decoder_is_a_codec_error(tmp_path: Path):
     assert err.value.code == "codec" and "MPEG2" in err.value.problem and "pylibjpeg" in err.value.fix
 
 
-def test_a_decoder_warning_rejects_the_image_naming_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def test_rle_is_decoded_by_the_compiled_plugin_to_the_same_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pixels = np.random.default_rng(3).integers(0, 4096, (48, 40)).astype(np.uint16)
+    path = _write(tmp_path / "rle.dcm", pixels, transfer_syntax="rle")
+    import pydicom.pixels
+
+    used = []
+    real = pydicom.pixels.pixel_array
+
+    def spy(ds, **kwargs):
+        used.append(kwargs.get("decoding_plugin"))
+        return real(ds, **kwargs)
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", spy)
+    fast = read_dicom(path).pixels
+    assert used[0] == "pylibjpeg"
+    monkeypatch.setattr("mammoflow.io.dicom._PLUGIN_ORDER", ("pydicom",))
+    np.testing.assert_array_equal(read_dicom(path).pixels, fast)  # pydicom's own decoder: the same image
+
+
+def test_a_decoder_warning_rejects_the_image_naming_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    # pydicom's own RLE decoder warns about non-conformant padding (the compiled plugin decodes the frame silently):
+    # the decoder used when pylibjpeg-rle is missing.
+    monkeypatch.setattr("mammoflow.io.dicom._PLUGIN_ORDER", ("pydicom",))
     pixels = np.full((48, 40), 16, np.uint8)
     bad = _encapsulated(tmp_path / "padded_rle.dcm", _rle_with_padding(48, 40), RLELossless, pixels)
     with warnings.catch_warnings(record=True) as escaped, caplog.at_level(logging.DEBUG):

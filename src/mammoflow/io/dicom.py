@@ -59,12 +59,14 @@ log = logging.getLogger(__name__)
 __all__ = ["DicomHeader", "DicomImage", "MG_SOP_CLASS", "decoding_plugins", "pseudonym", "pydicom_warnings",
            "read_dicom", "read_dicom_header", "supported_transfer_syntaxes"]
 
-_CODEC_FIX = "install pylibjpeg with its plugins (pylibjpeg-libjpeg, -openjpeg) or python-gdcm"
+_CODEC_FIX = "install pylibjpeg with its plugins (pylibjpeg-libjpeg, -openjpeg, -rle) or python-gdcm"
 # pydicom decoding plugins in the order they are tried. GDCM is not among them on purpose: python-gdcm lets C++
 # exceptions escape on some damaged JPEG 2000 streams (std::terminate aborts the process; nothing in Python can
 # catch it), while pylibjpeg and Pillow reject the same bytes with an exception. It is used only as the last
-# resort for a transfer syntax that no other installed plugin decodes (see decoding_plugins).
-_PLUGIN_ORDER = ("pydicom", "pylibjpeg", "pillow", "pyjpegls")
+# resort for a transfer syntax that no other installed plugin decodes (see decoding_plugins). Compiled decoders
+# come first: pylibjpeg (with pylibjpeg-rle, RLE Lossless in C) before pydicom's own pure-Python RLE decoder, which
+# is some 30x slower and serves only when the plugin is missing.
+_PLUGIN_ORDER = ("pylibjpeg", "pydicom", "pillow", "pyjpegls")
 _LAST_RESORT_PLUGINS = ("gdcm",)
 
 

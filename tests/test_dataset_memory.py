@@ -99,3 +99,19 @@ def test_cache_evicts_the_least_recently_used_entry() -> None:
     assert not cache.put("huge", 4, 101, budget=100)
     assert memory.budget_bytes(0) == 0 and memory.budget_bytes(10) == 10 << 20
     assert 0 < memory.budget_bytes(None) <= memory.HARD_LIMIT
+
+
+def test_flips_without_rotation_or_zoom_are_the_warp_without_resampling() -> None:
+    import tensorflow as tf
+
+    cfg = InputConfig(rotation_deg=0.0, zoom=0.0, hflip=True, vflip=True)
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (17, 12)).astype(np.float32))
+    moved = []
+    for u3, u4 in [(0.2, 0.2), (0.2, 0.7), (0.7, 0.2), (0.7, 0.7)]:
+        u = tf.constant([[0.3, 0.5, 0.5, u3, u4]], tf.float32)
+        t = pipeline._affine(cfg, tf.constant([8.0]), tf.constant([5.5]), u, out_size=(17, 12))
+        warped = pipeline._warp(image, t[0], (17, 12), cfg.fill_mode)
+        flipped = pipeline._flip(cfg, image[:, :, tf.newaxis], u[0])
+        np.testing.assert_array_equal(flipped.numpy(), warped.numpy())
+        moved.append(not np.array_equal(flipped.numpy()[:, :, 0], image.numpy()))
+    assert moved == [True, True, True, False]  # a draw below 0.5 flips; (0.7, 0.7) keeps the image

@@ -303,12 +303,11 @@ def _roi_stream(paths: Sequence[str], cfg: InputConfig, prepare: Any = None, pre
         (tf.constant([entry["starts"][p] for p in paths], tf.int64),
          tf.constant([entry["counts"][p] for p in paths], tf.int64)))
     # The same interleave over index ranges as over the files: the same order, element for element.
+    # (Sequential: counting needs no threads, and a parallel interleave gives this same order by its contract.)
     index = ranges.interleave(lambda start, n: tf.data.Dataset.range(start, start + n),
-                              cycle_length=min(cfg.cycle_length, len(paths)), block_length=1,
-                              num_parallel_calls=_parallel(cfg), deterministic=True)
+                              cycle_length=min(cfg.cycle_length, len(paths)), block_length=1)
     arrays = entry["arrays"]
-    rois = index.map(lambda i: {k: tf.gather(v, i) for k, v in arrays.items()},
-                     num_parallel_calls=_parallel(cfg), deterministic=True)
+    rois = index.map(lambda i: {k: tf.gather(v, i) for k, v in arrays.items()})  # a copy: no thread pays for it
     return rois if cfg.folds is None else rois.filter(_in_folds(cfg))
 
 
@@ -363,6 +362,17 @@ def _warp(image: Any, transform: Any, size: Sequence[int], fill_mode: str) -> An
         output_shape=tf.constant(list(size), tf.int32), fill_value=tf.constant(0.0, tf.float32),
         interpolation="BILINEAR", fill_mode=fill_mode.upper())
     return out[0]
+
+
+def _flip(cfg: InputConfig, image: Any, uniforms: Any) -> Any:
+    """The flips :func:`_affine` draws from the same ``uniforms`` [5], applied to an ``[h, w, 1]`` image as exact
+    pixel moves: what :func:`_warp` gives for a transform without rotation or zoom, without the resampling."""
+    tf = _tf()
+    if cfg.hflip:
+        image = tf.cond(uniforms[3] < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
+    if cfg.vflip:
+        image = tf.cond(uniforms[4] < 0.5, lambda: tf.reverse(image, [0]), lambda: image)
+    return image
 
 
 def _finish(cfg: InputConfig, x: Any) -> Any:
@@ -520,8 +530,11 @@ def whole_image_dataset(shard_paths: Sequence[str], cfg: InputConfig, size: int 
         image = roi["image"]
         if training:
             u = tf.random.stateless_uniform([1, 5], tf.stack([tf.constant(augment_stream, tf.int64), roi["key"]]))
-            t = _affine(cfg, tf.constant([(h - 1) / 2]), tf.constant([(w - 1) / 2]), u, out_size=(h, w))
-            image = _warp(image[:, :, 0], t[0], (h, w), cfg.fill_mode)
+            if cfg.rotation_deg == 0 and cfg.zoom == 0:  # flips alone move whole pixels: no resampling needed
+                image = _flip(cfg, image, u[0])
+            else:
+                t = _affine(cfg, tf.constant([(h - 1) / 2]), tf.constant([(w - 1) / 2]), u, out_size=(h, w))
+                image = _warp(image[:, :, 0], t[0], (h, w), cfg.fill_mode)
         return image, roi["label"], roi["example_id"]
 
     if training:

@@ -292,17 +292,17 @@ def test_a_sweep_job_runs_on_both_nodes_and_survives_losing_one(cluster, phantom
 
     second = _caller(cluster, spec, phantom_dataset, out, log)
     try:
-        # Kill the second node's raylet while it trains a trial that has checkpointed an epoch: its second trial
-        # once it has ended one (so that both nodes finish trials), or its only one when no trial is left to start.
+        # Kill the second node's raylet while it trains a trial that has checkpointed an epoch, once some trial
+        # has ended. If the second node ended one first, the next trial can only go there (the head is still busy),
+        # so it then finishes a trial before it dies; if the head ended one first, the second node's first trial
+        # is killed. Either way the moment comes: a trial spends a whole epoch with one epoch checkpointed.
         def victim() -> str | None:
-            attempts = {name: read_attempts(str(folder)) for name, folder in folders.items()}
-            ended_there = any(a and a[-1]["node_id"] == second_id and (folders[n] / TRIAL_STATUS_FILE).exists()
-                              for n, a in attempts.items())
-            if not ended_there and not all(attempts.values()):
+            if not any((folder / TRIAL_STATUS_FILE).exists() for folder in folders.values()):
                 return None
             for name, folder in folders.items():
-                mine = attempts[name] and attempts[name][-1]["node_id"] == second_id
-                if mine and _epochs_done(folder) >= 1 and not (folder / TRIAL_STATUS_FILE).exists():
+                attempts = read_attempts(str(folder))
+                if attempts and attempts[-1]["node_id"] == second_id and _epochs_done(folder) >= 1 \
+                        and not (folder / TRIAL_STATUS_FILE).exists():
                     return name
             return None
 
@@ -443,3 +443,14 @@ def test_the_jobs_entrypoint_is_the_projects_own_cli():
     assert not command.make_context("sweep", shlex.split(entrypoint("s", data, "o", resume=False))[2:]).params["resume"]
     assert [is_jobs_address(a) for a in ("http://h:8265", "https://h", "ray://h:10001", "auto", None)] == \
         [True, True, False, False, False]
+
+
+def test_job_ids_come_from_the_sweep_folder():
+    from types import SimpleNamespace
+
+    from mammoflow.sweep.jobs import next_id
+
+    base = submission_id("gs://b/sweeps/x")
+    assert base == submission_id("gs://b/sweeps/x/") != submission_id("gs://b/sweeps/y")
+    jobs = [SimpleNamespace(submission_id=i) for i in (base, f"{base}-3")]  # -2 was deleted
+    assert [next_id(base, jobs[:n]) for n in range(3)] == [base, f"{base}-2", f"{base}-4"]

@@ -67,7 +67,7 @@ def command(spec_ref: str, data: tuple[str, ...], out_uri: str | None, address: 
             cache_dir: str | None, dry_run: bool) -> None:
     """Run a sweep spec: a base training config + axes, early stopping (ASHA), one `train` per trial."""
     from mammoflow import steps
-    from mammoflow.sweep.jobs import SweepCancelled
+    from mammoflow.sweep.jobs import SweepCancelled, SweepJobFailed
 
     if dry_run:
         for line in steps.sweep_plan(spec_ref, cache_dir=cache_dir):
@@ -88,6 +88,11 @@ def command(spec_ref: str, data: tuple[str, ...], out_uri: str | None, address: 
     except SweepCancelled as exc:  # the Ray job was stopped because this command was (SIGTERM)
         click.echo(str(exc), err=True)
         raise click.exceptions.Exit(EXIT_STOPPED) from None
+    except SweepJobFailed as exc:  # the job's driver is this CLI: its exit code is ours
+        if exc.exit_code == 1:
+            raise
+        click.echo(str(exc), err=True)
+        raise click.exceptions.Exit(exc.exit_code) from None
     out = out_uri or steps.local_sweep_uri(summary["sweep"])
     click.echo(f"sweep {summary['sweep']}: {summary['trials']} trials, {summary['finished']} finished, "
                f"{summary['stopped_early']} stopped early, {summary['failed']} failed; "

@@ -48,10 +48,17 @@ JOB_PREFIX = "mammoflow-sweep-"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 POLL_S = 2.0
 STOP_WAIT_S = 60.0
+OUR_EXIT_CODES = (1, 2, 143)  # a failed job's driver (our CLI) exit codes passed on as ours (README "Exit codes")
 
 
 class SweepJobFailed(MammoflowError):
-    """The sweep's Ray job ended without success (failed, or stopped by someone else)."""
+    """The sweep's Ray job ended without success (failed, or stopped by someone else). ``exit_code``: the job's
+    driver is this project's CLI, so its exit code is one of ours (1 error, 2 usage, 143 stopped on SIGTERM: re-run
+    to resume); 1 when the job ended before or without its driver."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class SweepCancelled(MammoflowError):
@@ -121,26 +128,32 @@ def connect(address: str):
                           ) from None
 
 
+def _number(job_id: str, base_id: str) -> int | None:
+    """1 for ``base_id``, N for ``base_id-N``, None for another folder's job."""
+    if job_id == base_id:
+        return 1
+    tail = job_id[len(base_id) + 1:] if job_id.startswith(base_id + "-") else ""
+    return int(tail) if tail.isdigit() else None
+
+
 def find_jobs(client, base_id: str) -> list:
     """The jobs of one sweep folder (ids ``base_id`` and ``base_id-N``), oldest first."""
-    def order(job) -> int:
-        tail = job.submission_id[len(base_id):]
-        return int(tail[1:]) if tail.startswith("-") and tail[1:].isdigit() else 1
-
-    return sorted((j for j in client.list_jobs() if j.submission_id and
-                   (j.submission_id == base_id or j.submission_id.startswith(base_id + "-"))), key=order)
+    mine = [j for j in client.list_jobs() if j.submission_id and _number(j.submission_id, base_id) is not None]
+    return sorted(mine, key=lambda j: _number(j.submission_id, base_id))
 
 
 def next_id(base_id: str, jobs: list) -> str:
-    """The id of a new job after ``jobs`` (all ended): ``base_id``, then ``base_id-2``, ``-3``, ..."""
-    return base_id if not jobs else f"{base_id}-{len(jobs) + 1}"
+    """The id of a new job after ``jobs`` (all ended): ``base_id``, then ``base_id-2``, ``-3``, ... (one more than
+    the highest, so a deleted job's id is never reused while a later one exists)."""
+    numbers = [_number(j.submission_id, base_id) or 1 for j in jobs]
+    return base_id if not numbers else f"{base_id}-{max(numbers) + 1}"
 
 
 def submit_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, address: str, *, resume: bool,
                  max_concurrent: int | None = None, poll_s: float = POLL_S) -> dict[str, Any]:
     """Run the sweep as a Ray job on the cluster at ``address`` (or follow the one already running for
     ``out_uri``); returns the summary the job wrote to ``OUT/summary.json``."""
-    from mammoflow.sweep.runner import absolute_uri, claim_folder, forwarded_env
+    from mammoflow.sweep.runner import absolute_uri, check_spec, claim_folder, forwarded_env
 
     out_uri = absolute_uri(out_uri.rstrip("/"))
     data_uris = {name: absolute_uri(uri) for name, uri in data_uris.items()}
@@ -152,19 +165,27 @@ def submit_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, addre
     base_id = submission_id(out_uri)
     jobs = find_jobs(client, base_id)
     running = [j for j in jobs if not j.status.is_terminal()]
+    command = entrypoint(storage.join(out_uri, "spec.yaml"), data_uris, out_uri, resume=resume,
+                         max_concurrent=max_concurrent)
     if running:
-        job_id = running[-1].submission_id
+        job = running[-1]
+        check_spec(spec, out_uri)
+        job_id = job.submission_id
         log.info("sweep %s: Ray job %s of %s is already %s on %s: following it (no second job)", spec.name, job_id,
-                 out_uri, running[-1].status.value, address)
+                 out_uri, job.status.value, address)
+        if _without_resume(job.entrypoint) != _without_resume(command):
+            log.warning("Ray job %s runs %s (not the options given here)", job_id, job.entrypoint)
     else:
         claim_folder(spec, out_uri, resume)
-        job_id = next_id(base_id, jobs)
-        command = entrypoint(storage.join(out_uri, "spec.yaml"), data_uris, out_uri, resume=resume,
-                             max_concurrent=max_concurrent)
-        job_id = _submit(client, job_id, command, forwarded_env(), {"sweep": spec.name, "out": out_uri})
+        job_id = _submit(client, next_id(base_id, jobs), command, forwarded_env(),
+                         {"sweep": spec.name, "out": out_uri})
         log.info("sweep %s: submitted Ray job %s to %s: %s", spec.name, job_id, address, command)
     info = follow(client, job_id, poll_s=poll_s)
     return _outcome(info, job_id, address, out_uri)
+
+
+def _without_resume(command: str) -> list[str]:
+    return [arg for arg in shlex.split(command or "") if arg != "--resume"]
 
 
 def _submit(client, job_id: str, command: str, env: dict[str, str], metadata: dict[str, str]) -> str:
@@ -188,9 +209,10 @@ def _outcome(info, job_id: str, address: str, out_uri: str) -> dict[str, Any]:
         return json.loads(storage.get_bytes(storage.join(out_uri, "summary.json")))
     reason = " ".join((info.message or "").split())[:300]
     what = "was stopped (not by this caller)" if info.status == JobStatus.STOPPED else "failed"
+    code = info.driver_exit_code if info.driver_exit_code in OUR_EXIT_CODES else 1
     raise SweepJobFailed(f"{out_uri}: the sweep's Ray job {job_id} {what}: {reason}. Fix: read its log "
                          f"(ray job logs {job_id} --address {address}), fix the cause, and run the same command "
-                         "with --resume: ended trials are kept, interrupted ones continue")
+                         "with --resume: ended trials are kept, interrupted ones continue", code)
 
 
 @contextmanager

@@ -365,23 +365,29 @@ def experiment_path(spec: SweepSpec, out_uri: str):
     return fs, ray_path, f"{ray_path.rstrip('/')}/{spec.name}"
 
 
+def check_spec(spec: SweepSpec, out_uri: str) -> str:
+    """The spec as run (:func:`spec_yaml`); refuses a sweep folder that holds a sweep of another spec."""
+    spec_uri = storage.join(out_uri, "spec.yaml")
+    text = spec_yaml(spec)
+    if storage.exists(spec_uri) and storage.get_bytes(spec_uri).decode() != text:
+        raise ConfigError(f"{out_uri}: holds a sweep with a different spec (spec.yaml). Fix: use a new --out, "
+                          "or the same spec to resume it")
+    return text
+
+
 def claim_folder(spec: SweepSpec, out_uri: str, resume: bool) -> bool:
     """Check the sweep folder ``out_uri`` before any work and write its ``spec.yaml``; True if it holds Ray Tune
     state to resume. Refuses a folder of another spec, and one holding state unless ``resume`` (the local driver
     and the Ray Jobs client apply the same rule)."""
     from ray import tune
 
-    spec_uri = storage.join(out_uri, "spec.yaml")
-    text = spec_yaml(spec)
-    if storage.exists(spec_uri) and storage.get_bytes(spec_uri).decode() != text:
-        raise ConfigError(f"{out_uri}: holds a sweep with a different spec (spec.yaml). Fix: use a new --out, "
-                          "or the same spec to resume it")
+    text = check_spec(spec, out_uri)
     fs, _, experiment = experiment_path(spec, out_uri)
     restorable = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
     if restorable and not resume:
         raise ConfigError(f"{out_uri}: holds the state of sweep {spec.name}. Fix: add --resume to continue it, "
                           "or give a new --out")
-    storage.put_bytes(spec_uri, text.encode())
+    storage.put_bytes(storage.join(out_uri, "spec.yaml"), text.encode())
     return restorable
 
 

@@ -12,7 +12,9 @@ cluster, so a flaky laptop or a preempted KFP pod does not kill the sweep.
   (``...-2``, ``...-3``), which resumes the sweep from OUT like ``--resume`` does locally.
 - **The spec travels through OUT.** The caller checks OUT (same rules as a local sweep: a different spec is
   refused, existing state needs ``resume``) and writes ``OUT/spec.yaml`` with the base config resolved; the
-  entrypoint reads it from there. So OUT (and every ``--data``) must be reachable from the cluster: ``gs://``.
+  entrypoint reads it from there. So OUT (and every ``--data``) must be reachable from the cluster: ``gs://``;
+  and the caller's mammoflow should be the image's: a driver that resolves the spec otherwise refuses the folder
+  ("different spec") before any trial starts.
 - **Logs, status, cancellation.** The job's log is streamed into this process's log (``job | ...``); its end
   maps to our exit: SUCCEEDED returns the summary (0), FAILED or stopped by someone else raise
   :class:`SweepJobFailed` (1), and SIGTERM / SIGINT here stop the job (``stop_job``) before raising
@@ -207,7 +209,9 @@ def _outcome(info, job_id: str, address: str, out_uri: str) -> dict[str, Any]:
 
     if info.status == JobStatus.SUCCEEDED:
         return json.loads(storage.get_bytes(storage.join(out_uri, "summary.json")))
-    reason = " ".join((info.message or "").split())[:300]
+    # A failed entrypoint's message is Ray's header plus the tail of the log: its last line is our CLI's error.
+    lines = [line.strip() for line in (info.message or "").splitlines() if line.strip()]
+    reason = (lines[-1] if lines else "no message")[:300]
     what = "was stopped (not by this caller)" if info.status == JobStatus.STOPPED else "failed"
     code = info.driver_exit_code if info.driver_exit_code in OUR_EXIT_CODES else 1
     raise SweepJobFailed(f"{out_uri}: the sweep's Ray job {job_id} {what}: {reason}. Fix: read its log "

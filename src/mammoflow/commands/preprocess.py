@@ -35,13 +35,14 @@ did not write (an ingest folder), is refused unless --overwrite is given."""
 @click.option("--export-png", "export_dir", type=click.Path(path_type=Path), default=None,
               help="Also write 8-bit viewable PNGs with lesion outlines here, to look at.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any record was quarantined in this run.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes to use (one image per process at a time).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes to use (one image per process at a time). Default: every CPU this process may use "
+                   "(the container's limit), one per 4 images at most.")
 @click.option("--overwrite", is_flag=True,
               help="Replace what --out holds when it was made with another config, or is a records folder that "
                    "preprocess did not write (default: refuse).")
 def command(records_dir: Path, config: str, out_dir: Path, export_dir: Path | None, strict: bool,
-            workers: int, overwrite: bool) -> None:
+            workers: int | None, overwrite: bool) -> None:
     """Preprocess every image of a records folder with one chain and write a new records folder.
 
     Lesion centres, radii and masks are moved with the image. Unusable images are quarantined and the run goes

@@ -18,15 +18,17 @@ holding records that no preprocess run wrote (an ingest folder), is refused unle
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import multiprocessing
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,7 @@ _WORKER: dict[str, Any] = {}
 def _worker_init(config: dict[str, Any], config_hash: str, out_dir: Path, export_dir: Path | None) -> None:
     import cv2
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent alone handles it
     cv2.setNumThreads(1)  # one process per core already
     _WORKER.update(chain=Chain.from_config(config), hash=config_hash, out=out_dir, export=export_dir)
 
@@ -253,14 +256,15 @@ def _by_record_id(entry: QuarantineEntry) -> QuarantineEntry:
 
 
 def preprocess_records(records_dir: Path | str, config: str | Path | dict[str, Any], out_dir: Path | str,
-                       export_dir: Path | str | None = None, workers: int = 1, overwrite: bool = False
+                       export_dir: Path | str | None = None, workers: int | None = None, overwrite: bool = False
                        ) -> PreprocessSummary:
     """Preprocess every record of ``records_dir`` into ``out_dir`` (see the module docstring); resumable.
 
     ``records_dir`` must be complete (:func:`require_finished_records`). Bad images are quarantined (input
     quarantine carried over) and the run goes on. Re-running with the same config
     resumes; a folder holding another config's output or a records folder not written by preprocess is refused
-    (:func:`check_output_folder`) unless ``overwrite``.
+    (:func:`check_output_folder`) unless ``overwrite``. ``workers``: processes (default: every CPU this process may
+    use, see :func:`worker_count`).
     """
     started = time.monotonic()
     records_dir, out_dir = Path(records_dir), Path(out_dir)
@@ -333,20 +337,62 @@ def _config_label(config: str | Path | dict[str, Any]) -> str:
         Path(config).name if isinstance(config, (str, Path)) else "dict")
 
 
+# A worker process costs a second or two to start (it imports NumPy, OpenCV and pydicom): each gets at least this
+# many images, so small runs stay in this process.
+MIN_IMAGES_PER_WORKER = 4
+
+
+def worker_count(requested: int | None, n_jobs: int) -> int:
+    """Processes for ``n_jobs`` images: ``requested``, or (``None``) every CPU this process may use (the pod's limit
+    on a cluster), never more than one per :data:`MIN_IMAGES_PER_WORKER` images."""
+    from mammoflow.resources import available_cpus
+
+    wanted = available_cpus() if requested is None else max(1, int(requested))
+    return max(1, min(wanted, n_jobs // MIN_IMAGES_PER_WORKER))
+
+
 def _run_all(jobs: list[_Job], chain: Chain, config: Any, config_hash: str, out_dir: Path,
-             export_dir: Path | None, workers: int) -> Iterator[Record | QuarantineEntry]:
-    if workers <= 1 or len(jobs) <= 1:
+             export_dir: Path | None, workers: int | None) -> Iterator[Record | QuarantineEntry]:
+    n = worker_count(workers, len(jobs))
+    if n <= 1:
         for job in progress(jobs, desc="preprocess", unit="image"):
             yield _run_one(job, chain, config_hash, out_dir, export_dir)
         return
-    resolved = chain.resolved()
+    log.info("preprocess in %d worker processes", n)
     # spawn, not fork: forking a process that holds threads (OpenCV's pool, logging, test runners) can leave a
     # lock held forever in the child.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init,
-                             initargs=(resolved, config_hash, out_dir, export_dir)) as pool:
-        yield from progress(pool.map(_worker_run, jobs, chunksize=4), desc="preprocess", total=len(jobs),
-                            unit="image")
+    pool = multiprocessing.get_context("spawn").Pool(n, initializer=_worker_init,
+                                                      initargs=(chain.resolved(), config_hash, out_dir, export_dir))
+    try:
+        with _sigterm_as_exit():
+            yield from progress(pool.imap(_worker_run, jobs, chunksize=2), desc="preprocess", total=len(jobs),
+                                unit="image")
+        pool.close()
+    except BaseException:  # SIGTERM, Ctrl-C, an error, or the caller stopped reading: no worker outlives the run
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """While the pool works, SIGTERM (a pod being stopped) ends this process through Python, exit code 143, so the
+    pool is terminated on the way out instead of leaving its workers running. A handler someone else installed is
+    left alone, as is everything off the main thread."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _export_existing(out_dir: Path, export_dir: Path, rec: Record) -> None:

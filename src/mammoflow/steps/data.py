@@ -388,7 +388,7 @@ def dataset_config_for(preset: str, dataset_config: str = "auto") -> str:
 
 
 def preprocess(records_dir: str | os.PathLike[str], config: str, out: str | os.PathLike[str], *,
-               workers: int = 1, export_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
+               workers: int | None = None, export_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
                cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Preprocess a records folder into ``out`` (``mammoflow preprocess``, the preprocess component); returns
     the run's counts (:class:`~mammoflow.preprocess.run.PreprocessSummary` as a dict, with ``usable``).

@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from mammoflow import storage
 from mammoflow.config import plain_numbers
 from mammoflow.errors import ConfigError, InputError
+from mammoflow.resources import available_cpus  # noqa: F401 - the step face offers it (steps.available_cpus)
 from mammoflow.steps.data import require_root, safe_name
 from mammoflow.storage import copies
 from mammoflow.training.package import PACKAGE_FILES
@@ -58,30 +58,6 @@ def package_run(run: str, out: str | os.PathLike[str]) -> list[str]:
         raise InputError(storage.join(run, "model.keras"), "the run has no trained model",
                          "let the training run finish (re-run resumes it)", code="missing_file")
     return copied
-
-
-def available_cpus(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> int:
-    """CPUs this process may use: the container's CPU limit (cgroup v2 ``cpu.max`` or v1 CFS quota), else the
-    CPUs it may run on. ``os.cpu_count()`` gives the node's count, which would start a Ray with far more trial
-    slots than the pod's limit allows."""
-    import math
-
-    root = Path(cgroup_root)
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = period = None
-    try:
-        if (root / "cpu.max").is_file():
-            q, p = (root / "cpu.max").read_text().split()[:2]
-            quota, period = (None if q == "max" else int(q)), int(p)
-        elif (root / "cpu" / "cpu.cfs_quota_us").is_file():
-            q = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-            quota = q if q > 0 else None
-            period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        quota = None
-    if quota is not None and period:
-        count = min(count, max(1, math.ceil(quota / period)))
-    return count
 
 
 class SweepDataError(ConfigError):

@@ -4,6 +4,7 @@ adapters over these functions and nothing else; each step can run in its own pod
 Read in the order the data flows:
 
 - :mod:`~mammoflow.steps.data`: built-in phantoms or a located dataset -> ingest -> preprocess -> build-dataset
+- :mod:`~mammoflow.steps.partitions`: the same preprocess and build in N record partitions (the pipelines)
 - :mod:`~mammoflow.steps.train`: a training run, or a Ray Tune sweep of many
 - :mod:`~mammoflow.steps.evaluate`: voting evaluation with CIs, class activation maps, the report
 - :mod:`~mammoflow.steps.retrain`: the steps of one scheduled retraining run, or all of them in one process
@@ -14,7 +15,9 @@ directly: there is no step behind them.
 Where things live under a ``storage_root`` (local folder or ``gs://bucket/prefix``)::
 
     raw/phantoms-n<N>-s<seed>/             built-in phantom mammograms (demo data)
+    preprocessed/<sha16>/                  the preprocess partitions' images (one folder, named by record)
     datasets/<config>-<sha16>/             shards + manifest.json, content-addressed by records and config
+    datasets/<config>-<sha16>/parts/       each build partition's example spools and its part.json
     runs/<run id>/train/                   the training run folder (checkpoints, TensorBoard, model.keras)
     sweeps/<run id>/                       a sweep folder (Ray Tune state, one run folder per trial, results)
     retrain/<name>/                        a scheduled retraining: state.json and one folder per pipeline run

@@ -45,6 +45,7 @@ version passed by the caller. Same inputs and config give a byte-identical manif
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -56,12 +57,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from mammoflow import storage
-from mammoflow.dataset.spool import spool_folder
+from mammoflow.dataset.spool import Spool, spool_folder
 from mammoflow.dataset.spool_index import Spooled, SpoolIndex
 from mammoflow.dataset.tfrecord import decode_features, encode_features, frame_record, read_records
 from mammoflow.errors import InputError
@@ -304,17 +305,18 @@ def write_split(
         raise ValueError(f"bad split name {split!r}")
     # The spool folder is locked while this build lives; the next build removes those of killed builds.
     with spool_folder(split, work_dir) as tmp:
-        spool_path = Path(tmp) / "spool.bin"
-        index = spool_examples(examples, split, spool_path)
-        return write_spooled(index, spool_path, out_uri, split, target_shard_bytes=target_shard_bytes,
+        spool = Spool(Path(tmp) / "spool.bin")  # in memory when the split fits
+        index = spool_examples(examples, split, spool)
+        return write_spooled(index, spool, out_uri, split, target_shard_bytes=target_shard_bytes,
                              work_dir=tmp, upload_workers=upload_workers, on_shard=on_shard)
 
 
-def write_spooled(index: SpoolIndex, spool_path: str | os.PathLike[str], out_uri: str, split: str, *,
+def write_spooled(index: SpoolIndex, spool: str | os.PathLike[str] | Spool, out_uri: str, split: str, *,
                   target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES, work_dir: str | os.PathLike[str],
                   upload_workers: int = 4, on_shard: Callable[[ShardInfo, bool], None] | None = None
                   ) -> SplitResult:
-    """Cut the spool file ``spool_path`` described by ``index`` into the split's shards (see :func:`write_split`;
+    """Cut the spool (a file, or a :class:`~mammoflow.dataset.spool.Spool`) described by ``index`` into the split's
+    shards (see :func:`write_split`;
     the shard files are made in ``work_dir``). The shards depend only on the examples, never on how they were
     spooled: a build in partitions gives the same bytes as a build in one piece."""
     items = index.items
@@ -326,12 +328,13 @@ def write_spooled(index: SpoolIndex, spool_path: str | os.PathLike[str], out_uri
         members[item.key % n].append(item)
     result = SplitResult(split=split, shards=[], counts=dict(index.counts), label_names=dict(index.names),
                          patients=len(index.patients), folds=dict(index.folds))
-    with open(spool_path, "rb") as spool, ThreadPoolExecutor(max(1, upload_workers)) as pool:
+    source = spool if isinstance(spool, Spool) else Spool(spool, memory_limit=0)
+    with source.reader() as read, ThreadPoolExecutor(max(1, upload_workers)) as pool:
         pending: list[tuple[ShardInfo, Path, Future[bool]]] = []
         for i in progress(range(n), desc=f"{split} shards", unit="shard"):
             group = sorted(members[i], key=lambda it: it.example_id)
             local = Path(work_dir) / shard_name(split, i, n)
-            info = _write_shard_file(spool, group, local, f"{split}/{local.name}")
+            info = _write_shard_file(read, group, local, f"{split}/{local.name}")
             uri = storage.join(out_uri, info.path)
             pending.append((info, local, pool.submit(_publish, local, uri, info)))
             # keep at most `upload_workers` finished shard files waiting on local disk
@@ -344,12 +347,14 @@ def write_spooled(index: SpoolIndex, spool_path: str | os.PathLike[str], out_uri
     return result
 
 
-def spool_examples(examples: Iterable[Example], split: str, spool_path: Path) -> SpoolIndex:
-    """Validate and frame ``examples`` (all of split ``split``) into the local file ``spool_path``; its index."""
+def spool_examples(examples: Iterable[Example], split: str, spool: Path | Spool) -> SpoolIndex:
+    """Validate and frame ``examples`` (all of split ``split``) into ``spool`` (a local file, or a
+    :class:`~mammoflow.dataset.spool.Spool` kept in memory while it fits); its index."""
     index = SpoolIndex()
     seen: set[str] = set()
     offset = 0
-    with open(spool_path, "wb") as spool:
+    target = spool if isinstance(spool, Spool) else Spool(spool, memory_limit=0)
+    with contextlib.closing(target) as spool:
         for ex in progress(examples, desc=f"{split} examples", unit="ex"):
             ex.validate()
             if ex.split != split:
@@ -375,12 +380,13 @@ def spool_examples(examples: Iterable[Example], split: str, spool_path: Path) ->
     return index
 
 
-def _write_shard_file(spool: BinaryIO, group: list[Spooled], local: Path, rel_path: str) -> ShardInfo:
+def _write_shard_file(read: Callable[[int, int], Any], group: list[Spooled], local: Path, rel_path: str
+                      ) -> ShardInfo:
     digest = hashlib.sha256()
     size = 0
     with open(local, "wb") as out:
         for item in group:
-            frame = os.pread(spool.fileno(), item.length, item.offset)
+            frame = read(item.offset, item.length)
             out.write(frame)
             digest.update(frame)
             size += len(frame)

@@ -83,3 +83,53 @@ def _owner_is_gone(folder: Path, now: float) -> bool:
     finally:
         os.close(fd)  # also releases the lock if it was taken
     return True
+
+
+# A split's framed examples stay in memory up to this size (most datasets of ROIs); past it they go to the file.
+MEMORY_SPOOL_BYTES = 256 << 20
+
+
+class Spool:
+    """The framed examples of one split, in memory until they pass ``memory_limit`` bytes, then in ``path``: the
+    shards are cut from memory (no file written and read back) whenever the split fits."""
+
+    def __init__(self, path: str | os.PathLike[str], memory_limit: int = MEMORY_SPOOL_BYTES):
+        self.path = Path(path)
+        self.memory_limit = int(memory_limit)
+        self._buffer = bytearray()
+        self._file = None
+        self.size = 0
+
+    @property
+    def in_memory(self) -> bool:
+        return self._file is None and not self.path.exists()
+
+    def write(self, frame: bytes) -> None:
+        if self._file is None and len(self._buffer) + len(frame) > self.memory_limit:
+            self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
+        if self._file is not None:
+            self._file.write(frame)
+        else:
+            self._buffer += frame
+        self.size += len(frame)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        elif self.memory_limit <= 0:
+            self.path.touch()  # a file spool of a split without examples is an empty file
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[object]:
+        """``read(offset, length)`` of a frame: a view of memory, or one ``pread`` of the file."""
+        if self.in_memory:
+            view = memoryview(self._buffer)
+            try:
+                yield lambda offset, length: view[offset:offset + length]
+            finally:
+                view.release()
+            return
+        with open(self.path, "rb") as fh:
+            yield lambda offset, length: os.pread(fh.fileno(), length, offset)

@@ -42,14 +42,14 @@ def test_shipped_spec_dry_run_prints_one_line_per_trial_and_the_count(name):
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     n = PAPER_TRIALS[name]
-    assert lines[-1] == f"{n} trials"
-    assert len(lines) == n + 1
-    trial_names = [line.split()[0] for line in lines[:-1]]
+    assert lines[-1] == f"{n} trials" and lines[-2].startswith("expected trial-epochs with ")
+    assert len(lines) == n + 2
+    trial_names = [line.split()[0] for line in lines[:-2]]
     assert len(set(trial_names)) == n  # every trial has its own run folder
     # each line carries the cell's overrides as JSON, and they build valid training configs
     spec = load_spec(name)
     base = base_config(spec)
-    for line in lines[:-1]:
+    for line in lines[:-2]:
         cell = json.loads(line.split(None, 1)[1])
         trial_config(base, cell)
 
@@ -175,3 +175,21 @@ def test_data_option_parsing():
     assert _parse_data(("default=gs://b/a", "mass=gs://b/m")) == {"default": "gs://b/a", "mass": "gs://b/m"}
     result = CliRunner().invoke(cli, ["sweep", "--spec", "jaamour2023_divide_conquer", "--data", "gs://b/a"])
     assert result.exit_code != 0 and "calc, gaussian_histeq, mass" in result.output
+
+
+def test_expected_trial_epochs_follow_successive_halving() -> None:
+    from mammoflow.sweep.spec import expected_trial_epochs
+
+    # 4 trials of 4 epochs, halving after epochs 1 and 2: 4x1 + 2x1 + 1x2.
+    assert expected_trial_epochs([4] * 4, {"name": "asha", "grace_period": 1, "reduction_factor": 2}) == 8
+    # Ray's defaults (grace 1, factor 4): 16 trials of 16 epochs -> 16x1 + 4x3 + 1x12.
+    assert expected_trial_epochs([16] * 16, {"name": "asha"}) == 16 + 12 + 12
+    # Trials shorter than a rung stop at their own end; FIFO and median stopping count every epoch.
+    assert expected_trial_epochs([1, 3], {"name": "asha", "grace_period": 2, "reduction_factor": 2}) == 1 + 2 + 1
+    assert expected_trial_epochs([5] * 3, {"name": "fifo"}) == expected_trial_epochs([5] * 3, {"name": "median"}) == 15
+    assert expected_trial_epochs([], {"name": "asha"}) == 0
+
+
+def test_dry_run_prints_the_expected_trial_epochs() -> None:
+    lines = dry_run_lines(load_spec("demo"))
+    assert lines[-2] == "expected trial-epochs with asha: 8 of 16 (0.50 of the full grid)"

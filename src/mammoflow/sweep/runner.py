@@ -57,6 +57,7 @@ from mammoflow.sweep.spec import (
     base_config,
     cell_name,
     expand_cells,
+    expected_trial_epochs,
     trial_cell,
     trial_config,
     validate_cells,
@@ -498,5 +499,11 @@ def dry_run_lines(spec: SweepSpec) -> list[str]:
             for cell in cells:
                 suffix = f"  [{sampled}, sample {s + 1}]" if sampled else ""
                 lines.append(f"{cell_name(cell)}  {json.dumps(cell, sort_keys=True)}{suffix}")
-    lines.append(f"{len(lines)} trials")
+    n = len(lines)
+    epochs = [trial_config(base, cell)[1].total_epochs for cell in cells] * max(1, n // max(len(cells), 1))
+    name = spec.scheduler.get("name", "asha")
+    expected = expected_trial_epochs(epochs, spec.scheduler)
+    lines.append(f"expected trial-epochs with {name}: {expected} of {sum(epochs)} "
+                 f"({expected / max(sum(epochs), 1):.2f} of the full grid)")
+    lines.append(f"{n} trials")
     return lines

@@ -245,3 +245,31 @@ def _get_dotted(data: Mapping[str, Any], key: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def expected_trial_epochs(epochs: list[int], scheduler: Mapping[str, Any]) -> int:
+    """The trial-epochs a sweep of trials of ``epochs`` epochs is expected to run under ``scheduler``.
+
+    FIFO and median stopping: every epoch (median stopping depends on the curves: an upper bound). ASHA: synchronous
+    successive halving on the epoch axis, with Ray's defaults (grace period 1, reduction factor 4, ``max_t`` the
+    longest trial): at each rung ``grace * rf**k`` below ``max_t`` only the best ``1/rf`` of the trials go on, at
+    least one. Asynchronous ASHA may promote a trial more before a rung fills, so a run can exceed this a little.
+    """
+    if not epochs:
+        return 0
+    if scheduler.get("name", "asha") != "asha":
+        return sum(epochs)
+    grace = int(scheduler.get("grace_period", 1))
+    factor = float(scheduler.get("reduction_factor", 4))
+    max_t = int(scheduler.get("max_t", max(epochs)))
+    alive = sorted(epochs, reverse=True)  # which trials go on is decided by their metrics: count the longest
+    total, reached, rung = 0, 0, grace
+    while alive:
+        stop = min(rung, max_t)
+        total += sum(max(0, min(e, stop) - reached) for e in alive)
+        if stop >= max_t:
+            break
+        reached = stop
+        alive = alive[:max(1, int(len(alive) / factor))]
+        rung = int(rung * factor)
+    return total

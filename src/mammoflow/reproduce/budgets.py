@@ -8,6 +8,10 @@
   minutes; its numbers are not the paper's protocol and the report says so.
 - ``cpu``: our from-scratch model (``yu2020_cpu`` train preset) with test-time augmentation and a decision
   threshold fitted on the validation split; no ImageNet weights needed.
+- ``cpu-pretrained``: the papers' transfer-learning protocols on the installed pretrained weights (no network):
+  Yu's VGG16 Fusion1 and Fusion2 on ``hed-bsds500`` (frozen convs with the head cache, then fine-tuning) and
+  Jaamour's MobileNetV2 on ``torchvision-imagenet`` (frozen, then unfrozen at 1e-5); every choice on validation
+  (:mod:`mammoflow.reproduce.pretrained`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Literal
 
 from mammoflow.errors import ConfigError
 
-BudgetName = Literal["fast", "paper", "cpu"]
+BudgetName = Literal["fast", "paper", "cpu", "cpu-pretrained"]
 ALL_BRANCHES = (1, 2, 3, 4, 5)
 
 
@@ -80,7 +84,21 @@ BUDGETS: dict[str, Budget] = {
         name="cpu", preset="yu2020_cpu", faithful=False,
         description="our compact CNN trained from scratch on CPU (train preset yu2020_cpu), with test-time "
                     "augmentation and a decision threshold fitted on the validation split"),
+    "cpu-pretrained": Budget(
+        name="cpu-pretrained", preset="yu2020", faithful=False,
+        description="the papers' transfer-learning protocols on CPU: Yu's VGG16 Fusion1 and Fusion2 on HED (BSDS500 "
+                    "edges, VGG16 initialised from ImageNet) with frozen convs and the head cache, then fine-tuned; "
+                    "Jaamour's MobileNetV2 on torchvision ImageNet weights (frozen, then unfrozen at 1e-5) on the "
+                    "whole ROI upscaled to 144x144; thresholds, stages and the ensemble chosen on validation"),
 }
+
+#: Named pretrained weights that pick ``cpu-pretrained`` when ``--budget`` is left out.
+PRETRAINED_WEIGHTS = ("hed-bsds500", "torchvision-imagenet")
+
+
+def default_budget(weights: str | None) -> str:
+    """The budget when ``--budget`` is not given: ``cpu-pretrained`` for its named weights, else ``fast``."""
+    return "cpu-pretrained" if weights in PRETRAINED_WEIGHTS else "fast"
 
 
 def get_budget(name: str) -> Budget:

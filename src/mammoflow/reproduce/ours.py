@@ -122,27 +122,57 @@ def evaluate_ours(runs: str | Sequence[str], data_uri: str, out: str | Path, pro
     if temperature_info is not None:
         rows["prob_calibrated"] = calibration.apply_temperature(rows[_prob_columns(rows)].to_numpy(),
                                                                 temperature_info["value"])[:, 1]
-    threshold = float(chosen["threshold"])
-    part, tables = compute_metrics(rows, class_names=tuple(loaded.label_names), method=protocol.method,  # type: ignore[arg-type]
-                                      n_bootstrap=n_bootstrap, seed=seed, threshold=threshold)
+    return _write_report(rows, loaded, out, float(chosen["threshold"]), protocol.method, temperature_info,
+                         {**protocol.to_dict(), "threshold": chosen, "runs": runs},
+                         members=[m.describe() for m in members], data=(data_uri, manifest, data_sha), split=split,
+                         n_bootstrap=n_bootstrap, seed=seed)
+
+
+def _write_report(rows: Any, loaded: Any, out: Path | None, threshold: float, method: str,
+                  temperature_info: Mapping[str, Any] | None, protocol: Mapping[str, Any], *, members: list[Any],
+                  data: tuple[str, Mapping[str, Any], str], split: str, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """Metrics with CIs of prediction ``rows`` at ``threshold``; written as ``mammoflow evaluate``'s files into
+    ``out`` (nothing written when ``out`` is None); return the report."""
+    data_uri, manifest, data_sha = data
+    part, tables = compute_metrics(rows, class_names=tuple(loaded.label_names), method=method,  # type: ignore[arg-type]
+                                   n_bootstrap=n_bootstrap, seed=seed, threshold=threshold)
     part["calibration"]["temperature"] = temperature_info
     report = {
         "kind": METRICS_KIND, "evaluation_schema_version": EVALUATION_SCHEMA_VERSION,
         "schema_version": metrics.METRICS_SCHEMA_VERSION, "split": split, "fold": None, "threshold": threshold,
-        "model": {**loaded.describe(), "members": [m.describe() for m in members]},
+        "model": {**loaded.describe(), "members": members},
         "data": {"uri": data_uri, "manifest_sha256": data_sha,
                  "counts": (manifest.get("splits", {}).get(split) or {}).get("counts"),
                  "patients": (manifest.get("splits", {}).get(split) or {}).get("patients")},
         "class_names": list(loaded.label_names), "positive_class": loaded.label_names[1],
-        **part, "paper_comparison": None, "n_bootstrap": n_bootstrap, "seed": seed,
-        "protocol": {**protocol.to_dict(), "threshold": chosen, "runs": runs},
+        **part, "paper_comparison": None, "n_bootstrap": n_bootstrap, "seed": seed, "protocol": dict(protocol),
     }
+    if out is None:
+        return report
+    out.mkdir(parents=True, exist_ok=True)
     write_parquet(predictions_table(tables, loaded.name), out / PREDICTIONS_FILE)
     report["figures"] = write_figures(part, tables, out, tuple(loaded.label_names), split)
     metrics.write_metrics_json(kfp_classification_metrics(part, split), out / KFP_METRICS_FILE)
     metrics.write_metrics_json(report, out / METRICS_FILE)
     metrics.write_metrics_json(report["protocol"], out / "protocol.json")
     return report
+
+
+def rows_report(rows: Any, data_uri: str, out: Path | None, loaded: Any, choice: Mapping[str, Any] | None, *,
+                method: str = "soft", split: str = "test", n_bootstrap: int = 2000, seed: int = 0,
+                cache_dir: str | Path | None = None, protocol: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The report of prediction rows made elsewhere (the pretrained protocol: one prediction pass per model, reused
+    by its ensembles) at a threshold ``choice`` fitted on validation (None: the paper's 0.5). ``loaded``: the
+    (first) model's package (:func:`mammoflow.training.package.load_package`), for its names and description."""
+    manifest, _, data_sha = dataset_files(data_uri, cache_dir)
+    rows = rows.copy()
+    rows["split"] = split
+    threshold = 0.5 if choice is None else float(choice["threshold"])
+    return _write_report(rows, loaded, out, threshold, method, None,
+                         {**(protocol or {}), "threshold": dict(choice) if choice else {"threshold": 0.5,
+                                                                                        "fitted_on": None}},
+                         members=[], data=(data_uri, manifest, data_sha), split=split, n_bootstrap=n_bootstrap,
+                         seed=seed)
 
 
 def headline(report: Mapping[str, Any], level: str = "roi") -> dict[str, Any]:

@@ -225,10 +225,13 @@ def summarise(result: Any, *, overrides: Mapping[str, Any], n_bootstrap: int, wa
 def notes(result: Any, budget: Any, overrides: Mapping[str, Any]) -> list[str]:
     """Warnings a reader needs before trusting the numbers."""
     out = []
+    if budget.name == "cpu-pretrained":
+        out.append("weights: hed-bsds500 = HED (BSDS500 edges, VGG16 initialised from ImageNet), not ImageNet weights; "
+                   "torchvision-imagenet = torchvision ImageNet MobileNetV2. The paper used ImageNet VGG16.")
     if budget.name != "cpu" and result.weights == "none":
         out.append("weights: none - the VGG backbones are frozen at random weights, so these numbers check the "
                    "pipeline and say nothing about the paper's method. Use --weights imagenet (network needed).")
-    if not budget.faithful and budget.name != "cpu":
+    if not budget.faithful and budget.name not in ("cpu", "cpu-pretrained"):
         out.append(f"budget '{budget.name}': {budget.description}. This is not the paper's protocol (500 / 2,000 "
                    "patches per ROI, 5 epochs); run --budget paper for that.")
     if overrides:
@@ -270,6 +273,10 @@ def render_markdown(summary: Mapping[str, Any], tsne_src: str | None) -> str:
     lines += ["", f"Budget: {summary['budget']['description']}.", "", _wall_time_line(summary), ""]
     if summary.get("ours"):
         lines += _ours_markdown(summary["ours"])
+    if summary.get("pretrained"):
+        from mammoflow.reproduce.pretrained_report import markdown
+
+        lines += markdown(summary["pretrained"])
     lines += ["## Our cells next to the paper's (Tables 1-3)", "",
               "Each cell: **paper / ours [95% CI] verdict**. *match* = the paper's value is inside our CI, "
               "*beat* = our CI is above it, *miss* = our CI is below it; `-` = not run at this budget. "

@@ -14,7 +14,10 @@ finished epoch)::
 ``weights``: ``imagenet`` is the faithful reproduction (``keras.applications`` downloads the VGG weights, so it
 needs the network; offline the model registry raises its explanation); ``none`` trains on random frozen features
 (checks the plumbing only); a ``.weights.h5`` path or URI loads a whole-model file; any other ``.h5`` file is taken
-as a ``keras.applications`` backbone file (e.g. a mirrored ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``).
+as a ``keras.applications`` backbone file (e.g. a mirrored ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``);
+an installed named weight (``hed-bsds500`` for the VGG16 cells) is passed on by name. ``--weights hed-bsds500`` or
+``torchvision-imagenet`` without ``--budget`` runs ``--budget cpu-pretrained`` (:mod:`mammoflow.reproduce.pretrained`:
+OUT/runs/<cell>/<stage>/, OUT/predictions/, OUT/evaluations/<cell>/ and ours/).
 """
 
 from __future__ import annotations
@@ -73,15 +76,19 @@ def prepare_dataset(data: str | Path, out: Path) -> str:
 
 def weights_overrides(weights: str | None) -> dict[str, Any]:
     """Train-config overrides for ``--weights``: imagenet | none | whole-model ``.weights.h5`` | backbone ``.h5``."""
+    from mammoflow.models.pretrained import CATALOGUE
+
     if weights is None or weights in ("imagenet", "none"):
         return {"model.weights": weights or "imagenet"}
     text = str(weights)
+    if text in CATALOGUE:  # installed named weights (hed-bsds500, ...): create_model checks they fit the backbone
+        return {"model.weights": text}
     if text.endswith(".weights.h5"):
         return {"model.weights": text}
     if text.endswith(".h5"):
         return {"model.weights": "none", "model.params.backbone_weights": text}
-    raise ConfigError(f"--weights {text!r}: expected imagenet, none, a whole-model .weights.h5 file or a "
-                      "keras.applications backbone .h5 file")
+    raise ConfigError(f"--weights {text!r}: expected imagenet, none, {', '.join(n for n in CATALOGUE if n != 'imagenet')}"
+                      ", a whole-model .weights.h5 file or a keras.applications backbone .h5 file")
 
 
 def cell_config(budget: Budget, cell: Cell | None, weights: str | None, overrides: Mapping[str, Any] | None = None):
@@ -201,19 +208,26 @@ def _tsne(info: Mapping[str, Any], dataset: str, out: Path, title: str, seed: in
 # ------------------------------------------------------------------------------------------------ entry point
 
 
-def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None = None, budget: str = "fast",
+def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None = None, budget: str | None = None,
                      overrides: Mapping[str, Any] | None = None, n_bootstrap: int = 2000, seed: int = 0,
-                     address: str | None = None, cache_dir: str | None = None, tsne: bool = True) -> ReproduceResult:
+                     address: str | None = None, cache_dir: str | None = None, tsne: bool = True,
+                     pretrained_cells: Any = None) -> ReproduceResult:
     """Run the reproduction (see the module docstring); return what was written.
 
     ``overrides`` (dotted train-config keys, e.g. ``{"schedule.steps_per_epoch": 5}``) apply to every trained
     cell; the report lists them. ``weights`` defaults to ``imagenet`` for the paper's models and must be left
-    unset for ``budget="cpu"`` (our model is trained from scratch).
+    unset for ``budget="cpu"`` (our model is trained from scratch). ``budget`` None: ``cpu-pretrained`` for
+    ``hed-bsds500`` / ``torchvision-imagenet``, else ``fast``.
     """
     from mammoflow.reproduce import report as rep
+    from mammoflow.reproduce.budgets import default_budget
     from mammoflow.reproduce.ours import CPU_PROTOCOL, PAPER_RULE, evaluate_ours
 
-    b = get_budget(budget)
+    b = get_budget(budget or default_budget(weights))
+    if b.name == "cpu-pretrained":
+        from mammoflow.reproduce.pretrained import cells_for
+
+        cells_for(weights)  # refuses other weights before any work
     if b.name == "cpu" and weights not in (None, "none"):
         raise ConfigError("--budget cpu trains our model from scratch: --weights does not apply. Fix: leave it out, "
                           "or use --budget fast/paper for the paper's ImageNet models")
@@ -222,8 +236,16 @@ def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None =
     t_start = time.perf_counter()
     dataset = prepare_dataset(data, out)
     result = ReproduceResult(out=out, budget=b.name, weights=None if b.name == "cpu" else (weights or "imagenet"))
+    pretrained = None
+    if b.name == "cpu-pretrained":
+        from mammoflow.reproduce.pretrained import run_protocol
 
-    if b.name == "cpu":
+        result.weights = "hed-bsds500 + torchvision-imagenet"
+        pretrained = run_protocol(dataset, out, weights=weights, overrides=overrides, n_bootstrap=n_bootstrap,
+                                  seed=seed, cache_dir=cache_dir, cells=pretrained_cells)
+        result.cells = pretrained["cells"]
+        tsne = False  # the t-SNE would predict the test split once more (a VGG16 pass); see the per-cell folders
+    elif b.name == "cpu":
         protocol = CPU_PROTOCOL
         base = cell_config(b, None, None, overrides)
         info: dict[str, Any] = {"model": base.model.name, "config": base.to_dict(), "members": [],
@@ -260,6 +282,8 @@ def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None =
         result.cells = cells
 
     for name, info in result.cells.items():
+        if pretrained is not None:
+            break  # no per-cell page: it would run the model again for its figures
         info["cell_report"] = _cell_report(info["run"], Path(info["evaluation"]), out / "reports" / name, cache_dir)
     if tsne and result.cells:
         name = _tsne_cell(result.cells)
@@ -268,6 +292,10 @@ def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None =
                                            f"t-SNE of the test ROIs' features ({what})", seed, cache_dir)
     result.summary = rep.summarise(result, overrides=dict(overrides or {}), n_bootstrap=n_bootstrap,
                                    wall_time_s=time.perf_counter() - t_start, budget=b)
+    if pretrained is not None:
+        from mammoflow.reproduce.pretrained_report import section
+
+        result.summary["pretrained"] = section(pretrained, n_bootstrap)
     atomic_write_text(out / "summary.json", json.dumps(rep.jsonable(result.summary), indent=2) + "\n")
     result.report = rep.write_report(result.summary, out)
     return result

@@ -316,7 +316,8 @@ def test_gke_uses_workload_identity_and_the_bucket(overlays, overlay):
     objects = overlays[overlay]
     accounts = [o for o in objects if o["kind"] == "ServiceAccount"]
     assert {(a["metadata"]["namespace"], a["metadata"]["name"]) for a in accounts} == {
-        (RUN_NAMESPACE[overlay], "mammoflow-pipeline-runner"), ("mammoflow", "mammoflow-ray")}
+        (RUN_NAMESPACE[overlay], "mammoflow-pipeline-runner"), ("mammoflow", "mammoflow-ray"),
+        ("mammoflow", "mammoflow-trainer")}  # the multi-worker training Job's pods (base/train-multiworker.yaml)
     for account in accounts:
         assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
             ".iam.gserviceaccount.com")
@@ -509,3 +510,68 @@ def test_sweep_entrypoint_is_a_valid_command_whose_trials_fit_a_worker(overlays,
         gpus = quantity(limits.get("nvidia.com/gpu", 0))
         fits.append(cpus >= Decimal(str(spec.resources["cpu"])) and gpus >= Decimal(str(spec.resources["gpu"])))
     assert any(fits), f"{overlay}: no worker group can run a {spec.resources} trial"
+
+
+# ----------------------------------------------------------------------------------------------- multi-worker training
+def _train_job(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The multi-worker training Job, its pod's container and its headless Service (base/train-multiworker.yaml)."""
+    job = one(objects, "Job", "mammoflow-train")
+    return job, job["spec"]["template"]["spec"]["containers"][0], one(objects, "Service", "mammoflow-train")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_multiworker_job_builds_each_pods_tf_config_from_its_index(overlays, overlay):
+    """An Indexed Job whose pods find each other through the headless Service: the TF_CONFIG that
+    mammoflow.training.distribute builds from each pod's index names every pod's DNS name, worker 0 is the chief."""
+    from mammoflow.training import distribute
+
+    job, container, service = _train_job(overlays[overlay])
+    spec, pod = job["spec"], job["spec"]["template"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    workers = int(env[distribute.WORKERS_ENV])
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == workers >= 2
+    assert spec["suspend"] is True  # applying never starts a training
+    assert pod["spec"]["restartPolicy"] == "OnFailure" and spec["backoffLimit"] >= 1  # failed workers come back
+    # Headless, selecting exactly these pods, on the port the workers listen on.
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert pod["spec"]["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    (container_port,) = container["ports"]
+    assert port["targetPort"] == container_port["name"]
+    pod_dns = [f"{job['metadata']['name']}-{i}.{service['metadata']['name']}:{container_port['containerPort']}"
+               for i in range(workers)]  # an Indexed Job's pod hostname is <job>-<index>
+    for index in range(workers):
+        pod_env = dict(env, **{distribute.INDEX_ENV: str(index)})  # set by Kubernetes in each pod
+        cluster = distribute.resolve_cluster(pod_env)
+        assert list(cluster.jobs["worker"]) == pod_dns and cluster.task_index == index
+        assert cluster.is_chief is (index == 0)
+        assert json.loads(pod_env[distribute.TF_CONFIG_ENV])["task"] == {"type": "worker", "index": index}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_multiworker_job_runs_a_valid_train_command_under_the_storage_root(overlays, overlay):
+    from mammoflow.commands.train import command, parse_overrides
+    from mammoflow.training.config import load_train_config
+
+    objects = overlays[overlay]
+    job, container, _ = _train_job(objects)
+    root = one(objects, "ConfigMap", "mammoflow-settings")["data"]["MAMMOFLOW_STORAGE_ROOT"]
+    assert {"configMapRef": {"name": "mammoflow-settings"}} in container["envFrom"]  # $(MAMMOFLOW_STORAGE_ROOT)
+    words = [w.replace("$(MAMMOFLOW_STORAGE_ROOT)", root) for w in container["args"]]
+    assert words[0] == "train"
+    params = command.make_context("train", words[1:]).params
+    config = load_train_config(params["config_ref"], parse_overrides(params["overrides"]))
+    assert config.distribute == "multiworker"
+    assert params["data_uri"].startswith(root) and params["out_uri"].startswith(root)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    one(objects, "ServiceAccount", pod["serviceAccountName"])
+    container_max = one(objects, "LimitRange")["spec"]["limits"][0]["max"]
+    hard = one(objects, "ResourceQuota")["spec"]["hard"]
+    for resource, limit in container["resources"]["limits"].items():
+        assert quantity(limit) <= quantity(container_max[resource])
+        assert job["spec"]["parallelism"] * quantity(limit) <= quantity(hard[f"limits.{resource}"])

@@ -135,7 +135,10 @@ def test_every_ray_container_authenticates_with_the_secret_token(rendered, overl
         assert env["RAY_AUTH_MODE"]["value"] == "token", where
         assert env["RAY_AUTH_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": TOKEN_SECRET, "key": "auth_token"}}
     assert not [o for o in objects if o["kind"] == "Secret"], "the token is created by hand, never shipped"
-    assert not [o for o in objects if o["kind"] in ("Ingress", "Service")]
+    # Nothing exposed: no Ingress, no Service with a virtual IP (the multi-worker training Job's headless Service,
+    # clusterIP None, only gives its pods DNS names).
+    assert not [o for o in objects if o["kind"] == "Ingress"
+                or (o["kind"] == "Service" and o["spec"].get("clusterIP") != "None")]
 
 
 def test_validator_refuses_exposed_heads_and_short_ray_addresses(tmp_path):

@@ -82,7 +82,13 @@ class TrainConfig:
     seed: int = 0
     head_cache: bool = False  # compute frozen-backbone features once, train only the head
     metrics_port: int | None = None  # Prometheus endpoint for this run; off by default
+    # auto: MultiWorkerMirroredStrategy when TF_CONFIG (or MAMMOFLOW_TRAIN_WORKERS) describes a cluster, else
+    # MirroredStrategy on a multi-GPU node, else one device (mammoflow.training.distribute).
     distribute: Literal["auto", "none", "mirrored", "multiworker"] = "auto"
+    # Multi-worker: a worker that sends no heartbeat for this long (killed, node lost) fails the job, so its peers
+    # exit with an error instead of waiting in an all-reduce forever; the restarted job resumes from the chief's
+    # last checkpoint. Heartbeats come from a thread of their own: a long checkpoint upload does not stop them.
+    distribute_peer_timeout_s: float = 60.0
     mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto = on when a GPU is present
     xla: bool = False
 
@@ -104,6 +110,8 @@ class TrainConfig:
             raise ConfigError("head_cache: needs data.resample_each_epoch: false (the cache holds one set of patches)")
         if self.head_cache and self.schedule.checkpoint_every_steps:
             raise ConfigError("head_cache: epochs are cheap, so mid-epoch checkpoints are not supported with it")
+        if self.distribute_peer_timeout_s < 1:
+            raise ConfigError("distribute_peer_timeout_s must be at least 1 second")
         if self.data.patch_size < 8:
             raise ConfigError("data.patch_size must be at least 8 pixels")
 

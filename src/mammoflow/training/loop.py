@@ -30,12 +30,14 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mammoflow import __version__, storage
 from mammoflow.config import dump_yaml
 from mammoflow.errors import ConfigError
+from mammoflow.training import distribute
 from mammoflow.training.config import TrainConfig
 from mammoflow.training.run_folder import (
     BEST_CKPT,
@@ -108,17 +110,6 @@ def _reseed_layers(model, seed: int, steps_done: int = 0) -> None:
         var.assign(value)
 
 
-def _strategy(kind: str):
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    if kind == "multiworker" or (kind == "auto" and os.environ.get("TF_CONFIG")):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
 def _set_precision(mode: str) -> None:
     import keras
     import tensorflow as tf
@@ -183,16 +174,34 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, cache_dir: str | 
     in the last phase): ``train()`` then writes ``model.keras`` and ``metrics.json`` and returns. Ray Tune
     reports from it.
     """
+    from mammoflow.storage.copies import cache_dir as cache_root
+    from mammoflow.storage.copies import uri_key
     from mammoflow.training.monitor import RunMetrics
 
+    # First: a multi-worker strategy configures the TensorFlow runtime, which must not have started yet.
+    cluster = distribute.resolve_cluster()
+    strategy = distribute.make_strategy(config.distribute, cluster, config.distribute_peer_timeout_s)
+    scratch = None
+    if distribute.wants_multiworker(config.distribute, cluster) and not cluster.is_chief:
+        scratch = distribute.scratch_dir(cache_root(cache_dir), uri_key(out_uri), cluster)
     # Served from the start, before the shards are fetched: a pod still downloading a large dataset is an up
     # target with no epoch yet, not a missing one (the target-down alert would fire during long fetches).
     metrics = RunMetrics(run=run_label(out_uri), port=config.metrics_port)
     try:
-        return _train(config, data_uri, out_uri, metrics, cache_dir=cache_dir, stop_after_epochs=stop_after_epochs,
-                      epoch_callback=epoch_callback)
+        return _train(config, data_uri, out_uri, metrics, _Workers(strategy, cluster, scratch), cache_dir=cache_dir,
+                      stop_after_epochs=stop_after_epochs, epoch_callback=epoch_callback)
     finally:
         metrics.close()
+        distribute.remove_scratch(scratch)
+
+
+@dataclass(frozen=True)
+class _Workers:
+    """How this process trains: the strategy, its cluster (None: one worker), and a non-chief's scratch folder."""
+
+    strategy: Any
+    cluster: distribute.Cluster | None
+    scratch: Path | None
 
 
 def run_label(out_uri: str) -> str:
@@ -200,7 +209,8 @@ def run_label(out_uri: str) -> str:
     return str(out_uri).rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] or str(out_uri)
 
 
-def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, cache_dir: str | Path | None,
+def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, workers: _Workers, *,
+           cache_dir: str | Path | None,
            stop_after_epochs: int | None, epoch_callback: EpochCallback | None) -> TrainResult:
     import keras
     import tensorflow as tf
@@ -212,7 +222,7 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
     from mammoflow.training.monitor import MonitorCallback
 
     t_start = time.perf_counter()
-    run = RunFolder(out_uri, cache_dir)
+    run = RunFolder(out_uri, cache_dir, scratch=workers.scratch)
     cache = shard_cache(cache_dir)
     manifest_uri = storage.join(data_uri, "manifest.json")
     manifest_bytes = storage.get_bytes(manifest_uri)
@@ -251,7 +261,7 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
         log.info("resuming %s after epoch %d (step %d)", out_uri, state["epochs_done"], state["step_in_epoch"])
 
     _set_precision(config.mixed_precision)
-    strategy = _strategy(config.distribute)
+    strategy = workers.strategy
     with strategy.scope():
         if resumed_from is not None:
             model = load_checkpoint(run, LAST_CKPT)
@@ -298,7 +308,7 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
         val_ds = whole_image_dataset(shards[val_split], val_cfg, config.data.image_size)
     else:
         val_ds = eval_dataset(shards[val_split], val_cfg)
-    val_ds = val_ds.map(lambda x, y, _id: (x, y))
+    val_ds = distribute.shard_by_data(val_ds.map(lambda x, y, _id: (x, y)), strategy)
     cached_train = None
     if backbone is not None:
         t_cache = time.perf_counter()
@@ -323,7 +333,9 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
             ds = cached_train if cached_train is not None else _epoch_data(config, shards, input_cfg, epoch)
             if state["step_in_epoch"]:
                 ds = ds.skip(state["step_in_epoch"])
+            ds = distribute.shard_by_data(ds, strategy)
             stepper.step = 0
+            distribute.prepare_model(fit_model, strategy)
             with warnings.catch_warnings():
                 # One fit() per epoch over a finite dataset: Keras' "ran out of data" note is expected here.
                 warnings.filterwarnings("ignore", message=".*ran out of data.*")
@@ -357,7 +369,8 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
                     if fit_model is not model:
                         raise ConfigError("head_cache with early stopping between phases is not supported: use "
                                           "one phase, or head_cache: false")
-                    model = fit_model = load_checkpoint(run, BEST_CKPT)
+                    with strategy.scope():
+                        model = fit_model = load_checkpoint(run, BEST_CKPT)
                     _enter_phase(model, fit_model, config, config.phase_of_epoch(phase_end)[1])
                 save_checkpoint(phase_end, 0)
             write_history(run, state["history"])
@@ -391,6 +404,7 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, *, ca
         "data_uri": data_uri, "data_manifest_sha256": manifest_sha, "model": config.model.name,
         "epochs_done": state["epochs_done"], "wall_time_s_this_call": round(time.perf_counter() - t_start, 2),
         "tensorflow": tf.__version__, "keras": keras.__version__,
+        "distribute": dict(distribute.describe(workers.cluster)),
     }, indent=2, sort_keys=True) + "\n")
     # Not best-effort: whatever an epoch's push left pending is published here, or the error is raised.
     run.push("run.json", "metrics.json", "model.keras", META_FILE, *WATCH_FILES)

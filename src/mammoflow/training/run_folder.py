@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,18 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------------------------- run folder
 class RunFolder:
-    """A local working folder mirrored to the run URI (local runs write in place)."""
+    """A local working folder mirrored to the run URI (local runs write in place).
 
-    def __init__(self, out_uri: str, cache_dir: str | Path | None = None):
+    ``scratch``: a reader only (a multi-worker run's non-chief workers, :mod:`mammoflow.training.distribute`): files
+    are pulled from the run URI into ``scratch``, everything is written there, and nothing is ever published.
+    """
+
+    def __init__(self, out_uri: str, cache_dir: str | Path | None = None, *, scratch: Path | None = None):
         self.uri = out_uri.rstrip("/")
-        if storage.is_remote(self.uri):
+        self.reader_only = scratch is not None
+        if scratch is not None:
+            self.local = Path(scratch)
+        elif storage.is_remote(self.uri):
             base = cache_root(cache_dir) / "runs"
             self.local = base / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
         else:
@@ -59,6 +67,11 @@ class RunFolder:
 
     def pull(self, rel: str) -> bool:
         """Bring one file of a remote run folder into the local folder (for resume). True when it exists."""
+        if self.reader_only and not storage.is_remote(self.uri):
+            src = Path(self.uri) / rel
+            if src.is_file():
+                shutil.copyfile(src, self.path(rel))
+            return src.is_file()
         if not storage.is_remote(self.uri):
             return (self.local / rel).exists()
         remote = storage.join(self.uri, rel)
@@ -79,7 +92,7 @@ class RunFolder:
         the next push. For the pushes that only let people watch a run, so an object-store outage does not end a
         long training; the final push of a run is not best-effort, so a run never ends unpublished in silence.
         """
-        if not storage.is_remote(self.uri):
+        if self.reader_only or not storage.is_remote(self.uri):
             return []
         uploaded: list[str] = []
         for rel in self._files(rels):

@@ -170,3 +170,24 @@ def test_profile_schema_refuses_a_namespaced_profile_without_owner():
 
     problems = validate_objects([Rendered(profile, "profile.yaml")], SchemaStore(schema_dir=SCHEMAS), "x")
     assert {p.path for p in problems} == {"metadata", "spec"}, "\n".join(map(str, problems))
+
+
+def test_local_pods_that_write_the_storage_root_mount_it(rendered):
+    """On kind/minikube the storage root is a folder on the PVC: every Ray pod and the multi-worker training Job
+    that reads it from mammoflow-settings mounts the PVC where the root lives."""
+    objects = rendered["local"]
+    settings = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mammoflow-settings")
+    root = settings["data"]["MAMMOFLOW_STORAGE_ROOT"]
+    assert root.startswith("/"), root
+    pods = [("Job mammoflow-train", one(objects, "Job")["spec"]["template"]["spec"])]
+    for kind, spec in cluster_specs(objects).items():
+        pods += [(f"{kind} head", spec["headGroupSpec"]["template"]["spec"])]
+        pods += [(f"{kind} {g['groupName']}", g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
+    for name, pod in pods:
+        claims = {v["name"] for v in pod.get("volumes", []) if v.get("persistentVolumeClaim", {}).get("claimName")
+                  == "mammoflow-data"}
+        for c in pod["containers"]:
+            if not any(e.get("configMapRef", {}).get("name") == "mammoflow-settings" for e in c.get("envFrom", [])):
+                continue
+            mounts = [m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] in claims]
+            assert any(root == m or root.startswith(m.rstrip("/") + "/") for m in mounts), (name, c["name"], mounts)

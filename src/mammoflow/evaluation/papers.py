@@ -98,3 +98,14 @@ def compare_with_paper(report: Mapping[str, Any], entry: Mapping[str, Any]) -> l
             "paper_within_ci": None if lo is None or hi is None else bool(lo <= paper_value <= hi),
         })
     return rows
+
+
+def paper_ci(entry: Mapping[str, Any], n_bootstrap: int, seed: int = 0) -> dict[str, Any] | None:
+    """The paper's metrics with bootstrap CIs, from the confusion counts its printed numbers imply."""
+    from mammoflow.evaluation import metrics
+
+    if not entry.get("counts"):
+        return None
+    y_true, y_pred = paper_predictions(entry)
+    return metrics.report_with_ci(y_true, y_pred.astype(float), y_pred, n_resamples=n_bootstrap, seed=seed,
+                                  class_names=tuple(entry.get("class_names") or ("normal", "tumour")))["metrics"]

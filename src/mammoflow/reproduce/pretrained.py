@@ -154,13 +154,13 @@ def _best(run: Path) -> dict[str, Any]:
 def train_cell(cell: PretrainedCell, dataset: str, runs: Path, overrides: Mapping[str, Any] | None,
                cache_dir: str | None) -> dict[str, Any]:
     """Train every stage of ``cell``; pick the final stage by validation loss; return what happened."""
-    from mammoflow.reproduce.yu2020 import _train_cell
+    from mammoflow.reproduce.cells import train_cell as train_run
 
     stages: dict[str, Any] = {}
     init = None
     for stage in cell.stages():
         config = stage_config(cell, stage, init, overrides)
-        info = _train_cell(config, dataset, runs / cell.name / stage, cache_dir)
+        info = train_run(config, dataset, runs / cell.name / stage, cache_dir)
         info.update(_best(Path(info["run"])), config=config.to_dict())
         stages[stage] = info
         if stage == "frozen" and cell.finetune is not None:

@@ -30,8 +30,7 @@ PAPER_CELLS = ("VGG16_Fusion1", "VGG16_Fusion2")
 
 def _paper_columns(n_bootstrap: int) -> list[dict[str, Any]]:
     """Yu et al.'s best VGG16 cells (ImageNet weights, 500/2,000 patches per ROI) with CIs from their counts."""
-    from mammoflow.evaluation.papers import paper_cell
-    from mammoflow.reproduce.report import paper_ci
+    from mammoflow.evaluation.papers import paper_cell, paper_ci
 
     out = []
     for model in PAPER_CELLS:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mammoflow.evaluation.papers import paper_ci
 from mammoflow.reproduce.render import fmt, fmt_ci, render_html
 from mammoflow.storage import atomic_write_text
 
@@ -66,17 +67,6 @@ def paper_model_of(model_name: str, branches: Sequence[int] | None) -> tuple[str
         backbone, variant = model_name.split("_", 1)
         return f"{backbone.upper()}_{variant.capitalize()}", list(branches or (1, 2, 3, 4, 5))
     return None
-
-
-def paper_ci(entry: Mapping[str, Any], n_bootstrap: int, seed: int = 0) -> dict[str, Any] | None:
-    """The paper's metrics with bootstrap CIs, from the confusion counts its printed numbers imply."""
-    from mammoflow.evaluation import metrics, papers
-
-    if not entry.get("counts"):
-        return None
-    y_true, y_pred = papers.paper_predictions(entry)
-    return metrics.report_with_ci(y_true, y_pred.astype(float), y_pred, n_resamples=n_bootstrap, seed=seed,
-                                  class_names=tuple(entry.get("class_names") or ("normal", "tumour")))["metrics"]
 
 
 def metric_cells(entry: Mapping[str, Any] | None, ours: Mapping[str, Any] | None,

@@ -33,6 +33,7 @@ from typing import Any
 
 from mammoflow.errors import ConfigError
 from mammoflow.reproduce.budgets import Budget, Cell, get_budget
+from mammoflow.reproduce.cells import train_cell
 from mammoflow.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -104,18 +105,6 @@ def cell_config(budget: Budget, cell: Cell | None, weights: str | None, override
 
 
 # ------------------------------------------------------------------------------------------------ stages
-
-
-def _train_cell(config, dataset: str, run: Path, cache_dir: str | None) -> dict[str, Any]:
-    from mammoflow.training.loop import train
-
-    finished = (run / "model.keras").exists() and (run / "run.json").exists() and \
-        json.loads((run / "run.json").read_text()).get("status") == "finished"
-    t0 = time.perf_counter()
-    if not finished:
-        train(config, dataset, str(run), cache_dir=cache_dir)
-    return {"run": str(run), "train_wall_s": round(time.perf_counter() - t0, 1) if not finished else None,
-            "resumed_finished_run": finished}
 
 
 def paper_sweep_spec(budget: Budget, weights: str | None, overrides: Mapping[str, Any] | None = None,
@@ -252,7 +241,7 @@ def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None =
                                 "train_wall_s": 0.0}
         for k in range(protocol.members):  # an ensemble: the same preset with seeds seed, seed + 1, ...
             config = cell_config(b, None, None, {**(overrides or {}), "seed": base.seed + k})
-            member = _train_cell(config, dataset, out / "runs" / OURS_CELL / f"member{k}", cache_dir)
+            member = train_cell(config, dataset, out / "runs" / OURS_CELL / f"member{k}", cache_dir)
             info["members"].append(member)
             info["train_wall_s"] += member["train_wall_s"] or 0.0
         info["run"] = info["members"][0]["run"]
@@ -273,7 +262,7 @@ def reproduce_yu2020(data: str | Path, out: str | Path, *, weights: str | None =
             cells = {}
             for cell in b.cells:
                 config = cell_config(b, cell, weights, overrides)
-                cells[cell.name] = _train_cell(config, dataset, out / "runs" / cell.name, cache_dir)
+                cells[cell.name] = train_cell(config, dataset, out / "runs" / cell.name, cache_dir)
         for name, info in cells.items():
             info["evaluation"] = str(out / "evaluations" / name)
             info["report"] = _evaluate_cell(info["run"], dataset, Path(info["evaluation"]), n_bootstrap, seed,

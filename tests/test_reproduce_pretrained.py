@@ -225,3 +225,7 @@ def test_pretrained_protocol_end_to_end_on_tiny_rois(tiny_rois_zip: Path, tmp_pa
     assert again.budget == "cpu-pretrained"
     assert all(s["resumed_finished_run"] for c in again.cells.values() for s in c["stages"].values())
     assert again.summary["pretrained"]["ours"]["test"] == ours["test"]
+    resumed = again.summary["pretrained"]["cells"]
+    assert all(c["train_wall_s"] > 0 for c in resumed.values())  # what the reused run folders recorded
+    assert resumed["tv_mobilenetv2"]["final_label"].startswith("one run: 1 epochs frozen at 0.001, then 1 epochs "
+                                                                "unfrozen at 1e-05")

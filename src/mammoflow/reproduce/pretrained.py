@@ -151,6 +151,20 @@ def _best(run: Path) -> dict[str, Any]:
             "best_val_accuracy": best.get("val_accuracy")}
 
 
+def _recorded_wall(run: Path) -> float | None:
+    path = run / "run.json"
+    return json.loads(path.read_text()).get("wall_time_s_this_call") if path.exists() else None
+
+
+def stage_label(stage: str, config: Mapping[str, Any]) -> str:
+    """``frozen`` / ``finetune``, or what a one-run cell's phases do (Jaamour's frozen-then-unfrozen run)."""
+    phases = (config.get("schedule") or {}).get("phases") or []
+    if stage == "frozen" and any(p.get("trainable_backbone") for p in phases):
+        return "one run: " + ", then ".join(f"{p['epochs']} epochs {'unfrozen' if p['trainable_backbone'] else 'frozen'}"
+                                             f" at {p['learning_rate']:g}" for p in phases)
+    return stage
+
+
 def train_cell(cell: PretrainedCell, dataset: str, runs: Path, overrides: Mapping[str, Any] | None,
                cache_dir: str | None) -> dict[str, Any]:
     """Train every stage of ``cell``; pick the final stage by validation loss; return what happened."""
@@ -162,6 +176,8 @@ def train_cell(cell: PretrainedCell, dataset: str, runs: Path, overrides: Mappin
         config = stage_config(cell, stage, init, overrides)
         info = train_run(config, dataset, runs / cell.name / stage, cache_dir)
         info.update(_best(Path(info["run"])), config=config.to_dict())
+        if info["train_wall_s"] is None:  # a finished run reused: the wall time its run folder recorded
+            info["train_wall_s"] = _recorded_wall(Path(info["run"]))
         stages[stage] = info
         if stage == "frozen" and cell.finetune is not None:
             init = str(whole_model_weights(Path(info["run"])))
@@ -170,6 +186,7 @@ def train_cell(cell: PretrainedCell, dataset: str, runs: Path, overrides: Mappin
              {s: round(v["best_val_loss"], 4) for s, v in stages.items()})
     return {"cell": cell.name, "model": cell.model, "weights": cell.weights, "weights_label": cell.weights_label,
             "stages": stages, "final_stage": final, "run": stages[final]["run"],
+            "final_label": stage_label(final, stages[final]["config"]),
             "train_wall_s": sum(v["train_wall_s"] or 0.0 for v in stages.values())}
 
 
@@ -311,4 +328,5 @@ def run_protocol(dataset: str, out: Path, *, weights: str | None = None, overrid
                                  protocol={"members": list(chosen.members), "method": "soft",
                                            "target_recall": TARGET_RECALL, "level": "roi ensemble"})
     return {"cells": infos, "ours": ours, "train_wall_s": round(train_wall, 1),
+            "recorded_train_wall_s": round(sum(i["train_wall_s"] or 0.0 for i in infos.values()), 1),
             "eval_wall_s": round(time.perf_counter() - t_eval, 1)}

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from mammoflow import storage
+from mammoflow.storage import copies
 from mammoflow.partitions import in_partition, part_name, partition_of
 from mammoflow.records import Record
 
@@ -295,6 +296,29 @@ def test_ingest_streams_a_bucket_through_a_bounded_local_window(tmp_path: Path, 
     for name in ("records.jsonl", "quarantine.jsonl", "skipped.jsonl", "records_meta.json"):
         assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "copied" / name).read_bytes(), name
     print(f"\ningest: {images} bytes of images streamed, window {limit} bytes, peak local disk {disk.peak} bytes")
+
+
+@pytest.mark.slow
+def test_a_dicom_folder_is_streamed_too(tmp_path: Path, gcs_bucket: str) -> None:
+    """dicom-dir reads every file of the folder (a DICM marker, a header, the pixels): each is fetched when it is
+    read and evicted after, so the window bounds the disk here as well; the records equal a full copy's."""
+    from mammoflow import steps
+
+    raw = f"{gcs_bucket}/site-dicoms"
+    steps.demo_data(raw, 8, SEED, fmt="dicom", size=(1200, 900), cache_dir=tmp_path / "demo-cache")
+    infos = storage.list_info(raw)
+    dicoms = [i.size for i in infos if i.size >= copies.SMALL_OBJECT]  # the rest is fetched whole, at once
+    small = sum(i.size for i in infos if i.size < copies.SMALL_OBJECT)
+    limit = 2 * max(dicoms)
+    assert sum(dicoms) > 2 * limit
+    cache = tmp_path / "cache"
+    with DiskHighWater(cache) as disk:
+        streamed = steps.ingest("dicom-dir", raw, tmp_path / "streamed", stream=limit, cache_dir=cache)
+    assert disk.peak <= limit + small + 4096 * len(infos), (disk.peak, limit, small)
+    copied = steps.ingest("dicom-dir", raw, tmp_path / "copied", stream=0, cache_dir=tmp_path / "cache-full")
+    assert streamed["used"] == copied["used"] > 0
+    for name in ("records.jsonl", "quarantine.jsonl", "skipped.jsonl", "records_meta.json"):
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "copied" / name).read_bytes(), name
 
 
 @pytest.mark.slow

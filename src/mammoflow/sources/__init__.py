@@ -37,7 +37,7 @@ SOURCES: dict[str, Reader] = {
 #: Readers that call :func:`mammoflow.storage.copies.materialise` before reading each image, so a remote data root
 #: can be streamed through a bounded local window (:class:`~mammoflow.storage.copies.StreamedTree`) instead of
 #: copied whole; the others get a full local copy.
-STREAMED_SOURCES = ("mias", "cbis-ddsm")
+STREAMED_SOURCES = ("mias", "cbis-ddsm", "dicom-dir")
 
 #: Sources that read a labels CSV (``labels`` of :func:`ingest`, ``--labels`` of ``mammoflow ingest``).
 LABELLED_SOURCES = ("dicom-dir",)

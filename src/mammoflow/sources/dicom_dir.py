@@ -195,6 +195,8 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
     accepts any modality. ``pseudonymise_paths`` makes record ids salted pseudonyms of the paths (module doc).
     ``salt`` None: ``$MAMMOFLOW_SALT``; neither is a :class:`ConfigError` unless every image read is a phantom.
     """
+    from mammoflow.storage.copies import materialise
+
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "DICOM folder not found", "pass --root with an existing folder", code="missing_file")
@@ -207,6 +209,8 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
     if found is not None:
         labels = found
         log.info("no labels CSV given: using %s, found in the DICOM folder", found.name)
+    if labels is not None:
+        labels = materialise(labels)  # a labels.csv inside a streamed data root is fetched before it is parsed
     parsed = _parse_labels(Path(labels), root, found is not None, rid_of) if labels is not None else ParsedLabels()
     for err in parsed.problems:
         quarantine_error(table, err, SOURCE)
@@ -225,6 +229,7 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
         on_disk.add(rel)
         if rid in bad:
             continue  # its labels row is already quarantined: an image with a wrong label is not used
+        path = materialise(path)  # fetched now when the data root is streamed from object storage
         identity = read_identity(path, salt)
         try:
             rec = _record(path, root, rid, parsed.rows.get(rel), salt, metadata_only, expect_modality,

@@ -84,8 +84,10 @@ def _classify(path: Path, scan: FolderScan) -> None:
     elif path.suffix.lower() in DICOM_SUFFIXES:
         scan.dicoms.append(path)  # read even without the DICM marker: files without the preamble are met
     else:
+        from mammoflow.storage.copies import materialise
+
         try:
-            with open(path, "rb") as fh:
+            with open(materialise(path), "rb") as fh:  # a streamed data root's file is fetched to be looked at
                 marker = fh.read(132)[128:]
         except OSError as exc:
             scan.rejected.append(unreadable_error(path, exc))

@@ -3,11 +3,13 @@
 NumPy's gather converts the whole index array to 64-bit integers before it looks anything up (eight bytes per pixel
 of a 12-megapixel mammogram, then a pass over them); a block of rows at a time keeps that copy in the cache and is
 several times faster with the same result. Used wherever a per-value mapping of an 8- or 16-bit image is computed
-once and looked up: the DICOM display mapping, intensity normalisation, histogram equalisation.
+once and looked up: the DICOM display mapping, intensity normalisation, histogram equalisation. :func:`min_max`
+gives the range such a table spans.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 ROWS_PER_BLOCK = 64
@@ -38,3 +40,13 @@ def lookup(table: np.ndarray, image: np.ndarray, first: int = 0) -> np.ndarray:
     for start in range(0, image.shape[0], ROWS_PER_BLOCK):
         np.take(table, image[start:start + ROWS_PER_BLOCK], out=out[start:start + ROWS_PER_BLOCK], mode="raise")
     return out
+
+
+def min_max(values: np.ndarray) -> tuple[int, int]:
+    """Lowest and highest value, in one pass for a 2-D image of a type OpenCV reads (two with NumPy otherwise)."""
+    if values.size == 0:
+        return 0, 0
+    if values.ndim == 2 and values.dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+        lo, hi = cv2.minMaxLoc(values)[:2]
+        return int(lo), int(hi)
+    return int(values.min()), int(values.max())

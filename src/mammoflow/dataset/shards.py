@@ -336,7 +336,9 @@ def write_spooled(index: SpoolIndex, spool: str | os.PathLike[str] | Spool, out_
             local = Path(work_dir) / shard_name(split, i, n)
             info = _write_shard_file(read, group, local, f"{split}/{local.name}")
             uri = storage.join(out_uri, info.path)
-            pending.append((info, local, pool.submit(_publish, local, uri, info)))
+            # the local shard is a temporary: a rename beats a copy
+            upload = pool.submit(storage.put_file_if_changed, local, uri, sha256=info.sha256, move=True)
+            pending.append((info, local, upload))
             # keep at most `upload_workers` finished shard files waiting on local disk
             while len(pending) > max(1, upload_workers):
                 _finish(pending.pop(0), result, on_shard)
@@ -393,15 +395,6 @@ def _write_shard_file(read: Callable[[int, int], Any], group: list[Spooled], loc
     counts = Counter(i.label_name for i in group)
     return ShardInfo(path=rel_path, sha256=digest.hexdigest(), records=len(group), bytes=size,
                      counts=dict(sorted(counts.items())))
-
-
-def _publish(local: Path, uri: str, info: ShardInfo) -> bool:
-    """Upload ``local`` to ``uri`` unless an object with the same size and sha256 is already there."""
-    existing = storage.stat(uri)
-    if existing is not None and existing.size == info.bytes and storage.sha256_of(uri) == info.sha256:
-        return False
-    storage.put_file(local, uri, move=True)  # the local file is a temporary: a rename beats a copy
-    return True
 
 
 def _finish(entry: tuple[ShardInfo, Path, Future[bool]], result: SplitResult,

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mammoflow.lut import lookup
+from mammoflow.lut import lookup, min_max
 
 FULL_SCALE = 65535
 _LUT_ENTRIES = 1 << 16  # stored ranges up to 16 bits are mapped through a table of every storable value
@@ -181,36 +181,24 @@ def display_pixels(raw: np.ndarray, ds: Any) -> np.ndarray:
     """
     signed = _signed(ds)
     s_lo, s_hi = stored_range(_bits_stored(ds), signed)
-    r_lo, r_hi = _min_max(raw)
+    r_lo, r_hi = min_max(raw)
     if r_lo < s_lo or r_hi > s_hi:
         if not signed:
             # Bits above BitsStored may hold overlays or garbage: they are not part of the pixel value.
             raw = raw & np.asarray(s_hi, dtype=raw.dtype)
         else:
             raw = np.clip(raw, s_lo, s_hi)
-        r_lo, r_hi = _min_max(raw)
+        r_lo, r_hi = min_max(raw)
     if raw.dtype.kind in "ui" and s_hi - s_lo < _LUT_ENTRIES:
         # Every step is a function of the stored value alone: map each storable value once, then look the image up.
         lut, stage = _display_values(np.arange(s_lo, s_hi + 1).astype(raw.dtype), ds, s_lo, s_hi)
         out = lookup(lut, raw, first=s_lo)
     else:
         out, stage = _display_values(raw, ds, s_lo, s_hi)
-    if out.size and r_lo != r_hi and len(set(_min_max(out))) == 1:
+    if out.size and r_lo != r_hi and len(set(min_max(out))) == 1:
         raise PixelTransformError(stage, f"the {transform_name(stage)} map every pixel of the image to one grey level "
                                          "(a flat image)")
     return np.ascontiguousarray(out)
-
-
-def _min_max(values: np.ndarray) -> tuple[int, int]:
-    """Lowest and highest value, in one pass for a 2-D image of a type OpenCV reads (two with NumPy otherwise)."""
-    if values.size == 0:
-        return 0, 0
-    if values.ndim == 2 and values.dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
-        import cv2
-
-        lo, hi = cv2.minMaxLoc(values)[:2]
-        return int(lo), int(hi)
-    return int(values.min()), int(values.max())
 
 
 def _display_values(raw: np.ndarray, ds: Any, s_lo: int, s_hi: int) -> tuple[np.ndarray, str]:

@@ -25,7 +25,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from mammoflow.lut import lookup
+from mammoflow.lut import lookup, min_max
 
 BBox = tuple[int, int, int, int]  # (r0, c0, r1, c1), half-open: rows r0..r1-1, cols c0..c1-1
 Interpolation = Literal["auto", "area", "linear", "nearest"]
@@ -263,8 +263,8 @@ def equalize_histogram(img: np.ndarray) -> np.ndarray:
 def _percentile_values(img: np.ndarray, pcts: tuple[float, float], mask: np.ndarray | None) -> tuple[float, float]:
     """Lower/upper percentiles; exact order statistics for integer images (from the histogram, fast)."""
     if img.dtype in _INTEGER_DTYPES and mask is None and pcts[0] == 0.0 and pcts[1] == 100.0:
-        lo, hi = (float(v) for v in cv2.minMaxLoc(img)[:2]) if img.ndim == 2 else (float(img.min()), float(img.max()))
-        return lo, hi
+        lo, hi = min_max(img)
+        return float(lo), float(hi)
     if img.dtype in _INTEGER_DTYPES:
         cdf = np.cumsum(_histogram(img, mask))
         n = cdf[-1]
@@ -333,14 +333,6 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return padded[1:-1, 1:-1] != 2
 
 
-def _is_flat(img: np.ndarray) -> bool:
-    """Every pixel has the same value (one pass for a 2-D image)."""
-    if img.ndim == 2 and img.size:
-        lo, hi = cv2.minMaxLoc(img)[:2]
-        return lo == hi
-    return bool(img.size == 0 or img.min() == img.max())
-
-
 def breast_mask(img: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Boolean mask of the breast: Otsu threshold -> largest connected component -> holes filled.
 
@@ -349,7 +341,7 @@ def breast_mask(img: np.ndarray, threshold: float | None = None) -> np.ndarray:
     ``threshold`` overrides Otsu (pixels strictly above it are foreground). Blank images give an empty mask.
     """
     _check_image(img, "breast_mask")
-    if _is_flat(img):  # nothing to separate (Otsu would put every pixel above 0)
+    if len(set(min_max(img))) == 1:  # nothing to separate (Otsu would put every pixel above 0)
         return np.zeros(img.shape, dtype=bool)
     t = otsu_threshold(img) if threshold is None else float(threshold)
     return fill_holes(largest_component(img > t))

@@ -53,16 +53,6 @@ def part_fingerprint(table: RecordsTable, records: Sequence[Record], config_hash
     return fingerprint(config_hash, table.image_root, [r.to_dict() for r in records], index, count)
 
 
-def _publish(local: Path, uri: str) -> bool:
-    """Upload ``local`` to ``uri`` unless the same bytes are there already (a re-run uploads nothing)."""
-    existing = storage.stat(uri)
-    if existing is not None and existing.size == local.stat().st_size and \
-            storage.sha256_of(uri) == storage.file_sha256(local):
-        return False
-    storage.put_file(local, uri)
-    return True
-
-
 def _portable(entry: QuarantineEntry, local_root: str, remote_root: str) -> QuarantineEntry:
     """A quarantine entry naming the input as the records name it (``remote_root``), not its local copy."""
     if entry.path == local_root or entry.path.startswith(local_root.rstrip("/") + "/"):
@@ -103,7 +93,7 @@ def preprocess_part(table: RecordsTable, config: str | Path | dict[str, Any], ou
         peak = max(peak, folder_bytes(work_dir))
         for rec in result.records:
             for rel in (rec.image_path, *(les.mask_path for les in rec.lesions if les.mask_path)):
-                _publish(out / rel, storage.join(out_uri, rel))
+                storage.put_file_if_changed(out / rel, storage.join(out_uri, rel))
         local_root = RecordsTable.read(local_in).image_root
         records += [r.to_dict() for r in result.records]
         quarantine += [dataclasses.asdict(_portable(q, local_root, table.image_root))

@@ -80,7 +80,7 @@ __all__ = [
     "StorageError", "atomic_file", "atomic_write_bytes", "atomic_write_text", "create_bucket", "delete",
     "emulator_endpoint", "exists", "file_sha256", "get_bytes", "get_file", "is_remote", "is_transient", "join",
     "list", "list_info", "listing_digest", "local_lock", "local_path", "open_write", "put_bytes",
-    "put_bytes_if_absent", "put_bytes_if_version", "put_file", "pyarrow_filesystem", "sha256_of", "split_gs",
+    "put_bytes_if_absent", "put_bytes_if_version", "put_file", "put_file_if_changed", "pyarrow_filesystem", "sha256_of", "split_gs",
     "stat",
 ]
 
@@ -152,6 +152,19 @@ def put_file(local: str | os.PathLike[str], uri: str | os.PathLike[str], *, move
             return
         _LocalBackend.put_file(src, dest, move)
     log.debug("wrote %s", uri)
+
+
+def put_file_if_changed(local: str | os.PathLike[str], uri: str | os.PathLike[str], *, sha256: str | None = None,
+                        move: bool = False) -> bool:
+    """:func:`put_file` unless ``uri`` already holds the same bytes (size and sha256; ``sha256`` of ``local`` when
+    the caller knows it): a re-run uploads nothing. Returns whether it wrote."""
+    src = Path(local)
+    existing = stat(uri)
+    if existing is not None and existing.size == src.stat().st_size and \
+            sha256_of(uri) == (sha256 or file_sha256(src)):
+        return False
+    put_file(src, uri, move=move)
+    return True
 
 
 def put_bytes(uri: str | os.PathLike[str], data: bytes) -> None:

@@ -26,8 +26,9 @@ MAMMOFLOW = shutil.which("mammoflow", path=str(BIN)) or shutil.which("mammoflow"
 pytestmark = pytest.mark.skipif(MAMMOFLOW is None, reason="the mammoflow console script is not installed "
                                                           "(pip install -e .)")
 
-# A tiny training that still takes long enough to be interrupted: one epoch of many 32x32 patches.
-TRAIN_SETS = ["data.patch_size=32", "data.patches_per_roi={normal: 48, tumour: 96}", "data.batch_size=16",
+# A tiny model whose one epoch still lasts long enough (seconds, on any machine) to be interrupted inside it:
+# many 32x32 patches. Interrupted, it never runs to the end.
+TRAIN_SETS = ["data.patch_size=32", "data.patches_per_roi={normal: 480, tumour: 960}", "data.batch_size=16",
               "schedule.checkpoint_every_steps=1000", "class_weights=none",
               "schedule.phases=[{epochs: 1, learning_rate: 0.003, trainable_backbone: true}]"]
 
@@ -184,6 +185,33 @@ def test_train_interrupted_by_ctrl_c_exits_130(demo):
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted" in out and "Traceback" not in out
+
+
+def _swallowing_ctrl_c() -> None:
+    """A verb inside a C extension's Python callback: Ctrl-C arrives, the extension reports another error."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler runs here
+    except KeyboardInterrupt:
+        raise SystemError("Objects/listobject.c:338: bad argument to internal function") from None
+    raise AssertionError("SIGINT did not interrupt")
+
+
+def test_ctrl_c_turned_into_another_error_still_exits_130(monkeypatch, capsys, caplog):
+    from mammoflow import cli
+
+    monkeypatch.setattr(cli.cli, "main", lambda **kw: _swallowing_ctrl_c())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert cli.main(["train"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+    def plain_error(**kw):
+        raise SystemError("bad argument to internal function")
+
+    monkeypatch.setattr(cli.cli, "main", plain_error)
+    assert cli.main(["train"]) == 1  # the same error without a Ctrl-C is an unexpected error
+    assert "unexpected error: SystemError" in caplog.text
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import threading
 
 import click
 
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is not for users; errors still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log = logging.getLogger("mammoflow")
+    previous = _record_ctrl_c()
     try:
         code = cli.main(args=argv, prog_name="mammoflow", standalone_mode=False)
     except SystemExit as exc:  # sys.exit() in a verb
@@ -74,20 +77,51 @@ def main(argv: list[str] | None = None) -> int:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         return EXIT_INTERRUPTED
-    except MammoflowError as exc:
+    except Exception as exc:  # noqa: BLE001 - sorted by _error_code
+        return _error_code(exc, log)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return code if isinstance(code, int) else EXIT_OK
+
+
+# Set by the SIGINT handler main() installs: Ctrl-C was pressed during this run.
+_CTRL_C = threading.Event()
+
+
+def _on_ctrl_c(signum: int, frame: object) -> None:
+    _CTRL_C.set()
+    raise KeyboardInterrupt
+
+
+def _record_ctrl_c() -> object:
+    """Have Ctrl-C remembered as well as raised. Python raises KeyboardInterrupt wherever the main thread is; in a
+    Python callback of a C extension (a tf.data generator, a C-level list operation) the extension may turn it into
+    another error (``SystemError: ... bad argument to internal function``). Remembered, it still ends the run as
+    an interruption (130), not as an unexpected error (1). Returns the handler to put back, or None when Ctrl-C
+    is not Python's default here (another thread, or a host program's own handler): then it is left alone."""
+    _CTRL_C.clear()
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        return signal.signal(signal.SIGINT, _on_ctrl_c)
+    return None
+
+
+def _error_code(exc: Exception, log: logging.Logger) -> int:
+    """The exit code and the one line of an error that ended a verb."""
+    if _CTRL_C.is_set():  # whatever the error's type, the user's Ctrl-C caused it
+        log.debug("error after Ctrl-C", exc_info=True)
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    if isinstance(exc, MammoflowError):
         log.error("%s", exc)
-        log.debug("traceback of the error above", exc_info=True)
-        return EXIT_ERROR
-    except OSError as exc:
+    elif isinstance(exc, OSError):
         log.error("%s", os_error_message(exc))
-        log.debug("traceback of the error above", exc_info=True)
-        return EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a raw traceback
+    else:  # the last line of defence: one line, never a raw traceback
         log.error("unexpected error: %s%s", _one_line(exc),
                   "" if log.isEnabledFor(logging.DEBUG) else " (run with --log-level DEBUG for the traceback)")
-        log.debug("traceback of the error above", exc_info=True)
-        return EXIT_ERROR
-    return code if isinstance(code, int) else EXIT_OK
+    log.debug("traceback of the error above", exc_info=True)
+    return EXIT_ERROR
 
 
 def _one_line(exc: BaseException) -> str:

@@ -277,14 +277,27 @@ def test_a_killed_worker_is_restarted_and_the_job_resumes_mid_epoch(launcher, tw
     state_file = run / "checkpoints" / "state.json"
     deadline = time.monotonic() + RUN_TIMEOUT
     state: dict = {}
-    while not (state.get("epochs_done") == 1 and state.get("step_in_epoch", 0) > 0):
+    def read_state() -> dict:
+        try:
+            return json.loads(state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def mid_epoch_2(state: dict) -> bool:
+        return state.get("epochs_done") == 1 and state.get("step_in_epoch", 0) > 0
+
+    while True:
         assert time.monotonic() < deadline, f"no mid-epoch checkpoint in epoch 2:\n{tail(chief.log)}"
         assert chief.poll() is None and worker.poll() is None, tail(chief.log) + tail(worker.log)
-        time.sleep(0.05)  # polling a file the chief writes; the kill itself needs no timing luck
-        try:
-            state = json.loads(state_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            state = {}
+        time.sleep(0.05)  # polling a file the chief writes
+        if not mid_epoch_2(read_state()):
+            continue
+        # Stop the worker, then look again: a stopped worker holds the chief at most one all-reduce behind, so
+        # epoch 2 cannot end between this look and the kill however slow the machine is.
+        worker.send_signal(signal.SIGSTOP)
+        if mid_epoch_2(read_state()):
+            break
+        worker.send_signal(signal.SIGCONT)
     worker.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     before = history(run)

@@ -51,7 +51,7 @@ def test_sigterm_stops_the_workers_too_and_the_rerun_resumes(tmp_path: Path) -> 
         return subprocess.run([str(MAMMOFLOW), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=600, **kw)
 
-    made = run("demo-data", "--out", "raw", "--format", "dicom", "--n-images", "16", "--seed", "3", "--size",
+    made = run("demo-data", "--out", "raw", "--format", "dicom", "--n-images", "48", "--seed", "3", "--size",
                "1600x1200")
     assert made.returncode == 0, made.stderr[-2000:]
     ingested = run("ingest", "--source", "cbis-ddsm", "--root", "raw", "--out", "records")

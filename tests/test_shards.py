@@ -295,9 +295,13 @@ def test_cache_verifies_skips_and_refetches(out_uri: str, tmp_path: Path, monkey
     assert downloads == [] and hashes == []  # stamps spare re-hashing unchanged files
 
     victim = Path(paths[1])
+    before = victim.stat()
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))  # same size, new content, new mtime
+    # A kernel with coarse file times (one timer tick, 4 ms) may give the rewrite the old mtime; a real edit comes
+    # later than 3 ms after the download.
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
     Path(paths[0]).write_bytes(b"truncated")
     with caplog.at_level(logging.WARNING, logger="mammoflow.dataset.cache"):
         again = cache.fetch(out_uri)["train"]

@@ -286,3 +286,49 @@ def test_sigterm_checkpoints_mid_epoch_and_the_rerun_finishes_the_same(phantom_d
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert reference.epochs_run == 1
+    # The epoch's row covers its steps before the preemption too: the same training loss and accuracy (weighted
+    # by steps, so the smaller last batch may move them a little).
+    [row] = json.loads((tmp_path / "run" / "history.json").read_text())
+    [ref_row] = reference.history
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert row[key] == pytest.approx(ref_row[key], rel=0.02, abs=0.01), (key, row, ref_row)
+
+
+def test_merge_epoch_means_weights_the_parts_by_steps():
+    from mammoflow.training.loop import merge_epoch_means
+
+    first = merge_epoch_means(None, 3, {"loss": 1.0, "accuracy": 0.5, "note": "text"})
+    assert first == {"steps": 3, "means": {"loss": 1.0, "accuracy": 0.5}}
+    both = merge_epoch_means(first, 1, {"loss": 3.0, "accuracy": float("nan")})
+    assert both == {"steps": 4, "means": {"loss": 1.5}}  # a NaN (no step's value) is not averaged in
+    assert merge_epoch_means(first, 0, {"loss": float("nan")}) == first  # nothing ran: the epoch so far
+
+
+def test_a_run_stopped_after_an_epochs_last_step_resumes_with_that_epochs_numbers(phantom_dataset, tmp_path,
+                                                                                  monkeypatch):
+    """Checkpointed at the epoch's last step, stopped before the epoch ended (here: in validation's end): the
+    rerun has no step left to train in that epoch, and its row still holds the epoch's training loss."""
+    import keras
+
+    over = {**TINY, "schedule.checkpoint_every_steps": 1,
+            "schedule.phases": [{"epochs": 1, "learning_rate": 0.003, "trainable_backbone": True}]}
+    cfg = load_train_config("demo", over)
+    reference = train(cfg, str(phantom_dataset), str(tmp_path / "reference"))
+
+    def crash(self, epoch, logs=None):
+        raise RuntimeError("killed at the epoch's end")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(cfg, str(phantom_dataset), str(tmp_path / "run"))
+    state = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())
+    assert state["epochs_done"] == 0 and state["step_in_epoch"] > 0
+
+    resumed = train(cfg, str(phantom_dataset), str(tmp_path / "run"))
+    assert resumed.resumed_from_epoch == 0
+    [row], [ref_row] = resumed.history, reference.history
+    assert np.isfinite(row["loss"])
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert row[key] == pytest.approx(ref_row[key], rel=1e-4, abs=1e-5), (key, row, ref_row)
+    assert json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["epoch_so_far"] is None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -151,7 +152,7 @@ class _StepCheckpoint:
             def on_train_batch_end(self, batch, logs=None):
                 outer.step += 1
                 if outer.stop_requested or (every and outer.step % every == 0):
-                    save(outer.step)
+                    save(outer.step, logs or {})
                     if outer.stop_requested:
                         self.model.stop_training = True
                         outer.preempted = True
@@ -160,6 +161,26 @@ class _StepCheckpoint:
         self.step = 0
         self.stop_requested = False
         self.preempted = False
+
+
+def merge_epoch_means(prior: dict[str, Any] | None, steps: int, means: dict[str, Any]) -> dict[str, Any]:
+    """The running training means of an epoch so far (``{"steps": n, "means": {name: value}}``) after ``steps``
+    more steps whose own means are ``means``; weighted by steps (the epoch's last batch may be a little smaller)."""
+    before = prior or {"steps": 0, "means": {}}
+    now = {k: float(v) for k, v in means.items() if _is_number(v)}
+    if steps <= 0:
+        return {"steps": before["steps"], "means": dict(before["means"])}
+    total = before["steps"] + steps
+    merged = {k: (before["means"][k] * before["steps"] + v * steps) / total if k in before["means"] else v
+              for k, v in now.items()}
+    return {"steps": total, "means": merged}
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -294,11 +315,11 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, worke
     monitor = MonitorCallback(metrics, examples_per_epoch, state["epochs_done"], config.total_epochs)
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(run.path("tensorboard/x").parent), write_graph=False)
 
-    def save_checkpoint(epochs_done: int, step_in_epoch: int) -> None:
+    def save_checkpoint(epochs_done: int, step_in_epoch: int, so_far: dict[str, Any] | None = None) -> None:
         run.save_model(model, LAST_CKPT)
         if fit_model is not model:
             run.save_model(fit_model, LAST_HEAD)
-        st = dict(state, epochs_done=epochs_done, step_in_epoch=step_in_epoch)
+        st = dict(state, epochs_done=epochs_done, step_in_epoch=step_in_epoch, epoch_so_far=so_far)
         run.write_text(STATE_FILE, json.dumps(st, indent=2))
         run.push(LAST_CKPT, LAST_HEAD, STATE_FILE)
 
@@ -316,8 +337,10 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, worke
         cached_train = _cached_features(backbone, _epoch_data(config, shards, input_cfg, 0),
                                         config.data.batch_size)
         log.info("head cache: backbone features computed once in %.1f s", time.perf_counter() - t_cache)
-    stepper = _StepCheckpoint(lambda step: save_checkpoint(state["epochs_done"], state["step_in_epoch"] + step),
-                              config.schedule.checkpoint_every_steps)
+    stepper = _StepCheckpoint(
+        lambda step, logs: save_checkpoint(state["epochs_done"], state["step_in_epoch"] + step,
+                                           merge_epoch_means(state.get("epoch_so_far"), step, logs)),
+        config.schedule.checkpoint_every_steps)
     previous_handler = _install_sigterm(stepper)
     epochs_this_call = 0
     try:
@@ -345,6 +368,12 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, worke
             if stepper.preempted:
                 raise Preempted(f"stopped by SIGTERM during epoch {epoch + 1}; checkpoint saved, rerun to resume")
             row = {k: float(v[-1]) for k, v in hist.history.items()}
+            # A resumed epoch's training means cover its steps before the checkpoint too (and an epoch resumed
+            # after its last step ran none here): the whole epoch's, as without the interruption.
+            trained = merge_epoch_means(state.get("epoch_so_far"), stepper.step,
+                                        {k: v for k, v in row.items() if not k.startswith("val_")})
+            row.update(trained["means"])
+            state["epoch_so_far"] = None
             row["epoch"] = epoch + 1
             row["learning_rate"] = float(keras.ops.convert_to_numpy(fit_model.optimizer.learning_rate))
             state["history"].append(row)

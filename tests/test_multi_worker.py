@@ -276,7 +276,7 @@ def test_a_killed_worker_is_restarted_and_the_job_resumes_mid_epoch(launcher, tw
     # Wait for the mid-epoch checkpoint of epoch 2 (every 2 steps), then kill worker 1 in the middle of the epoch.
     state_file = run / "checkpoints" / "state.json"
     deadline = time.monotonic() + RUN_TIMEOUT
-    state: dict = {}
+
     def read_state() -> dict:
         try:
             return json.loads(state_file.read_text())

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from mammoflow import storage
-from mammoflow.storage import copies
 from mammoflow.partitions import in_partition, part_name, partition_of
 from mammoflow.records import Record
+from mammoflow.storage import copies
 
 pytest_plugins = ["tests.gcs_emulator"]  # the gcs_bucket fixture
 

@@ -1,9 +1,21 @@
-"""What this process may use of the machine (or of its pod): CPUs."""
+"""What this process may use of the machine (or of its pod): CPUs, and the one worker pool that uses them
+(:func:`pool_map`, for ingest and preprocess)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+import multiprocessing
 import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 
 def available_cpus(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> int:
@@ -28,3 +40,111 @@ def available_cpus(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> in
     if quota is not None and period:
         count = min(count, max(1, math.ceil(quota / period)))
     return count
+
+
+# --------------------------------------------------------------------------------------------- the worker pool
+
+# A worker process costs a second or two to start (it imports NumPy, OpenCV and pydicom): each gets at least this
+# many jobs, so small runs stay in this process.
+MIN_JOBS_PER_WORKER = 4
+
+
+def worker_count(requested: int | None, n_jobs: int) -> int:
+    """Processes for ``n_jobs`` jobs: ``requested``, or (``None``) every CPU this process may use (the pod's limit
+    on a cluster, :func:`available_cpus`), never more than one per :data:`MIN_JOBS_PER_WORKER` jobs."""
+    wanted = available_cpus() if requested is None else max(1, int(requested))
+    return max(1, min(wanted, n_jobs // MIN_JOBS_PER_WORKER))
+
+
+def pool_map(work: Callable[[J], R], jobs: Sequence[J], processes: int, *, setup: Callable[..., None] | None = None,
+             setup_args: tuple[Any, ...] = (), desc: str = "jobs", unit: str = "it", chunksize: int = 1
+             ) -> Iterator[R]:
+    """``work(job)`` of every job, in job order, computed by ``processes`` worker processes (the one pool of the
+    project: ingest and preprocess use it).
+
+    Workers are spawned (not forked: forking a process that holds threads can leave a lock held forever in the
+    child), ignore Ctrl-C (the whole group gets it: the parent alone handles it), run ``setup(*setup_args)`` once,
+    and send the log records of each job back with its result: they are handled here, in job order, by this
+    process's handlers. No worker outlives the iteration: SIGTERM ends this process with exit code 143 (through
+    Python, see :func:`sigterm_as_exit`) and the pool is terminated on any exit that is not the end of the jobs
+    (an error, Ctrl-C, SIGTERM, the caller closing the iterator). ``work`` and ``setup`` must be module-level
+    functions (they are pickled by name).
+    """
+    from mammoflow.logs import progress
+
+    level = logging.getLogger().getEffectiveLevel()
+    with sigterm_as_exit():  # before the pool exists: a SIGTERM never finds workers without this process's handler
+        pool = multiprocessing.get_context("spawn").Pool(processes, initializer=_worker_init,
+                                                          initargs=(setup, setup_args, level))
+        try:
+            results = pool.imap(functools.partial(_logged, work), jobs, chunksize=chunksize)
+            for result, records in progress(results, desc=desc, total=len(jobs), unit=unit):
+                _handle(records)
+                yield result
+            pool.close()
+        except BaseException:  # SIGTERM, Ctrl-C, an error, or the caller stopped reading: no worker outlives it
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+
+
+class _Collect(logging.Handler):
+    """A worker's one log handler: keeps the records of the job being run, to send them with its result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args, record.exc_info = record.getMessage(), None, None  # picklable whatever the args
+        self.records.append(record)
+
+
+_COLLECT = _Collect()
+
+
+def _worker_init(setup: Callable[..., None] | None, setup_args: tuple[Any, ...], level: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent alone handles it
+    root = logging.getLogger()
+    root.handlers[:] = [_COLLECT]
+    root.setLevel(level)
+    if setup is not None:
+        setup(*setup_args)
+
+
+def _logged(work: Callable[[J], R], job: J) -> tuple[R, list[logging.LogRecord]]:
+    _COLLECT.records = []
+    try:
+        return work(job), _COLLECT.records
+    finally:
+        _COLLECT.records = []
+
+
+def _handle(records: list[logging.LogRecord]) -> None:
+    for record in records:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While a pool works, SIGTERM (a pod being stopped) ends this process through Python, exit code 143, so the
+    pool is terminated on the way out instead of leaving its workers running. A handler someone else installed is
+    left alone, as is everything off the main thread."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

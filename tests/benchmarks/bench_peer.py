@@ -69,16 +69,22 @@ def _peer_epoch(x: np.ndarray, y: np.ndarray, epoch: int) -> tuple[float, float]
     return float(first or 0.0), n / (time.perf_counter() - started)
 
 
-def _ours_prepare(data: Path, work: Path) -> tuple[list[str], float]:
-    """Ingest, preprocess and build the dataset; returns the train shards and the seconds taken."""
+def _ours_prepare(data: Path, work: Path, stages: dict[str, list[float]]) -> tuple[list[str], float]:
+    """Ingest, preprocess and build the dataset (each with its defaults); returns the train shards and the seconds
+    taken, and adds each stage's seconds to ``stages``."""
     from mammoflow import steps
     from mammoflow.dataset.cache import LocalCache
 
     started = time.perf_counter()
     steps.ingest("cbis-ddsm", str(data), str(work / "records"))
-    steps.preprocess(str(work / "records"), "jaamour2023", str(work / "pre"), workers=os.cpu_count() or 1)
+    ingested = time.perf_counter()
+    steps.preprocess(str(work / "records"), "jaamour2023", str(work / "pre"))
+    preprocessed = time.perf_counter()
     built = steps.build_dataset(str(work / "pre"), "jaamour2023", str(work / "dataset"))
     shards = LocalCache(work / "cache").fetch(built.out_uri, ["train"])["train"]
+    for name, seconds in (("ingest", ingested - started), ("preprocess", preprocessed - ingested),
+                          ("build", time.perf_counter() - preprocessed)):
+        stages.setdefault(name, []).append(seconds)
     return shards, time.perf_counter() - started
 
 
@@ -115,6 +121,7 @@ def main() -> None:
         print(f"{len(full)} full-field phantom DICOMs of {SIZE[0]}x{SIZE[1]} ({len(truth['images'])} images in the "
               f"ground truth), mixed transfer syntaxes; {os.cpu_count()} cores; median of {RUNS} runs")
         peer_first, ours_first, peer_e2, ours_e2 = [], [], [], []
+        stages: dict[str, list[float]] = {}
         for run in range(RUNS):
             x, load_s = _peer_load(full)
             first_s, _ = _peer_epoch(x, labels, 0)
@@ -123,13 +130,15 @@ def main() -> None:
             del x
             pipeline._MEMORY.clear()
             work = root / f"ours{run}"
-            shards, prep_s = _ours_prepare(root / "raw", work)
+            shards, prep_s = _ours_prepare(root / "raw", work, stages)
             first_s, _ = _ours_epoch(shards, 0)
             ours_first.append(prep_s + first_s)
             ours_e2.append(_ours_epoch(shards, 1)[1])
         pf, of = statistics.median(peer_first), statistics.median(ours_first)
         pe, oe = statistics.median(peer_e2), statistics.median(ours_e2)
         print(f"  first batch from raw DICOMs: ours {of:6.1f} s   peer {pf:6.1f} s   ratio {of / pf:4.2f}")
+        print("  ours by stage (median s): " + "   ".join(f"{k} {statistics.median(v):.1f}"
+                                                          for k, v in stages.items()))
         print(f"  epoch 2:                     ours {oe:6.1f} images/s   peer {pe:6.1f} images/s   "
               f"ratio {oe / pe:4.2f}")
         record("first batch from raw DICOMs, ours / peer loader", of, "s", floor=pf, goal="<= 1.0",

@@ -64,6 +64,10 @@ be read, the records folder is written, so quarantine.md says what went wrong an
                    "salted pseudonyms of the file paths instead of the paths, for exports foldered by patient "
                    "name (DOE^JANE/...). The real paths stay in the records folder only (records.jsonl, "
                    "quarantine), to read and fix the files. Use the same --salt on every run: ids stay stable.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="cbis-ddsm, dicom-dir: processes reading the images (one image per process at a time). Default: "
+                   "every CPU this process may use (the container's limit), one per 4 images at most. The "
+                   "records are the same for any number.")
 @click.option("--strict", is_flag=True, help="Exit with status 3 if anything was quarantined.")
 @click.option("--incremental", "previous", type=click.Path(path_type=Path, file_okay=False), default=None,
               metavar="PREVIOUS_DIR",
@@ -76,8 +80,8 @@ be read, the records folder is written, so quarantine.md says what went wrong an
                    "ingest_summary.json); built beside as OUT.tmp-<pid> and swapped in when complete. Not inside "
                    "--root; an existing folder must be a records folder.")
 def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path, ...], labels: Path | None,
-            metadata_only: bool, salt: str | None, any_modality: bool, pseudonymise_paths: bool, strict: bool,
-            previous: Path | None, freeze_test: bool, out: Path) -> None:
+            metadata_only: bool, salt: str | None, any_modality: bool, pseudonymise_paths: bool, workers: int | None,
+            strict: bool, previous: Path | None, freeze_test: bool, out: Path) -> None:
     """Read a dataset into a records folder: one record per usable image, the rest quarantined.
 
     Every bad input (missing, truncated or corrupt image, RGB, wrong bit depth or modality, annotation
@@ -95,7 +99,7 @@ def command(source: str, root: Path | None, info: Path | None, csvs: tuple[Path,
         raise click.UsageError("--incremental cannot be combined with --metadata-only")
     # --labels is taken from the current folder (the step takes a relative one under the data root)
     given = {"labels": str(labels.absolute()) if labels else "", "info": info, "csvs": csvs, "salt": salt, "any_modality": any_modality,
-             "pseudonymise_paths": pseudonymise_paths}
+             "pseudonymise_paths": pseudonymise_paths, "workers": workers}
     try:
         if previous is not None:
             d = steps.ingest_incremental(source, root, previous, out, freeze_test=freeze_test, **given)

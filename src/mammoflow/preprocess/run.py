@@ -18,15 +18,11 @@ holding records that no preprocess run wrote (an ingest folder), is refused unle
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
 import re
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +37,7 @@ from mammoflow.logs import progress
 from mammoflow.preprocess import ops
 from mammoflow.preprocess.chain import Chain, ChainResult
 from mammoflow.records import RECORDS_FILE, Lesion, QuarantineEntry, Record, RecordsTable
+from mammoflow.resources import MIN_JOBS_PER_WORKER, pool_map, worker_count
 from mammoflow.storage import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -123,7 +120,7 @@ def _process(job: _Job, chain: Chain, config_hash: str, out_dir: Path, export_di
     from mammoflow.io.images import read_image, write_png
 
     rec = job.record
-    image = read_image(job.image_path)
+    image = _read_image(job.image_path, rec.content_hash)
     masks = [read_image(p) for p in job.mask_paths if p is not None]
     res = chain(image, masks, path=job.image_path, record_id=rec.record_id)
     name = safe_name(rec.record_id)
@@ -142,6 +139,16 @@ def _process(job: _Job, chain: Chain, config_hash: str, out_dir: Path, export_di
     state = {"config_hash": config_hash, "input": job.fingerprint, "record": out.to_dict()}
     atomic_write_text(out_dir / RESUME_DIR / f"{name}.json", json.dumps(state, sort_keys=True) + "\n")
     return out
+
+
+def _read_image(path: Path, digest: str | None) -> np.ndarray:
+    """The image at ``path``: the display pixels its ingest decoded and handed on (:mod:`mammoflow.io.handoff`;
+    ``digest``: the sha256 its record carries), else decoded now. Both give the same array."""
+    from mammoflow.io.handoff import take
+    from mammoflow.io.images import read_image
+
+    pixels = take(path, digest)
+    return read_image(path) if pixels is None else pixels
 
 
 def _reusable(job: _Job, config_hash: str, out_dir: Path) -> Record | None:
@@ -165,7 +172,6 @@ _WORKER: dict[str, Any] = {}
 def _worker_init(config: dict[str, Any], config_hash: str, out_dir: Path, export_dir: Path | None) -> None:
     import cv2
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent alone handles it
     cv2.setNumThreads(1)  # one process per core already
     _WORKER.update(chain=Chain.from_config(config), hash=config_hash, out=out_dir, export=export_dir)
 
@@ -337,18 +343,8 @@ def _config_label(config: str | Path | dict[str, Any]) -> str:
         Path(config).name if isinstance(config, (str, Path)) else "dict")
 
 
-# A worker process costs a second or two to start (it imports NumPy, OpenCV and pydicom): each gets at least this
-# many images, so small runs stay in this process.
-MIN_IMAGES_PER_WORKER = 4
-
-
-def worker_count(requested: int | None, n_jobs: int) -> int:
-    """Processes for ``n_jobs`` images: ``requested``, or (``None``) every CPU this process may use (the pod's limit
-    on a cluster), never more than one per :data:`MIN_IMAGES_PER_WORKER` images."""
-    from mammoflow.resources import available_cpus
-
-    wanted = available_cpus() if requested is None else max(1, int(requested))
-    return max(1, min(wanted, n_jobs // MIN_IMAGES_PER_WORKER))
+# A worker process costs a second or two to start: each gets at least this many images (the pool's own rule).
+MIN_IMAGES_PER_WORKER = MIN_JOBS_PER_WORKER
 
 
 def _run_all(jobs: list[_Job], chain: Chain, config: Any, config_hash: str, out_dir: Path,
@@ -359,40 +355,9 @@ def _run_all(jobs: list[_Job], chain: Chain, config: Any, config_hash: str, out_
             yield _run_one(job, chain, config_hash, out_dir, export_dir)
         return
     log.info("preprocess in %d worker processes", n)
-    # spawn, not fork: forking a process that holds threads (OpenCV's pool, logging, test runners) can leave a
-    # lock held forever in the child.
-    pool = multiprocessing.get_context("spawn").Pool(n, initializer=_worker_init,
-                                                      initargs=(chain.resolved(), config_hash, out_dir, export_dir))
-    try:
-        with _sigterm_as_exit():
-            yield from progress(pool.imap(_worker_run, jobs, chunksize=2), desc="preprocess", total=len(jobs),
-                                unit="image")
-        pool.close()
-    except BaseException:  # SIGTERM, Ctrl-C, an error, or the caller stopped reading: no worker outlives the run
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """While the pool works, SIGTERM (a pod being stopped) ends this process through Python, exit code 143, so the
-    pool is terminated on the way out instead of leaving its workers running. A handler someone else installed is
-    left alone, as is everything off the main thread."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(143)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield from pool_map(_worker_run, jobs, n, setup=_worker_init,
+                        setup_args=(chain.resolved(), config_hash, out_dir, export_dir), desc="preprocess",
+                        unit="image", chunksize=2)
 
 
 def _export_existing(out_dir: Path, export_dir: Path, rec: Record) -> None:

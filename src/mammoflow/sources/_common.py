@@ -43,6 +43,9 @@ class SourceOptions:
     any_modality: bool = False  # dicom-dir: accept DICOM files that are not mammograms (Modality MG)
     # dicom-dir: record ids from a salted pseudonym of the file's path, not the path (folder names may be names)
     pseudonymise_paths: bool = False
+    # cbis-ddsm, dicom-dir: processes reading the images (None: every CPU; 1 under a streamed data root), the
+    # records the same for any number (mammoflow.sources.parallel)
+    workers: int | None = None
 
 
 def site_salt(salt: str | None = None) -> str | None:

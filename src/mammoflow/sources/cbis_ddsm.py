@@ -30,35 +30,44 @@ an official test image) and patient-grouped split planning regroups the rest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mammoflow.errors import InputError
 from mammoflow.io.dicom import pseudonym  # the one pseudonymisation path (salted SHA-256)
+from mammoflow.io.handoff import Handoff
 from mammoflow.logs import progress
 from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable
+from mammoflow.sources import parallel
 from mammoflow.sources._common import (
     DEFAULT_SALT,
     SourceOptions,
     add_quarantine,
     add_skipped,
     check_columns,
-    check_name,
     csv_rows,
     quarantine_error,
     read_csv_text,
     salt_note,
     site_salt,
 )
-from mammoflow.sources.duplicates import DuplicateFinder, pixel_digest, read_identity
+from mammoflow.sources.cbis_images import (  # noqa: F401 - the mask helpers' public home was this module
+    ImageContext,
+    ImageJob,
+    ImageKey,
+    attach_images,
+    is_binary_mask,
+    mask_geometry,
+    split_crop_and_mask,
+)
+from mammoflow.sources.duplicates import DuplicateFinder
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +84,6 @@ DETAILS = {"calc": ("calc type", "calc distribution"), "mass": ("mass shape", "m
 _PATIENT = re.compile(r"^P_\d+$")
 _FOLDER = re.compile(r"^(Calc|Mass)-(Training|Test)_(P_\d+)_(LEFT|RIGHT)_(CC|MLO)(?:_(\d+))?$", re.IGNORECASE)
 _FIX_ROW = "correct this row of the CSV (compare with the official CBIS-DDSM description CSV)"
-
-ImageKey = tuple[str, str, str]  # (patient, LEFT/RIGHT, CC/MLO)
 
 
 def normalise_column(name: str) -> str:
@@ -292,39 +299,6 @@ class DiskIndex:
         return sorted(out)
 
 
-def is_binary_mask(pixels: np.ndarray) -> bool:
-    """True when the image holds at most two values, one of them 0, and is not all zero (an ROI mask)."""
-    top = pixels.max(initial=0)
-    return bool(top > 0 and not np.any((pixels != 0) & (pixels != top)))
-
-
-def split_crop_and_mask(images: Sequence[np.ndarray], full_shape: tuple[int, int] | None) -> tuple[int, int | None]:
-    """Indices ``(mask, crop)`` among the DICOM images of one abnormality folder, told apart by content.
-
-    The mask is binary and, when ``full_shape`` is known, the size of the full mammogram; the crop is what is left
-    (``None`` when the folder holds only the mask). Raises ``ValueError`` when the content does not say.
-    """
-    masks = [i for i, img in enumerate(images) if is_binary_mask(img)
-             and (full_shape is None or tuple(img.shape[:2]) == tuple(full_shape))]
-    if len(masks) != 1:
-        sizes = ", ".join(f"{img.shape[1]}x{img.shape[0]}{' binary' if is_binary_mask(img) else ''}"
-                          for img in images)
-        want = "" if full_shape is None else f" of the full image size {full_shape[1]}x{full_shape[0]}"
-        raise ValueError(f"{len(masks)} binary mask(s){want} among {len(images)} file(s) ({sizes or 'none'})")
-    others = [i for i in range(len(images)) if i != masks[0]]
-    if len(others) > 1:
-        raise ValueError(f"{len(images)} files: expected one mask and at most one crop")
-    return masks[0], (others[0] if others else None)
-
-
-def mask_geometry(mask: np.ndarray) -> tuple[float, float, float]:
-    """Centroid ``(row, col)`` and equivalent radius ``sqrt(area / pi)`` of the non-zero pixels."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        raise ValueError("the mask is empty")
-    return float(rows.mean()), float(cols.mean()), float(np.sqrt(rows.size / np.pi))
-
-
 # ----------------------------------------------------------------------------------------------- records
 
 
@@ -373,89 +347,13 @@ def _lesion(row: CsvRow) -> Lesion:
                   extra=extra)
 
 
-def _choose_full(candidates: list[tuple[str, str, Path]], rec: Record) -> tuple[Path, list[Path]]:
-    """The full-image folder for ``rec``: CBIS stores the same mammogram under Calc- and Mass- names."""
-    kinds = rec.extra["abnormality_types"]
-    ranked = sorted(candidates, key=lambda c: (c[0] not in kinds, c[1] != rec.split, c[0], str(c[2])))
-    return ranked[0][2], [c[2] for c in ranked[1:]]
-
-
-def _attach_images(rec: Record, rows: list[CsvRow], index: DiskIndex, salt: str) -> Record:
-    """Join ``rec`` to its DICOM files on disk; fills path, size, hash, masks, lesion geometry and what tells the
-    image from others (``extra.sop_instance``, ``extra.pixel_sha256``)."""
-    from mammoflow.io.dicom import read_dicom
-    from mammoflow.io.files import file_sha256
-    from mammoflow.io.images import read_image
-    from mammoflow.storage.copies import materialise  # fetches a file of a streamed data root when it is read
-
-    key = rows[0].image_key
-    candidates = index.full.get(key, [])
-    name = f"{{Calc,Mass}}-{{Training,Test}}_{key[0]}_{key[1]}_{key[2]}"
-    if not candidates:
-        raise InputError(index.root / name, "full mammogram folder not found under --root",
-                         "download this image from TCIA into --root, or use --metadata-only",
-                         code="missing_file", record_id=rec.record_id)
-    folder, alternates = _choose_full(candidates, rec)
-    files = index.dicoms(folder)
-    if not files:
-        raise InputError(folder, "no DICOM file in the full mammogram folder", "re-download this series from TCIA",
-                         code="missing_file", record_id=rec.record_id)
-    for path in files:
-        check_name(path, index.root, rec.record_id)
-    if len(files) > 1:
-        log.warning("%s: %d DICOM files in the full image folder, using the first (the others are listed in "
-                    "skipped.jsonl)", rec.record_id, len(files))
-        rec.extra["extra_files"] = [f.relative_to(index.root).as_posix() for f in files[1:]]
-    image = read_dicom(materialise(files[0]), salt=salt, expect_modality="MG")
-    for what, found, want in (("laterality", image.laterality, rec.laterality), ("view", image.view, rec.view)):
-        if found and want and found != want:
-            raise InputError(files[0], f"DICOM header {what} {found} differs from the CSV's {want}",
-                             "check that the folder holds the image the CSV describes", code="annotation_mismatch",
-                             record_id=rec.record_id)
-    rec.height, rec.width = int(image.rows), int(image.cols)
-    if getattr(image, "for_processing", False):  # raw detector data: used, flagged in the record
-        rec.extra["for_processing"] = True
-    rec.image_path = files[0].relative_to(index.root).as_posix()
-    rec.content_hash = file_sha256(materialise(files[0]))
-    identity = read_identity(materialise(files[0]), salt)
-    if identity.sop_instance:
-        rec.extra["sop_instance"] = identity.sop_instance
-    rec.extra["pixel_sha256"] = pixel_digest(image.pixels)
-    if alternates:
-        rec.extra["same_image_also_at"] = [f.relative_to(index.root).as_posix() for f in alternates]
-    by_id = {r.lesion_id: r for r in rows}
-    for lesion in rec.lesions:
-        row = by_id[lesion.lesion_id]
-        folders = index.abnormal.get((row.kind, *key, row.abnormality), [])
-        if not folders:
-            lesion.extra["geometry"] = "missing"
-            lesion.extra["geometry_note"] = "abnormality folder (crop and ROI mask) not under --root"
-            continue
-        dcm = [f for d in folders for f in index.dicoms(d)]
-        for path in dcm:
-            check_name(path, index.root, rec.record_id)
-        pixels = [read_image(materialise(f), expect_modality=None) for f in dcm]
-        try:
-            mask_i, crop_i = split_crop_and_mask(pixels, (rec.height, rec.width))
-            row_c, col_c, radius = mask_geometry(pixels[mask_i])
-        except ValueError as exc:
-            raise InputError(folders[0], f"cannot tell the ROI mask of abnormality {row.abnormality}: {exc}",
-                             "re-download this abnormality from TCIA (the mask must be binary and the size of "
-                             "the full image)", code="bad_mask", record_id=rec.record_id) from None
-        lesion.mask_path = dcm[mask_i].relative_to(index.root).as_posix()
-        lesion.center_row, lesion.center_col, lesion.radius = row_c, col_c, radius
-        lesion.extra["geometry_source"] = "ROI mask centroid and equivalent radius sqrt(area/pi)"
-        if crop_i is not None:
-            lesion.extra["crop_path"] = dcm[crop_i].relative_to(index.root).as_posix()
-    return rec
-
-
 def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata_only: bool = False,
-                   salt: str | None = None) -> RecordsTable:
+                   salt: str | None = None, workers: int | None = None) -> RecordsTable:
     """Records (one per full mammogram) from the description CSVs, joined to the DICOM files under ``root``.
 
     ``metadata_only`` needs the CSVs alone (split planning, tests on the real CSVs); every CSV row is then a
-    lesion of a record or a quarantine entry (``table.meta["row_accounting"]``).
+    lesion of a record or a quarantine entry (``table.meta["row_accounting"]``). ``workers``: processes reading
+    the images (None: every CPU; :mod:`mammoflow.sources.parallel`); the records are the same for any number.
     """
     csv_paths = [Path(p) for p in csvs]
     if not csv_paths and root is not None:
@@ -495,21 +393,18 @@ def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata
     index = DiskIndex.scan(Path(root), csv_paths) if not metadata_only and root is not None else None
     rows_quarantined_with_image = 0
     duplicates = DuplicateFinder()
-    for key in progress(sorted(grouped), desc="CBIS-DDSM images", unit="image"):
-        rows = grouped[key]
-        rec = _record(rows, salt)
-        if index is not None:
-            try:
-                rec = _attach_images(rec, rows, index, salt)
-                dup = duplicates.check(rec, index.root / rec.image_path)
-                if dup is not None:
-                    raise dup
-            except InputError as err:
+    row_groups = [grouped[key] for key in sorted(grouped)]
+    records = [_record(rows, salt) for rows in row_groups]
+    with contextlib.closing(_joined(records, row_groups, index, salt, workers)) as outcomes:
+        for rec, rows, joined in zip(records, row_groups, outcomes, strict=True):
+            err = joined if isinstance(joined, InputError) else \
+                None if index is None else duplicates.check(joined, index.root / joined.image_path)
+            if err is not None:
                 err.record_id = err.record_id or rec.record_id
                 quarantine_error(table, err, SOURCE)
                 rows_quarantined_with_image += len(rows)
                 continue
-        table.records.append(rec)
+            table.records.append(joined)
     table.check_unique_ids()
 
     total = sum(rows_in.values())
@@ -536,6 +431,21 @@ def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata
     return table
 
 
+def _joined(records: list[Record], row_groups: list[list[CsvRow]], index: DiskIndex | None, salt: str,
+            workers: int | None) -> Iterator[Record | InputError]:
+    """Each record joined to its DICOM files (:func:`~mammoflow.sources.cbis_images.attach_images`, in the worker
+    pool) or the InputError that quarantines it, in order; without an index (metadata only), the records as
+    they are."""
+    if index is None:
+        yield from progress(records, desc="CBIS-DDSM images", unit="image")
+        return
+    n = parallel.processes(workers, len(records))
+    ctx = ImageContext(index, salt, Handoff.open().share(n))
+    jobs = [ImageJob(rec, rows[0].image_key, {r.lesion_id: (r.kind, r.abnormality) for r in rows})
+            for rec, rows in zip(records, row_groups, strict=True)]
+    yield from parallel.map_files(attach_images, ctx, jobs, n, desc="CBIS-DDSM images", unit="image")
+
+
 def _list_skipped(table: RecordsTable, index: DiskIndex, grouped: dict[ImageKey, list[CsvRow]],
                   seen: dict[str, CsvRow]) -> None:
     """List what under the root is part of no record and no quarantined image (module docstring)."""
@@ -560,4 +470,5 @@ def _list_skipped(table: RecordsTable, index: DiskIndex, grouped: dict[ImageKey,
 
 def read_source(opts: SourceOptions) -> RecordsTable:
     """The ``cbis-ddsm`` entry of :data:`mammoflow.sources.SOURCES`."""
-    return read_cbis_ddsm(csvs=opts.csvs, root=opts.root, metadata_only=opts.metadata_only, salt=opts.salt)
+    return read_cbis_ddsm(csvs=opts.csvs, root=opts.root, metadata_only=opts.metadata_only, salt=opts.salt,
+                          workers=opts.workers)

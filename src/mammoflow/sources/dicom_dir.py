@@ -39,14 +39,18 @@ inside the records folder only: ``image_path`` in ``records.jsonl`` (to read the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from mammoflow.errors import ConfigError, InputError
 from mammoflow.io.dicom import pseudonym
-from mammoflow.logs import progress
+from mammoflow.io.handoff import Handoff
 from mammoflow.records import QuarantineEntry, Record, RecordsTable
+from mammoflow.sources import parallel
 from mammoflow.sources._common import (
     DEMO_SALT,
     SALT_FIX,
@@ -61,6 +65,9 @@ from mammoflow.sources._common import (
 from mammoflow.sources.dicom_scan import DICOM_SUFFIXES, FolderScan, find_dicoms, scan_folder
 from mammoflow.sources.duplicates import DuplicateFinder, pixel_digest, read_identity
 from mammoflow.sources.labels_csv import LabelRow, ParsedLabels, parse_labels
+
+if TYPE_CHECKING:
+    from mammoflow.io.dicom import DicomImage
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +141,8 @@ def _patient(row: LabelRow | None, header_patient: str | None, rel: str, path: P
 
 
 def _record(path: Path, root: Path, rid: str, row: LabelRow | None, salt: str, metadata_only: bool,
-            modality: str | None, sop_instance: str | None) -> Record:
+            modality: str | None, sop_instance: str | None) -> tuple[Record, DicomImage | None]:
+    """The record of one DICOM file, and its decoded image (None with ``metadata_only``)."""
     from mammoflow.io.dicom import read_dicom, read_dicom_header
     from mammoflow.io.files import file_sha256
 
@@ -156,10 +164,44 @@ def _record(path: Path, root: Path, rid: str, row: LabelRow | None, salt: str, m
         extra["pixel_sha256"] = pixel_digest(header.pixels)  # type: ignore[attr-defined]
     if row is not None:
         side, view = row.laterality or side, row.view or view
-    return Record(record_id=rid, source=SOURCE, patient_id=patient, image_path=rel,
-                  label=row.label if row is not None else None, laterality=side, view=view,
-                  height=header.rows, width=header.cols,
-                  content_hash=None if metadata_only else file_sha256(path), extra=extra)
+    rec = Record(record_id=rid, source=SOURCE, patient_id=patient, image_path=rel,
+                 label=row.label if row is not None else None, laterality=side, view=view,
+                 height=header.rows, width=header.cols,
+                 content_hash=None if metadata_only else file_sha256(path), extra=extra)
+    return rec, None if metadata_only else header  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class FileContext:
+    """What every file's work needs (see :func:`read_file`)."""
+
+    root: Path
+    salt: str
+    metadata_only: bool
+    modality: str | None
+    handoff: Handoff
+
+
+@dataclass(frozen=True)
+class FileJob:
+    path: Path
+    rid: str
+    row: LabelRow | None
+
+
+def read_file(ctx: FileContext, job: FileJob) -> tuple[Record, bool]:
+    """One DICOM file's record, and whether it is one of mammoflow's phantoms: the work an ingest runs in its
+    worker pool (:mod:`mammoflow.sources.parallel`). Raises InputError for a file that cannot be used; the decoded
+    pixels are handed on to preprocess (:mod:`mammoflow.io.handoff`)."""
+    from mammoflow.storage.copies import materialise
+
+    path = materialise(job.path)  # fetched now when the data root is streamed from object storage
+    identity = read_identity(path, ctx.salt)
+    rec, image = _record(path, ctx.root, job.rid, job.row, ctx.salt, ctx.metadata_only, ctx.modality,
+                         identity.sop_instance)
+    if image is not None:
+        ctx.handoff.put(rec.content_hash, image)
+    return rec, identity.phantom
 
 
 def _missing_salt(path: Path, rid: str) -> ConfigError:
@@ -186,7 +228,8 @@ def _list_scan(table: RecordsTable, scan: FolderScan, root: Path, rid_of: Callab
 
 def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = None,
                    metadata_only: bool = False, expect_modality: str | None = "MG", *,
-                   find_labels: bool = True, pseudonymise_paths: bool = False) -> RecordsTable:
+                   find_labels: bool = True, pseudonymise_paths: bool = False, workers: int | None = None
+                   ) -> RecordsTable:
     """One record per DICOM file under ``root``; bad files, other files, labels and rows go to the quarantine,
     skipped entries to ``table.skipped``.
 
@@ -194,6 +237,8 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
     ``metadata_only`` reads headers only (no pixel decoding, no content hash). ``expect_modality=None``
     accepts any modality. ``pseudonymise_paths`` makes record ids salted pseudonyms of the paths (module doc).
     ``salt`` None: ``$MAMMOFLOW_SALT``; neither is a :class:`ConfigError` unless every image read is a phantom.
+    ``workers``: processes reading the files (None: every CPU; :mod:`mammoflow.sources.parallel`); the records are
+    the same for any number.
     """
     from mammoflow.storage.copies import materialise
 
@@ -221,27 +266,26 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
                      if Path(e.path).is_relative_to(root)]
     _person_name_warning([*rel_of.values(), *rejected_rels], root, pseudonymise_paths)
     _list_scan(table, scan, root, rid_of)
-    on_disk = set()
+    on_disk = set(rel_of.values())
     duplicates = DuplicateFinder()
-    for path in progress(scan.dicoms, desc="DICOM files", unit="file"):
-        rel = rel_of[path]
-        rid = rid_of(rel)
-        on_disk.add(rel)
-        if rid in bad:
-            continue  # its labels row is already quarantined: an image with a wrong label is not used
-        path = materialise(path)  # fetched now when the data root is streamed from object storage
-        identity = read_identity(path, salt)
-        try:
-            rec = _record(path, root, rid, parsed.rows.get(rel), salt, metadata_only, expect_modality,
-                          identity.sop_instance)
-            if given is None and not identity.phantom:
-                raise _missing_salt(path, rid)
-            dup = duplicates.check(rec, path)
-            if dup is not None:
-                raise dup
-            table.records.append(rec)
-        except InputError as err:
-            err.record_id = err.record_id or rid
+    jobs = [FileJob(path, rid_of(rel_of[path]), parsed.rows.get(rel_of[path])) for path in scan.dicoms
+            if rid_of(rel_of[path]) not in bad]  # an image whose labels row is quarantined already is not used
+    n = parallel.processes(workers, len(jobs))
+    ctx = FileContext(root, salt, metadata_only, expect_modality,
+                      Handoff.off() if metadata_only else Handoff.open().share(n))
+    # closing: an error here (no salt) stops the worker pool at once
+    with contextlib.closing(parallel.map_files(read_file, ctx, jobs, n, desc="DICOM files", unit="file")) as outcomes:
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            err = outcome if isinstance(outcome, InputError) else None
+            if err is None:
+                rec, phantom = outcome
+                if given is None and not phantom:
+                    raise _missing_salt(job.path, job.rid)
+                err = duplicates.check(rec, job.path)
+                if err is None:
+                    table.records.append(rec)
+                    continue
+            err.record_id = err.record_id or job.rid
             quarantine_error(table, err, SOURCE)
     for rel, row in sorted(parsed.rows.items()):
         if rel not in on_disk and row.line > 0:
@@ -271,4 +315,4 @@ def read_source(opts: SourceOptions) -> RecordsTable:
         raise InputError("", "no DICOM folder given", "pass --root DIR", code="missing_file")
     return read_dicom_dir(opts.root, labels=opts.labels, salt=opts.salt, metadata_only=opts.metadata_only,
                           expect_modality=None if opts.any_modality else "MG",
-                          pseudonymise_paths=opts.pseudonymise_paths)
+                          pseudonymise_paths=opts.pseudonymise_paths, workers=opts.workers)

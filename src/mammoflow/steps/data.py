@@ -189,14 +189,15 @@ def ingest_inputs(source: str, data_root: str | os.PathLike[str] | None, *, labe
                   info: str | os.PathLike[str] | None = None, csvs: Sequence[str | os.PathLike[str]] = (),
                   metadata_only: bool = False, salt: str | None = None, any_modality: bool = False,
                   pseudonymise_paths: bool = False, stream_limit: int = 0,
-                  cache_dir: str | os.PathLike[str] | None = None) -> IngestInputs:
+                  cache_dir: str | os.PathLike[str] | None = None, workers: int | None = None) -> IngestInputs:
     """Check an ingest's options (labels CSV and path pseudonyms only for the sources that take them) and make
     its inputs local: a remote ``data_root``, labels CSV, Info.txt or description CSV is fetched into the cache.
 
     ``stream_limit`` > 0: a remote ``data_root`` of a reader that fetches each image as it reads it
     (:data:`~mammoflow.sources.STREAMED_SOURCES`) is not copied but mirrored by a
     :class:`~mammoflow.storage.copies.StreamedTree` holding at most that many bytes of images at once (read under
-    :func:`~mammoflow.storage.copies.streaming` of ``stream``)."""
+    :func:`~mammoflow.storage.copies.streaming` of ``stream``). ``workers``: processes reading the images (None:
+    every CPU; 1 when streamed, the window lives in this process)."""
     from mammoflow.sources import STREAMED_SOURCES, SourceOptions
 
     check_labels(source, labels)
@@ -213,7 +214,7 @@ def ingest_inputs(source: str, data_root: str | os.PathLike[str] | None, *, labe
     opts = SourceOptions(root=local_root, info=_local_file(info, cache_dir),
                          csvs=tuple(p for p in (_local_file(c, cache_dir) for c in csvs) if p is not None),
                          labels=local_labels, metadata_only=metadata_only, salt=salt, any_modality=any_modality,
-                         pseudonymise_paths=pseudonymise_paths)
+                         pseudonymise_paths=pseudonymise_paths, workers=1 if stream is not None else workers)
     return IngestInputs(source, root, uri, opts, local_root, local_labels, stream)
 
 
@@ -236,7 +237,7 @@ def ingest(source: str, data_root: str | os.PathLike[str] | None, out: str | os.
            labels: str | os.PathLike[str] = "", salt: str | None = None, pseudonymise_paths: bool = False,
            info: str | os.PathLike[str] | None = None, csvs: Sequence[str | os.PathLike[str]] = (),
            metadata_only: bool = False, any_modality: bool = False, stream: int | None = None,
-           cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+           cache_dir: str | os.PathLike[str] | None = None, workers: int | None = None) -> dict[str, Any]:
     """Read a dataset into a records folder (``mammoflow ingest``, the ingest component); returns the ingest
     summary, with ``labels_csv``: where the labels CSV read was (None: none).
 
@@ -247,7 +248,8 @@ def ingest(source: str, data_root: str | os.PathLike[str] | None, out: str | os.
     files too. ``pseudonymise_paths`` (dicom-dir): record ids are salted pseudonyms of the file paths, for site
     folders named after patients. ``info``, ``csvs``, ``metadata_only``, ``any_modality``: see ``mammoflow ingest
     --help``. ``stream``: the bound in bytes of the local window a remote ``data_root`` is streamed through
-    (:func:`stream_limit`; 0: copied whole). The folder is written all or nothing, and a folder already holding the ingest of the same inputs is
+    (:func:`stream_limit`; 0: copied whole). ``workers``: processes reading the images (None: every CPU; the
+    records are the same for any number). The folder is written all or nothing, and a folder already holding the ingest of the same inputs is
     kept as it is (:mod:`mammoflow.sources.resume`). Nothing usable: :class:`NothingUsable` (the folder, with its
     quarantine report, is written).
     """
@@ -259,7 +261,7 @@ def ingest(source: str, data_root: str | os.PathLike[str] | None, out: str | os.
     resume.check_out_dir(out_dir, _given_paths(data_root, info, csvs))  # before anything is fetched or read
     inp = ingest_inputs(source, data_root, labels=labels, info=info, csvs=csvs, metadata_only=metadata_only,
                         salt=salt, any_modality=any_modality, pseudonymise_paths=pseudonymise_paths,
-                        stream_limit=stream_limit(stream), cache_dir=cache_dir)
+                        stream_limit=stream_limit(stream), cache_dir=cache_dir, workers=workers)
     data_root, opts = inp.data_root, inp.options
     uri = inp.labels_uri
     fingerprint = resume.input_fingerprint(source, opts, {"data_root": data_root, "labels": uri})
@@ -306,7 +308,8 @@ def ingest_incremental(source: str, data_root: str | os.PathLike[str] | None, pr
                        out: str | os.PathLike[str], *, freeze_test: bool = False, labels: str | os.PathLike[str] = "",
                        salt: str | None = None, pseudonymise_paths: bool = False,
                        info: str | os.PathLike[str] | None = None, csvs: Sequence[str | os.PathLike[str]] = (),
-                       any_modality: bool = False, cache_dir: str | os.PathLike[str] | None = None) -> Any:
+                       any_modality: bool = False, cache_dir: str | os.PathLike[str] | None = None,
+                       workers: int | None = None) -> Any:
     """Read only what changed since the records folder ``previous`` into the new folder ``out`` (``mammoflow
     ingest --incremental``): unchanged files are not opened, new records join its split plan (``freeze_test``: new
     patients go to train/val only). Returns the :class:`~mammoflow.retrain.ingest.IngestDelta`."""
@@ -315,7 +318,8 @@ def ingest_incremental(source: str, data_root: str | os.PathLike[str] | None, pr
 
     resume.check_out_dir(Path(out), _given_paths(data_root, info, csvs))
     inp = ingest_inputs(source, data_root, labels=labels, info=info, csvs=csvs, salt=salt,
-                        any_modality=any_modality, pseudonymise_paths=pseudonymise_paths, cache_dir=cache_dir)
+                        any_modality=any_modality, pseudonymise_paths=pseudonymise_paths, cache_dir=cache_dir,
+                        workers=workers)
     return incremental_ingest(source, inp.options, previous, out, freeze_test=freeze_test)
 
 

@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("interrupted", err=True)
-        return EXIT_INTERRUPTED
+        return _interrupted()
     except Exception as exc:  # noqa: BLE001 - sorted by _error_code
         return _error_code(exc, log)
     finally:
@@ -107,12 +106,16 @@ def _record_ctrl_c() -> object:
     return None
 
 
+def _interrupted() -> int:
+    click.echo("interrupted", err=True)
+    return EXIT_INTERRUPTED
+
+
 def _error_code(exc: Exception, log: logging.Logger) -> int:
     """The exit code and the one line of an error that ended a verb."""
     if _CTRL_C.is_set():  # whatever the error's type, the user's Ctrl-C caused it
         log.debug("error after Ctrl-C", exc_info=True)
-        click.echo("interrupted", err=True)
-        return EXIT_INTERRUPTED
+        return _interrupted()
     if isinstance(exc, MammoflowError):
         log.error("%s", exc)
     elif isinstance(exc, OSError):

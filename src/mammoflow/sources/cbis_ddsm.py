@@ -45,6 +45,7 @@ from mammoflow.io.dicom import pseudonym  # the one pseudonymisation path (salte
 from mammoflow.io.handoff import Handoff
 from mammoflow.logs import progress
 from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable
+from mammoflow.resources import worker_count
 from mammoflow.sources import parallel
 from mammoflow.sources._common import (
     DEFAULT_SALT,
@@ -439,7 +440,7 @@ def _joined(records: list[Record], row_groups: list[list[CsvRow]], index: DiskIn
     if index is None:
         yield from progress(records, desc="CBIS-DDSM images", unit="image")
         return
-    n = parallel.processes(workers, len(records))
+    n = worker_count(workers, len(records))
     ctx = ImageContext(index, salt, Handoff.open().share(n))
     jobs = [ImageJob(rec, rows[0].image_key, {r.lesion_id: (r.kind, r.abnormality) for r in rows})
             for rec, rows in zip(records, row_groups, strict=True)]

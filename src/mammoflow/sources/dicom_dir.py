@@ -50,6 +50,7 @@ from mammoflow.errors import ConfigError, InputError
 from mammoflow.io.dicom import pseudonym
 from mammoflow.io.handoff import Handoff
 from mammoflow.records import QuarantineEntry, Record, RecordsTable
+from mammoflow.resources import worker_count
 from mammoflow.sources import parallel
 from mammoflow.sources._common import (
     DEMO_SALT,
@@ -270,7 +271,7 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
     duplicates = DuplicateFinder()
     jobs = [FileJob(path, rid_of(rel_of[path]), parsed.rows.get(rel_of[path])) for path in scan.dicoms
             if rid_of(rel_of[path]) not in bad]  # an image whose labels row is quarantined already is not used
-    n = parallel.processes(workers, len(jobs))
+    n = worker_count(workers, len(jobs))
     ctx = FileContext(root, salt, metadata_only, expect_modality,
                       Handoff.off() if metadata_only else Handoff.open().share(n))
     # closing: an error here (no salt) stops the worker pool at once

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from mammoflow.errors import InputError
 from mammoflow.logs import progress
-from mammoflow.resources import pool_map, worker_count
+from mammoflow.resources import pool_map
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,6 @@ class Failed:
 
     def error(self) -> InputError:
         return InputError(self.path, self.problem, self.fix, code=self.code, record_id=self.record_id)
-
-
-def processes(workers: int | None, n_files: int) -> int:
-    """The processes an ingest of ``n_files`` files uses (see the module docstring)."""
-    return worker_count(workers, n_files)
 
 
 def map_files(work: Callable[[C, J], R], context: C, jobs: Sequence[J], n: int, *, desc: str, unit: str

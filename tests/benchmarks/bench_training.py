@@ -14,18 +14,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BATCH = 32
 STEPS = 12
+REPEATS = 3  # each rate is the median of this many timed runs (the machine's other load moves single runs a lot)
 
 
 def _rate(model, x, y, steps: int = STEPS) -> float:
-    """Patches per second of model.fit steps (after one warm-up step that builds and compiles)."""
+    """Patches per second of model.fit steps (after one warm-up step that builds and compiles): the median of
+    ``REPEATS`` timed runs."""
     import tensorflow as tf
 
     x = tuple(x) if isinstance(x, list) else x  # multi-input heads (Fusion2's per-branch features)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).repeat()
     model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0)
-    t0 = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps * BATCH / (time.perf_counter() - t0)
+    rates = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        rates.append(steps * BATCH / (time.perf_counter() - t0))
+    return float(np.median(rates))
 
 
 def _compile(model):

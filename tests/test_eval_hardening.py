@@ -243,3 +243,22 @@ def test_a_cross_validation_sweep_report_says_its_numbers_are_on_the_validation_
                                                         "metric": "val_loss", "mode": "min", "best_trial": "0"}))
         md = rp.build_report(str(sweep), tmp_path / f"out-{axis}")["markdown"].read_text()
         assert ("Cross-validation sweep: each trial's numbers are on the fold it validated on" in md) is expected
+
+
+def test_a_degenerate_interval_is_flagged_in_the_flat_dashboard_metrics():
+    """The flat metrics (KFP's Metrics artifact, ``pipeline run``'s terminal lines) carry the flag beside the
+    bounds: 1.0 for the collapsed interval over 9 patients, 0.0 for a real one over 60."""
+    from mammoflow.evaluation.metrics import report_with_ci
+    from mammoflow.steps import primary_metrics
+
+    y = np.array([0, 1] * 9)
+    collapsed = report_with_ci(y, np.where(y == 1, 0.9, 0.1), groups=np.repeat(np.arange(9), 2), n_resamples=2000,
+                               seed=0)
+    rng = np.random.default_rng(0)
+    y2 = rng.integers(0, 2, 120)
+    fine = report_with_ci(y2, np.clip(0.3 + 0.4 * y2 + rng.normal(0, 0.25, 120), 0, 1),
+                          groups=np.repeat(np.arange(60), 2), n_resamples=2000, seed=0)
+    flat = primary_metrics({"primary_level": "roi", "levels": {"roi": collapsed, "patch": fine}})
+    assert flat["roi_accuracy_ci_degenerate"] == 1.0 and flat["roi_accuracy_ci_low"] == 1.0
+    assert flat["patch_accuracy_ci_degenerate"] == 0.0
+    assert set(flat) >= {"roi_accuracy", "roi_accuracy_ci_high", "patch_accuracy_ci_low"}

@@ -63,7 +63,9 @@ def command(models: tuple[str, ...], data_uri: str, split: str | None, out: str,
         m = doc["levels"].get(level, {}).get("metrics", {})
         acc, auc = m.get("accuracy") or {}, m.get("roc_auc") or {}
         click.echo(f"{doc['model']['name']} on {doc['split']}: {level} accuracy {_num(acc.get('value'))} "
-                   f"(95% CI {_num(acc.get('ci_low'))}-{_num(acc.get('ci_high'))}), ROC-AUC {_num(auc.get('value'))}"
+                   f"(95% CI {_num(acc.get('ci_low'))}-{_num(acc.get('ci_high'))}"
+                   f"{': degenerate, see metrics.json' if acc.get('degenerate') else ''}), "
+                   f"ROC-AUC {_num(auc.get('value'))}"
                    f" -> {out}")
         return
     for group in doc["groups"].values():

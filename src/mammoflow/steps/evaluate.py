@@ -54,7 +54,10 @@ def evaluate_runs(models: Sequence[str], data_uri: str, out: str | os.PathLike[s
 
 
 def primary_metrics(report: Mapping[str, Any]) -> dict[str, float]:
-    """Flat scalar metrics of an evaluation (``<level>_<metric>`` and its 95% CI bounds), for dashboards."""
+    """Flat scalar metrics of an evaluation (``<level>_<metric>`` and its 95% CI bounds), for dashboards.
+
+    ``<level>_<metric>_ci_degenerate`` is 1.0 when the interval is flagged as no real 95% CI (zero width, too few
+    resampling units), 0.0 when it is one."""
     out: dict[str, float] = {}
     levels = report.get("levels", {})
     for level in dict.fromkeys([report.get("primary_level"), "patch"]):
@@ -64,6 +67,8 @@ def primary_metrics(report: Mapping[str, Any]) -> dict[str, float]:
             for key, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
                 if isinstance(cell.get(key), (int, float)):
                     out[f"{level}_{name}{suffix}"] = float(cell[key])
+            if isinstance(cell.get("degenerate"), bool) and f"{level}_{name}_ci_low" in out:
+                out[f"{level}_{name}_ci_degenerate"] = float(cell["degenerate"])
     return out
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import time
 from typing import Any
 
 from mammoflow import storage
@@ -16,6 +17,7 @@ from mammoflow.sweep.spec import SweepSpec, cell_name, trial_cell, trial_config
 log = logging.getLogger(__name__)
 
 ATTEMPTS_DIR = "attempts"  # RUN/attempts/: one record per start of a trial's process (sweep.runner.record_attempt)
+PAUSES_DIR = "pauses"  # RUN/pauses/: one marker per pause of the trial by scheduler sha (sweep.halving)
 
 
 def run_history(run_uri: str) -> list[dict[str, Any]]:
@@ -37,15 +39,33 @@ def read_attempts(run_uri: str) -> list[dict[str, Any]]:
     return [json.loads(storage.get_bytes(u)) for u in uris]
 
 
+def write_pause_marker(run_uri: str, epoch: int) -> None:
+    """Mark that the scheduler paused the trial after ``epoch``: its next start resumes it (not a retry)."""
+    doc = {"epoch": epoch, "paused_at": round(time.time(), 3)}
+    storage.put_bytes(storage.join(run_uri, PAUSES_DIR, f"{epoch}-{time.time_ns()}.json"),
+                      (json.dumps(doc) + "\n").encode())
+
+
+def resumes_pause(run_uri: str, epochs_done: int, attempts: list[dict[str, Any]]) -> bool:
+    """Whether a start of the trial after ``epochs_done`` epochs resumes a pause: a pause marker at that epoch
+    that no earlier attempt (``attempts``) has claimed. A start after a failure finds none (or one claimed)."""
+    prefix = f"{epochs_done}-"
+    pauses = sum(u.rsplit("/", 1)[-1].startswith(prefix) and u.endswith(".json")
+                 for u in storage.list(storage.join(run_uri, PAUSES_DIR)))
+    return pauses > sum(a.get("resumes_pause") == epochs_done for a in attempts)
+
+
 def node_account(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Where the trials ran: trials per Ray node (by the node of each trial's last attempt) and the trials that
-    ran more than once (a node or process died, or the driver resumed), with their nodes in order."""
+    were started more than once other than to resume a pause (a node or process died, or the driver resumed),
+    with the nodes of all their attempts in order."""
     by_node: dict[str, int] = {}
     for row in rows:
         if row["_attempts"]:
             node = row["_attempts"][-1]["node_id"]
             by_node[node] = by_node.get(node, 0) + 1
-    retried = {r["trial"]: [a["node_id"] for a in r["_attempts"]] for r in rows if len(r["_attempts"]) > 1}
+    retried = {r["trial"]: [a["node_id"] for a in r["_attempts"]] for r in rows
+               if sum("resumes_pause" not in a for a in r["_attempts"]) > 1}
     return {"trials_by_node": dict(sorted(by_node.items())), "retried_trials": retried}
 
 

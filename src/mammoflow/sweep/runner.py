@@ -51,7 +51,7 @@ from typing import Any
 from mammoflow import storage
 from mammoflow.config import dump_yaml
 from mammoflow.errors import ConfigError
-from mammoflow.sweep.results import ATTEMPTS_DIR, read_attempts, run_history, write_results
+from mammoflow.sweep.results import ATTEMPTS_DIR, read_attempts, resumes_pause, run_history, write_results
 from mammoflow.sweep.spec import (
     SweepSpec,
     base_config,
@@ -95,12 +95,23 @@ def tune_samples(spec: SweepSpec) -> int:
     return 1 if spec.one_folder_per_cell else spec.num_samples
 
 
-def make_scheduler(spec: SweepSpec, max_epochs: int):
-    """The trial scheduler of ``spec.scheduler`` on the epoch axis (ASHA's max_t defaults to the longest trial)."""
+def trial_count(spec: SweepSpec, cells: list[dict[str, Any]]) -> int:
+    """How many trials the sweep runs: its cells times the samples drawn per cell, or optuna's samples."""
+    return spec.num_samples if spec.search_name == "optuna" else tune_samples(spec) * len(cells)
+
+
+def make_scheduler(spec: SweepSpec, max_epochs: int, *, n_trials: int = 1, out_uri: str | None = None):
+    """The trial scheduler of ``spec.scheduler`` on the epoch axis (ASHA's max_t defaults to the longest trial;
+    ``sha`` needs the number of trials, and keeps its rung table in ``out_uri``)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     opts = {k: v for k, v in spec.scheduler.items() if k != "name"}
     name = spec.scheduler.get("name", "asha")
+    if name == "sha":
+        from mammoflow.sweep.halving import make_sha
+
+        return make_sha(opts, n_trials=n_trials, max_t=max_epochs, metric=spec.metric, mode=spec.mode,
+                        out_uri=out_uri, where=f"sweep {spec.name}")
     try:
         if name == "asha":
             return ASHAScheduler(time_attr=TIME_ATTR, max_t=opts.pop("max_t", max_epochs), **opts)
@@ -161,21 +172,30 @@ def record_trial_end(run_uri: str, doc: dict[str, Any]) -> bool:
 def record_attempt(run_uri: str) -> dict[str, Any]:
     """Write one record of this start of a trial's process into ``RUN/attempts/`` and return it.
 
-    A trial runs again when its process or node dies (``max_failures``) or the driver resumes; each start leaves
-    a record, so the trial's ``sweep_trial.json`` says which Ray nodes ran it and after which epoch each took over.
+    A trial runs again when its process or node dies (``max_failures``), the driver resumes, or scheduler ``sha``
+    resumes it from a pause (``resumes_pause``); each start leaves a record, so the trial's ``sweep_trial.json``
+    says which Ray nodes ran it and after which epoch each took over.
     """
     import ray
 
-    doc = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid(),
-           "started_at": round(time.time(), 3), "epochs_done": len(run_history(run_uri))}
+    done = len(run_history(run_uri))
+    doc: dict[str, Any] = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                           "pid": os.getpid(), "started_at": round(time.time(), 3), "epochs_done": done}
+    if resumes_pause(run_uri, done, read_attempts(run_uri)):
+        doc["resumes_pause"] = done  # scheduler sha paused it after this epoch: a resumption, not a retry
     name = f"{time.time_ns()}-{doc['node_id'][:12]}-{doc['pid']}.json"
     storage.put_bytes(storage.join(run_uri, ATTEMPTS_DIR, name), (json.dumps(doc, sort_keys=True) + "\n").encode())
     return doc
 
 
 def make_trainable(base: dict[str, Any], cells: list[dict[str, Any]], data_uris: dict[str, str], trials_uri: str,
-                   *, one_per_cell: bool, cache_dir: str | None = None, env: dict[str, str] | None = None):
-    """The Ray Tune function trainable: params -> the cell's TrainConfig -> ``train()``, one report per epoch."""
+                   *, one_per_cell: bool, cache_dir: str | None = None, env: dict[str, str] | None = None,
+                   rereport: bool = False):
+    """The Ray Tune function trainable: params -> the cell's TrainConfig -> ``train()``, one report per epoch.
+
+    With ``rereport`` (scheduler ``sha``) a restarted trial first reports its last finished epoch again, so that
+    the scheduler can pause it at a rung it reached before the restart (a driver --resume forgets the pauses).
+    """
     forwarded = dict(env or {})
 
     def trial(params: dict[str, Any]) -> None:
@@ -203,6 +223,9 @@ def make_trainable(base: dict[str, Any], cells: list[dict[str, Any]], data_uris:
 
         extra["node_id"] = record_attempt(run_uri)["node_id"]
         reported: set[int] = set()
+        done = run_history(run_uri) if rereport else []
+        if done and int(done[-1]["epoch"]) < total:
+            tune.report({**done[-1], **extra, "run_finished": 0})  # may pause or stop it here, before train()
 
         def on_epoch(row: dict[str, float], is_last: bool) -> None:
             _gauges().epoch(name, row)
@@ -418,8 +441,15 @@ def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, addre
         log.warning("--address %s with a local --out: trials on the cluster cannot write there; "
                     "use a gs:// sweep folder", address)
 
+    n_trials = trial_count(spec, cells)
+    if spec.scheduler.get("name", "asha") == "sha":
+        from mammoflow.sweep.halving import STATE_FILE, check_concurrency
+
+        check_concurrency(n_trials, max_concurrent or spec.max_concurrent, f"sweep {spec.name}")
     trials_uri = storage.join(out_uri, "trials")
     restorable = claim_folder(spec, out_uri, resume)
+    if not restorable and spec.scheduler.get("name", "asha") == "sha":
+        storage.delete(storage.join(out_uri, STATE_FILE))  # a rung table left by a start that saved no Ray state
     fs, ray_path, experiment = experiment_path(spec, out_uri)
 
     started_ray = not ray.is_initialized()
@@ -436,9 +466,10 @@ def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, addre
         if started_ray and address is None:
             _check_resources(spec)
         env = forwarded_env()
+        halving = spec.scheduler.get("name", "asha") == "sha"
         trainable = tune.with_resources(
             make_trainable(base, cells, data_uris, trials_uri, one_per_cell=spec.one_folder_per_cell,
-                           cache_dir=cache_dir, env=env),
+                           cache_dir=cache_dir, env=env, rereport=halving),
             {k: v for k, v in spec.resources.items() if v})
         t0 = time.perf_counter()
         if restorable:
@@ -452,7 +483,8 @@ def run_sweep(spec: SweepSpec, data_uris: dict[str, str], out_uri: str, *, addre
                 trainable,
                 param_space=search_space(spec, cells),
                 tune_config=tune.TuneConfig(
-                    metric=spec.metric, mode=spec.mode, scheduler=make_scheduler(spec, max_epochs),
+                    metric=spec.metric, mode=spec.mode,
+                    scheduler=make_scheduler(spec, max_epochs, n_trials=n_trials, out_uri=out_uri),
                     search_alg=make_search_alg(spec), num_samples=tune_samples(spec),
                     max_concurrent_trials=max_concurrent or spec.max_concurrent,
                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
@@ -488,7 +520,13 @@ def dry_run_lines(spec: SweepSpec) -> list[str]:
     cells = expand_cells(spec)
     validate_cells(spec, cells)
     base = base_config(spec)
-    make_scheduler(spec, max(trial_config(base, cell)[1].total_epochs for cell in cells))  # fail here, not later
+    n_trials = trial_count(spec, cells)
+    make_scheduler(spec, max(trial_config(base, cell)[1].total_epochs for cell in cells),  # fail here, not later
+                   n_trials=n_trials)
+    if spec.scheduler.get("name", "asha") == "sha":
+        from mammoflow.sweep.halving import check_concurrency
+
+        check_concurrency(n_trials, spec.max_concurrent, f"sweep {spec.name}")
     sampled = ", ".join(f"{k}~{next(iter(v))}{next(iter(v.values()))}" for k, v in spec.sampled_axes.items())
     lines = []
     if spec.search_name == "optuna":
@@ -503,7 +541,8 @@ def dry_run_lines(spec: SweepSpec) -> list[str]:
     epochs = [trial_config(base, cell)[1].total_epochs for cell in cells] * max(1, n // max(len(cells), 1))
     name = spec.scheduler.get("name", "asha")
     expected = expected_trial_epochs(epochs, spec.scheduler)
+    caveat = "; asynchronous: a run may exceed it" if name == "asha" else ""
     lines.append(f"expected trial-epochs with {name}: {expected} of {sum(epochs)} "
-                 f"({expected / max(sum(epochs), 1):.2f} of the full grid)")
+                 f"({expected / max(sum(epochs), 1):.2f} of the full grid{caveat})")
     lines.append(f"{n} trials")
     return lines

@@ -14,7 +14,7 @@ A spec (YAML, or a shipped name under ``mammoflow/presets/sweep/``)::
     num_samples: 1                # repeats: of the sampled axes per grid cell, seeds of a pure grid, or optuna trials
     metric: val_loss
     mode: min
-    scheduler: {name: asha, grace_period: 1, reduction_factor: 2}   # asha | median | fifo
+    scheduler: {name: sha, grace_period: 1, reduction_factor: 2}    # sha | asha | median | fifo
     search: {name: grid}          # grid | optuna
     resources: {cpu: 1, gpu: 0}   # per trial; gpu may be a fraction
     max_concurrent: null
@@ -36,6 +36,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ from mammoflow.errors import ConfigError
 from mammoflow.training.config import TrainConfig, load_train_config
 
 SAMPLED = ("uniform", "loguniform", "choice", "randint")
-SCHEDULERS = ("asha", "median", "fifo")
+SCHEDULERS = ("sha", "asha", "median", "fifo")
+HALVING = ("sha", "asha")  # the schedulers that halve the trials at rungs on the epoch axis
 DATASET_KEY = "dataset"
 DEFAULT_DATASET = "default"
 
@@ -99,7 +101,7 @@ class SweepSpec:
             # PBT's exploit step copies another trial's weights into a trial *and changes its config*; a mammoflow
             # trial is a run folder whose config.yaml is fixed (train() refuses to resume it with another config).
             raise ConfigError("scheduler.name: pbt is not supported (a trial's config is fixed by its run folder); "
-                              "use asha, median or fifo")
+                              "use sha, asha, median or fifo")
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler.name: {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
         if self.search.get("name", "grid") not in ("grid", "optuna"):
@@ -247,29 +249,49 @@ def _get_dotted(data: Mapping[str, Any], key: str) -> Any:
     return node
 
 
+def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """The epochs after which successive halving ranks the trials: ``grace * rf**k`` (rounded up), below ``max_t``.
+
+    ``[1, 2]`` for grace 1, factor 2 and 4-epoch trials. The same milestones as Ray's ASHA for integer factors.
+    """
+    if grace_period < 1 or reduction_factor <= 1:
+        raise ConfigError(f"scheduler: grace_period {grace_period} must be >= 1 and reduction_factor "
+                          f"{reduction_factor} > 1")
+    rungs: list[int] = []
+    k = 0
+    while (rung := math.ceil(grace_period * reduction_factor ** k - 1e-9)) < max_t:
+        if not rungs or rung > rungs[-1]:
+            rungs.append(rung)
+        k += 1
+    return rungs
+
+
+def survivors(n: int, reduction_factor: float) -> int:
+    """How many of ``n`` trials at a rung go on: the best ``1/rf``, rounded down, at least one."""
+    return max(1, int(n / reduction_factor))
+
+
 def expected_trial_epochs(epochs: list[int], scheduler: Mapping[str, Any]) -> int:
     """The trial-epochs a sweep of trials of ``epochs`` epochs is expected to run under ``scheduler``.
 
-    FIFO and median stopping: every epoch (median stopping depends on the curves: an upper bound). ASHA: synchronous
-    successive halving on the epoch axis, with Ray's defaults (grace period 1, reduction factor 4, ``max_t`` the
-    longest trial): at each rung ``grace * rf**k`` below ``max_t`` only the best ``1/rf`` of the trials go on, at
-    least one. Asynchronous ASHA may promote a trial more before a rung fills, so a run can exceed this a little.
+    FIFO and median stopping: every epoch (median stopping depends on the curves: an upper bound). ``sha``
+    (synchronous successive halving, :mod:`mammoflow.sweep.halving`) runs exactly this (grace period 1 and
+    reduction factor 4 unless given, as Ray's ASHA): at each rung (:func:`rung_epochs`) only the best ``1/rf`` of
+    the trials go on, at least one; trials shorter than a rung stop at their own end. ``asha`` has the same rungs
+    but is asynchronous: the first trials to reach a rung go on before it fills, so a run can exceed this (the
+    demo spec: 8 expected, 10 measured).
     """
     if not epochs:
         return 0
-    if scheduler.get("name", "asha") != "asha":
+    name = scheduler.get("name", "asha")
+    if name not in HALVING:
         return sum(epochs)
-    grace = int(scheduler.get("grace_period", 1))
     factor = float(scheduler.get("reduction_factor", 4))
     max_t = int(scheduler.get("max_t", max(epochs)))
     alive = sorted(epochs, reverse=True)  # which trials go on is decided by their metrics: count the longest
-    total, reached, rung = 0, 0, grace
-    while alive:
-        stop = min(rung, max_t)
-        total += sum(max(0, min(e, stop) - reached) for e in alive)
-        if stop >= max_t:
-            break
-        reached = stop
-        alive = alive[:max(1, int(len(alive) / factor))]
-        rung = int(rung * factor)
+    total, reached = 0, 0
+    for rung in rung_epochs(int(scheduler.get("grace_period", 1)), factor, max_t) + [max_t]:
+        total += sum(max(0, min(e, rung) - reached) for e in alive)
+        reached = rung
+        alive = alive[:survivors(len(alive), factor)]
     return total

@@ -314,7 +314,8 @@ def test_the_dry_run_prints_the_exact_budget_for_sha_and_a_caveat_for_asha():
 
 
 # ------------------------------------------------------------------------------------------- on a real local Ray
-from tests.test_sweep import GOOD, BAD, _spec, phantom_data, ray_local  # noqa: E402,F401  (module fixtures)
+from tests import test_sweep as _sweep_tests  # noqa: E402  (its spec builder)
+from tests.test_sweep import phantom_data, ray_local  # noqa: E402,F401  (fixtures)
 
 
 def _histories(trials: Path) -> dict[str, list[int]]:
@@ -323,11 +324,11 @@ def _histories(trials: Path) -> dict[str, list[int]]:
 
 
 @pytest.mark.slow
-def test_a_sweep_on_ray_runs_exactly_the_budget(ray_local, phantom_data, tmp_path):
+def test_a_sweep_on_ray_runs_exactly_the_budget(ray_local, phantom_data, tmp_path):  # noqa: F811
     """4 trials of 3 epochs on 2 CPUs, halved after epochs 1 and 2: 4 + 2 + 1 = 7 of 12 trial-epochs, each once."""
     from mammoflow.sweep.runner import run_sweep
 
-    spec = load_spec(_spec("sha_test", GOOD + BAD, scheduler={"name": "sha", "grace_period": 1,
+    spec = load_spec(_sweep_tests._spec("sha_test", _sweep_tests.GOOD + _sweep_tests.BAD, scheduler={"name": "sha", "grace_period": 1,
                                                               "reduction_factor": 2}))
     out = tmp_path / "sweep"
     summary = run_sweep(spec, {"default": phantom_data}, str(out), cache_dir=str(tmp_path / "cache"))
@@ -389,7 +390,7 @@ def _fake_trainable():
 
 
 @pytest.mark.slow
-def test_a_failed_trial_is_retried_and_the_budget_holds(ray_local, tmp_path):
+def test_a_failed_trial_is_retried_and_the_budget_holds(ray_local, tmp_path):  # noqa: F811
     """The best trial fails once in epoch 2, after its resumption from the first rung: Ray retries it, it resumes
     after epoch 1 and the sweep still runs 8 of 16 trial-epochs, the retry counted as one, the pauses as none."""
     from ray import tune

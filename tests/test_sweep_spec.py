@@ -188,8 +188,12 @@ def test_expected_trial_epochs_follow_successive_halving() -> None:
     assert expected_trial_epochs([1, 3], {"name": "asha", "grace_period": 2, "reduction_factor": 2}) == 1 + 2 + 1
     assert expected_trial_epochs([5] * 3, {"name": "fifo"}) == expected_trial_epochs([5] * 3, {"name": "median"}) == 15
     assert expected_trial_epochs([], {"name": "asha"}) == 0
+    # sha counts the same rungs (and runs exactly that); a float factor's rungs round up and always grow.
+    assert expected_trial_epochs([4] * 4, {"name": "sha", "grace_period": 1, "reduction_factor": 2}) == 8
+    assert expected_trial_epochs([4] * 4, {"name": "sha", "reduction_factor": 1.5}) == 4 + 2 + 1 + 1  # rungs 1, 2, 3
 
 
 def test_dry_run_prints_the_expected_trial_epochs() -> None:
     lines = dry_run_lines(load_spec("demo"))
-    assert lines[-2] == "expected trial-epochs with asha: 8 of 16 (0.50 of the full grid)"
+    # the demo spec halves synchronously (scheduler sha)
+    assert lines[-2] == "expected trial-epochs with sha: 8 of 16 (0.50 of the full grid)"

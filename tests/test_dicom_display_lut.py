@@ -79,3 +79,41 @@ def test_a_window_that_flattens_the_image_is_blamed_on_the_window() -> None:
     with pytest.raises(PixelTransformError) as e:
         display_pixels(raw, ds)
     assert e.value.attribute == "WindowCenter" and "flat image" in str(e.value)
+
+
+@pytest.mark.parametrize("bits", range(8, 17))
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_full_scale_route_equals_the_table_for_every_storable_value(bits: int, photometric: str) -> None:
+    # A header without window, LUT or rescale: the arithmetic route in row blocks. Every storable value, at every
+    # position of a row (SIMD body and scalar tail), in rows of several widths and more than one block.
+    ds = _dataset(bits, False, {"PhotometricInterpretation": photometric})
+    ds.BitsAllocated = 16
+    values = np.arange(1 << bits, dtype=np.uint16)
+    for width in (1, 7, 333, 3000):
+        raw = np.resize(np.roll(values, width), (-(-values.size // width) + 70, width))
+        np.testing.assert_array_equal(display_pixels(raw, ds, unused_bits=True), _direct(raw, ds))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_bits_above_bits_stored_are_ignored_as_pydicoms_correction_would(signed: bool) -> None:
+    # unused_bits=True: the data as stored (pydicom's correct_unused_bits=False). The result equals pydicom's
+    # corrected values (masked, or sign-extended from bit 11) sent through the mapping.
+    ds = _dataset(12, signed, {"WindowCenter": "100", "WindowWidth": "3000"} if signed else {})
+    rng = np.random.default_rng(5)
+    stored = rng.integers(-2048 if signed else 0, 2048 if signed else 4096, size=(150, 41))
+    garbage = rng.integers(0, 16, size=stored.shape) << 12  # bits 12-15 set at random
+    raw = ((stored & 0xFFF) | garbage).astype(np.uint16)
+    raw = raw.view(np.int16) if signed else raw
+    corrected = stored.astype(np.int16 if signed else np.uint16)
+    np.testing.assert_array_equal(display_pixels(raw, ds, unused_bits=True), _direct(corrected, ds))
+    clean = corrected.view(np.uint16) & 0xFFF if not signed else corrected
+    np.testing.assert_array_equal(display_pixels(clean, ds, unused_bits=True), _direct(corrected, ds))
+
+
+def test_a_flat_result_of_an_image_with_garbage_bits_only_is_not_an_error() -> None:
+    # One stored value everywhere, but different bits above BitsStored: one grey level is the right answer.
+    ds = _dataset(12, False, {"WindowCenter": "4000", "WindowWidth": "2"})
+    raw = np.array([[5, 5 | 0x1000], [5 | 0x8000, 5]], dtype=np.uint16)
+    assert len(np.unique(display_pixels(raw, ds, unused_bits=True))) == 1
+    with pytest.raises(PixelTransformError):
+        display_pixels(raw + 1 - np.array([[0, 0], [0, 1]], dtype=np.uint16), ds, unused_bits=True)

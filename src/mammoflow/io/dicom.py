@@ -281,6 +281,8 @@ def decoding_plugins(transfer_syntax: Any) -> tuple[str, ...]:
 
 
 def _decode(ds: Any, where: str, header: DicomHeader, redact: Redactor) -> np.ndarray:
+    """The pixel data as stored (bits above BitsStored not cleared; read-only for a native syntax): for
+    :func:`display_pixels` with ``unused_bits=True``."""
     from pydicom.pixels import pixel_array
 
     expected = header.rows * header.cols * header.bits_allocated // 8
@@ -299,11 +301,14 @@ def _decode(ds: Any, where: str, header: DicomHeader, redact: Redactor) -> np.nd
                          code="codec")
     failures: list[tuple[str, Exception]] = []
     arr = None
+    # The bits above BitsStored are left as stored (display_pixels ignores them in its one lookup), which spares
+    # pydicom's copy and two shift passes; a little-endian native image is then a read-only view of the file's bytes.
+    options = {"correct_unused_bits": False, "view_only": not uid.is_compressed and uid.is_little_endian}
     for plugin in plugins or ("",):  # "": a native syntax, decoded by pydicom itself
         # Only the warnings of the plugin that succeeds count; a plugin that fails is reported by its exception.
         with pydicom_warnings(redact) as caught:
             try:
-                arr = pixel_array(ds, decoding_plugin=plugin)
+                arr = pixel_array(ds, decoding_plugin=plugin, **options)
             except Exception as exc:  # the plugins raise many types (RuntimeError, ValueError, ...)
                 failures.append((plugin, exc))
         if arr is not None:
@@ -352,7 +357,7 @@ def _display(raw: np.ndarray, ds: Any, where: str, log_as: str | None, redact: R
     named by its attribute) or ``corrupt`` (a LUT that cannot be applied)."""
     try:
         with pydicom_warnings(redact) as caught:
-            pixels = display_pixels(raw, ds)
+            pixels = display_pixels(raw, ds, unused_bits=True)
         _log_header_warnings(where, log_as, caught)
         return pixels
     except PixelTransformError as exc:

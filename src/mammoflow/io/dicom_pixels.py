@@ -29,9 +29,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import cv2
 import numpy as np
 
-from mammoflow.lut import lookup, min_max
+from mammoflow.lut import ROWS_PER_BLOCK, lookup, min_max
 
 FULL_SCALE = 65535
 _LUT_ENTRIES = 1 << 16  # stored ranges up to 16 bits are mapped through a table of every storable value
@@ -173,32 +174,112 @@ def _lut_bits(ds: Any, keyword: str) -> int:
     return int(ds[keyword][0].LUTDescriptor[2])
 
 
-def display_pixels(raw: np.ndarray, ds: Any) -> np.ndarray:
+def display_pixels(raw: np.ndarray, ds: Any, *, unused_bits: bool = False) -> np.ndarray:
     """Stored values -> display values on 0..65535, tissue bright (the mapping in the module docstring).
 
-    Raises :class:`PixelTransformError` for a degenerate transform, and pydicom's own errors (``ValueError``,
-    ``IndexError``, ...) for a Modality or VOI LUT that cannot be applied.
+    ``unused_bits=False``: ``raw`` holds stored values; a value outside the stored range has its bits above
+    ``BitsStored`` masked off (unsigned) or is clipped (signed). ``unused_bits=True``: ``raw`` is the pixel data as
+    stored, bits above ``BitsStored`` included (pydicom's ``correct_unused_bits=False``, no copy): they are ignored
+    and a signed value is sign-extended from its top stored bit, as pydicom's own correction does.
+
+    An 8- or 16-bit image is mapped in one pass: a table of every bit pattern of its dtype (at most 65,536 entries),
+    built from the display value of each storable value, is looked up (the masking or sign extension is part of
+    the table). Raises :class:`PixelTransformError` for a degenerate transform, and pydicom's own errors
+    (``ValueError``, ``IndexError``, ...) for a Modality or VOI LUT that cannot be applied.
     """
     signed = _signed(ds)
     s_lo, s_hi = stored_range(_bits_stored(ds), signed)
+    if raw.dtype.kind in "ui" and raw.dtype.itemsize <= 2:
+        # Every step is a function of the stored value alone: map each storable value once, then each bit pattern.
+        lut, stage = _display_values(np.arange(s_lo, s_hi + 1).astype(raw.dtype), ds, s_lo, s_hi)
+        scaled = _full_scale_exactly(raw, lut, _bits_stored(ds), signed)
+        if scaled is not None:
+            return scaled
+        stored = _stored_values(raw.dtype, _bits_stored(ds), signed, unused_bits)
+        patterns = raw.view(np.dtype(f"u{raw.dtype.itemsize}").newbyteorder(raw.dtype.byteorder))
+        out = lookup(lut[stored - s_lo], patterns)
+        if out.size and len(set(min_max(out))) == 1 and _several_values(stored, patterns):
+            raise _flat_error(stage)
+        return out
     r_lo, r_hi = min_max(raw)
     if r_lo < s_lo or r_hi > s_hi:
-        if not signed:
-            # Bits above BitsStored may hold overlays or garbage: they are not part of the pixel value.
-            raw = raw & np.asarray(s_hi, dtype=raw.dtype)
-        else:
-            raw = np.clip(raw, s_lo, s_hi)
+        # Bits above BitsStored may hold overlays or garbage: they are not part of the pixel value.
+        raw = raw & np.asarray(s_hi, dtype=raw.dtype) if not signed else np.clip(raw, s_lo, s_hi)
         r_lo, r_hi = min_max(raw)
     if raw.dtype.kind in "ui" and s_hi - s_lo < _LUT_ENTRIES:
-        # Every step is a function of the stored value alone: map each storable value once, then look the image up.
         lut, stage = _display_values(np.arange(s_lo, s_hi + 1).astype(raw.dtype), ds, s_lo, s_hi)
         out = lookup(lut, raw, first=s_lo)
     else:
         out, stage = _display_values(raw, ds, s_lo, s_hi)
     if out.size and r_lo != r_hi and len(set(min_max(out))) == 1:
-        raise PixelTransformError(stage, f"the {transform_name(stage)} map every pixel of the image to one grey level "
-                                         "(a flat image)")
+        raise _flat_error(stage)
     return np.ascontiguousarray(out)
+
+
+def _full_scale_exactly(raw: np.ndarray, lut: np.ndarray, bits: int, signed: bool) -> np.ndarray | None:
+    """The display pixels of the commonest mammogram, computed in row blocks that stay in the cache instead of
+    looked up; None when the image is not one.
+
+    It is an unsigned 16-bit image whose stored values have no bit above ``BitsStored`` set, and whose table maps
+    ``v`` to ``rint(v * 65535 / (2**bits - 1))`` (or 65535 minus that, inverted): a header without a window, a LUT
+    or a rescale that changes the picture. With ``s = 16 - bits``, that value is ``(v << s) + q``, ``q =
+    rint(v * (2**s - 1) / (2**bits - 1))`` below ``2**s``: OpenCV's ``convertScaleAbs`` rounds ``q`` in floating
+    point, far from any half (the fraction is never within ``1 / (2 * (2**bits - 1))`` of one half, the float error is
+    below 1e-5), so the result equals the table's for every value; the route is taken only when it does so for
+    every storable value, checked on them.
+    """
+    if signed or raw.dtype != np.uint16 or raw.ndim != 2 or not 8 <= bits <= 16 or raw.size == 0:
+        return None
+    invert = bool(lut[0] != 0)
+    if not np.array_equal(_scale_up(np.arange(1 << bits, dtype=np.uint16)[None, :], bits, invert)[0], lut):
+        return None
+    return _scale_up(raw, bits, invert)
+
+
+def _scale_up(values: np.ndarray, bits: int, invert: bool, rows: int = ROWS_PER_BLOCK) -> np.ndarray | None:
+    """``rint(values * 65535 / (2**bits - 1))`` as ``uint16`` for 2-D ``uint16`` values, exactly (see
+    :func:`_full_scale_exactly`), ``65535 -`` that when ``invert``; None when a value is not below ``2**bits``."""
+    shift, top = 16 - bits, 1 << bits
+    alpha = ((1 << shift) - 1) / (top - 1)
+    out = np.empty(values.shape, dtype=np.uint16)
+    q = np.empty((min(rows, values.shape[0]), values.shape[1]), dtype=np.uint8)
+    for start in range(0, values.shape[0], rows):
+        v, o = values[start:start + rows], out[start:start + rows]
+        if bits < 16 and cv2.minMaxLoc(v)[1] >= top:  # bits above BitsStored are set: the table masks them
+            return None
+        np.left_shift(v, shift, out=o)
+        if shift:
+            np.add(o, cv2.convertScaleAbs(v, dst=q[:len(v)], alpha=alpha), out=o)
+        if invert:
+            np.invert(o, out=o)
+    return out
+
+
+def _flat_error(stage: str) -> PixelTransformError:
+    return PixelTransformError(stage, f"the {transform_name(stage)} map every pixel of the image to one grey level "
+                                      "(a flat image)")
+
+
+def _stored_values(dtype: np.dtype, bits_stored: int, signed: bool, unused_bits: bool) -> np.ndarray:
+    """The stored value (``int64``) that each bit pattern of the integer ``dtype`` stands for, indexed by the
+    pattern read as unsigned (see :func:`display_pixels` for ``unused_bits``)."""
+    width = 8 * dtype.itemsize
+    patterns = np.arange(1 << width, dtype=np.int64)
+    s_lo, s_hi = stored_range(bits_stored, signed)
+    if not signed:
+        return patterns & s_hi
+    if unused_bits:
+        sign = 1 << (bits_stored - 1)
+        return ((patterns & ((1 << bits_stored) - 1)) ^ sign) - sign
+    values = patterns - (1 << width) * (patterns >= 1 << (width - 1)) if dtype.kind == "i" else patterns
+    return np.clip(values, s_lo, s_hi)
+
+
+def _several_values(stored: np.ndarray, patterns: np.ndarray) -> bool:
+    """Whether the image (bit patterns, read unsigned) holds more than one stored value."""
+    present = np.flatnonzero(np.bincount(patterns.ravel(), minlength=stored.size))
+    values = stored[present]
+    return bool(values.min() != values.max())
 
 
 def _display_values(raw: np.ndarray, ds: Any, s_lo: int, s_hi: int) -> tuple[np.ndarray, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import pickle
 import random
 from pathlib import Path
 
@@ -236,13 +237,18 @@ def test_a_driver_resume_reads_the_rung_table_back_and_trains_nothing_past_a_run
     while sum(t.done >= 1 for t in trials) < 3:  # crash with one trial short of the first rung
         ctl.step()
     assert 1 not in first.kept and (tmp_path / STATE_FILE).exists()
-    # The driver restarts: Tune restores unfinished trials as PENDING and the scheduler as it was built.
+    # The driver restarts: Tune restores unfinished trials as PENDING and unpickles its copy of the scheduler (made
+    # when the sweep started; one pickled mid-run, as here, must also read the table back, not trust its own).
     for t in trials:
         if t.status != "TERMINATED":
             t.status = "PENDING"
-    second = _sha(4, 4, 2, tmp_path)
+    second = pickle.loads(pickle.dumps(first))
+    assert not second.promoted and not second.doomed
+    second.scores = {r: {} for r in second.rungs}
     ctl2 = FakeController(second, trials, 2, scores, seed=6)
     ctl2.trained, ctl2.epochs_run = list(ctl.trained), ctl.epochs_run
+    second.choose_trial_to_run(ctl2)
+    assert second.scores[1] == first.scores[1] and len(second.scores[1]) == 3  # read back from OUT/sha_rungs.json
     ctl2.run()
     assert ctl2.epochs_run == 8 and len(set(ctl2.trained)) == 8
     assert set(second.kept[1]) == _true_survivors(scores, [1, 2], 2)[0]

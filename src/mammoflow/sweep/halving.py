@@ -106,6 +106,11 @@ class SyncHalvingScheduler(FIFOScheduler):
         self._loaded = False
         self._busy = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles the scheduler into tuner.pkl: an unpickled copy (a driver --resume) reads the rung table
+        from OUT/sha_rungs.json again, and holds none of the paused trials, which Tune restores as PENDING."""
+        return {**self.__dict__, "_loaded": False, "_busy": False, "promoted": set(), "doomed": set()}
+
     # ----------------------------------------------------------------------------------- Tune's interface
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         self._metric = metric or self._metric

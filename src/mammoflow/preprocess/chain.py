@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -356,9 +357,11 @@ class Chain:
         return f"Chain({' -> '.join(spec.name for spec, _ in self._steps) or 'identity'})"
 
     def __call__(self, image: np.ndarray, masks: Sequence[np.ndarray] = (), path: object = "",
-                 record_id: str | None = None) -> ChainResult:
+                 record_id: str | None = None, timings: dict[str, float] | None = None) -> ChainResult:
         """Run every step. ``masks`` (any dtype, non-zero = inside) must have the image's shape.
 
+        ``timings``: when given, each step's wall seconds are added to it under the step's name (and the final dtype
+        conversion's under ``output_dtype``), for benchmarks and profiles.
         Raises :class:`InputError` (naming ``path``) for images the chain cannot use: not 2-D, not 8/16-bit,
         masks of another size, no breast found.
         """
@@ -374,14 +377,31 @@ class Chain:
         out_dtype = image.dtype.name if self.config.output_dtype == "same" else self.config.output_dtype
         state = _State(image=image, masks=bool_masks, transform=Transform.identity(), breast_mask=None,
                        target_dtype=out_dtype, path=where, record_id=record_id)
+        clock = _Clock(timings)
         for spec, params in self._steps:
             spec.run(state, params)
+            clock.lap(spec.name)
         result = state.image if state.image.dtype == np.dtype(out_dtype) else ops.convert_dtype(
             state.image, out_dtype)  # type: ignore[arg-type]
+        clock.lap("output_dtype")
         if result is image:  # an identity chain still hands back its own array
             result = image.copy()
         return ChainResult(image=result, masks=state.masks, transform=state.transform,
                            breast_mask=state.breast_mask)
+
+
+class _Clock:
+    """Adds the wall seconds since the last lap to ``timings[name]``; does nothing without ``timings``."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter() if timings is not None else 0.0
+
+    def lap(self, name: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+            self.last = now
 
 
 def _check_input(image: np.ndarray, where: str, record_id: str | None) -> None:

@@ -52,6 +52,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,7 +65,7 @@ import numpy as np
 from mammoflow import storage
 from mammoflow.dataset.spool import Spool, spool_folder
 from mammoflow.dataset.spool_index import Spooled, SpoolIndex
-from mammoflow.dataset.tfrecord import decode_features, encode_features, frame_record, read_records
+from mammoflow.dataset.tfrecord import decode_features, encode_entries, frame_pieces, nbytes, read_records
 from mammoflow.errors import InputError
 from mammoflow.logs import progress
 
@@ -76,6 +77,8 @@ SHARD_SUFFIX = ".tfrecord"
 MiB = 1 << 20
 DEFAULT_TARGET_SHARD_BYTES = 128 * MiB
 IMAGE_DTYPES = ("uint8", "uint16")
+_DTYPE_NAMES = {"B": b"uint8", "H": b"uint16"}  # dtype.char -> stored name (dtype.name is slow to compute)
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 # Feature name -> kind ("bytes", "int64", "float"). The contract between the writer and parse_example.
 FEATURES: dict[str, str] = {
@@ -138,7 +141,7 @@ class Example:
             shape = getattr(img, "shape", None)
             raise bad(f"image must be 2-D greyscale, got shape {shape}", "convert RGB images to greyscale first",
                       "rgb" if shape is not None and len(shape) == 3 else "invalid")
-        if img.dtype.name not in IMAGE_DTYPES:
+        if img.dtype.char not in _DTYPE_NAMES:
             raise bad(f"image dtype {img.dtype} is not uint8/uint16", "rescale the image to uint8 or uint16",
                       "bit_depth")
         if img.size == 0:
@@ -153,7 +156,8 @@ class Example:
             raise bad("lesion_rows, lesion_cols and lesion_radii differ in length",
                       "give one row, col and radius per lesion", "invalid")
         try:
-            json.loads(self.extra)
+            if self.extra != "{}":
+                json.loads(self.extra)
         except (TypeError, ValueError):
             raise bad("extra is not a JSON string", "pass json.dumps(...) of a dict", "invalid") from None
 
@@ -209,30 +213,45 @@ class SplitResult:
 # The wire format is encoded in mammoflow.dataset.tfrecord (no TensorFlow needed).
 
 
+def _pixels(array: np.ndarray) -> np.ndarray:
+    """``array`` as stored: C-contiguous and little-endian. ``array`` itself when it already is and owns its memory
+    (a view may hold a whole image alive: it is copied, as is any other array that needs converting)."""
+    dtype = array.dtype
+    if array.flags.c_contiguous and array.flags.owndata and (dtype.byteorder == "<" or (
+            dtype.byteorder in "=|" and _LITTLE_ENDIAN)):
+        return array
+    return np.array(array, dtype=dtype.newbyteorder("<"), order="C")
+
+
+def example_pieces(ex: Example) -> list[Any]:
+    """The ``tf.train.Example`` bytes of ``ex`` as pieces (see :func:`~mammoflow.dataset.tfrecord.encode_entries`):
+    the pixels of the image and the mask are arrays, not copies, whenever they can be (see :func:`_pixels`)."""
+    image = _pixels(ex.image)
+    mask = [("mask/raw", "bytes", [_pixels(ex.mask)])] if ex.mask is not None else []
+    return encode_entries([  # in sorted order of name, as the format wants (a test checks it)
+        ("breast_id", "bytes", [ex.breast_id.encode()]),
+        ("example_id", "bytes", [ex.example_id.encode()]),
+        ("extra", "bytes", [ex.extra.encode()]),
+        ("fold", "int64", [int(ex.fold)]),
+        ("image/dtype", "bytes", [_DTYPE_NAMES[image.dtype.char]]),
+        ("image/height", "int64", [image.shape[0]]),
+        ("image/raw", "bytes", [image]),
+        ("image/width", "int64", [image.shape[1]]),
+        ("label", "int64", [int(ex.label)]),
+        ("label_name", "bytes", [ex.label_name.encode()]),
+        ("lesion/col", "float", ex.lesion_cols),
+        ("lesion/radius", "float", ex.lesion_radii),
+        ("lesion/row", "float", ex.lesion_rows),
+        *mask,
+        ("patient_id", "bytes", [ex.patient_id.encode()]),
+        ("record_id", "bytes", [ex.record_id.encode()]),
+        ("split", "bytes", [ex.split.encode()]),
+    ])
+
+
 def serialize_example(ex: Example) -> bytes:
     """The ``tf.train.Example`` bytes of ``ex`` (deterministic; see the module docstring)."""
-    image = np.ascontiguousarray(ex.image, dtype=ex.image.dtype.newbyteorder("<"))
-    feats: dict[str, tuple[str, Sequence[Any]]] = {
-        "example_id": ("bytes", [ex.example_id.encode()]),
-        "record_id": ("bytes", [ex.record_id.encode()]),
-        "patient_id": ("bytes", [ex.patient_id.encode()]),
-        "breast_id": ("bytes", [ex.breast_id.encode()]),
-        "label": ("int64", [int(ex.label)]),
-        "label_name": ("bytes", [ex.label_name.encode()]),
-        "split": ("bytes", [ex.split.encode()]),
-        "fold": ("int64", [int(ex.fold)]),
-        "image/raw": ("bytes", [image.tobytes()]),
-        "image/height": ("int64", [image.shape[0]]),
-        "image/width": ("int64", [image.shape[1]]),
-        "image/dtype": ("bytes", [image.dtype.name.encode()]),
-        "lesion/row": ("float", list(ex.lesion_rows)),
-        "lesion/col": ("float", list(ex.lesion_cols)),
-        "lesion/radius": ("float", list(ex.lesion_radii)),
-        "extra": ("bytes", [ex.extra.encode()]),
-    }
-    if ex.mask is not None:
-        feats["mask/raw"] = ("bytes", [np.ascontiguousarray(ex.mask, dtype=np.uint8).tobytes()])
-    return encode_features(feats)
+    return b"".join(example_pieces(ex))
 
 
 def deserialize_example(data: bytes) -> Example:
@@ -306,9 +325,12 @@ def write_split(
     # The spool folder is locked while this build lives; the next build removes those of killed builds.
     with spool_folder(split, work_dir) as tmp:
         spool = Spool(Path(tmp) / "spool.bin")  # in memory when the split fits
-        index = spool_examples(examples, split, spool)
-        return write_spooled(index, spool, out_uri, split, target_shard_bytes=target_shard_bytes,
-                             work_dir=tmp, upload_workers=upload_workers, on_shard=on_shard)
+        try:
+            index = spool_examples(examples, split, spool)
+            return write_spooled(index, spool, out_uri, split, target_shard_bytes=target_shard_bytes,
+                                 work_dir=tmp, upload_workers=upload_workers, on_shard=on_shard)
+        finally:
+            spool.release()
 
 
 def write_spooled(index: SpoolIndex, spool: str | os.PathLike[str] | Spool, out_uri: str, split: str, *,
@@ -329,16 +351,22 @@ def write_spooled(index: SpoolIndex, spool: str | os.PathLike[str] | Spool, out_
     result = SplitResult(split=split, shards=[], counts=dict(index.counts), label_names=dict(index.names),
                          patients=len(index.patients), folds=dict(index.folds))
     source = spool if isinstance(spool, Spool) else Spool(spool, memory_limit=0)
-    with source.reader() as read, ThreadPoolExecutor(max(1, upload_workers)) as pool:
-        pending: list[tuple[ShardInfo, Path, Future[bool]]] = []
+    with source.reader() as read, ThreadPoolExecutor(max(1, upload_workers)) as pool, \
+            ThreadPoolExecutor(_HASHERS) as hasher:
+        pending: list[Future[tuple[ShardInfo, bool]]] = []
         for i in progress(range(n), desc=f"{split} shards", unit="shard"):
             group = sorted(members[i], key=lambda it: it.example_id)
             local = Path(work_dir) / shard_name(split, i, n)
-            info = _write_shard_file(read, group, local, f"{split}/{local.name}")
-            uri = storage.join(out_uri, info.path)
-            # the local shard is a temporary: a rename beats a copy
-            upload = pool.submit(storage.put_file_if_changed, local, uri, sha256=info.sha256, move=True)
-            pending.append((info, local, upload))
+            digest: Future[str] | None = None
+            if source.in_memory:  # hashed from memory in a thread while the same buffers are written
+                buffers = [b for item in group for b in read(item.offset, item.length)]
+                digest = hasher.submit(_sha256, buffers)
+                with open(local, "wb", buffering=0) as out:
+                    _write_all(out.fileno(), buffers)
+            else:
+                _write_shard_file(read, group, local)
+            # published (after hashing from the file, for a file spool) in a worker while the next shard is written
+            pending.append(pool.submit(_publish, group, digest, local, out_uri, f"{split}/{local.name}"))
             # keep at most `upload_workers` finished shard files waiting on local disk
             while len(pending) > max(1, upload_workers):
                 _finish(pending.pop(0), result, on_shard)
@@ -372,36 +400,75 @@ def spool_examples(examples: Iterable[Example], split: str, spool: Path | Spool)
                                  f"{ex.label_name!r}", "use one name per label index", code="unknown_label",
                                  record_id=ex.record_id)
             seen.add(ex.example_id)
-            frame = frame_record(serialize_example(ex))
-            spool.write(frame)
-            index.items.append(Spooled(ex.example_id, shard_key(ex.example_id), offset, len(frame), ex.label_name))
-            offset += len(frame)
+            frame = frame_pieces(example_pieces(ex))
+            size = sum(map(nbytes, frame))
+            spool.write_pieces(frame, size)
+            index.items.append(Spooled(ex.example_id, shard_key(ex.example_id), offset, size, ex.label_name))
+            offset += size
             index.counts[ex.label_name] += 1
             index.patients.add(ex.patient_id)
             index.folds[int(ex.fold)] += 1
     return index
 
 
-def _write_shard_file(read: Callable[[int, int], Any], group: list[Spooled], local: Path, rel_path: str
-                      ) -> ShardInfo:
-    digest = hashlib.sha256()
-    size = 0
-    with open(local, "wb") as out:
+_IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
+_BATCH_BYTES = 16 * MiB  # frames read from a file spool are written in batches of about this size
+_HASHERS = 2  # threads hashing shards from memory (hashlib lets go of the GIL), beside the one writing them
+
+
+def _write_shard_file(read: Callable[[int, int], Sequence[Any]], group: list[Spooled], local: Path) -> None:
+    """Write the frames of ``group``, read from a file spool, to ``local`` in order, in batches."""
+    batch: list[Any] = []
+    batch_bytes = 0
+    with open(local, "wb", buffering=0) as out:
         for item in group:
-            frame = read(item.offset, item.length)
-            out.write(frame)
-            digest.update(frame)
-            size += len(frame)
+            batch += read(item.offset, item.length)
+            batch_bytes += item.length
+            if len(batch) >= _IOV_MAX or batch_bytes >= _BATCH_BYTES:
+                _write_all(out.fileno(), batch)
+                batch, batch_bytes = [], 0
+        _write_all(out.fileno(), batch)
+
+
+def _sha256(buffers: Sequence[Any]) -> str:
+    digest = hashlib.sha256()
+    for buffer in buffers:
+        digest.update(buffer)
+    return digest.hexdigest()
+
+
+def _write_all(fd: int, buffers: list[Any]) -> None:
+    """Write ``buffers`` end to end to ``fd`` (``writev``, ``_IOV_MAX`` at a time; a short write is finished)."""
+    for start in range(0, len(buffers), _IOV_MAX):
+        chunk = buffers[start:start + _IOV_MAX]
+        done = os.writev(fd, chunk)
+        if done < sum(map(nbytes, chunk)):
+            for buffer in chunk:
+                view = memoryview(buffer).cast("B")
+                skip = min(done, len(view))
+                done -= skip
+                view = view[skip:]
+                while view:
+                    view = view[os.write(fd, view):]
+
+
+def _publish(group: list[Spooled], digest: Future[str] | None, local: Path, out_uri: str, rel_path: str
+             ) -> tuple[ShardInfo, bool]:
+    """Upload a written shard file unless the same bytes are already at its URI (its sha256: ``digest``, or read
+    from the file); its manifest entry, and whether it was uploaded."""
+    sha = storage.file_sha256(local) if digest is None else digest.result()
     counts = Counter(i.label_name for i in group)
-    return ShardInfo(path=rel_path, sha256=digest.hexdigest(), records=len(group), bytes=size,
+    info = ShardInfo(path=rel_path, sha256=sha, records=len(group), bytes=sum(i.length for i in group),
                      counts=dict(sorted(counts.items())))
-
-
-def _finish(entry: tuple[ShardInfo, Path, Future[bool]], result: SplitResult,
-            on_shard: Callable[[ShardInfo, bool], None] | None) -> None:
-    info, local, future = entry
-    uploaded = future.result()
+    # the local shard is a temporary: a rename beats a copy
+    uploaded = storage.put_file_if_changed(local, storage.join(out_uri, rel_path), sha256=sha, move=True)
     local.unlink(missing_ok=True)
+    return info, uploaded
+
+
+def _finish(future: Future[tuple[ShardInfo, bool]], result: SplitResult,
+            on_shard: Callable[[ShardInfo, bool], None] | None) -> None:
+    info, uploaded = future.result()
     result.shards.append(info)
     (result.uploaded if uploaded else result.unchanged).append(info.path)
     if on_shard is not None:

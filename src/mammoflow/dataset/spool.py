@@ -21,8 +21,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammoflow.dataset.tfrecord import nbytes
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +96,18 @@ MEMORY_SPOOL_BYTES = 256 << 20
 
 class Spool:
     """The framed examples of one split, in memory until they pass ``memory_limit`` bytes, then in ``path``: the
-    shards are cut from memory (no file written and read back) whenever the split fits."""
+    shards are cut from memory (no file written and read back) whenever the split fits.
+
+    In memory, a frame is kept as the pieces :func:`~mammoflow.dataset.tfrecord.frame_pieces` made of it: the
+    example's own pixel arrays are held, not copied, and go from there straight to the shard file. So that a
+    producer cannot change pixels whose CRC is already taken, each held array is made read-only until
+    :meth:`release` (called when the spool is done with, or spills to its file) gives its write flag back."""
 
     def __init__(self, path: str | os.PathLike[str], memory_limit: int = MEMORY_SPOOL_BYTES):
         self.path = Path(path)
         self.memory_limit = int(memory_limit)
-        self._buffer = bytearray()
+        self._frames: dict[int, Sequence[Any]] = {}  # offset -> pieces of the frame there
+        self._frozen: list[np.ndarray] = []
         self._file = None
         self.size = 0
 
@@ -104,16 +115,37 @@ class Spool:
     def in_memory(self) -> bool:
         return self._file is None and not self.path.exists()
 
-    def write(self, frame: bytes) -> None:
-        if self._file is None and len(self._buffer) + len(frame) > self.memory_limit:
-            self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
-            self._file.write(self._buffer)
-            self._buffer = bytearray()
+    def write(self, frame: Any) -> None:
+        self.write_pieces([frame], nbytes(frame))
+
+    def write_pieces(self, pieces: Sequence[Any], size: int) -> None:
+        """Add the frame whose bytes are ``pieces`` laid end to end (``size`` bytes in all)."""
+        if self._file is None and self.size + size > self.memory_limit:
+            self._spill()
         if self._file is not None:
-            self._file.write(frame)
+            for piece in pieces:
+                self._file.write(piece)
         else:
-            self._buffer += frame
-        self.size += len(frame)
+            for piece in pieces:
+                if type(piece) is np.ndarray and piece.flags.writeable:
+                    piece.flags.writeable = False
+                    self._frozen.append(piece)
+            self._frames[self.size] = pieces
+        self.size += size
+
+    def _spill(self) -> None:
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+        for pieces in self._frames.values():
+            for piece in pieces:
+                self._file.write(piece)
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the frames held in memory; the arrays made read-only are writable again."""
+        self._frames = {}
+        for array in self._frozen:
+            array.flags.writeable = True
+        self._frozen = []
 
     def close(self) -> None:
         if self._file is not None:
@@ -122,14 +154,10 @@ class Spool:
             self.path.touch()  # a file spool of a split without examples is an empty file
 
     @contextlib.contextmanager
-    def reader(self) -> Iterator[object]:
-        """``read(offset, length)`` of a frame: a view of memory, or one ``pread`` of the file."""
+    def reader(self) -> Iterator[Callable[[int, int], Sequence[Any]]]:
+        """``read(offset, length)`` of a frame, as pieces: those held in memory, or one ``pread`` of the file."""
         if self.in_memory:
-            view = memoryview(self._buffer)
-            try:
-                yield lambda offset, length: view[offset:offset + length]
-            finally:
-                view.release()
+            yield lambda offset, length: self._frames[offset]
             return
         with open(self.path, "rb") as fh:
-            yield lambda offset, length: os.pread(fh.fileno(), length, offset)
+            yield lambda offset, length: (os.pread(fh.fileno(), length, offset),)

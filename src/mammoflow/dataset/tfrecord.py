@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import google_crc32c  # C CRC-32C (installed with google-cloud-storage)
 import numpy as np
 
 from mammoflow.errors import InputError
@@ -20,6 +21,7 @@ from mammoflow.errors import InputError
 # Feature{1: BytesList{1: repeated bytes} | 2: FloatList{1: packed float} | 3: Int64List{1: packed int64}}.
 
 _ONE_BYTE = [bytes((i,)) for i in range(128)]
+BLOB_BYTES = 512  # a bytes value this long or longer is passed through by encode_pieces, not copied
 
 
 def _varint(n: int) -> bytes:
@@ -44,7 +46,7 @@ def _len_field(number: int, payload: bytes) -> bytes:
 
 def _feature(kind: str, values: Sequence[Any]) -> bytes:
     if kind == "bytes":
-        inner = b"".join(_len_field(1, v) for v in values)
+        inner = b"".join(_len_field(1, v if type(v) is bytes else bytes(v)) for v in values)
         return _len_field(1, inner)
     if kind == "float":
         packed = np.asarray(values, dtype="<f4").tobytes()
@@ -63,14 +65,105 @@ def _key(name: str) -> bytes:
     return field
 
 
+_ENTRIES: dict[tuple[Any, ...], bytes] = {}  # encoded map entries by (name, kind, *values): most values repeat
+_ENTRIES_MAX = 4096  # the cache is emptied when it holds this many (unique ids pass through it)
+
+
+def _entry(name: str, kind: str, values: Sequence[Any]) -> bytes:
+    """One map entry of ``Features.feature``: the key and its ``Feature``. Float values are never looked up in the
+    cache (0.0 == -0.0, yet they are stored differently), nor are values that cannot be hashed."""
+    key: tuple[Any, ...] | None = None
+    if kind != "float" or not values:
+        try:
+            key = (name, kind, *values)
+            cached = _ENTRIES.get(key)
+        except TypeError:  # e.g. a small numpy array
+            key = cached = None
+        if cached is not None:
+            return cached
+    encoded = _len_field(1, _key(name) + _len_field(2, _feature(kind, values)))
+    if key is not None:
+        if len(_ENTRIES) >= _ENTRIES_MAX:
+            _ENTRIES.clear()
+        _ENTRIES[key] = encoded
+    return encoded
+
+
+_SHORT_BYTES_ENTRY = b"\x0a%c%b\x12%c\x0a%c\x0a%c%b"  # entry of one bytes value, every length one byte
+
+
+def _bytes_entry(name: str, value: bytes) -> bytes:
+    """The map entry of a bytes feature with the one value ``value`` (what ``_entry`` gives, made faster)."""
+    key = _KEYS.get(name) or _key(name)
+    body = len(key) + len(value) + 6
+    if body < 128:
+        n = len(value)
+        return _SHORT_BYTES_ENTRY % (body, key, n + 4, n + 2, n, value)
+    return _len_field(1, key + _len_field(2, _feature("bytes", [value])))
+
+
+_BLOB_HEADS: dict[tuple[str, int], bytes] = {}
+
+
+def _blob_entry_head(name: str, size: int) -> bytes:
+    """The map entry of a bytes feature with one value of ``size`` bytes, all but the value itself."""
+    head = _BLOB_HEADS.get((name, size))
+    if head is None:
+        bytes_list = 1 + len(_varint(size)) + size
+        feature = 1 + len(_varint(bytes_list)) + bytes_list
+        body = _key(name) + b"\x12" + _varint(feature) + b"\x0a" + _varint(bytes_list) + b"\x0a" + _varint(size)
+        head = b"\x0a" + _varint(len(body) + size) + body
+        if len(_BLOB_HEADS) >= _ENTRIES_MAX:
+            _BLOB_HEADS.clear()
+        _BLOB_HEADS[(name, size)] = head
+    return head
+
+
+def nbytes(piece: Any) -> int:
+    """The size in bytes of a piece (``bytes`` or a C-contiguous numpy array)."""
+    return piece.nbytes if type(piece) is np.ndarray else len(piece)
+
+
+def encode_entries(entries: Iterable[tuple[str, str, Sequence[Any]]]) -> list[Any]:
+    """The ``tf.train.Example`` of ``(name, kind, values)`` entries, given in sorted order of name, as pieces whose
+    concatenation is its bytes: a bytes feature whose one value holds :data:`BLOB_BYTES` or more (``bytes`` or a
+    C-contiguous numpy array, e.g. an image's pixels) is passed on as that very object, never copied. The pieces
+    alternate ``bytes`` (first and last, maybe empty) and such values."""
+    pieces: list[Any] = []
+    run: list[bytes] = []
+    size = 0
+    for name, kind, values in entries:
+        if kind == "bytes" and len(values) == 1:
+            value = values[0]
+            if type(value) is bytes and len(value) < BLOB_BYTES:
+                run.append(_bytes_entry(name, value))
+                continue
+            n = nbytes(value)
+            if n < BLOB_BYTES:
+                run.append(_bytes_entry(name, bytes(value)))
+                continue
+            run.append(_blob_entry_head(name, n))
+            small = b"".join(run)
+            pieces += (small, value)
+            size += len(small) + n
+            run = []
+        else:
+            run.append(_entry(name, kind, values))
+    small = b"".join(run)
+    pieces.append(small)
+    pieces[0] = b"\x0a" + _varint(size + len(small)) + pieces[0]  # Example.features
+    return pieces
+
+
+def encode_pieces(features: Mapping[str, tuple[str, Sequence[Any]]]) -> list[Any]:
+    """:func:`encode_features` as pieces (see :func:`encode_entries`)."""
+    return encode_entries((name, kind, values) for name, (kind, values) in sorted(features.items()))
+
+
 def encode_features(features: Mapping[str, tuple[str, Sequence[Any]]]) -> bytes:
     """The ``tf.train.Example`` bytes of ``{name: (kind, values)}`` (kind ``bytes``, ``float`` or ``int64``), with
     the features in sorted order so that equal inputs give equal bytes."""
-    entries = b"".join(
-        _len_field(1, _key(name) + _len_field(2, _feature(kind, values)))
-        for name, (kind, values) in sorted(features.items())
-    )
-    return _len_field(1, entries)
+    return b"".join(encode_pieces(features))
 
 
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
@@ -142,17 +235,40 @@ def decode_features(data: bytes) -> dict[str, list[Any]]:
     return out
 
 
-def _masked_crc(data: bytes) -> int:
-    import google_crc32c  # C-accelerated CRC-32C, installed with google-cloud-storage
-
-    crc = google_crc32c.value(data)
+def _mask(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    return _mask(google_crc32c.value(data))
 
 
 def frame_record(data: bytes) -> bytes:
     """One TFRecord frame: uint64 length, masked CRC-32C of the length, data, masked CRC-32C of the data."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+    return b"".join(frame_pieces([data]))
+
+
+def frame_pieces(pieces: Sequence[Any]) -> list[Any]:
+    """The TFRecord frame (see :func:`frame_record`) of the record whose bytes are the concatenation of ``pieces``
+    (``bytes`` or C-contiguous numpy arrays, as :func:`encode_pieces` gives them), as pieces: the framing joins the
+    first and last ``bytes`` pieces, the others are passed on uncopied. The CRC-32C runs in C over each piece."""
+    crc = size = 0
+    for piece in pieces:
+        crc = google_crc32c.extend(crc, piece)
+        size += nbytes(piece)
+    length = struct.pack("<Q", size)
+    head = length + struct.pack("<I", _masked_crc(length))
+    tail = struct.pack("<I", _mask(crc))
+    out = list(pieces) or [b""]
+    if type(out[0]) is bytes:
+        out[0] = head + out[0]
+    else:
+        out.insert(0, head)
+    if type(out[-1]) is bytes:
+        out[-1] += tail
+    else:
+        out.append(tail)
+    return out
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[bytes]:

@@ -35,7 +35,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -51,7 +51,7 @@ from mammoflow.io.dicom_header import (
     transform_error,
 )
 from mammoflow.io.dicom_pixels import PixelTransformError, display_pixels
-from mammoflow.io.files import read_bytes, split_zip_path, unreadable_error
+from mammoflow.io.files import FileStamp, read_bytes, split_zip_path, unreadable_error
 from mammoflow.io.redact import Redactor, pydicom_warnings, redactor, unexpected_error
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,14 @@ _LAST_RESORT_PLUGINS = ("gdcm",)
 
 @dataclass(repr=False)
 class DicomImage(DicomHeader):
-    """A decoded image: ``pixels`` is 2-D ``uint16``, tissue bright, on the 0..65535 scale (see module doc)."""
+    """A decoded image: ``pixels`` is 2-D ``uint16``, tissue bright, on the 0..65535 scale (see module doc).
+
+    ``stamp``: the file's :class:`~mammoflow.io.files.FileStamp` taken before it was read (None for a stream or a zip
+    member), so that whoever keeps these pixels (:mod:`mammoflow.io.handoff`) can tell later that the file is
+    unchanged without hashing it again."""
 
     pixels: np.ndarray
+    stamp: FileStamp | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         # Never dump pixel values (huge) - shape and dtype say enough.
@@ -108,6 +113,7 @@ def read_dicom(src: str | Path | BinaryIO, salt: str = "", expect_modality: str 
     ``bit_depth``, ``multiframe``, ``bad_pixel_transform``, ``unexpected``).
     """
     where, redact = _shown(src, shown_path), redactor(src, shown_path, log_as)
+    stamp = FileStamp.of(src) if isinstance(src, (str, Path)) else None  # before the read: a change after it shows
     with _unexpected_is_input_error(where, log_as, redact):
         ds = _open_dataset(src, where, stop_before_pixels=False, log_as=log_as, redact=redact)
         header = _safe_header(ds, where, salt, expect_modality, log_as, redact)
@@ -116,7 +122,8 @@ def read_dicom(src: str | Path | BinaryIO, salt: str = "", expect_modality: str 
                              code="corrupt")
         raw = _decode(ds, where, header, redact)
         pixels = _display(raw, ds, where, log_as, redact)
-        return DicomImage(**{f.name: getattr(header, f.name) for f in fields(DicomHeader)}, pixels=pixels)
+        return DicomImage(**{f.name: getattr(header, f.name) for f in fields(DicomHeader)}, pixels=pixels,
+                          stamp=stamp)
 
 
 @contextmanager

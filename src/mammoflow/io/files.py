@@ -9,12 +9,15 @@ the operating system refuses to open or read is ``unreadable``; a zip member tha
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from mammoflow.errors import InputError
 
@@ -107,3 +110,62 @@ def file_sha256(path: str | Path) -> str:
         except OSError as exc:
             raise unreadable_error(path, exc) from None
     return digest.hexdigest()
+
+
+#: A file changed less than this before its stamp was taken may change again within the same clock tick of its
+#: filesystem (1 s or 2 s on some) or may have changed while it was read: its stamp is not trusted.
+RACY_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What a file's metadata says of its content at one moment (``taken_ns``, Unix time): its size, modification
+    and status-change times and its inode. A later stat that gives the same five values is the same content, unless
+    the stamp is *racy* (:attr:`trusted`). The status-change time (``ctime``) cannot be set back: a rewrite, a
+    ``cp -p`` or ``touch -d`` over the file, a rename onto it all move it (and a replacement file has another inode).
+    """
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    dev: int
+    taken_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> FileStamp | None:
+        """The stamp of a local file now; None when it cannot be stat'ed (or goes through a zip archive)."""
+        if split_zip_path(path) is not None:
+            return None
+        taken = time.time_ns()
+        try:
+            return cls.from_stat(os.stat(path), taken)
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result, taken_ns: int) -> FileStamp:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, taken_ns)
+
+    @property
+    def trusted(self) -> bool:
+        """Whether a matching stat proves the content unchanged: the filesystem gives inode numbers, and the file
+        last changed at least :data:`RACY_NS` before the stamp was taken."""
+        return self.ino != 0 and max(self.mtime_ns, self.ctime_ns) <= self.taken_ns - RACY_NS
+
+    def matches(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` now has this stamp's size, times, inode and device (False when it cannot be stat'ed)."""
+        now = FileStamp.of(path)
+        return now is not None and (now.size, now.mtime_ns, now.ctime_ns, now.ino, now.dev) == \
+            (self.size, self.mtime_ns, self.ctime_ns, self.ino, self.dev)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FileStamp | None:
+        """The stamp :meth:`to_dict` wrote; None for anything else."""
+        try:
+            return cls(**{k: int(data[k]) for k in ("size", "mtime_ns", "ctime_ns", "ino", "dev", "taken_ns")})
+        except (KeyError, TypeError, ValueError):
+            return None

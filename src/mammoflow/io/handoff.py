@@ -5,29 +5,37 @@ Ingest decodes every DICOM image (to validate it, and to digest its pixels for d
 most of both steps' time, so ingest leaves the pixels of the images it decoded in a local spool, and preprocess
 takes them from there instead of decoding the file again:
 
-- **where**: ``handoff/`` in the project's one local cache (:func:`mammoflow.storage.copies.cache_dir`:
-  ``$MAMMOFLOW_CACHE``, else the system temp folder), one ``v1-<sha256 of the file's bytes>.npy`` per image,
+- **where**: ``handoff/`` in the project's one local cache (:func:`mammoflow.storage.copies.cache_dir`: the
+  ``cache_dir`` given to :meth:`Handoff.open` and :func:`take`, else ``$MAMMOFLOW_CACHE``, else the system temp
+  folder; ingest and preprocess must be given the same one), one ``v1-<sha256 of the file's bytes>.npy`` per image,
   written atomically (:func:`mammoflow.storage.atomic_file`);
 - **bounded**: filled first come, first served up to ``$MAMMOFLOW_HANDOFF_LIMIT`` bytes (default 2 GiB, none in a
   Kubernetes pod: see :func:`handoff_limit`; 0 turns the handoff off); a pool's workers each fill an equal share. What does not fit is decoded again by preprocess, as
   before. Entries that no preprocess took (it ran in another pod, or the image was quarantined after it was
   decoded) are removed by the next ingest after :data:`MAX_AGE_S`;
 - **keyed by content**: the record carries the file's sha256 (``content_hash``); preprocess looks for an entry of
-  that name (none: the file is decoded, not even hashed: another machine or pod, a full spool), then hashes the
-  file *as it is now*: a file changed since ingest has another digest, so it is decoded (and the stale entry
-  dropped). An entry is deleted once taken;
+  that name (none: the file is decoded, not even hashed: another machine or pod, a full spool). An entry is
+  deleted once taken;
+- **stamped**: beside each entry, ``v1-<sha256>.stamp`` holds the :class:`~mammoflow.io.files.FileStamp` (size,
+  mtime, ctime, inode, device) of the file its pixels were decoded from, taken before ingest read it. Preprocess
+  takes the entry when the file at its path has that stamp now, without reading the file; a file with another stamp
+  (rewritten, replaced, touched, or a copy elsewhere), an entry without a stamp, or a stamp that cannot be trusted
+  (the file had changed less than :data:`~mammoflow.io.files.RACY_NS` before it was taken, or the filesystem gives
+  no inode numbers) gets the content check instead: the file is hashed *as it is now*, and a file whose digest is
+  no longer the entry's is decoded (and the stale entry dropped);
 - **the same pixels**: an entry holds what :func:`mammoflow.io.dicom.read_dicom` returned for these bytes, and only
   for a file whose header says ``Modality`` MG (so preprocess's own check, :func:`mammoflow.io.images.read_image`
   expects MG, would have passed): preprocess output is byte-identical to the decode path;
 - **only where it pays**: compressed images (RLE, JPEG, JPEG-LS, JPEG 2000; 50-800 ms to decode 3 megapixels here).
   A native (uncompressed) file's "decode" is a read and a lookup table (~17 ms), and the ROI masks are small or
-  binary RLE (~12 ms): both cost less than a round trip through the spool (write, hash, read, delete: ~30 ms), so
-  they are read again.
+  binary RLE (~12 ms): both cost about as much as a round trip through the spool (write, read, delete), so they
+  are read again.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -46,6 +54,7 @@ LIMIT_ENV = "MAMMOFLOW_HANDOFF_LIMIT"
 DEFAULT_LIMIT = 2 << 30
 FOLDER = "handoff"
 VERSION = "v1"  # part of every entry's name: a change to the display mapping bumps it
+STAMP_SUFFIX = ".stamp"
 MAX_AGE_S = 24 * 3600
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -71,6 +80,11 @@ def handoff_limit(explicit: int | None = None) -> int:
 
 def entry_path(folder: Path, digest: str) -> Path:
     return folder / f"{VERSION}-{digest}.npy"
+
+
+def stamp_path(entry: Path) -> Path:
+    """The stamp beside an entry: the source file's :class:`~mammoflow.io.files.FileStamp`, as JSON."""
+    return entry.with_suffix(STAMP_SUFFIX)
 
 
 @dataclass
@@ -104,11 +118,15 @@ class Handoff:
         size = image.pixels.nbytes + 128
         if not digest or image.modality != "MG" or image.transfer_syntax in native_syntaxes() or size > self.budget:
             return False
-        from mammoflow.storage import atomic_file
+        from mammoflow.storage import atomic_file, atomic_write_text
 
+        entry = entry_path(self.folder, digest)
         try:
-            with atomic_file(entry_path(self.folder, digest), suffix=".npy") as tmp:
+            with atomic_file(entry, suffix=".npy") as tmp:
                 np.save(tmp, image.pixels, allow_pickle=False)
+            stamp = getattr(image, "stamp", None)
+            if stamp is not None:  # after the entry: an entry seen without its stamp gets the content check
+                atomic_write_text(stamp_path(entry), json.dumps(stamp.to_dict()))
         except OSError as exc:  # a full or read-only disk: preprocess decodes, as without a spool
             log.debug("decode handoff: not kept (%s)", type(exc).__name__)
             return False
@@ -125,7 +143,8 @@ def native_syntaxes() -> frozenset[str]:
 
 
 def _sweep(folder: Path) -> int:
-    """Remove entries older than :data:`MAX_AGE_S` (and leftovers of interrupted writes); the bytes left."""
+    """Remove entries and stamps older than :data:`MAX_AGE_S` (and leftovers of interrupted writes); the bytes of
+    the entries left (the stamps' few bytes are not counted)."""
     used, now = 0, time.time()
     try:
         entries = list(os.scandir(folder))
@@ -136,7 +155,9 @@ def _sweep(folder: Path) -> int:
             st = entry.stat()
             if now - st.st_mtime > MAX_AGE_S:
                 os.unlink(entry.path)
-            else:
+                if entry.name.endswith(".npy"):
+                    stamp_path(Path(entry.path)).unlink(missing_ok=True)
+            elif not entry.name.endswith(STAMP_SUFFIX):
                 used += st.st_size
         except OSError:
             continue  # taken meanwhile by a preprocess
@@ -146,26 +167,45 @@ def _sweep(folder: Path) -> int:
 def take(path: str | os.PathLike[str], digest: str | None,
          cache_dir: str | os.PathLike[str] | None = None) -> np.ndarray | None:
     """The display pixels an ingest handed on for the DICOM file ``path`` as it is now, the entry deleted; None when
-    there is none (then decode it). ``digest``: the sha256 the file's record carries (``content_hash``)."""
+    there is none (then decode it). ``digest``: the sha256 the file's record carries (``content_hash``);
+    ``cache_dir``: the cache root the ingest's :meth:`Handoff.open` was given (None: the default root)."""
     if not digest or not Path(path).name.lower().endswith(_DICOM_SUFFIXES):
         return None
-    folder = handoff_dir(cache_dir)
-    entry = entry_path(folder, digest)
+    entry = entry_path(handoff_dir(cache_dir), digest)
     if not entry.is_file():
         return None
-    from mammoflow.errors import InputError
-    from mammoflow.io.files import file_sha256
-
-    try:
-        now = file_sha256(path)
-    except InputError:  # a file that cannot be read: decoding it says why
+    unchanged = _unchanged(path, digest, entry)
+    if unchanged is None:  # a file that cannot be read: decoding it says why
         return None
-    if now != digest:  # changed since ingest: decode it; the entry is no one's now
-        entry.unlink(missing_ok=True)
+    if not unchanged:  # changed since ingest: decode it; the entry is no one's now
+        _drop(entry)
         return None
     try:
         pixels = np.load(entry, allow_pickle=False)
     except (OSError, ValueError):  # taken meanwhile, or damaged
         return None
-    entry.unlink(missing_ok=True)
+    _drop(entry)
     return pixels
+
+
+def _unchanged(path: str | os.PathLike[str], digest: str, entry: Path) -> bool | None:
+    """Whether the file at ``path`` still holds the bytes that hash to ``digest``: by the entry's stamp when it
+    matches and can be trusted, else by hashing the file (None when it cannot be read)."""
+    from mammoflow.errors import InputError
+    from mammoflow.io.files import FileStamp, file_sha256
+
+    try:
+        stamp = FileStamp.from_dict(json.loads(stamp_path(entry).read_text()))
+    except (OSError, ValueError):
+        stamp = None
+    if stamp is not None and stamp.trusted and stamp.matches(path):
+        return True
+    try:
+        return file_sha256(path) == digest
+    except InputError:
+        return None
+
+
+def _drop(entry: Path) -> None:
+    entry.unlink(missing_ok=True)
+    stamp_path(entry).unlink(missing_ok=True)

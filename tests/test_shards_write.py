@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mammoflow.dataset import shards as S
+from mammoflow.dataset.shard_io import write_all
 from mammoflow.dataset.spool import Spool
 from mammoflow.dataset.tfrecord import BLOB_BYTES, frame_pieces, frame_record
 
@@ -175,5 +176,5 @@ def test_short_writes_are_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(os, "writev", short_writev)
     with open(tmp_path / "out", "wb", buffering=0) as out:
-        S._write_all(out.fileno(), buffers)
+        write_all(out.fileno(), buffers)
     assert (tmp_path / "out").read_bytes() == expected

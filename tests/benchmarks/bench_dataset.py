@@ -81,7 +81,7 @@ def bench_write(root: Path) -> None:
     t_rerun = _best(lambda i: write_split(examples, str(root / "ds"), "train", target_shard_bytes=16 << 20))
     mb = sum(map(len, shards.values())) / 1e6
     record("shard write / bare write of the same bytes", mb / t_write, "MB/s", floor=mb / t_plain, goal=">= 0.67")
-    pairs = sorted(p / w for w, p in zip(times["write"], times["plain"]))
+    pairs = sorted(p / w for w, p in zip(times["write"], times["plain"], strict=True))
     print(f"shards: {N_ROIS} ROIs, {mb:.0f} MB in {len(shards)} shards (best of {WRITE_REPEATS}, in turn)")
     print(f"  write_split          {mb / t_write:8.0f} MB/s  ({t_write:.2f} s)")
     print(f"  rerun (no upload)    {mb / t_rerun:8.0f} MB/s  ({t_rerun:.2f} s)")

@@ -24,6 +24,13 @@ framing (length, masked CRC-32C) are encoded in a few lines of pure Python (:mod
 building and reading shards needs no TensorFlow (fast CLI start, light pipeline images) and the bytes are
 deterministic by construction (features in sorted order). The tests check the bytes against ``tf.io.parse_single_example`` / ``TFRecordDataset``.
 
+**Fed from memory.** An example's pixels are never re-encoded or copied on their way to the shard: the record is
+built as pieces (the protobuf fields around them as small ``bytes``, the image and mask as the example's own arrays;
+:func:`example_pieces`), its CRC-32C is taken in C over the pieces, the in-memory spool holds the pieces (the arrays
+read-only meanwhile, see :class:`~mammoflow.dataset.spool.Spool`), and each shard file is written from them with
+``writev`` while a thread hashes the same buffers for its sha256 (:mod:`mammoflow.dataset.shard_io`); uploads run in
+other threads while the next shard is written.
+
 **Shard membership** is by hash: an example goes to shard ``h(example_id) mod N`` with ``h`` the first 8 bytes of
 sha256 and ``N`` the smallest power of two with ``total_bytes / N <= target_shard_bytes``; inside a shard, records
 are sorted by ``example_id``. Contiguous ranges of sorted ids would shift every later boundary when one example is
@@ -63,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from mammoflow import storage
+from mammoflow.dataset.shard_io import sha256_of_buffers, write_buffers, write_frames
 from mammoflow.dataset.spool import Spool, spool_folder
 from mammoflow.dataset.spool_index import Spooled, SpoolIndex
 from mammoflow.dataset.tfrecord import decode_features, encode_entries, frame_pieces, nbytes, read_records
@@ -360,11 +368,10 @@ def write_spooled(index: SpoolIndex, spool: str | os.PathLike[str] | Spool, out_
             digest: Future[str] | None = None
             if source.in_memory:  # hashed from memory in a thread while the same buffers are written
                 buffers = [b for item in group for b in read(item.offset, item.length)]
-                digest = hasher.submit(_sha256, buffers)
-                with open(local, "wb", buffering=0) as out:
-                    _write_all(out.fileno(), buffers)
+                digest = hasher.submit(sha256_of_buffers, buffers)
+                write_buffers(local, buffers)
             else:
-                _write_shard_file(read, group, local)
+                write_frames(read, [(item.offset, item.length) for item in group], local)
             # published (after hashing from the file, for a file spool) in a worker while the next shard is written
             pending.append(pool.submit(_publish, group, digest, local, out_uri, f"{split}/{local.name}"))
             # keep at most `upload_workers` finished shard files waiting on local disk
@@ -411,45 +418,7 @@ def spool_examples(examples: Iterable[Example], split: str, spool: Path | Spool)
     return index
 
 
-_IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
-_BATCH_BYTES = 16 * MiB  # frames read from a file spool are written in batches of about this size
 _HASHERS = 2  # threads hashing shards from memory (hashlib lets go of the GIL), beside the one writing them
-
-
-def _write_shard_file(read: Callable[[int, int], Sequence[Any]], group: list[Spooled], local: Path) -> None:
-    """Write the frames of ``group``, read from a file spool, to ``local`` in order, in batches."""
-    batch: list[Any] = []
-    batch_bytes = 0
-    with open(local, "wb", buffering=0) as out:
-        for item in group:
-            batch += read(item.offset, item.length)
-            batch_bytes += item.length
-            if len(batch) >= _IOV_MAX or batch_bytes >= _BATCH_BYTES:
-                _write_all(out.fileno(), batch)
-                batch, batch_bytes = [], 0
-        _write_all(out.fileno(), batch)
-
-
-def _sha256(buffers: Sequence[Any]) -> str:
-    digest = hashlib.sha256()
-    for buffer in buffers:
-        digest.update(buffer)
-    return digest.hexdigest()
-
-
-def _write_all(fd: int, buffers: list[Any]) -> None:
-    """Write ``buffers`` end to end to ``fd`` (``writev``, ``_IOV_MAX`` at a time; a short write is finished)."""
-    for start in range(0, len(buffers), _IOV_MAX):
-        chunk = buffers[start:start + _IOV_MAX]
-        done = os.writev(fd, chunk)
-        if done < sum(map(nbytes, chunk)):
-            for buffer in chunk:
-                view = memoryview(buffer).cast("B")
-                skip = min(done, len(view))
-                done -= skip
-                view = view[skip:]
-                while view:
-                    view = view[os.write(fd, view):]
 
 
 def _publish(group: list[Spooled], digest: Future[str] | None, local: Path, out_uri: str, rel_path: str

@@ -45,6 +45,14 @@ def _put(image: DicomImage, digest: str, cache: Path) -> Path:
     return handoff.entry_path(spool.folder, digest)
 
 
+def _handed_on(folder: Path, seed: int, cache: Path) -> tuple[Path, DicomImage, str, Path]:
+    """A settled file read by ingest and its pixels put under its digest: (path, image, digest, entry)."""
+    path = _dicom(folder / "a.dcm", seed)
+    image = _settled(read_dicom(path))
+    digest = file_sha256(path)
+    return path, image, digest, _put(image, digest, cache)
+
+
 def test_read_dicom_stamps_the_file_it_read(tmp_path: Path) -> None:
     path = _dicom(tmp_path / "a.dcm", 1)
     image = read_dicom(path)
@@ -82,20 +90,14 @@ def test_a_racy_stamp_gets_the_content_check(tmp_path: Path, cache: Path) -> Non
 
 
 def test_a_touched_file_is_hashed_and_still_taken(tmp_path: Path, cache: Path) -> None:
-    path = _dicom(tmp_path / "a.dcm", 4)
-    image = _settled(read_dicom(path))
-    digest = file_sha256(path)
-    _put(image, digest, cache)
+    path, image, digest, _ = _handed_on(tmp_path, 4, cache)
     os.utime(path, ns=(image.stamp.mtime_ns + 10**9, image.stamp.mtime_ns + 10**9))  # type: ignore[union-attr]
     assert not image.stamp.matches(path)  # type: ignore[union-attr]
     np.testing.assert_array_equal(handoff.take(path, digest, cache_dir=cache), image.pixels)
 
 
 def test_a_rewrite_that_keeps_size_and_mtime_is_caught(tmp_path: Path, cache: Path) -> None:
-    path = _dicom(tmp_path / "a.dcm", 5)
-    image = _settled(read_dicom(path))
-    digest = file_sha256(path)
-    entry = _put(image, digest, cache)
+    path, image, digest, entry = _handed_on(tmp_path, 5, cache)
     other = _dicom(tmp_path / "b.dcm", 6)
     assert other.stat().st_size == path.stat().st_size
     path.write_bytes(other.read_bytes())  # other pixels, same size; the modification time set back as it was
@@ -108,10 +110,7 @@ def test_a_rewrite_that_keeps_size_and_mtime_is_caught(tmp_path: Path, cache: Pa
 
 
 def test_a_copy_has_another_inode_and_is_hashed(tmp_path: Path, cache: Path) -> None:
-    path = _dicom(tmp_path / "a.dcm", 7)
-    image = _settled(read_dicom(path))
-    digest = file_sha256(path)
-    _put(image, digest, cache)
+    path, image, digest, _ = _handed_on(tmp_path, 7, cache)
     copy = tmp_path / "copy" / "a.dcm"
     copy.parent.mkdir()
     shutil.copy2(path, copy)  # the same bytes and mtime, another inode
@@ -120,10 +119,7 @@ def test_a_copy_has_another_inode_and_is_hashed(tmp_path: Path, cache: Path) -> 
 
 
 def test_the_explicit_cache_dir_is_the_only_place_used(tmp_path: Path, cache: Path) -> None:
-    path = _dicom(tmp_path / "a.dcm", 8)
-    image = _settled(read_dicom(path))
-    digest = file_sha256(path)
-    entry = _put(image, digest, cache)
+    path, image, digest, entry = _handed_on(tmp_path, 8, cache)
     assert entry.parent == cache / handoff.FOLDER
     assert not (tmp_path / "default-cache").exists()  # $MAMMOFLOW_CACHE is not touched
     assert handoff.take(path, digest) is None  # the default root has no entry

@@ -178,3 +178,16 @@ def test_short_writes_are_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with open(tmp_path / "out", "wb", buffering=0) as out:
         write_all(out.fileno(), buffers)
     assert (tmp_path / "out").read_bytes() == expected
+
+
+def test_generic_encoder_takes_any_buffer_as_a_bytes_value() -> None:
+    from mammoflow.dataset.tfrecord import encode_features, encode_pieces
+
+    pixels = np.arange(2000, dtype=np.uint16).reshape(40, 50)
+    raw = pixels.tobytes()
+    for value in (pixels, np.asfortranarray(pixels).T.T, memoryview(raw), bytearray(raw), raw):
+        pieces = encode_pieces({"a": ("int64", [1]), "image/raw": ("bytes", [value])})
+        assert joined(frame_pieces(pieces)) == frame_record(encode_features({"a": ("int64", [1]),
+                                                                             "image/raw": ("bytes", [raw])}))
+    small = np.arange(10, dtype=np.uint8)  # under BLOB_BYTES: encoded inline
+    assert encode_features({"m": ("bytes", [small])}) == encode_features({"m": ("bytes", [small.tobytes()])})

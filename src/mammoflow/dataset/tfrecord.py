@@ -119,6 +119,13 @@ def _blob_entry_head(name: str, size: int) -> bytes:
     return head
 
 
+def _as_piece(value: Any) -> Any:
+    """``value`` as ``bytes`` or a C-contiguous numpy array: what CRC-32C, ``writev`` and hashlib take as it is."""
+    if type(value) is np.ndarray:
+        return value if value.flags.c_contiguous else np.ascontiguousarray(value)
+    return value if type(value) is bytes else bytes(value)
+
+
 def nbytes(piece: Any) -> int:
     """The size in bytes of a piece (``bytes`` or a C-contiguous numpy array)."""
     return piece.nbytes if type(piece) is np.ndarray else len(piece)
@@ -138,9 +145,10 @@ def encode_entries(entries: Iterable[tuple[str, str, Sequence[Any]]]) -> list[An
             if type(value) is bytes and len(value) < BLOB_BYTES:
                 run.append(_bytes_entry(name, value))
                 continue
+            value = _as_piece(value)
             n = nbytes(value)
             if n < BLOB_BYTES:
-                run.append(_bytes_entry(name, bytes(value)))
+                run.append(_bytes_entry(name, value if type(value) is bytes else value.tobytes()))
                 continue
             run.append(_blob_entry_head(name, n))
             small = b"".join(run)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from mammoflow.errors import InputError
 
 
-@dataclass
+@dataclass(slots=True)
 class Spooled:
     """One framed example in a spool file: where it is, and what the shard cutting and the manifest need."""
 

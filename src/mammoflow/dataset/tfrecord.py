@@ -256,17 +256,32 @@ def frame_record(data: bytes) -> bytes:
     return b"".join(frame_pieces([data]))
 
 
+_U64 = struct.Struct("<Q").pack
+_U32 = struct.Struct("<I").pack
+_FRAME_HEADS: dict[int, bytes] = {}  # the 12 framing bytes before a record, by its size (sizes repeat)
+
+
+def _frame_head(size: int) -> bytes:
+    head = _FRAME_HEADS.get(size)
+    if head is None:
+        length = _U64(size)
+        head = length + _U32(_masked_crc(length))
+        if len(_FRAME_HEADS) >= _ENTRIES_MAX:
+            _FRAME_HEADS.clear()
+        _FRAME_HEADS[size] = head
+    return head
+
+
 def frame_pieces(pieces: Sequence[Any]) -> list[Any]:
     """The TFRecord frame (see :func:`frame_record`) of the record whose bytes are the concatenation of ``pieces``
-    (``bytes`` or C-contiguous numpy arrays, as :func:`encode_pieces` gives them), as pieces: the framing joins the
+    (``bytes`` or C-contiguous numpy arrays, as :func:`encode_entries` gives them), as pieces: the framing joins the
     first and last ``bytes`` pieces, the others are passed on uncopied. The CRC-32C runs in C over each piece."""
     crc = size = 0
     for piece in pieces:
         crc = google_crc32c.extend(crc, piece)
-        size += nbytes(piece)
-    length = struct.pack("<Q", size)
-    head = length + struct.pack("<I", _masked_crc(length))
-    tail = struct.pack("<I", _mask(crc))
+        size += len(piece) if type(piece) is bytes else piece.nbytes
+    head = _frame_head(size)
+    tail = _U32(_mask(crc))
     out = list(pieces) or [b""]
     if type(out[0]) is bytes:
         out[0] = head + out[0]

@@ -48,7 +48,7 @@ def _run(spec, data: str, out: Path) -> dict:
 def main() -> None:
     import ray
 
-    from mammoflow.sweep.spec import load_spec
+    from mammoflow.sweep.spec import load_spec, survivors
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cpus = os.cpu_count() or 1
@@ -84,7 +84,13 @@ def main() -> None:
               f"best {fifo['best_trial']} (val_loss {fifo['best_val_loss']:.4f})")
         for label, run in (("SHA", sha), ("ASHA", asha)):
             print(f"  {label} wall time / full grid: {run['wall_time_s'] / max(fifo['wall_time_s'], 1e-9):.2f}")
-        same = {k: "yes" if run["best_trial"] == fifo["best_trial"] else "NO"
+        ranks = _ranks_at_rungs(root / "fifo", fifo["best_trial"], sha_spec)
+        print(f"  the full grid's best cell ranks {ranks} among the {fifo['trials']} cells at the rungs (epoch: rank)")
+        kept = survivors(fifo["trials"], float(sha_spec.scheduler.get("reduction_factor", 4)))
+        why = "" if not ranks or min(ranks.values()) <= kept else (
+            f" (it ranks {', '.join(f'{r} at epoch {e}' for e, r in ranks.items())} in the full grid's own curves: "
+            "no halving that decides there keeps it)")
+        same = {k: "yes" if run["best_trial"] == fifo["best_trial"] else "NO" + why
                 for k, run in (("sha", sha), ("asha", asha))}
         record("SHA (synchronous halving) trial-epochs / full grid (demo spec)", sha["trial_epochs"], "trial-epochs",
                floor=fifo["trial_epochs"], goal="<= 0.5", note=f"same best cell as the full grid: {same['sha']}")
@@ -93,6 +99,21 @@ def main() -> None:
                floor=fifo["trial_epochs"], note=f"same rungs as SHA; same best cell as the full grid: {same['asha']}")
         record("ASHA wall time / full grid (demo spec)", asha["wall_time_s"], "s", floor=fifo["wall_time_s"])
     _yu2020_expected()
+
+
+def _ranks_at_rungs(fifo_out: Path, best: str, spec) -> dict[int, int]:
+    """The rank (1 = best) of the full grid's best cell at each rung epoch, from the FIFO run's histories."""
+    from mammoflow.sweep.spec import rung_epochs
+
+    curves = {d.name: [r[spec.metric] for r in json.loads((d / "history.json").read_text())]
+              for d in (fifo_out / "trials").iterdir() if (d / "history.json").exists()}
+    sign = 1 if spec.mode == "min" else -1
+    ranks = {}
+    for epoch in rung_epochs(int(spec.scheduler.get("grace_period", 1)),
+                             float(spec.scheduler.get("reduction_factor", 4)), max(map(len, curves.values()))):
+        order = sorted(curves, key=lambda n: (sign * curves[n][epoch - 1], n))
+        ranks[epoch] = order.index(best) + 1
+    return ranks
 
 
 def _yu2020_expected() -> None:

@@ -55,10 +55,16 @@ def test_patches_from_memory_equal_patches_from_the_shards(tmp_path, folds) -> N
     assert not np.array_equal(cached[0][0][0], cached[1][0][0])  # epochs still differ
 
 
-@pytest.mark.parametrize("keep_aspect", [False, True])
-def test_whole_images_from_memory_equal_those_from_the_shards(tmp_path, keep_aspect) -> None:
+@pytest.mark.parametrize(("keep_aspect", "augment"), [
+    (False, {}),  # rotation and zoom: the warp
+    (True, {}),
+    (True, {"rotation_deg": 0.0, "zoom": 0.0, "hflip": True, "vflip": True}),  # flips alone: pixel moves
+    (False, {"rotation_deg": 0.0, "zoom": 0.0, "hflip": False, "vflip": True, "folds": (1, 3),
+             "centring": "caffe", "drop_remainder": True}),
+])
+def test_whole_images_from_memory_equal_those_from_the_shards(tmp_path, keep_aspect, augment) -> None:
     paths = _shards(tmp_path, 24, [(48, 32), (32, 32), (40, 56)])
-    cfg = InputConfig(batch_size=4, channels=3, centring="none", roi_shuffle_buffer=8)
+    cfg = InputConfig(batch_size=4, channels=3, centring="none", roi_shuffle_buffer=8).replace(**augment)
     for e in (0, 1):
         streamed = _batches(whole_image_dataset(paths, cfg.replace(memory_cache_mb=0), 32, keep_aspect=keep_aspect,
                                                 training=True, seed=5, epoch=e))

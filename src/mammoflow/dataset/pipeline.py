@@ -35,7 +35,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mammoflow.dataset import cached
 from mammoflow.dataset.memory import MemoryCache
+from mammoflow.dataset.tfops import AUTOTUNE as _AUTOTUNE
+from mammoflow.dataset.tfops import affine as _affine
+from mammoflow.dataset.tfops import finish as _finish
+from mammoflow.dataset.tfops import flip as _flip
+from mammoflow.dataset.tfops import in_folds as _in_folds
+from mammoflow.dataset.tfops import options as _options
+from mammoflow.dataset.tfops import parallel as _parallel
+from mammoflow.dataset.tfops import seeded_shuffle as _seeded_shuffle
+from mammoflow.dataset.tfops import tf_module as _tf
+from mammoflow.dataset.tfops import warp as _warp
 from mammoflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,12 +55,8 @@ _MEMORY = MemoryCache()  # decoded training examples, shared by every dataset th
 Centring = Literal["patch_mean", "none", "caffe", "tf", "torch"]
 FillMode = Literal["reflect", "nearest", "constant", "wrap"]
 
-# ImageNet statistics used by Keras' preprocess_input modes (caffe: BGR means on 0..255; torch: RGB mean/std).
-_CAFFE_MEAN = (103.939, 116.779, 123.68)
-_TORCH_MEAN = (0.485, 0.456, 0.406)
-_TORCH_STD = (0.229, 0.224, 0.225)
 _HASH_BUCKETS = 1 << 62
-_AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TensorFlow here
+finish_batch = _finish  # public name: centring and channels on a [B, h, w, 1] batch (CAM code mirrors it)
 
 
 @dataclass
@@ -178,38 +185,6 @@ _NO_EPOCH = 0xFFFFFFFF
 # --------------------------------------------------------------------------------------------- tf.data
 
 
-def _tf() -> Any:
-    import tensorflow as tf
-
-    return tf
-
-
-def _parallel(cfg: InputConfig) -> int:
-    return _AUTOTUNE if cfg.num_parallel_calls is None else cfg.num_parallel_calls
-
-
-def _options() -> Any:
-    tf = _tf()
-    opts = tf.data.Options()
-    opts.deterministic = True  # parallel map/interleave keep their input order
-    return opts
-
-
-def _seeded_shuffle(ds: Any, buffer_size: int, seed: int, seed2: int) -> Any:
-    """``ds.shuffle`` with both op seeds given explicitly.
-
-    ``Dataset.shuffle(seed=s)`` mixes ``s`` with TensorFlow's global seed (``tf.random.set_seed``), so the order
-    would change whenever a trainer seeds TensorFlow differently; the underlying op takes both seeds directly.
-    """
-    tf = _tf()
-    flat = tf.nest.flatten(ds.element_spec)
-    variant = tf.raw_ops.ShuffleDataset(
-        input_dataset=tf.data.experimental.to_variant(ds), buffer_size=tf.constant(buffer_size, tf.int64),
-        seed=tf.constant(seed, tf.int64), seed2=tf.constant(seed2, tf.int64),
-        output_types=[s.dtype for s in flat], output_shapes=[s.shape for s in flat],
-        reshuffle_each_iteration=False)
-    return tf.data.experimental.from_variant(variant, ds.element_spec)
-
 
 def _records(shard_paths: Sequence[str], cfg: InputConfig, *, all_folds: bool = False) -> Any:
     """Parsed ROIs of the shards, interleaved ``cycle_length`` files at a time, in a deterministic order; only those
@@ -241,74 +216,17 @@ def _parser(cfg: InputConfig) -> Any:
     return parse
 
 
-def _in_folds(cfg: InputConfig) -> Any:
-    tf = _tf()
-    wanted = tf.constant(sorted(int(k) for k in cfg.folds or ()), tf.int64)
-    return lambda roi: tf.reduce_any(tf.equal(wanted, roi["fold"]))
-
-
 def _decoded(paths: Sequence[str], cfg: InputConfig, prepare: Any, prepare_key: Any) -> dict[str, Any] | None:
-    """Every ROI of the files (all folds), after ``prepare``, as arrays in memory: from the cache, or read now and
-    kept when it fits (``None`` when it does not: variable image sizes, or over the budget)."""
-    from mammoflow.dataset import memory
-
-    budget = memory.budget_bytes(cfg.memory_cache_mb)
-    if budget <= 0:
-        return None
-    key = (memory.files_key(paths), float(cfg.value_range), prepare_key)
-    hit = _MEMORY.get(key)
-    if hit is not None:
-        return hit
-    tf = _tf()
-    order = sorted({str(p) for p in paths})
-    parse = _parser(cfg)
-
-    def read(index: Any, path: Any) -> Any:  # one file after the other, each ROI tagged with its file
-        return tf.data.TFRecordDataset(path, buffer_size=1 << 20).map(lambda s: {**parse(s), "file": index})
-
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(order), dtype=tf.int64), order)).flat_map(read)
-    if prepare is not None:
-        ds = ds.map(lambda roi: {**prepare(roi), "file": roi["file"]}, num_parallel_calls=_parallel(cfg),
-                    deterministic=True)
-    rows, total, counts = [], 0, np.zeros(len(order), np.int64)
-    for roi in ds.prefetch(_AUTOTUNE).as_numpy_iterator():
-        total += roi["image"].nbytes
-        if total > budget:
-            log.info("training examples exceed the memory cache (%d MiB): read from the shards every epoch",
-                     budget >> 20)
-            return None
-        counts[roi.pop("file")] += 1
-        rows.append(roi)
-    starts = dict(zip(order, (int(v) for v in np.cumsum(counts) - counts), strict=True))
-    counts = dict(zip(order, (int(v) for v in counts), strict=True))
-    if not rows or len({r["image"].shape for r in rows}) != 1:
-        return None  # images of several sizes cannot share one array: stream them
-    arrays = {k: tf.constant(np.stack([r[k] for r in rows])) for k in rows[0]}
-    entry = {"arrays": arrays, "starts": starts, "counts": counts}
-    _MEMORY.put(key, entry, total, budget)
-    log.info("kept %d decoded training examples in memory (%.1f MiB)", len(rows), total / 2**20)
-    return entry
+    """The examples of ``paths`` (all folds) after ``prepare``, as arrays in memory, or ``None``
+    (:func:`mammoflow.dataset.cached.decoded`)."""
+    return cached.decoded(paths, cfg, _parser(cfg), prepare, prepare_key, _MEMORY)
 
 
-def _roi_stream(paths: Sequence[str], cfg: InputConfig, prepare: Any = None, prepare_key: Any = None) -> Any:
-    """The ROIs of ``paths`` in exactly the order (and with the values) of ``_records(paths, cfg)`` followed by
-    ``prepare``; from memory when the decoded examples fit (:mod:`mammoflow.dataset.memory`)."""
-    tf = _tf()
-    entry = _decoded(paths, cfg, prepare, prepare_key)
-    if entry is None:
-        ds = _records(paths, cfg)
-        return ds if prepare is None else ds.map(prepare, num_parallel_calls=_parallel(cfg), deterministic=True)
-    paths = [str(p) for p in paths]
-    ranges = tf.data.Dataset.from_tensor_slices(
-        (tf.constant([entry["starts"][p] for p in paths], tf.int64),
-         tf.constant([entry["counts"][p] for p in paths], tf.int64)))
-    # The same interleave over index ranges as over the files: the same order, element for element.
-    # (Sequential: counting needs no threads, and a parallel interleave gives this same order by its contract.)
-    index = ranges.interleave(lambda start, n: tf.data.Dataset.range(start, start + n),
-                              cycle_length=min(cfg.cycle_length, len(paths)), block_length=1)
-    arrays = entry["arrays"]
-    rois = index.map(lambda i: {k: tf.gather(v, i) for k, v in arrays.items()})  # a copy: no thread pays for it
-    return rois if cfg.folds is None else rois.filter(_in_folds(cfg))
+def _roi_stream(paths: Sequence[str], cfg: InputConfig) -> Any:
+    """The ROIs of ``paths`` in exactly the order (and with the values) of ``_records(paths, cfg)``; from memory
+    when the decoded examples fit (:mod:`mammoflow.dataset.memory`)."""
+    entry = _decoded(paths, cfg, None, None)
+    return _records(paths, cfg) if entry is None else cached.roi_stream(entry, paths, cfg)
 
 
 def _patch_count_table(cfg: InputConfig) -> Any:
@@ -327,76 +245,6 @@ def _check_roi_size(image: Any, patch_size: int, example_id: Any) -> Any:
         tf.reduce_all(shape >= patch_size),
         ["ROI smaller than patch_size", patch_size, "example", example_id, "shape", shape], summarize=4)
 
-
-def _affine(cfg: InputConfig, centre_rows: Any, centre_cols: Any, uniforms: Any,
-            out_size: Sequence[int] | None = None) -> Any:
-    """Projective-transform rows ``[n, 8]`` mapping output pixels to ROI coordinates (see module docstring).
-
-    The output pixel grid (``out_size``, default ``P x P``) is centred on ``(centre_rows, centre_cols)`` (float
-    ``[n]``). ``uniforms`` ``[n, 5]`` in [0, 1): rotation, zoom x, zoom y, horizontal flip, vertical flip.
-    """
-    tf = _tf()
-    out_h, out_w = out_size or (cfg.patch_size, cfg.patch_size)
-    pcy, pcx = (out_h - 1) / 2.0, (out_w - 1) / 2.0
-    theta = (2.0 * uniforms[:, 0] - 1.0) * (cfg.rotation_deg * np.pi / 180.0)
-    zx = 1.0 + (2.0 * uniforms[:, 1] - 1.0) * cfg.zoom
-    zy = 1.0 + (2.0 * uniforms[:, 2] - 1.0) * cfg.zoom
-    fx = tf.where(uniforms[:, 3] < 0.5, -1.0, 1.0) if cfg.hflip else tf.ones_like(zx)
-    fy = tf.where(uniforms[:, 4] < 0.5, -1.0, 1.0) if cfg.vflip else tf.ones_like(zy)
-    cos, sin = tf.cos(theta), tf.sin(theta)
-    # A = R(theta) @ diag(zx * fx, zy * fy); ROI point = centre + A @ (output point - output centre)
-    a00, a01 = cos * zx * fx, -sin * zy * fy
-    a10, a11 = sin * zx * fx, cos * zy * fy
-    cx = tf.cast(centre_cols, tf.float32)
-    cy = tf.cast(centre_rows, tf.float32)
-    zeros = tf.zeros_like(a00)
-    return tf.stack([a00, a01, cx - (a00 * pcx + a01 * pcy), a10, a11, cy - (a10 * pcx + a11 * pcy), zeros, zeros],
-                    axis=1)
-
-
-def _warp(image: Any, transform: Any, size: Sequence[int], fill_mode: str) -> Any:
-    """Resample a 2-D image through one projective transform into a ``size`` float32 ``[h, w, 1]`` patch."""
-    tf = _tf()
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[tf.newaxis, :, :, tf.newaxis], transforms=transform[tf.newaxis],
-        output_shape=tf.constant(list(size), tf.int32), fill_value=tf.constant(0.0, tf.float32),
-        interpolation="BILINEAR", fill_mode=fill_mode.upper())
-    return out[0]
-
-
-def _flip(cfg: InputConfig, image: Any, uniforms: Any) -> Any:
-    """The flips :func:`_affine` draws from the same ``uniforms`` [5], applied to an ``[h, w, 1]`` image as exact
-    pixel moves: what :func:`_warp` gives for a transform without rotation or zoom, without the resampling."""
-    tf = _tf()
-    if cfg.hflip:
-        image = tf.cond(uniforms[3] < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
-    if cfg.vflip:
-        image = tf.cond(uniforms[4] < 0.5, lambda: tf.reverse(image, [0]), lambda: image)
-    return image
-
-
-def _finish(cfg: InputConfig, x: Any) -> Any:
-    """Centring and channel count on a batch ``[B, h, w, 1]`` (float32 on the ``value_range`` scale)."""
-    tf = _tf()
-    if cfg.centring == "patch_mean":  # Yu et al. 2020: each patch minus its own mean
-        x = x - tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-    if cfg.channels == 3:
-        x = tf.repeat(x, 3, axis=-1)
-    scale = 255.0 / cfg.value_range
-    if cfg.centring == "caffe":
-        mean = np.array(_CAFFE_MEAN, np.float32)
-        x = x * scale - (mean if cfg.channels == 3 else mean.mean())
-    elif cfg.centring == "tf":
-        x = x * (scale / 127.5) - 1.0
-    elif cfg.centring == "torch":
-        mean, std = np.array(_TORCH_MEAN, np.float32), np.array(_TORCH_STD, np.float32)
-        if cfg.channels == 1:
-            mean, std = mean.mean(), std.mean()
-        x = (x * (scale / 255.0) - mean) / std
-    return x
-
-
-finish_batch = _finish  # public name: centring and channels on a [B, h, w, 1] batch (CAM code mirrors it)
 
 
 def prepare_patches(patches: np.ndarray, cfg: InputConfig) -> Any:
@@ -537,11 +385,13 @@ def whole_image_dataset(shard_paths: Sequence[str], cfg: InputConfig, size: int 
                 image = _warp(image[:, :, 0], t[0], (h, w), cfg.fill_mode)
         return image, roi["label"], roi["example_id"]
 
+    shuffle_seeds = (stream_seed(seed, _ROI_SHUFFLE, epoch), epoch)
+    entry = _decoded(paths, cfg, resize, ("whole_image", h, w, keep_aspect)) if training else None
+    if entry is not None:  # the same batches, from the examples kept in memory
+        return cached.whole_image_batches(entry, paths, cfg, (h, w), shuffle_seeds, augment_stream)
+    ds = _records(paths, cfg).map(resize, num_parallel_calls=_parallel(cfg), deterministic=True)
     if training:
-        ds = _roi_stream(paths, cfg, resize, ("whole_image", h, w, keep_aspect))
-        ds = _seeded_shuffle(ds, cfg.roi_shuffle_buffer, stream_seed(seed, _ROI_SHUFFLE, epoch), epoch)
-    else:
-        ds = _records(paths, cfg).map(resize, num_parallel_calls=_parallel(cfg), deterministic=True)
+        ds = _seeded_shuffle(ds, cfg.roi_shuffle_buffer, *shuffle_seeds)
     ds = ds.map(augment, num_parallel_calls=_parallel(cfg), deterministic=True)
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder and training)
     ds = ds.map(lambda x, y, i: (_finish(cfg, x), y, i), num_parallel_calls=_parallel(cfg), deterministic=True)

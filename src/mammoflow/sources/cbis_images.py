@@ -83,11 +83,19 @@ def split_crop_and_mask(images: Sequence[np.ndarray], full_shape: tuple[int, int
 
 
 def mask_geometry(mask: np.ndarray) -> tuple[float, float, float]:
-    """Centroid ``(row, col)`` and equivalent radius ``sqrt(area / pi)`` of the non-zero pixels."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
+    """Centroid ``(row, col)`` and equivalent radius ``sqrt(area / pi)`` of the non-zero pixels.
+
+    From the per-row and per-column counts, not the coordinates of every pixel: the sums of the coordinates are
+    exact integers either way, so the centroid is the same float as ``np.nonzero(mask)[k].mean()``, in a few ms
+    less for a full-size mask."""
+    inside = np.asarray(mask) != 0
+    per_row, per_col = np.count_nonzero(inside, axis=1), np.count_nonzero(inside, axis=0)
+    area = int(per_row.sum())
+    if area == 0:
         raise ValueError("the mask is empty")
-    return float(rows.mean()), float(cols.mean()), float(np.sqrt(rows.size / np.pi))
+    row_sum = int(np.arange(per_row.size, dtype=np.int64) @ per_row.astype(np.int64))
+    col_sum = int(np.arange(per_col.size, dtype=np.int64) @ per_col.astype(np.int64))
+    return float(np.float64(row_sum) / area), float(np.float64(col_sum) / area), float(np.sqrt(area / np.pi))
 
 
 def _choose_full(candidates: list[tuple[str, str, Path]], rec: Record) -> tuple[Path, list[Path]]:

@@ -39,6 +39,14 @@ def _settled(image: DicomImage) -> DicomImage:
     return dataclasses.replace(image, stamp=dataclasses.replace(image.stamp, taken_ns=image.stamp.taken_ns + RACY_NS))
 
 
+def _racy(image: DicomImage) -> DicomImage:
+    """The image as an ingest that read its file a moment after it was written would have it: set so, not left to
+    the clock (a loaded machine may take seconds between writing the file and reading it)."""
+    assert image.stamp is not None
+    last = max(image.stamp.mtime_ns, image.stamp.ctime_ns)
+    return dataclasses.replace(image, stamp=dataclasses.replace(image.stamp, taken_ns=last + RACY_NS // 2))
+
+
 def _put(image: DicomImage, digest: str, cache: Path) -> Path:
     spool = handoff.Handoff.open(cache_dir=cache, limit=1 << 20)
     assert spool.put(digest, image)
@@ -59,7 +67,9 @@ def test_read_dicom_stamps_the_file_it_read(tmp_path: Path) -> None:
     st = os.stat(path)
     assert image.stamp is not None and image.stamp.matches(path)
     assert (image.stamp.size, image.stamp.ino, image.stamp.mtime_ns) == (st.st_size, st.st_ino, st.st_mtime_ns)
-    assert not image.stamp.trusted  # written just now: racy
+    last = max(st.st_mtime_ns, st.st_ctime_ns)
+    assert image.stamp.trusted == (last <= image.stamp.taken_ns - RACY_NS)
+    assert not _racy(image).stamp.trusted  # type: ignore[union-attr]  # read within RACY_NS of its last change
     assert _settled(image).stamp.trusted  # type: ignore[union-attr]
     with path.open("rb") as fh:
         assert read_dicom(fh).stamp is None  # a stream has no stamp
@@ -80,8 +90,8 @@ def test_a_trusted_matching_stamp_is_taken_without_reading_the_file(tmp_path: Pa
 
 def test_a_racy_stamp_gets_the_content_check(tmp_path: Path, cache: Path) -> None:
     path = _dicom(tmp_path / "a.dcm", 3)
-    image = read_dicom(path)  # the file was written a moment ago
-    assert image.stamp is not None and not image.stamp.trusted
+    image = _racy(read_dicom(path))  # read a moment after the file was written
+    assert image.stamp is not None and not image.stamp.trusted and image.stamp.matches(path)
     entry = _put(image, "1" * 64, cache)
     assert handoff.take(path, "1" * 64, cache_dir=cache) is None  # hashed: not this digest; the entry dropped
     assert not entry.exists() and not handoff.stamp_path(entry).exists()

@@ -6,7 +6,8 @@ process-wide cache, bounded in bytes, and later epochs (and later datasets over 
 each epoch) read them from memory. Augmentation stays after the cache, still a pure function of seed and epoch:
 the cached path yields exactly the batches the streaming path yields (the tests compare them).
 
-This module holds the cache itself (what is kept, under which key, how much); the pipeline decides what goes in.
+This module holds the cache itself (what is kept, under which key, how much); :mod:`mammoflow.dataset.cached`
+reads the examples into it and serves the datasets from it, and the pipeline decides what goes in.
 """
 
 from __future__ import annotations

@@ -257,6 +257,31 @@ def test_a_driver_resume_reads_the_rung_table_back_and_trains_nothing_past_a_run
     assert (tmp_path / "trials" / "t0" / "pauses").is_dir()
 
 
+def test_a_trial_that_failed_for_good_and_is_restarted_by_a_resume_is_ranked_again(tmp_path):
+    """Tuner.restore(restart_errored=True) restarts a trial that had failed for good (it left the rungs): when it
+    reports again it is ranked with the others, not left paused for ever."""
+    scores = _scores(4, 4, seed=6)
+    trials = [FakeTrial(f"t{i}", 4) for i in range(4)]
+    first = _sha(4, 4, 2, tmp_path)
+    ctl = FakeController(first, trials, 4, scores, seed=0, reorder=False)
+    ctl.step()  # all four start, t0 reports epoch 1 and pauses
+    victim = trials[1]
+    assert victim.status == "RUNNING" and victim.done == 0
+    victim.num_failures = 1  # no retries left: Tune calls on_trial_error while it is still RUNNING
+    first.on_trial_error(ctl, victim)
+    assert victim.trial_id in first.gone
+    for t in trials:  # the driver dies; the resume restores the unfinished trials and the errored one as PENDING
+        t.status = "PENDING" if t.status != "TERMINATED" else t.status
+    victim.num_failures = 0
+    second = pickle.loads(pickle.dumps(first))
+    second.scores = {r: {} for r in second.rungs}
+    ctl2 = FakeController(second, trials, 4, scores, seed=1, reorder=False)
+    ctl2.trained, ctl2.epochs_run = list(ctl.trained), ctl.epochs_run
+    ctl2.run()  # fails (a trial left PAUSED) if the restarted trial were still counted as gone
+    assert ctl2.epochs_run == 8 and len(set(ctl2.trained)) == 8
+    assert set(second.kept[1]) == _true_survivors(scores, [1, 2], 2)[0]
+
+
 def test_a_rung_table_of_another_sweep_is_refused(tmp_path):
     (tmp_path / STATE_FILE).write_text(json.dumps({"n_trials": 5, "rungs": [1, 2], "scores": {}, "kept": {},
                                                    "gone": []}))

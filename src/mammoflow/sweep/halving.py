@@ -121,6 +121,9 @@ class SyncHalvingScheduler(FIFOScheduler):
         self._load()
         tid = trial.trial_id
         self.promoted.discard(tid)
+        # A trial that reports is alive, even one that had left (a driver --resume with restart_errored restarts the
+        # trials that failed for good): counted as gone, it would be left out of its rung's ranking and stay paused.
+        self.gone.discard(tid)
         epoch = int(result.get(self.time_attr, 0) or 0)
         if result.get("run_finished") or epoch not in self.scores:
             return TrialScheduler.CONTINUE

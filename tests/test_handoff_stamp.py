@@ -156,3 +156,19 @@ def test_a_damaged_stamp_is_no_stamp(tmp_path: Path, cache: Path) -> None:
     handoff.stamp_path(entry).write_text("{not json")
     assert FileStamp.from_dict({"size": 1}) is None
     assert handoff.take(path, "2" * 64, cache_dir=cache) is None  # content check: not this digest
+
+
+def test_ingest_and_preprocess_share_an_explicit_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``steps.ingest(cache_dir=X)`` leaves the decoded pixels under ``X/handoff`` (none under the default root), and
+    ``steps.preprocess(cache_dir=X)`` takes every one of them."""
+    from mammoflow import steps
+
+    monkeypatch.setenv("MAMMOFLOW_CACHE", str(tmp_path / "default"))
+    monkeypatch.delenv(handoff.LIMIT_ENV, raising=False)
+    steps.demo_data(str(tmp_path / "raw"), 4, 7, fmt="dicom", size=(200, 150))
+    cache = tmp_path / "explicit"
+    steps.ingest("cbis-ddsm", str(tmp_path / "raw"), str(tmp_path / "records"), workers=1, cache_dir=str(cache))
+    assert list((cache / handoff.FOLDER).glob("*.npy"))
+    assert not list((tmp_path / "default").glob(f"{handoff.FOLDER}/*.npy"))
+    steps.preprocess(str(tmp_path / "records"), "jaamour2023", str(tmp_path / "out"), workers=1, cache_dir=str(cache))
+    assert not list((cache / handoff.FOLDER).glob("*.npy"))  # every entry taken

@@ -94,6 +94,7 @@ class _Job:
     image_path: Path
     mask_paths: tuple[Path | None, ...]
     fingerprint: str
+    cache_dir: str | None = None  # the cache root whose decode handoff the ingest filled (None: the default)
 
 
 def _transform_lesions(rec: Record, res: ChainResult, name: str, image_path: Path) -> list[Lesion]:
@@ -120,7 +121,7 @@ def _process(job: _Job, chain: Chain, config_hash: str, out_dir: Path, export_di
     from mammoflow.io.images import read_image, write_png
 
     rec = job.record
-    image = _read_image(job.image_path, rec.content_hash)
+    image = _read_image(job.image_path, rec.content_hash, job.cache_dir)
     masks = [read_image(p) for p in job.mask_paths if p is not None]
     res = chain(image, masks, path=job.image_path, record_id=rec.record_id)
     name = safe_name(rec.record_id)
@@ -141,13 +142,13 @@ def _process(job: _Job, chain: Chain, config_hash: str, out_dir: Path, export_di
     return out
 
 
-def _read_image(path: Path, digest: str | None) -> np.ndarray:
+def _read_image(path: Path, digest: str | None, cache_dir: str | None = None) -> np.ndarray:
     """The image at ``path``: the display pixels its ingest decoded and handed on (:mod:`mammoflow.io.handoff`;
     ``digest``: the sha256 its record carries), else decoded now. Both give the same array."""
     from mammoflow.io.handoff import take
     from mammoflow.io.images import read_image
 
-    pixels = take(path, digest)
+    pixels = take(path, digest, cache_dir=cache_dir)
     return read_image(path) if pixels is None else pixels
 
 
@@ -262,8 +263,8 @@ def _by_record_id(entry: QuarantineEntry) -> QuarantineEntry:
 
 
 def preprocess_records(records_dir: Path | str, config: str | Path | dict[str, Any], out_dir: Path | str,
-                       export_dir: Path | str | None = None, workers: int | None = None, overwrite: bool = False
-                       ) -> PreprocessSummary:
+                       export_dir: Path | str | None = None, workers: int | None = None, overwrite: bool = False,
+                       cache_dir: str | Path | None = None) -> PreprocessSummary:
     """Preprocess every record of ``records_dir`` into ``out_dir`` (see the module docstring); resumable.
 
     ``records_dir`` must be complete (:func:`require_finished_records`). Bad images are quarantined (input
@@ -296,7 +297,7 @@ def preprocess_records(records_dir: Path | str, config: str | Path | dict[str, A
     for i, rec in enumerate(table.records):
         image_path = table.image_path(rec, records_dir)
         job = _Job(rec, image_path, tuple(root / les.mask_path if les.mask_path else None for les in rec.lesions),
-                   _input_fingerprint(rec, image_path))
+                   _input_fingerprint(rec, image_path), None if cache_dir is None else str(cache_dir))
         done = _reusable(job, config_hash, out_dir)
         if done is not None:
             results[i] = done

@@ -46,6 +46,8 @@ class SourceOptions:
     # cbis-ddsm, dicom-dir: processes reading the images (None: every CPU; 1 under a streamed data root), the
     # records the same for any number (mammoflow.sources.parallel)
     workers: int | None = None
+    # cbis-ddsm, dicom-dir: the cache root whose decode handoff (mammoflow.io.handoff) gets the decoded pixels
+    cache_dir: str | os.PathLike[str] | None = None
 
 
 def site_salt(salt: str | None = None) -> str | None:

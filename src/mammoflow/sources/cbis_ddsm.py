@@ -349,7 +349,8 @@ def _lesion(row: CsvRow) -> Lesion:
 
 
 def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata_only: bool = False,
-                   salt: str | None = None, workers: int | None = None) -> RecordsTable:
+                   salt: str | None = None, workers: int | None = None,
+                   cache_dir: str | os.PathLike[str] | None = None) -> RecordsTable:
     """Records (one per full mammogram) from the description CSVs, joined to the DICOM files under ``root``.
 
     ``metadata_only`` needs the CSVs alone (split planning, tests on the real CSVs); every CSV row is then a
@@ -396,7 +397,7 @@ def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata
     duplicates = DuplicateFinder()
     row_groups = [grouped[key] for key in sorted(grouped)]
     records = [_record(rows, salt) for rows in row_groups]
-    with contextlib.closing(_joined(records, row_groups, index, salt, workers)) as outcomes:
+    with contextlib.closing(_joined(records, row_groups, index, salt, workers, cache_dir)) as outcomes:
         for rec, rows, joined in zip(records, row_groups, outcomes, strict=True):
             err = joined if isinstance(joined, InputError) else \
                 None if index is None else duplicates.check(joined, index.root / joined.image_path)
@@ -433,7 +434,7 @@ def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata
 
 
 def _joined(records: list[Record], row_groups: list[list[CsvRow]], index: DiskIndex | None, salt: str,
-            workers: int | None) -> Iterator[Record | InputError]:
+            workers: int | None, cache_dir: str | os.PathLike[str] | None = None) -> Iterator[Record | InputError]:
     """Each record joined to its DICOM files (:func:`~mammoflow.sources.cbis_images.attach_images`, in the worker
     pool) or the InputError that quarantines it, in order; without an index (metadata only), the records as
     they are."""
@@ -441,7 +442,7 @@ def _joined(records: list[Record], row_groups: list[list[CsvRow]], index: DiskIn
         yield from progress(records, desc="CBIS-DDSM images", unit="image")
         return
     n = worker_count(workers, len(records))
-    ctx = ImageContext(index, salt, Handoff.open().share(n))
+    ctx = ImageContext(index, salt, Handoff.open(cache_dir).share(n))
     jobs = [ImageJob(rec, rows[0].image_key, {r.lesion_id: (r.kind, r.abnormality) for r in rows})
             for rec, rows in zip(records, row_groups, strict=True)]
     yield from parallel.map_files(attach_images, ctx, jobs, n, desc="CBIS-DDSM images", unit="image")
@@ -472,4 +473,4 @@ def _list_skipped(table: RecordsTable, index: DiskIndex, grouped: dict[ImageKey,
 def read_source(opts: SourceOptions) -> RecordsTable:
     """The ``cbis-ddsm`` entry of :data:`mammoflow.sources.SOURCES`."""
     return read_cbis_ddsm(csvs=opts.csvs, root=opts.root, metadata_only=opts.metadata_only, salt=opts.salt,
-                          workers=opts.workers)
+                          workers=opts.workers, cache_dir=opts.cache_dir)

@@ -214,7 +214,8 @@ def ingest_inputs(source: str, data_root: str | os.PathLike[str] | None, *, labe
     opts = SourceOptions(root=local_root, info=_local_file(info, cache_dir),
                          csvs=tuple(p for p in (_local_file(c, cache_dir) for c in csvs) if p is not None),
                          labels=local_labels, metadata_only=metadata_only, salt=salt, any_modality=any_modality,
-                         pseudonymise_paths=pseudonymise_paths, workers=1 if stream is not None else workers)
+                         pseudonymise_paths=pseudonymise_paths, workers=1 if stream is not None else workers,
+                         cache_dir=cache_dir)
     return IngestInputs(source, root, uri, opts, local_root, local_labels, stream)
 
 
@@ -411,7 +412,7 @@ def preprocess(records_dir: str | os.PathLike[str], config: str, out: str | os.P
     if not storage.is_remote(records_dir):  # checked before the local copy, which would be marked complete
         require_complete(records_dir)
     summary = preprocess_records(localise_records(records_dir, cache_dir), config, out, export_dir, workers,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, cache_dir=cache_dir)
     counts = {**asdict(summary), "usable": summary.usable}
     if summary.usable == 0:
         raise NothingUsable(Path(out) / "quarantine.md", "no usable record left after preprocessing",

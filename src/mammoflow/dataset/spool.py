@@ -101,7 +101,8 @@ class Spool:
     In memory, a frame is kept as the pieces :func:`~mammoflow.dataset.tfrecord.frame_pieces` made of it: the
     example's own pixel arrays are held, not copied, and go from there straight to the shard file. So that a
     producer cannot change pixels whose CRC is already taken, each held array is made read-only until
-    :meth:`release` (called when the spool is done with, or spills to its file) gives its write flag back."""
+    :meth:`release` (called when the spool is done with, or spills to its file) gives its write flag back. NumPy
+    cannot take the flag from views made before that: a producer must not write the pixels through one."""
 
     def __init__(self, path: str | os.PathLike[str], memory_limit: int = MEMORY_SPOOL_BYTES):
         self.path = Path(path)

@@ -63,9 +63,9 @@ def pool_map(work: Callable[[J], R], jobs: Sequence[J], processes: int, *, setup
     project: ingest and preprocess use it).
 
     Workers are spawned (not forked: forking a process that holds threads can leave a lock held forever in the
-    child), ignore Ctrl-C (the whole group gets it: the parent alone handles it), run ``setup(*setup_args)`` once,
-    and send the log records of each job back with its result: they are handled here, in job order, by this
-    process's handlers. No worker outlives the iteration: SIGTERM ends this process with exit code 143 (through
+    child), ignore Ctrl-C (the whole group gets it: the parent alone handles it), run OpenCV on one thread (one
+    process per core already), run ``setup(*setup_args)`` once, and send the log records of each job back with its
+    result: they are handled here, in job order, by this process's handlers. No worker outlives the iteration: SIGTERM ends this process with exit code 143 (through
     Python, see :func:`sigterm_as_exit`) and the pool is terminated on any exit that is not the end of the jobs
     (an error, Ctrl-C, SIGTERM, the caller closing the iterator). ``work`` and ``setup`` must be module-level
     functions (they are pickled by name).
@@ -111,6 +111,9 @@ def _worker_init(setup: Callable[..., None] | None, setup_args: tuple[Any, ...],
     root = logging.getLogger()
     root.handlers[:] = [_COLLECT]
     root.setLevel(level)
+    import cv2
+
+    cv2.setNumThreads(1)  # one worker process per core already: OpenCV's own threads would only contend
     if setup is not None:
         setup(*setup_args)
 

@@ -171,9 +171,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(config: dict[str, Any], config_hash: str, out_dir: Path, export_dir: Path | None) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already
     _WORKER.update(chain=Chain.from_config(config), hash=config_hash, out=out_dir, export=export_dir)
 
 

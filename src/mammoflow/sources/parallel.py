@@ -69,9 +69,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _setup(work: Callable[[Any, Any], Any], context: Any) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already
     _WORKER.update(work=work, context=context)
 
 

@@ -48,6 +48,8 @@ class SourceOptions:
     workers: int | None = None
     # cbis-ddsm, dicom-dir: the cache root whose decode handoff (mammoflow.io.handoff) gets the decoded pixels
     cache_dir: str | os.PathLike[str] | None = None
+    # False: no decode handoff (a streamed data root: its window bounds the local disk, decoded pixels would not be)
+    handoff: bool = True
 
 
 def site_salt(salt: str | None = None) -> str | None:

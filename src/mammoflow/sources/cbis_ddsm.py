@@ -350,12 +350,14 @@ def _lesion(row: CsvRow) -> Lesion:
 
 def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata_only: bool = False,
                    salt: str | None = None, workers: int | None = None,
-                   cache_dir: str | os.PathLike[str] | None = None) -> RecordsTable:
+                   cache_dir: str | os.PathLike[str] | None = None, handoff: bool = True) -> RecordsTable:
     """Records (one per full mammogram) from the description CSVs, joined to the DICOM files under ``root``.
 
     ``metadata_only`` needs the CSVs alone (split planning, tests on the real CSVs); every CSV row is then a
     lesion of a record or a quarantine entry (``table.meta["row_accounting"]``). ``workers``: processes reading
     the images (None: every CPU; :mod:`mammoflow.sources.parallel`); the records are the same for any number.
+    The decoded pixels of compressed files are handed on to preprocess under ``cache_dir``
+    (:mod:`mammoflow.io.handoff`; None: the default cache root), unless ``handoff`` is False.
     """
     csv_paths = [Path(p) for p in csvs]
     if not csv_paths and root is not None:
@@ -397,7 +399,8 @@ def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata
     duplicates = DuplicateFinder()
     row_groups = [grouped[key] for key in sorted(grouped)]
     records = [_record(rows, salt) for rows in row_groups]
-    with contextlib.closing(_joined(records, row_groups, index, salt, workers, cache_dir)) as outcomes:
+    with contextlib.closing(_joined(records, row_groups, index, salt, workers,
+                                            Handoff.open(cache_dir) if handoff else Handoff.off())) as outcomes:
         for rec, rows, joined in zip(records, row_groups, outcomes, strict=True):
             err = joined if isinstance(joined, InputError) else \
                 None if index is None else duplicates.check(joined, index.root / joined.image_path)
@@ -434,7 +437,7 @@ def read_cbis_ddsm(csvs: Iterable[Path] = (), root: Path | None = None, metadata
 
 
 def _joined(records: list[Record], row_groups: list[list[CsvRow]], index: DiskIndex | None, salt: str,
-            workers: int | None, cache_dir: str | os.PathLike[str] | None = None) -> Iterator[Record | InputError]:
+            workers: int | None, handoff: Handoff) -> Iterator[Record | InputError]:
     """Each record joined to its DICOM files (:func:`~mammoflow.sources.cbis_images.attach_images`, in the worker
     pool) or the InputError that quarantines it, in order; without an index (metadata only), the records as
     they are."""
@@ -442,7 +445,7 @@ def _joined(records: list[Record], row_groups: list[list[CsvRow]], index: DiskIn
         yield from progress(records, desc="CBIS-DDSM images", unit="image")
         return
     n = worker_count(workers, len(records))
-    ctx = ImageContext(index, salt, Handoff.open(cache_dir).share(n))
+    ctx = ImageContext(index, salt, handoff.share(n))
     jobs = [ImageJob(rec, rows[0].image_key, {r.lesion_id: (r.kind, r.abnormality) for r in rows})
             for rec, rows in zip(records, row_groups, strict=True)]
     yield from parallel.map_files(attach_images, ctx, jobs, n, desc="CBIS-DDSM images", unit="image")
@@ -473,4 +476,4 @@ def _list_skipped(table: RecordsTable, index: DiskIndex, grouped: dict[ImageKey,
 def read_source(opts: SourceOptions) -> RecordsTable:
     """The ``cbis-ddsm`` entry of :data:`mammoflow.sources.SOURCES`."""
     return read_cbis_ddsm(csvs=opts.csvs, root=opts.root, metadata_only=opts.metadata_only, salt=opts.salt,
-                          workers=opts.workers, cache_dir=opts.cache_dir)
+                          workers=opts.workers, cache_dir=opts.cache_dir, handoff=opts.handoff)

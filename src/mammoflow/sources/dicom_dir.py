@@ -230,7 +230,7 @@ def _list_scan(table: RecordsTable, scan: FolderScan, root: Path, rid_of: Callab
 def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = None,
                    metadata_only: bool = False, expect_modality: str | None = "MG", *,
                    find_labels: bool = True, pseudonymise_paths: bool = False, workers: int | None = None,
-                   cache_dir: str | Path | None = None) -> RecordsTable:
+                   cache_dir: str | Path | None = None, handoff: bool = True) -> RecordsTable:
     """One record per DICOM file under ``root``; bad files, other files, labels and rows go to the quarantine,
     skipped entries to ``table.skipped``.
 
@@ -239,7 +239,8 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
     accepts any modality. ``pseudonymise_paths`` makes record ids salted pseudonyms of the paths (module doc).
     ``salt`` None: ``$MAMMOFLOW_SALT``; neither is a :class:`ConfigError` unless every image read is a phantom.
     ``workers``: processes reading the files (None: every CPU; :mod:`mammoflow.sources.parallel`); the records are
-    the same for any number.
+    the same for any number. The decoded pixels of compressed files are handed on to preprocess under ``cache_dir``
+    (:mod:`mammoflow.io.handoff`; None: the default cache root), unless ``handoff`` is False.
     """
     from mammoflow.storage.copies import materialise
 
@@ -273,7 +274,7 @@ def read_dicom_dir(root: Path, labels: Path | None = None, salt: str | None = No
             if rid_of(rel_of[path]) not in bad]  # an image whose labels row is quarantined already is not used
     n = worker_count(workers, len(jobs))
     ctx = FileContext(root, salt, metadata_only, expect_modality,
-                      Handoff.off() if metadata_only else Handoff.open(cache_dir).share(n))
+                      Handoff.off() if metadata_only or not handoff else Handoff.open(cache_dir).share(n))
     # closing: an error here (no salt) stops the worker pool at once
     with contextlib.closing(parallel.map_files(read_file, ctx, jobs, n, desc="DICOM files", unit="file")) as outcomes:
         for job, outcome in zip(jobs, outcomes, strict=True):
@@ -317,4 +318,4 @@ def read_source(opts: SourceOptions) -> RecordsTable:
     return read_dicom_dir(opts.root, labels=opts.labels, salt=opts.salt, metadata_only=opts.metadata_only,
                           expect_modality=None if opts.any_modality else "MG",
                           pseudonymise_paths=opts.pseudonymise_paths, workers=opts.workers,
-                          cache_dir=opts.cache_dir)
+                          cache_dir=opts.cache_dir, handoff=opts.handoff)

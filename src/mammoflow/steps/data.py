@@ -215,7 +215,7 @@ def ingest_inputs(source: str, data_root: str | os.PathLike[str] | None, *, labe
                          csvs=tuple(p for p in (_local_file(c, cache_dir) for c in csvs) if p is not None),
                          labels=local_labels, metadata_only=metadata_only, salt=salt, any_modality=any_modality,
                          pseudonymise_paths=pseudonymise_paths, workers=1 if stream is not None else workers,
-                         cache_dir=cache_dir)
+                         cache_dir=cache_dir, handoff=stream is None)
     return IngestInputs(source, root, uri, opts, local_root, local_labels, stream)
 
 

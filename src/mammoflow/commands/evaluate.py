@@ -64,7 +64,7 @@ def command(models: tuple[str, ...], data_uri: str, split: str | None, out: str,
         acc, auc = m.get("accuracy") or {}, m.get("roc_auc") or {}
         click.echo(f"{doc['model']['name']} on {doc['split']}: {level} accuracy {_num(acc.get('value'))} "
                    f"(95% CI {_num(acc.get('ci_low'))}-{_num(acc.get('ci_high'))}"
-                   f"{': degenerate, see metrics.json' if acc.get('degenerate') else ''}), "
+                   f"{', flagged: not a reliable 95% CI, see metrics.json' if acc.get('degenerate') else ''}), "
                    f"ROC-AUC {_num(auc.get('value'))}"
                    f" -> {out}")
         return

@@ -211,7 +211,7 @@ def run_cmd(name: str, local: bool, root: Path, verbose: bool, params: tuple[str
             low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
             ci = f" (95% CI {low:.3f}-{high:.3f})" if low is not None and high is not None else ""
             if ci and metrics.get(f"{key}_ci_degenerate"):
-                ci = f" (95% CI {low:.3f}-{high:.3f}: degenerate, not a real interval; the report says why)"
+                ci = f" (95% CI {low:.3f}-{high:.3f}, flagged: not a reliable 95% CI; the report says why)"
             click.echo(f"{key}: {metrics[key]:.4g}{ci}")
     click.echo(f"report: {summary['report']}")
 

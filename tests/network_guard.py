@@ -35,8 +35,11 @@ NO_NETWORK_ENV = {
     "GCE_METADATA_ROOT": "127.0.0.1:9",  # its old name, and google-cloud-cpp's (pyarrow's GcsFileSystem)
     "GCE_METADATA_IP": "127.0.0.1:9",
     "NO_GCE_CHECK": "true",  # google-auth: do not even ping the metadata server
-    "CLOUDSDK_CONFIG": tempfile.mkdtemp(prefix="mammoflow-tests-gcloud-"),  # no gcloud user credentials
+    # No gcloud user credentials: one empty config folder, shared by every process of a run (a folder per
+    # importing process would leave hundreds behind in /tmp).
+    "CLOUDSDK_CONFIG": os.path.join(tempfile.gettempdir(), "mammoflow-tests-gcloud-empty"),
 }
+os.makedirs(NO_NETWORK_ENV["CLOUDSDK_CONFIG"], exist_ok=True)
 REMOVED_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_QUOTA_PROJECT")
 
 

@@ -30,6 +30,7 @@ from mammoflow.dataset.tfops import (
     parallel,
     seeded_shuffle,
     tf_module,
+    traced,
     warp_batch,
 )
 
@@ -52,11 +53,11 @@ def decoded(paths: Sequence[str], cfg: Any, parse: Callable[[Any], dict[str, Any
     order = sorted({str(p) for p in paths})
 
     def read(index: Any, path: Any) -> Any:  # one file after the other, each ROI tagged with its file
-        return tf.data.TFRecordDataset(path, buffer_size=1 << 20).map(lambda s: {**parse(s), "file": index})
+        return tf.data.TFRecordDataset(path, buffer_size=1 << 20).map(traced(lambda s: {**parse(s), "file": index}))
 
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(order), dtype=tf.int64), order)).flat_map(read)
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(order), dtype=tf.int64), order)).flat_map(traced(read))
     if prepare is not None:
-        ds = ds.map(lambda roi: {**prepare(roi), "file": roi["file"]}, num_parallel_calls=parallel(cfg),
+        ds = ds.map(traced(lambda roi: {**prepare(roi), "file": roi["file"]}), num_parallel_calls=parallel(cfg),
                     deterministic=True)
     rows, total, counts = [], 0, np.zeros(len(order), np.int64)
     for roi in ds.prefetch(AUTOTUNE).as_numpy_iterator():
@@ -94,14 +95,14 @@ def _indices(entry: dict[str, Any], paths: Sequence[str], cfg: Any) -> Any:
         return index
     folds = entry["arrays"]["fold"]
     wanted = tf.constant(sorted(int(k) for k in cfg.folds), tf.int64)
-    return index.filter(lambda i: tf.reduce_any(tf.equal(wanted, tf.gather(folds, i))))
+    return index.filter(traced(lambda i: tf.reduce_any(tf.equal(wanted, tf.gather(folds, i)))))
 
 
 def roi_stream(entry: dict[str, Any], paths: Sequence[str], cfg: Any) -> Any:
     """The ROIs of ``paths`` one by one from ``entry``, in the order and with the values of the shards' ROIs."""
     tf = tf_module()
     arrays = entry["arrays"]
-    return _indices(entry, paths, cfg).map(lambda i: {k: tf.gather(v, i) for k, v in arrays.items()})
+    return _indices(entry, paths, cfg).map(traced(lambda i: {k: tf.gather(v, i) for k, v in arrays.items()}))
 
 
 def whole_image_batches(entry: dict[str, Any], paths: Sequence[str], cfg: Any, size: tuple[int, int],
@@ -126,7 +127,7 @@ def whole_image_batches(entry: dict[str, Any], paths: Sequence[str], cfg: Any, s
             else tf.zeros([1, 8])
         return i, u[0], t[0]
 
-    plan = seeded_shuffle(_indices(entry, paths, cfg), cfg.roi_shuffle_buffer, *shuffle_seeds).map(draws)
+    plan = seeded_shuffle(_indices(entry, paths, cfg), cfg.roi_shuffle_buffer, *shuffle_seeds).map(traced(draws))
     plan = plan.batch(1 << 30).with_options(memory_options())
     order, uniforms, transforms = next(iter(plan), (tf.zeros([0], tf.int64), tf.zeros([0, 5]), tf.zeros([0, 8])))
     rows = tf.reshape(arrays["image"], [-1, w])  # every image's rows, one after the other (no copy)
@@ -147,5 +148,5 @@ def whole_image_batches(entry: dict[str, Any], paths: Sequence[str], cfg: Any, s
 
     ds = tf.data.Dataset.from_tensor_slices((order, uniforms, transforms))
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
-    ds = ds.map(batch, num_parallel_calls=parallel(cfg), deterministic=True)
+    ds = ds.map(traced(batch), num_parallel_calls=parallel(cfg), deterministic=True)
     return ds.prefetch(AUTOTUNE if cfg.prefetch is None else cfg.prefetch).with_options(memory_options())

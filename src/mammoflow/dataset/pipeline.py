@@ -46,6 +46,7 @@ from mammoflow.dataset.tfops import options as _options
 from mammoflow.dataset.tfops import parallel as _parallel
 from mammoflow.dataset.tfops import seeded_shuffle as _seeded_shuffle
 from mammoflow.dataset.tfops import tf_module as _tf
+from mammoflow.dataset.tfops import traced
 from mammoflow.dataset.tfops import warp as _warp
 from mammoflow.errors import ConfigError
 
@@ -197,8 +198,8 @@ def _records(shard_paths: Sequence[str], cfg: InputConfig, *, all_folds: bool = 
     ds = files.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20),
                           cycle_length=min(cfg.cycle_length, len(paths)),
                           block_length=1, num_parallel_calls=_parallel(cfg), deterministic=True)
-    ds = ds.map(_parser(cfg), num_parallel_calls=_parallel(cfg), deterministic=True)
-    return ds if cfg.folds is None or all_folds else ds.filter(_in_folds(cfg))
+    ds = ds.map(traced(_parser(cfg)), num_parallel_calls=_parallel(cfg), deterministic=True)
+    return ds if cfg.folds is None or all_folds else ds.filter(traced(_in_folds(cfg)))
 
 
 def _parser(cfg: InputConfig) -> Any:
@@ -297,13 +298,14 @@ def train_dataset(shard_paths: Sequence[str], cfg: InputConfig, seed: int | None
         images = tf.data.Dataset.from_tensors(image).repeat(n)  # shares one buffer, no copies
         return tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices((transforms, labels))))
 
-    patches = rois.interleave(patches_of, cycle_length=cfg.roi_cycle_length, block_length=1,
+    patches = rois.interleave(traced(patches_of), cycle_length=cfg.roi_cycle_length, block_length=1,
                               num_parallel_calls=_parallel(cfg), deterministic=True)
     patches = _seeded_shuffle(patches, cfg.shuffle_buffer, stream_seed(seed, _PATCH_SHUFFLE, epoch), epoch)
-    patches = patches.map(lambda img, pair: (_warp(img, pair[0], (p, p), cfg.fill_mode), pair[1]),
+    patches = patches.map(traced(lambda img, pair: (_warp(img, pair[0], (p, p), cfg.fill_mode), pair[1])),
                           num_parallel_calls=_parallel(cfg), deterministic=True)
     batches = patches.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
-    batches = batches.map(lambda x, y: (_finish(cfg, x), y), num_parallel_calls=_parallel(cfg), deterministic=True)
+    batches = batches.map(traced(lambda x, y: (_finish(cfg, x), y)), num_parallel_calls=_parallel(cfg),
+                          deterministic=True)
     return batches.prefetch(_AUTOTUNE if cfg.prefetch is None else cfg.prefetch).with_options(_options())
 
 
@@ -341,9 +343,10 @@ def eval_dataset(shard_paths: Sequence[str], cfg: InputConfig, grid: Sequence[in
         return tf.data.Dataset.from_tensor_slices(
             (tiles, tf.fill([k], roi["label"]), tf.fill([k], roi["example_id"])))
 
-    ds = _records(shard_paths, cfg).flat_map(grid_of)
+    ds = _records(shard_paths, cfg).flat_map(traced(grid_of))
     ds = ds.batch(cfg.batch_size)
-    ds = ds.map(lambda x, y, i: (_finish(cfg, x), y, i), num_parallel_calls=_parallel(cfg), deterministic=True)
+    ds = ds.map(traced(lambda x, y, i: (_finish(cfg, x), y, i)), num_parallel_calls=_parallel(cfg),
+                deterministic=True)
     return ds.prefetch(_AUTOTUNE if cfg.prefetch is None else cfg.prefetch).with_options(_options())
 
 
@@ -389,10 +392,11 @@ def whole_image_dataset(shard_paths: Sequence[str], cfg: InputConfig, size: int 
     entry = _decoded(paths, cfg, resize, ("whole_image", h, w, keep_aspect)) if training else None
     if entry is not None:  # the same batches, from the examples kept in memory
         return cached.whole_image_batches(entry, paths, cfg, (h, w), shuffle_seeds, augment_stream)
-    ds = _records(paths, cfg).map(resize, num_parallel_calls=_parallel(cfg), deterministic=True)
+    ds = _records(paths, cfg).map(traced(resize), num_parallel_calls=_parallel(cfg), deterministic=True)
     if training:
         ds = _seeded_shuffle(ds, cfg.roi_shuffle_buffer, *shuffle_seeds)
-    ds = ds.map(augment, num_parallel_calls=_parallel(cfg), deterministic=True)
+    ds = ds.map(traced(augment), num_parallel_calls=_parallel(cfg), deterministic=True)
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder and training)
-    ds = ds.map(lambda x, y, i: (_finish(cfg, x), y, i), num_parallel_calls=_parallel(cfg), deterministic=True)
+    ds = ds.map(traced(lambda x, y, i: (_finish(cfg, x), y, i)), num_parallel_calls=_parallel(cfg),
+                deterministic=True)
     return ds.prefetch(_AUTOTUNE if cfg.prefetch is None else cfg.prefetch).with_options(_options())

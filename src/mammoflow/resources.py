@@ -44,8 +44,9 @@ def available_cpus(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> in
 
 # --------------------------------------------------------------------------------------------- the worker pool
 
-# A worker process costs a second or two to start (it imports NumPy, OpenCV and pydicom): each gets at least this
-# many jobs, so small runs stay in this process.
+# A process's first pool costs about half a second to start (its forkserver imports NumPy, OpenCV and pydicom),
+# and each worker holds its own copy of a job's images: each gets at least this many jobs, so small runs stay in
+# this process.
 MIN_JOBS_PER_WORKER = 4
 
 

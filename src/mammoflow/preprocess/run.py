@@ -341,7 +341,7 @@ def _config_label(config: str | Path | dict[str, Any]) -> str:
         Path(config).name if isinstance(config, (str, Path)) else "dict")
 
 
-# A worker process costs a second or two to start: each gets at least this many images (the pool's own rule).
+# Each worker gets at least this many images (the pool's own rule, :data:`mammoflow.resources.MIN_JOBS_PER_WORKER`).
 MIN_IMAGES_PER_WORKER = MIN_JOBS_PER_WORKER
 
 

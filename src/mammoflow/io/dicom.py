@@ -18,6 +18,13 @@ logged once, naming the file (its label: ``log_as``, else its file name).
 pipeline of :mod:`mammoflow.io.dicom_pixels`. A degenerate transform (Rescale Slope 0, an empty, non-numeric,
 NaN or infinite Rescale or Window value, an overflow, a flat result) is ``bad_pixel_transform``.
 
+**Native pixel data is read once, into the array returned.** pydicom is told to defer Pixel Data above
+:data:`DEFER_BYTES` (it skips the value); for an explicit or implicit VR little endian file whose Pixel Data holds
+exactly the image, :func:`read_dicom` reads the value from the same open file straight into a new array and maps it
+to display values in place: no ``bytes`` copy of the file's pixels, no second array. Any other file (another syntax,
+a length that is not the image's, a deflated data set) is read again whole and decoded by pydicom, as it always is
+below that size, so that its checks and messages are pydicom's.
+
 **One file never stops a run.** Every failure to read one file is an :class:`~mammoflow.errors.InputError`
 with a stable ``code``; an error nobody foresaw is ``unexpected`` (its traceback logged once at DEBUG level).
 
@@ -68,6 +75,9 @@ _CODEC_FIX = "install pylibjpeg with its plugins (pylibjpeg-libjpeg, -openjpeg, 
 # is some 30x slower and serves only when the plugin is missing.
 _PLUGIN_ORDER = ("pylibjpeg", "pydicom", "pillow", "pyjpegls")
 _LAST_RESORT_PLUGINS = ("gdcm",)
+# Pixel Data larger than this is read into the image's array by read_dicom itself (see the module docstring); only
+# a value this large is deferred, and no other element that large is ever read (overlays, private blobs).
+DEFER_BYTES = 1 << 22
 
 
 # --------------------------------------------------------------------------- results
@@ -98,7 +108,7 @@ def read_dicom_header(src: str | Path | BinaryIO, salt: str = "", expect_modalit
     """Validated safe header fields without decoding pixels (stops before Pixel Data: fast for indexing)."""
     where, redact = _shown(src, shown_path), redactor(src, shown_path, log_as)
     with _unexpected_is_input_error(where, log_as, redact):
-        ds = _open_dataset(src, where, stop_before_pixels=True, log_as=log_as, redact=redact)
+        ds, _ = _open_dataset(src, where, stop_before_pixels=True, log_as=log_as, redact=redact)
         return _safe_header(ds, where, salt, expect_modality, log_as, redact)
 
 
@@ -115,13 +125,13 @@ def read_dicom(src: str | Path | BinaryIO, salt: str = "", expect_modality: str 
     where, redact = _shown(src, shown_path), redactor(src, shown_path, log_as)
     stamp = FileStamp.of(src) if isinstance(src, (str, Path)) else None  # before the read: a change after it shows
     with _unexpected_is_input_error(where, log_as, redact):
-        ds = _open_dataset(src, where, stop_before_pixels=False, log_as=log_as, redact=redact)
+        ds, owned = _open_dataset(src, where, stop_before_pixels=False, log_as=log_as, redact=redact)
         header = _safe_header(ds, where, salt, expect_modality, log_as, redact)
         if "PixelData" not in ds:
             raise InputError(where, "no pixel data in the file", "re-export the image with its pixel data",
                              code="corrupt")
-        raw = _decode(ds, where, header, redact)
-        pixels = _display(raw, ds, where, log_as, redact)
+        raw = owned if owned is not None else _decode(ds, where, header, redact)
+        pixels = _display(raw, ds, where, log_as, redact, overwrite=owned is not None)
         return DicomImage(**{f.name: getattr(header, f.name) for f in fields(DicomHeader)}, pixels=pixels,
                           stamp=stamp)
 
@@ -162,8 +172,10 @@ def _binary_stream(src: str | Path | BinaryIO, where: str) -> Iterator[BinaryIO]
 
 
 def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bool, log_as: str | None,
-                  redact: Redactor) -> Any:
-    """pydicom Dataset of a path, a path through a zip, or a binary stream; file errors -> InputError."""
+                  redact: Redactor) -> tuple[Any, np.ndarray | None]:
+    """pydicom Dataset of a path, a path through a zip, or a binary stream, and the stored pixels when they were
+    read here (see the module docstring; ``None``: pydicom holds them, or ``stop_before_pixels``); file errors ->
+    InputError."""
     with _binary_stream(src, where) as fh:
         start = fh.tell()
         size = fh.seek(0, os.SEEK_END) - start
@@ -173,7 +185,10 @@ def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bo
                              code="empty")
         try:
             with pydicom_warnings(redact) as caught:
-                ds = _dcmread(fh, start, where, stop_before_pixels)
+                ds = _dcmread(fh, start, where, stop_before_pixels, defer=not stop_before_pixels)
+                if not stop_before_pixels and _pixels_deferred(ds) and _native_layout(ds) is None:
+                    fh.seek(start)  # not an image read here: pydicom reads it all, as for a small one
+                    ds = _dcmread(fh, start, where, stop_before_pixels, defer=False)
             _log_header_warnings(where, log_as, caught)
         except InputError:
             raise
@@ -185,22 +200,24 @@ def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bo
             raise InputError(where, f"unreadable DICOM file ({type(exc).__name__}: {redact(str(exc))})",
                              "re-download or re-export the image",
                              code="truncated" if truncated else "corrupt") from None
-        if not stop_before_pixels:
-            _check_complete(ds, fh.tell() - start, size, where)
-    return ds
+        if stop_before_pixels:
+            return ds, None
+        _check_complete(ds, fh.tell() - start, size, where)
+        return ds, _read_native(ds, fh, where) if _pixels_deferred(ds) else None
 
 
-def _dcmread(fh: BinaryIO, start: int, where: str, stop_before_pixels: bool) -> Any:
+def _dcmread(fh: BinaryIO, start: int, where: str, stop_before_pixels: bool, defer: bool) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    defer_size = DEFER_BYTES if defer else None
     try:
-        ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except InvalidDicomError:
         # Files written without the 128-byte preamble and "DICM" are still met; accept them only if what
         # is read looks like an image header.
         fh.seek(start)
-        ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, force=True)
+        ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, force=True, defer_size=defer_size)
         if "Rows" not in ds or "Columns" not in ds:
             raise InputError(where, "not a DICOM file (no DICM marker and no image header)",
                              "check that this is a DICOM image; re-export it", code="corrupt") from None
@@ -208,17 +225,69 @@ def _dcmread(fh: BinaryIO, start: int, where: str, stop_before_pixels: bool) -> 
     return ds
 
 
+def _pixels_deferred(ds: Any) -> bool:
+    """Whether pydicom skipped the Pixel Data value (it is larger than :data:`DEFER_BYTES`)."""
+    if "PixelData" not in ds:
+        return False
+    return getattr(ds.get_item("PixelData", keep_deferred=True), "value", b"") is None
+
+
+def _native_layout(ds: Any) -> tuple[int, int, np.dtype] | None:
+    """``(rows, cols, dtype)`` of a deferred Pixel Data value that holds one little-endian greyscale frame of
+    exactly the image's size (odd length padded by one byte); ``None`` for any other (pydicom decodes those)."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if ds.file_meta.TransferSyntaxUID not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        return None  # compressed, big endian, or deflated (whose offsets are those of the inflated stream)
+    try:
+        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+        single = int(ds.get("SamplesPerPixel", 1) or 1) == 1 and int(ds.get("NumberOfFrames", 1) or 1) == 1
+    except Exception:  # noqa: BLE001 - a malformed header value: pydicom's full read reports it
+        return None
+    if bits not in (8, 16) or not single or rows <= 0 or cols <= 0:
+        return None
+    expected = rows * cols * bits // 8
+    if ds.get_item("PixelData", keep_deferred=True).length != expected + expected % 2:
+        return None
+    return rows, cols, np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+
+
+def _read_native(ds: Any, fh: BinaryIO, where: str) -> np.ndarray:
+    """The deferred Pixel Data of an image :func:`_native_layout` accepts, read into a new array (stored values,
+    bits above Bits Stored as stored)."""
+    layout = _native_layout(ds)
+    assert layout is not None  # _open_dataset re-read any other file whole
+    rows, cols, dtype = layout
+    out = np.empty((rows, cols), dtype=dtype)
+    view = memoryview(out).cast("B")
+    fh.seek(ds.get_item("PixelData", keep_deferred=True).value_tell)
+    have = 0
+    while have < len(view):
+        got = fh.readinto(view[have:])
+        if not got:
+            raise InputError(where, f"truncated pixel data: {have} of {len(view)} bytes present",
+                             "re-download or re-export the image", code="truncated")
+        have += got
+    return out
+
+
 def _check_complete(ds: Any, consumed: int, size: int, where: str) -> None:
-    """Detect a cut file: pydicom stops quietly at the end of a file (keeping a partial or empty data set)."""
+    """Detect a cut file: pydicom stops quietly at the end of a file (keeping a partial or empty data set, or, for a
+    deferred value, having skipped past the end)."""
     problem = None
     if len(ds) == 0:
         problem = "the file ends inside its data set (nothing after the file meta could be read)"
     elif consumed < size:
         problem = f"the file ends inside a data element ({size - consumed} stray bytes at the end)"
     else:
-        last = ds.get_item(max(ds.keys()))
+        last = ds.get_item(max(ds.keys()), keep_deferred=True)
         length, value = getattr(last, "length", None), getattr(last, "value", None)
-        if isinstance(value, bytes) and length is not None and length != 0xFFFFFFFF and len(value) < length:
+        if length is None or length == 0xFFFFFFFF:
+            pass
+        elif value is None and consumed > size:  # a deferred value the file does not hold in full
+            problem = f"the file ends inside element {last.tag}: {length - (consumed - size)} of {length} bytes present"
+        elif isinstance(value, bytes) and len(value) < length:
             problem = f"the file ends inside element {last.tag}: {len(value)} of {length} bytes present"
     if problem:
         raise InputError(where, f"truncated DICOM file: {problem}", "re-download or re-export the image",
@@ -359,12 +428,13 @@ def _plugin_message(plugin: str, exc: Exception) -> str:
     return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<data>", " ".join(text.split()))
 
 
-def _display(raw: np.ndarray, ds: Any, where: str, log_as: str | None, redact: Redactor) -> np.ndarray:
+def _display(raw: np.ndarray, ds: Any, where: str, log_as: str | None, redact: Redactor,
+             overwrite: bool = False) -> np.ndarray:
     """:func:`display_pixels`, its failures as InputErrors: ``bad_pixel_transform`` (a degenerate transform,
     named by its attribute) or ``corrupt`` (a LUT that cannot be applied)."""
     try:
         with pydicom_warnings(redact) as caught:
-            pixels = display_pixels(raw, ds, unused_bits=True)
+            pixels = display_pixels(raw, ds, unused_bits=True, overwrite=overwrite)
         _log_header_warnings(where, log_as, caught)
         return pixels
     except PixelTransformError as exc:

@@ -174,7 +174,7 @@ def _lut_bits(ds: Any, keyword: str) -> int:
     return int(ds[keyword][0].LUTDescriptor[2])
 
 
-def display_pixels(raw: np.ndarray, ds: Any, *, unused_bits: bool = False) -> np.ndarray:
+def display_pixels(raw: np.ndarray, ds: Any, *, unused_bits: bool = False, overwrite: bool = False) -> np.ndarray:
     """Stored values -> display values on 0..65535, tissue bright (the mapping in the module docstring).
 
     ``unused_bits=False``: ``raw`` holds stored values; a value outside the stored range has its bits above
@@ -184,15 +184,17 @@ def display_pixels(raw: np.ndarray, ds: Any, *, unused_bits: bool = False) -> np
 
     An 8- or 16-bit image is mapped in one pass: a table of every bit pattern of its dtype (at most 65,536 entries),
     built from the display value of each storable value, is looked up (the masking or sign extension is part of
-    the table). Raises :class:`PixelTransformError` for a degenerate transform, and pydicom's own errors
-    (``ValueError``, ``IndexError``, ...) for a Modality or VOI LUT that cannot be applied.
+    the table). ``overwrite=True``: ``raw`` (writeable) is the caller's to give up, and may be returned holding the
+    result (the commonest mammogram is mapped in place, see :func:`_full_scale_exactly`). Raises
+    :class:`PixelTransformError` for a degenerate transform, and pydicom's own errors (``ValueError``,
+    ``IndexError``, ...) for a Modality or VOI LUT that cannot be applied.
     """
     signed = _signed(ds)
     s_lo, s_hi = stored_range(_bits_stored(ds), signed)
     if raw.dtype.kind in "ui" and raw.dtype.itemsize <= 2:
         # Every step is a function of the stored value alone: map each storable value once, then each bit pattern.
         lut, stage = _display_values(np.arange(s_lo, s_hi + 1).astype(raw.dtype), ds, s_lo, s_hi)
-        scaled = _full_scale_exactly(raw, lut, _bits_stored(ds), signed)
+        scaled = _full_scale_exactly(raw, lut, _bits_stored(ds), signed, in_place=overwrite and raw.flags.writeable)
         if scaled is not None:
             return scaled
         stored = _stored_values(raw.dtype, _bits_stored(ds), signed, unused_bits)
@@ -216,9 +218,10 @@ def display_pixels(raw: np.ndarray, ds: Any, *, unused_bits: bool = False) -> np
     return np.ascontiguousarray(out)
 
 
-def _full_scale_exactly(raw: np.ndarray, lut: np.ndarray, bits: int, signed: bool) -> np.ndarray | None:
+def _full_scale_exactly(raw: np.ndarray, lut: np.ndarray, bits: int, signed: bool,
+                        in_place: bool = False) -> np.ndarray | None:
     """The display pixels of the commonest mammogram, computed in row blocks that stay in the cache instead of
-    looked up; None when the image is not one.
+    looked up (in ``raw`` itself when ``in_place``); None when the image is not one (``raw`` untouched).
 
     It is an unsigned 16-bit image whose stored values have no bit above ``BitsStored`` set, and whose table maps
     ``v`` to ``rint(v * 65535 / (2**bits - 1))`` (or 65535 minus that, inverted): a header without a window, a LUT
@@ -233,23 +236,29 @@ def _full_scale_exactly(raw: np.ndarray, lut: np.ndarray, bits: int, signed: boo
     invert = bool(lut[0] != 0)
     if not np.array_equal(_scale_up(np.arange(1 << bits, dtype=np.uint16)[None, :], bits, invert)[0], lut):
         return None
-    return _scale_up(raw, bits, invert)
+    return _scale_up(raw, bits, invert, in_place=in_place)
 
 
-def _scale_up(values: np.ndarray, bits: int, invert: bool, rows: int = ROWS_PER_BLOCK) -> np.ndarray | None:
+def _scale_up(values: np.ndarray, bits: int, invert: bool, *, in_place: bool = False,
+              rows: int = ROWS_PER_BLOCK) -> np.ndarray | None:
     """``rint(values * 65535 / (2**bits - 1))`` as ``uint16`` for 2-D ``uint16`` values, exactly (see
-    :func:`_full_scale_exactly`), ``65535 -`` that when ``invert``; None when a value is not below ``2**bits``."""
+    :func:`_full_scale_exactly`), ``65535 -`` that when ``invert``, written over ``values`` when ``in_place``;
+    None when a value is not below ``2**bits`` (``values`` then untouched)."""
     shift, top = 16 - bits, 1 << bits
     alpha = ((1 << shift) - 1) / (top - 1)
-    out = np.empty(values.shape, dtype=np.uint16)
+    # Bits above BitsStored set: the table masks them. In place, every row is checked before any is overwritten.
+    if bits < 16 and in_place and min_max(values)[1] >= top:
+        return None
+    out = values if in_place else np.empty(values.shape, dtype=np.uint16)
     q = np.empty((min(rows, values.shape[0]), values.shape[1]), dtype=np.uint8)
     for start in range(0, values.shape[0], rows):
         v, o = values[start:start + rows], out[start:start + rows]
-        if bits < 16 and cv2.minMaxLoc(v)[1] >= top:  # bits above BitsStored are set: the table masks them
+        if bits < 16 and not in_place and cv2.minMaxLoc(v)[1] >= top:
             return None
+        q_v = cv2.convertScaleAbs(v, dst=q[:len(v)], alpha=alpha) if shift else None  # before v is shifted
         np.left_shift(v, shift, out=o)
-        if shift:
-            np.add(o, cv2.convertScaleAbs(v, dst=q[:len(v)], alpha=alpha), out=o)
+        if q_v is not None:
+            np.add(o, q_v, out=o)
         if invert:
             np.invert(o, out=o)
     return out

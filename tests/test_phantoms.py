@@ -328,3 +328,22 @@ def test_cli_demo_data(tmp_path: Path) -> None:
     assert len(list((tmp_path / "d" / "CBIS-DDSM").rglob("*.dcm"))) >= 2 + 2 * 2
     result = runner.invoke(cli, ["demo-data", "--out", str(tmp_path / "x"), "--size", "128x96"])
     assert result.exit_code != 0 and "square" in result.output
+
+
+def test_cbis_layout_does_not_depend_on_the_interpreters_hash_seed() -> None:
+    # Each Python process salts str hashes at random, so the iteration order of a set of strings changes from one
+    # process to the next: a plan drawn while iterating one gave other splits in another process.
+    import os
+    import subprocess
+    import sys
+
+    script = ("import dataclasses, json, numpy as np; from mammoflow.synth.phantoms import _plan_cbis; "
+              "print(json.dumps([list({'mass', 'calc'}), [dataclasses.asdict(b) for b in "
+              "_plan_cbis(np.random.default_rng(0), 40)]], default=str))")
+    outputs = []
+    for seed in ("1", "2", "3", "4", "5", "6"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        outputs.append(json.loads(done.stdout))
+    assert len({tuple(order) for order, _ in outputs}) == 2  # the seeds do iterate the set in both orders
+    assert all(plan == outputs[0][1] for _, plan in outputs)

@@ -192,7 +192,7 @@ def _plan_cbis(rng: np.random.Generator, n_images: int) -> list[_Breast]:
             rarer = min(count, key=count.get) if count["mass"] != count["calc"] else str(rng.choice(["mass", "calc"]))
             types = [rarer] * (2 if remaining >= 4 and rng.random() < 0.4 else 1)
         sides = ["L", "R"] if rng.random() < 0.5 else ["R", "L"]
-        splits = {t: ("Test" if rng.random() < 0.3 else "Training") for t in set(types)}
+        splits = {t: ("Test" if rng.random() < 0.3 else "Training") for t in dict.fromkeys(types)}  # in draw order
         if both and not both_seen:
             splits = {"mass": "Training", "calc": "Test"} if rng.random() < 0.5 else \
                 {"mass": "Test", "calc": "Training"}

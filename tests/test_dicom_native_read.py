@@ -170,3 +170,127 @@ def test_streams_and_zip_members_take_the_same_route(tmp_path: Path, monkeypatch
     small, large, decoded = _both(archive / "inner" / "one.dcm", monkeypatch)
     _same(small, expected)
     assert decoded == 0 and not isinstance(large, tuple)
+
+
+@pytest.mark.parametrize("change", [("PixelRepresentation", 2), ("PixelRepresentation", None), ("SamplesPerPixel", None),
+                                    ("SamplesPerPixel", 0), ("NumberOfFrames", 0), ("BitsStored", None)])
+def test_an_odd_image_pixel_attribute_gets_pydicoms_verdict_on_both_routes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: tuple[str, int | None]) -> None:
+    # A file's outcome must not depend on its size: whatever pydicom's decoder says of a missing or invalid Image
+    # Pixel attribute on a small file, it says on a large one (the large one is read again whole, not here).
+    keyword, value = change
+    path = _write(tmp_path / "odd.dcm", _image())
+    ds = pydicom.dcmread(path)
+    if value is None:
+        del ds[keyword]
+    else:
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    small, large, _ = _both(path, monkeypatch)
+    assert small == large and small[0] == "corrupt", (small, large)
+
+
+class _ReadOnly:
+    """A stream with read, seek and tell only (no readinto)."""
+
+    def __init__(self, data: bytes):
+        self._inner = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._inner.read(n)
+
+    def seek(self, *args: int) -> int:
+        return self._inner.seek(*args)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+
+class _FailsInside(io.BytesIO):
+    """A stream whose storage fails (EIO) when the bytes ``[lo, hi)`` are read."""
+
+    def __init__(self, data: bytes, lo: int, hi: int):
+        super().__init__(data)
+        self.lo, self.hi = lo, hi
+
+    def _check(self, n: int | None) -> None:
+        here = self.tell()
+        if here < self.hi and here + (n if n is not None and n >= 0 else 1 << 30) > self.lo:
+            raise OSError(5, "Input/output error")
+
+    def read(self, n: int | None = -1) -> bytes:
+        self._check(n)
+        return super().read(n)
+
+    def readinto(self, buffer) -> int:
+        self._check(len(memoryview(buffer).cast("B")))
+        return super().readinto(buffer)
+
+
+def _outcomes(make, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    out = []
+    for threshold in (SMALL, LARGE):
+        monkeypatch.setattr(dicom_module, "DEFER_BYTES", threshold)
+        try:
+            out.append(read_dicom(make(), shown_path="stream.dcm").pixels)
+        except InputError as err:
+            out.append((err.code, err.problem))
+    return out
+
+
+def test_streams_without_readinto_a_storage_error_and_a_prefix_are_treated_alike(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    img = _image()
+    data = _write(tmp_path / "one.dcm", img).read_bytes()
+    expected = read_dicom(tmp_path / "one.dcm").pixels
+    for pixels in _outcomes(lambda: _ReadOnly(data), monkeypatch):
+        _same(pixels, expected)
+    failing = _outcomes(lambda: _FailsInside(data, len(data) - 1000, len(data) - 900), monkeypatch)
+    assert failing[0] == failing[1] and failing[0][0] == "unreadable"  # the storage's fault, not the file's
+
+    def after_prefix() -> io.BytesIO:  # the data set starts 200 bytes into the stream; cut 100 bytes short
+        stream = io.BytesIO(bytes(200) + data[:-100])
+        stream.seek(200)
+        return stream
+
+    cut = _outcomes(after_prefix, monkeypatch)
+    assert cut[0] == cut[1] and cut[0][0] == "truncated" and "3740 of 3840 bytes present" in cut[0][1]
+
+
+def test_a_cut_element_after_the_pixel_data_is_found_whatever_its_tag(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The data set is out of order: a private element with a lower tag follows Pixel Data and the file ends inside
+    # it. pydicom keeps what it could read; the check must look at every element, not the highest tag.
+    import struct
+
+    data = _write(tmp_path / "one.dcm", _image()).read_bytes()
+    tail = struct.pack("<HH2sHI", 0x0009, 0x0010, b"OB", 0, 100_000) + bytes(50)
+    small, large = _outcomes(lambda: io.BytesIO(data + tail), monkeypatch)
+    assert small == large and small[0] == "truncated"
+    assert "(0009,0010): 50 of 100000 bytes present" in small[1]
+
+
+def test_a_full_size_image_takes_the_direct_read_at_the_real_threshold(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    img = _image((1100, 2000))  # 4.4 MB of Pixel Data, above the 4 MiB threshold
+    assert img.nbytes > dicom_module.DEFER_BYTES
+    path = _write(tmp_path / "full.dcm", img)
+    decodes = _Decodes(monkeypatch)
+    pixels = read_dicom(path).pixels
+    assert decodes.calls == 0
+    expected = np.rint(img.astype(np.float64) * 65535 / 4095).astype(np.uint16)
+    np.testing.assert_array_equal(pixels, expected)
+
+
+def test_a_data_set_with_another_large_value_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A second deferred value would be read by pydicom later, from the path, after the file was closed (or, for a
+    # stream, not at all): such a file is read again whole, and pydicom decodes it.
+    img = _image()
+    path = _write(tmp_path / "blob.dcm", img)
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00091010, "OB", bytes(SMALL + 100))
+    ds.add_new(0x00090010, "LO", "MAMMOFLOW TEST")
+    ds.save_as(path)
+    small, large, decoded = _both(path, monkeypatch)
+    _same(small, large)
+    assert decoded == 1

@@ -22,8 +22,9 @@ NaN or infinite Rescale or Window value, an overflow, a flat result) is ``bad_pi
 :data:`DEFER_BYTES` (it skips the value); for an explicit or implicit VR little endian file whose Pixel Data holds
 exactly the image, :func:`read_dicom` reads the value from the same open file straight into a new array and maps it
 to display values in place: no ``bytes`` copy of the file's pixels, no second array. Any other file (another syntax,
-a length that is not the image's, a deflated data set) is read again whole and decoded by pydicom, as it always is
-below that size, so that its checks and messages are pydicom's.
+a length that is not the image's, a deflated data set, an Image Pixel attribute missing or out of the ordinary,
+another value above the threshold) is read again whole and decoded by pydicom, as it always is below that size, so
+that a file's outcome never depends on its size.
 
 **One file never stops a run.** Every failure to read one file is an :class:`~mammoflow.errors.InputError`
 with a stable ``code``; an error nobody foresaw is ``unexpected`` (its traceback logged once at DEBUG level).
@@ -75,8 +76,8 @@ _CODEC_FIX = "install pylibjpeg with its plugins (pylibjpeg-libjpeg, -openjpeg, 
 # is some 30x slower and serves only when the plugin is missing.
 _PLUGIN_ORDER = ("pylibjpeg", "pydicom", "pillow", "pyjpegls")
 _LAST_RESORT_PLUGINS = ("gdcm",)
-# Pixel Data larger than this is read into the image's array by read_dicom itself (see the module docstring); only
-# a value this large is deferred, and no other element that large is ever read (overlays, private blobs).
+# Pixel Data larger than this is read into the image's array by read_dicom itself (see the module docstring). A
+# data set in which anything else is that large is read again whole, so pydicom never reads a value lazily later.
 DEFER_BYTES = 1 << 22
 
 
@@ -186,10 +187,20 @@ def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bo
         try:
             with pydicom_warnings(redact) as caught:
                 ds = _dcmread(fh, start, where, stop_before_pixels, defer=not stop_before_pixels)
-                if not stop_before_pixels and _pixels_deferred(ds) and _native_layout(ds) is None:
-                    fh.seek(start)  # not an image read here: pydicom reads it all, as for a small one
-                    ds = _dcmread(fh, start, where, stop_before_pixels, defer=False)
+            layout = None
+            if not stop_before_pixels and _pixels_deferred(ds):
+                with pydicom_warnings(redact) as doubts:
+                    layout = _native_layout(ds)
+                if layout is None or doubts:  # not an image read here: pydicom reads it all, as a small one
+                    fh.seek(start)
+                    with pydicom_warnings(redact) as caught:  # the same header's warnings, once
+                        ds = _dcmread(fh, start, where, stop_before_pixels, defer=False)
+                    layout = None
             _log_header_warnings(where, log_as, caught)
+            if stop_before_pixels:
+                return ds, None
+            _check_complete(ds, start, fh.tell() - start, size, where)
+            return ds, None if layout is None else _read_native(ds, fh, layout, where)
         except InputError:
             raise
         except OSError as exc:  # a read error of the storage, not of the DICOM content
@@ -200,10 +211,6 @@ def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bo
             raise InputError(where, f"unreadable DICOM file ({type(exc).__name__}: {redact(str(exc))})",
                              "re-download or re-export the image",
                              code="truncated" if truncated else "corrupt") from None
-        if stop_before_pixels:
-            return ds, None
-        _check_complete(ds, fh.tell() - start, size, where)
-        return ds, _read_native(ds, fh, where) if _pixels_deferred(ds) else None
 
 
 def _dcmread(fh: BinaryIO, start: int, where: str, stop_before_pixels: bool, defer: bool) -> Any:
@@ -225,6 +232,12 @@ def _dcmread(fh: BinaryIO, start: int, where: str, stop_before_pixels: bool, def
     return ds
 
 
+def _raw_elements(ds: Any) -> Iterator[Any]:
+    """The data set's top-level elements as read (a deferred one keeps ``value`` None), without converting any."""
+    for tag in ds.keys():
+        yield ds.get_item(tag, keep_deferred=True)
+
+
 def _pixels_deferred(ds: Any) -> bool:
     """Whether pydicom skipped the Pixel Data value (it is larger than :data:`DEFER_BYTES`)."""
     if "PixelData" not in ds:
@@ -234,61 +247,80 @@ def _pixels_deferred(ds: Any) -> bool:
 
 def _native_layout(ds: Any) -> tuple[int, int, np.dtype] | None:
     """``(rows, cols, dtype)`` of a deferred Pixel Data value that holds one little-endian greyscale frame of
-    exactly the image's size (odd length padded by one byte); ``None`` for any other (pydicom decodes those)."""
+    exactly the image's size (odd length padded by one byte), in a data set where nothing else was deferred and the
+    Image Pixel attributes are all present and plain; ``None`` for any other (pydicom reads and decodes those, so
+    that every check and message stays its own)."""
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     if ds.file_meta.TransferSyntaxUID not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         return None  # compressed, big endian, or deflated (whose offsets are those of the inflated stream)
-    try:
-        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-        single = int(ds.get("SamplesPerPixel", 1) or 1) == 1 and int(ds.get("NumberOfFrames", 1) or 1) == 1
-    except Exception:  # noqa: BLE001 - a malformed header value: pydicom's full read reports it
+    pixel_data = ds.get_item("PixelData", keep_deferred=True)
+    if any(el is not pixel_data and getattr(el, "value", b"") is None for el in _raw_elements(ds)):
+        return None  # another deferred value would be read later, from a file that may have changed since
+    required = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel",
+                "PhotometricInterpretation")
+    if any(ds.get(keyword) is None for keyword in required):
         return None
-    if bits not in (8, 16) or not single or rows <= 0 or cols <= 0:
+    try:
+        rows, cols, bits, stored = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated), int(ds.BitsStored)
+        representation, samples = int(ds.PixelRepresentation), int(ds.SamplesPerPixel)
+        frames = int(ds.NumberOfFrames) if "NumberOfFrames" in ds else 1
+    except Exception:  # noqa: BLE001 - a malformed value: pydicom's full read reports it
+        return None
+    if bits not in (8, 16) or not 1 <= stored <= bits or representation not in (0, 1) or samples != 1 \
+            or frames != 1 or rows <= 0 or cols <= 0:
         return None
     expected = rows * cols * bits // 8
-    if ds.get_item("PixelData", keep_deferred=True).length != expected + expected % 2:
+    if pixel_data.length != expected + expected % 2:
         return None
-    return rows, cols, np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    return rows, cols, np.dtype(f"<{'i' if representation else 'u'}{bits // 8}")
 
 
-def _read_native(ds: Any, fh: BinaryIO, where: str) -> np.ndarray:
-    """The deferred Pixel Data of an image :func:`_native_layout` accepts, read into a new array (stored values,
-    bits above Bits Stored as stored)."""
-    layout = _native_layout(ds)
-    assert layout is not None  # _open_dataset re-read any other file whole
+def _read_native(ds: Any, fh: BinaryIO, layout: tuple[int, int, np.dtype], where: str) -> np.ndarray:
+    """The deferred Pixel Data of an image :func:`_native_layout` accepted, read into a new array (stored values,
+    bits above Bits Stored as stored); the stream is left where pydicom left it."""
     rows, cols, dtype = layout
     out = np.empty((rows, cols), dtype=dtype)
     view = memoryview(out).cast("B")
+    resume = fh.tell()
     fh.seek(ds.get_item("PixelData", keep_deferred=True).value_tell)
-    have = 0
+    have, readinto = 0, getattr(fh, "readinto", None)
     while have < len(view):
-        got = fh.readinto(view[have:])
+        if readinto is not None:
+            got = readinto(view[have:]) or 0
+        else:  # a stream with read() only
+            chunk = fh.read(len(view) - have)
+            got = len(chunk)
+            view[have:have + got] = chunk
         if not got:
             raise InputError(where, f"truncated pixel data: {have} of {len(view)} bytes present",
                              "re-download or re-export the image", code="truncated")
         have += got
+    fh.seek(resume)
     return out
 
 
-def _check_complete(ds: Any, consumed: int, size: int, where: str) -> None:
-    """Detect a cut file: pydicom stops quietly at the end of a file (keeping a partial or empty data set, or, for a
-    deferred value, having skipped past the end)."""
+def _check_complete(ds: Any, start: int, consumed: int, size: int, where: str) -> None:
+    """Detect a cut file: pydicom stops quietly at the end of a file, keeping a partial or empty data set, a value
+    shorter than its length, or (for a deferred value) having skipped past the end."""
     problem = None
     if len(ds) == 0:
         problem = "the file ends inside its data set (nothing after the file meta could be read)"
     elif consumed < size:
         problem = f"the file ends inside a data element ({size - consumed} stray bytes at the end)"
     else:
-        last = ds.get_item(max(ds.keys()), keep_deferred=True)
-        length, value = getattr(last, "length", None), getattr(last, "value", None)
-        if length is None or length == 0xFFFFFFFF:
-            pass
-        elif value is None and consumed > size:  # a deferred value the file does not hold in full
-            problem = f"the file ends inside element {last.tag}: {length - (consumed - size)} of {length} bytes present"
-        elif isinstance(value, bytes) and len(value) < length:
-            problem = f"the file ends inside element {last.tag}: {len(value)} of {length} bytes present"
+        for el in _raw_elements(ds):
+            length, value = getattr(el, "length", None), getattr(el, "value", b"")
+            if length is None or length == 0xFFFFFFFF:
+                continue
+            present = len(value) if isinstance(value, bytes) else \
+                start + size - el.value_tell if value is None else length
+            if present < length:
+                problem = f"the file ends inside element {el.tag}: {max(present, 0)} of {length} bytes present"
+                break
+        else:
+            if consumed > size:
+                problem = f"the file ends inside a data element ({consumed - size} bytes missing)"
     if problem:
         raise InputError(where, f"truncated DICOM file: {problem}", "re-download or re-export the image",
                          code="truncated")

@@ -45,7 +45,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -200,7 +200,7 @@ def _open_dataset(src: str | Path | BinaryIO, where: str, stop_before_pixels: bo
             if stop_before_pixels:
                 return ds, None
             _check_complete(ds, start, fh.tell() - start, size, where)
-            return ds, None if layout is None else _read_native(ds, fh, layout, where)
+            return ds, None if layout is None else _read_native(fh, layout, where)
         except InputError:
             raise
         except OSError as exc:  # a read error of the storage, not of the DICOM content
@@ -245,8 +245,17 @@ def _pixels_deferred(ds: Any) -> bool:
     return getattr(ds.get_item("PixelData", keep_deferred=True), "value", b"") is None
 
 
-def _native_layout(ds: Any) -> tuple[int, int, np.dtype] | None:
-    """``(rows, cols, dtype)`` of a deferred Pixel Data value that holds one little-endian greyscale frame of
+class _Layout(NamedTuple):
+    """Where and how a deferred native Pixel Data value lies in the file."""
+
+    rows: int
+    cols: int
+    dtype: np.dtype
+    offset: int  # of the value in the stream
+
+
+def _native_layout(ds: Any) -> _Layout | None:
+    """The layout of a deferred Pixel Data value that holds one little-endian greyscale frame of
     exactly the image's size (odd length padded by one byte), in a data set where nothing else was deferred and the
     Image Pixel attributes are all present and plain; ``None`` for any other (pydicom reads and decodes those, so
     that every check and message stays its own)."""
@@ -273,17 +282,16 @@ def _native_layout(ds: Any) -> tuple[int, int, np.dtype] | None:
     expected = rows * cols * bits // 8
     if pixel_data.length != expected + expected % 2:
         return None
-    return rows, cols, np.dtype(f"<{'i' if representation else 'u'}{bits // 8}")
+    return _Layout(rows, cols, np.dtype(f"<{'i' if representation else 'u'}{bits // 8}"), pixel_data.value_tell)
 
 
-def _read_native(ds: Any, fh: BinaryIO, layout: tuple[int, int, np.dtype], where: str) -> np.ndarray:
+def _read_native(fh: BinaryIO, layout: _Layout, where: str) -> np.ndarray:
     """The deferred Pixel Data of an image :func:`_native_layout` accepted, read into a new array (stored values,
     bits above Bits Stored as stored); the stream is left where pydicom left it."""
-    rows, cols, dtype = layout
-    out = np.empty((rows, cols), dtype=dtype)
+    out = np.empty((layout.rows, layout.cols), dtype=layout.dtype)
     view = memoryview(out).cast("B")
     resume = fh.tell()
-    fh.seek(ds.get_item("PixelData", keep_deferred=True).value_tell)
+    fh.seek(layout.offset)
     have, readinto = 0, getattr(fh, "readinto", None)
     while have < len(view):
         if readinto is not None:
@@ -313,8 +321,12 @@ def _check_complete(ds: Any, start: int, consumed: int, size: int, where: str) -
             length, value = getattr(el, "length", None), getattr(el, "value", b"")
             if length is None or length == 0xFFFFFFFF:
                 continue
-            present = len(value) if isinstance(value, bytes) else \
-                start + size - el.value_tell if value is None else length
+            if isinstance(value, bytes):
+                present = len(value)
+            elif value is None:  # deferred: skipped, not read
+                present = start + size - el.value_tell
+            else:
+                continue
             if present < length:
                 problem = f"the file ends inside element {el.tag}: {max(present, 0)} of {length} bytes present"
                 break

@@ -246,15 +246,13 @@ def _scale_up(values: np.ndarray, bits: int, invert: bool, *, in_place: bool = F
     None when a value is not below ``2**bits`` (``values`` then untouched)."""
     shift, top = 16 - bits, 1 << bits
     alpha = ((1 << shift) - 1) / (top - 1)
-    # Bits above BitsStored set: the table masks them. In place, every row is checked before any is overwritten.
-    if bits < 16 and in_place and min_max(values)[1] >= top:
+    # Bits above BitsStored set: the table masks them. Every row is checked before any is written (in place too).
+    if bits < 16 and min_max(values)[1] >= top:
         return None
     out = values if in_place else np.empty(values.shape, dtype=np.uint16)
     q = np.empty((min(rows, values.shape[0]), values.shape[1]), dtype=np.uint8)
     for start in range(0, values.shape[0], rows):
         v, o = values[start:start + rows], out[start:start + rows]
-        if bits < 16 and not in_place and cv2.minMaxLoc(v)[1] >= top:
-            return None
         q_v = cv2.convertScaleAbs(v, dst=q[:len(v)], alpha=alpha) if shift else None  # before v is shifted
         np.left_shift(v, shift, out=o)
         if q_v is not None:

@@ -12,12 +12,12 @@ from mammoflow.dataset.rois import (
     example_id,
     lesion_crop,
     lesion_roi,
-    mask_geometry,
     sample_normal_centres,
     square_box,
     whole_image,
 )
 from mammoflow.errors import InputError
+from mammoflow.masks import mask_geometry
 from mammoflow.preprocess.ops import breast_mask
 
 

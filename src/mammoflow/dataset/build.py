@@ -34,6 +34,7 @@ from mammoflow.dataset.png_export import PngExport
 from mammoflow.dataset.splits import SPLITS, SplitConfig, SplitPlan, check_plan, plan_from_config
 from mammoflow.errors import ConfigError, InputError
 from mammoflow.logs import progress
+from mammoflow.masks import mask_geometry
 from mammoflow.preprocess import ops
 from mammoflow.records import QuarantineEntry, Record, RecordsTable
 
@@ -295,7 +296,7 @@ def cut_examples(rec: Record, image: np.ndarray, cfg: DatasetConfig,
         if _has_centre(les):
             geometry.append((float(les.center_row), float(les.center_col), float(les.radius or 0.0)))
         elif masks[k] is not None:
-            geometry.append(rois.mask_geometry(masks[k]))
+            geometry.append(mask_geometry(masks[k]))
         else:
             geometry.append((math.nan, math.nan, 0.0))
         r, c, _ = geometry[-1]

@@ -287,11 +287,3 @@ def disk_mask(shape: tuple[int, int], center_row: float, center_col: float, radi
     """Boolean disk (a lesion given as centre + radius, as in MIAS) of the given image shape."""
     rr, cc = np.ogrid[:shape[0], :shape[1]]
     return (rr - center_row) ** 2 + (cc - center_col) ** 2 <= radius ** 2
-
-
-def mask_geometry(mask: np.ndarray) -> tuple[float, float, float]:
-    """Centre (centroid) and equivalent-circle radius of a lesion mask, for lesions given only as a mask."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        raise ValueError("mask_geometry: the mask is empty")
-    return float(rows.mean()), float(cols.mean()), float(math.sqrt(rows.size / math.pi))

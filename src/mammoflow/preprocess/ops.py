@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from mammoflow.lut import lookup, min_max
+from mammoflow.masks import nonzero_box
 
 BBox = tuple[int, int, int, int]  # (r0, c0, r1, c1), half-open: rows r0..r1-1, cols c0..c1-1
 Interpolation = Literal["auto", "area", "linear", "nearest"]
@@ -405,13 +406,11 @@ def mask_bbox(mask: np.ndarray, margin: int = 0) -> BBox:
         raise ValueError(f"mask_bbox: expected a 2-D mask, got shape {mask.shape}")
     if margin < 0:
         raise ValueError(f"mask_bbox: margin must be >= 0, got {margin}")
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    box = nonzero_box(mask)
+    if box is None:
         raise ValueError("mask_bbox: the mask is empty")
     h, w = mask.shape
-    return (max(int(rows[0]) - margin, 0), max(int(cols[0]) - margin, 0),
-            min(int(rows[-1]) + 1 + margin, h), min(int(cols[-1]) + 1 + margin, w))
+    return (max(box[0] - margin, 0), max(box[1] - margin, 0), min(box[2] + margin, h), min(box[3] + margin, w))
 
 
 # --------------------------------------------------------------------------------------------------- geometry ops

@@ -44,6 +44,7 @@ from mammoflow.errors import InputError
 from mammoflow.io.dicom import pseudonym  # the one pseudonymisation path (salted SHA-256)
 from mammoflow.io.handoff import Handoff
 from mammoflow.logs import progress
+from mammoflow.masks import is_binary_mask, mask_geometry  # noqa: F401 - the mask helpers' public home was here
 from mammoflow.records import Lesion, QuarantineEntry, Record, RecordsTable
 from mammoflow.resources import worker_count
 from mammoflow.sources import parallel
@@ -59,13 +60,11 @@ from mammoflow.sources._common import (
     salt_note,
     site_salt,
 )
-from mammoflow.sources.cbis_images import (  # noqa: F401 - the mask helpers' public home was this module
+from mammoflow.sources.cbis_images import (  # noqa: F401 - and split_crop_and_mask's
     ImageContext,
     ImageJob,
     ImageKey,
     attach_images,
-    is_binary_mask,
-    mask_geometry,
     split_crop_and_mask,
 )
 from mammoflow.sources.duplicates import DuplicateFinder

@@ -19,6 +19,7 @@ import numpy as np
 
 from mammoflow.errors import InputError
 from mammoflow.io.handoff import Handoff
+from mammoflow.masks import is_binary_mask, mask_geometry
 from mammoflow.records import Record
 from mammoflow.sources._common import check_name
 from mammoflow.sources.duplicates import pixel_digest, read_identity
@@ -57,12 +58,6 @@ class ImageJob:
     abnormalities: dict[str, tuple[str, int]]  # lesion id -> (kind, abnormality id)
 
 
-def is_binary_mask(pixels: np.ndarray) -> bool:
-    """True when the image holds at most two values, one of them 0, and is not all zero (an ROI mask)."""
-    top = pixels.max(initial=0)
-    return bool(top > 0 and not np.any((pixels != 0) & (pixels != top)))
-
-
 def split_crop_and_mask(images: Sequence[np.ndarray], full_shape: tuple[int, int] | None) -> tuple[int, int | None]:
     """Indices ``(mask, crop)`` among the DICOM images of one abnormality folder, told apart by content.
 
@@ -80,22 +75,6 @@ def split_crop_and_mask(images: Sequence[np.ndarray], full_shape: tuple[int, int
     if len(others) > 1:
         raise ValueError(f"{len(images)} files: expected one mask and at most one crop")
     return masks[0], (others[0] if others else None)
-
-
-def mask_geometry(mask: np.ndarray) -> tuple[float, float, float]:
-    """Centroid ``(row, col)`` and equivalent radius ``sqrt(area / pi)`` of the non-zero pixels.
-
-    From the per-row and per-column counts, not the coordinates of every pixel: the sums of the coordinates are
-    exact integers either way, so the centroid is the same float as ``np.nonzero(mask)[k].mean()``, in a few ms
-    less for a full-size mask."""
-    inside = np.asarray(mask) != 0
-    per_row, per_col = np.count_nonzero(inside, axis=1), np.count_nonzero(inside, axis=0)
-    area = int(per_row.sum())
-    if area == 0:
-        raise ValueError("the mask is empty")
-    row_sum = int(np.arange(per_row.size, dtype=np.int64) @ per_row.astype(np.int64))
-    col_sum = int(np.arange(per_col.size, dtype=np.int64) @ per_col.astype(np.int64))
-    return float(np.float64(row_sum) / area), float(np.float64(col_sum) / area), float(np.sqrt(area / np.pi))
 
 
 def _choose_full(candidates: list[tuple[str, str, Path]], rec: Record) -> tuple[Path, list[Path]]:

@@ -158,8 +158,12 @@ def test_fusion2_vgg16_is_224_wide_with_the_papers_pool_sizes():
     assert [width(model, f"conv1x1_l{level}") for level in range(1, 6)] == [32, 32, 32, 64, 64]
     trainable_convs = {layer.name for layer in model.layers if isinstance(layer, layers.Conv2D) and layer.trainable}
     assert trainable_convs == {f"conv1x1_l{level}" for level in range(1, 6)}
-    assert trainable_layer_types(model) == {"BatchNormalization", "Conv2D", "Dense"}
-    assert model.get_layer("bn_l2").input is model.get_layer("block2_pool").output
+    assert trainable_layer_types(model) == {"BatchNormalization", "BatchNormFromMoments", "Conv2D", "Dense"}
+    # BN -> pooling, built as pooling and the tap's moments -> BN of the pooled map (tests/test_models_fusion2.py)
+    tap = model.get_layer("block2_pool").output
+    assert model.get_layer("avgpool_l2").input is tap and model.get_layer("moments_l2").input is tap
+    assert model.get_layer("bn_l2").input == [model.get_layer("avgpool_l2").output,
+                                              model.get_layer("moments_l2").output]
 
 
 @pytest.mark.parametrize("branches", [(5,), (4, 5), (3, 4, 5), (2, 3, 4, 5), (1, 2, 3, 4, 5)])

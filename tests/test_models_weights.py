@@ -123,7 +123,7 @@ def test_imagenet_weights_offline_give_a_clear_error(monkeypatch):
 @pytest.mark.parametrize(("name", "kwargs", "head_inputs"), [
     ("vgg16_fusion1", {"input_shape": (32, 32, 3)}, ("fusion_concat",)),
     ("vgg19_fusion2", {"input_shape": (32, 32, 1), "branches": (2, 4, 5)},
-     ("block2_pool", "block4_pool", "block5_pool")),
+     ("avgpool_l2", "moments_l2", "avgpool_l4", "moments_l4", "block5_pool", "moments_l5")),
     ("vgg16_gap", {"input_shape": (32, 32, 3)}, ("gap_l5",)),
     ("xi_resnet50", {"input_shape": (32, 32, 1)}, ("gap",)),
     ("jaamour_mobilenetv2", {"input_shape": (32, 32, 1)}, ("flatten",)),

@@ -8,7 +8,14 @@ does not import TensorFlow: builders import Keras when called.
 """
 
 from mammoflow.models.meta import ModelMeta, ModelParts, attach_meta, model_meta
-from mammoflow.models.registry import ModelInfo, create_model, get_model_info, list_models, register_model
+from mammoflow.models.registry import (
+    ModelInfo,
+    create_model,
+    get_model_info,
+    list_models,
+    load_model,
+    register_model,
+)
 from mammoflow.models.split import head_variable_paths, set_backbone_trainable, split_frozen_backbone
 
 # Importing the builder modules registers their models.
@@ -23,6 +30,7 @@ __all__ = [
     "get_model_info",
     "head_variable_paths",
     "list_models",
+    "load_model",
     "model_meta",
     "register_model",
     "set_backbone_trainable",

@@ -90,6 +90,16 @@ def get_model_info(name: str) -> ModelInfo:
                           "(`mammoflow models` lists them)") from None
 
 
+def load_model(path: Any, **kwargs: Any) -> keras.Model:
+    """``keras.models.load_model(path, **kwargs)`` with the project's own layers registered first
+    (:mod:`mammoflow.models.layers`: a Fusion2 model has them), so every saved model loads wherever it is read."""
+    import keras
+
+    import mammoflow.models.layers  # noqa: F401 - registers the project's layers with Keras
+
+    return keras.models.load_model(path, **kwargs)
+
+
 def create_model(name: str, *, input_shape: tuple[int | None, ...] | list | None = None, num_classes: int = 2,
                  weights: str | None = "none", trainable_backbone: bool = False,
                  backbone_weights: str | None = None, seed: int | None = None, **params: Any) -> keras.Model:

@@ -7,7 +7,9 @@ ImageNet VGG16/VGG19 on 72x72 patches (Section 3):
 - ``vgg{16,19}_fusion1`` (Model1, Fig. 3): GAP of each selected Li -> concatenation (VGG16 [1..5]:
   64+128+256+512+512 = 1,472) -> BN -> FC1 -> FC2 -> softmax.
 - ``vgg{16,19}_fusion2`` (Model2, Fig. 4): per branch BN -> average pooling to L5's size -> 1x1 conv
-  (32/32/32/64/64 filters) -> GAP; concatenation (224 for [1..5]) -> BN -> FC1 -> FC2 -> softmax.
+  (32/32/32/64/64 filters) -> GAP; concatenation (224 for [1..5]) -> BN -> FC1 -> FC2 -> softmax. BN and pooling
+  are built in the other order, pooling first and the BN's batch statistics from the whole map's moments
+  (:mod:`mammoflow.models.layers`: the same values), so a head cache holds the small pooled maps.
 
 ``branches`` picks the levels (the paper's experiments: [5], [4,5], [3,4,5], [2,3,4,5], [1..5]);
 ``fc_units`` are FC1, FC2 (1024, 1024 in the released code).
@@ -75,7 +77,10 @@ def build_yu(backbone: str, variant: Variant, *, model: str, input_shape: tuple,
         if None in deepest:
             raise ConfigError(f"model {model!r}: Fusion2 pools each branch to block 5's size, which needs a fixed "
                               "input size. Fix: give input_shape with a height and width (e.g. [72, 72, 3])")
-        features = [_fusion2_branch(taps[level], level, branch_filters[level - 1], deepest) for level in levels]
+        branches_out = [_fusion2_branch(taps[level], name, level, branch_filters[level - 1], deepest)
+                        for level, name in zip(levels, tap_names, strict=True)]
+        features = [feature for feature, _ in branches_out]
+        fusion2_inputs = tuple(name for _, names in branches_out for name in names)
     else:
         features = [layers.GlobalAveragePooling2D(name=f"gap_l{level}")(taps[level]) for level in levels]
 
@@ -84,8 +89,8 @@ def build_yu(backbone: str, variant: Variant, *, model: str, input_shape: tuple,
     else:
         x = _concat(features)
         # Fusion1's GAPs have no weights, so the cut can sit after the concatenation; Fusion2 trains per-branch
-        # BN and 1x1 convs, so its head starts at the taps themselves.
-        head_inputs = ("fusion_concat",) if variant == "fusion1" else tap_names
+        # BN and 1x1 convs, so its head starts at each branch's pooled map and moments.
+        head_inputs = ("fusion_concat",) if variant == "fusion1" else fusion2_inputs
     x = layers.BatchNormalization(name="bn_head")(x)
     for i, units in enumerate(fc_units, start=1):
         x = layers.Dense(units, activation="relu", name=f"fc{i}")(x)
@@ -103,15 +108,22 @@ def build_yu(backbone: str, variant: Variant, *, model: str, input_shape: tuple,
     return net, parts
 
 
-def _fusion2_branch(x: Any, level: int, filters: int, deepest_hw: tuple[int, int]) -> Any:
+def _fusion2_branch(tap_out: Any, tap_name: str, level: int, filters: int, deepest_hw: tuple[int, int]
+                    ) -> tuple[Any, tuple[str, str]]:
+    """BN -> average pooling -> 1x1 conv -> GAP, built as pooling and moments -> BN of the pooled map (the same
+    values: see :mod:`mammoflow.models.layers`). Returns the branch's output and the names of the layers the frozen
+    part ends at: the pooled map (the tap itself where it is not pooled) and the tap's moments."""
     from keras import layers
 
-    x = layers.BatchNormalization(name=f"bn_l{level}")(x)
-    pool = fusion2_pool_size(spatial_size(x), deepest_hw)
-    if pool != (1, 1):
-        x = layers.AveragePooling2D(pool, name=f"avgpool_l{level}")(x)
+    from mammoflow.models.layers import BatchNormFromMoments, ChannelMoments
+
+    pool = fusion2_pool_size(spatial_size(tap_out), deepest_hw)
+    pooled = layers.AveragePooling2D(pool, name=f"avgpool_l{level}")(tap_out) if pool != (1, 1) else tap_out
+    moments = ChannelMoments(name=f"moments_l{level}")(tap_out)
+    x = BatchNormFromMoments(name=f"bn_l{level}")([pooled, moments])
     x = layers.Conv2D(filters, 1, activation="relu", name=f"conv1x1_l{level}")(x)
-    return layers.GlobalAveragePooling2D(name=f"gap_l{level}")(x)
+    pooled_name = f"avgpool_l{level}" if pool != (1, 1) else tap_name
+    return layers.GlobalAveragePooling2D(name=f"gap_l{level}")(x), (pooled_name, f"moments_l{level}")
 
 
 def _concat(features: list) -> Any:

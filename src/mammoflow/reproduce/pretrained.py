@@ -135,9 +135,9 @@ def whole_model_weights(run: Path) -> Path:
         import os
         import tempfile
 
-        import keras
+        from mammoflow.models import load_model
 
-        model = keras.models.load_model(run / "model.keras", compile=False)
+        model = load_model(run / "model.keras", compile=False)
         with tempfile.TemporaryDirectory(dir=run, prefix=".weights-") as tmp:  # Keras wants the .weights.h5 name
             model.save_weights(str(Path(tmp) / path.name))
             os.replace(Path(tmp) / path.name, path)  # atomic: a partial file is never seen under the final name

@@ -355,10 +355,10 @@ def train(run: RetrainRun, metrics_port: int | None = None) -> dict[str, Any]:
                        cache_dir=cache_dir(run.layout.cache))
     weights_uri = storage.join(run_uri, "model.weights.h5")
     if not storage.exists(weights_uri):
-        import keras
+        from mammoflow.models import load_model
 
         with _tempdir() as tmp:
-            model = keras.models.load_model(storage.get_file(storage.join(run_uri, "model.keras"),
+            model = load_model(storage.get_file(storage.join(run_uri, "model.keras"),
                                                              tmp / "model.keras"), compile=False)
             model.save_weights(str(tmp / "model.weights.h5"))
             storage.put_file(tmp / "model.weights.h5", weights_uri, move=True)

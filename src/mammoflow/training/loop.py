@@ -301,13 +301,13 @@ def _train(config: TrainConfig, data_uri: str, out_uri: str, metrics: Any, worke
     # head_cache: train only the head on features the frozen backbone computes once (same patches every epoch).
     fit_model, backbone = model, None
     if config.head_cache:
-        from mammoflow.models import split_frozen_backbone
+        from mammoflow.models import load_model, split_frozen_backbone
 
         backbone, fit_model = split_frozen_backbone(model)
         _compile(fit_model, config, config.phase_of_epoch(min(state["epochs_done"], config.total_epochs - 1))[1]
                  .learning_rate)
         if resumed_from is not None and run.pull(LAST_HEAD):
-            _restore_optimizer(fit_model, keras.models.load_model(run.path(LAST_HEAD)))
+            _restore_optimizer(fit_model, load_model(run.path(LAST_HEAD)))
 
     counts = _patch_counts(manifest, config, label_names)
     class_weight = class_weight_map(config.class_weights, counts, label_names)

@@ -176,8 +176,7 @@ def _label_names(metrics_path: Path | None) -> list[str]:
 def load_package(uri: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> ModelPackage:
     """Load a model package from a training run folder (local or ``gs://``, holding ``model.keras``) or a ``.keras``
     file; remote files are cached under ``cache_dir`` (default ``$MAMMOFLOW_CACHE``)."""
-    import keras
-
+    from mammoflow.models import load_model
     from mammoflow.training.config import load_train_config
 
     uri = str(uri).rstrip("/")
@@ -206,7 +205,7 @@ def load_package(uri: str | os.PathLike[str], cache_dir: str | os.PathLike[str] 
         if run_path is not None:
             run_info = json.loads(run_path.read_text())
     try:
-        model = keras.models.load_model(model_path, compile=False)
+        model = load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad archive
         raise InputError(model_uri, f"cannot be loaded as a Keras model ({type(exc).__name__}: {exc})",
                          "give a .keras file written by `mammoflow train`", code="corrupt") from None

@@ -149,11 +149,9 @@ def finished_result(run: RunFolder, out_uri: str, manifest_sha: str) -> TrainRes
 
 def load_checkpoint(run: RunFolder, rel: str):
     """A checkpoint with its mammoflow metadata re-attached (phase changes and CAMs need the layer names)."""
-    import keras
+    from mammoflow.models import attach_meta, load_model
 
-    from mammoflow.models import attach_meta
-
-    model = keras.models.load_model(run.path(rel))
+    model = load_model(run.path(rel))
     if run.pull(META_FILE):
         attach_meta(model, json.loads(run.path(META_FILE).read_text()))
     return model

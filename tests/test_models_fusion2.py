@@ -52,24 +52,65 @@ def test_pooling_first_is_bn_then_pooling(size: int, pool: int, training: bool) 
         assert not np.allclose(ours.moving_mean.numpy(), _pair(channels, seed=pool)[1].moving_mean.numpy())
 
 
-def test_synchronized_statistics_are_those_of_the_batch() -> None:
-    """Under a distribution strategy the moments are all-reduced; with one replica that is the batch itself."""
-    rng = np.random.default_rng(3)
-    tap = tf.constant(rng.gamma(2.0, 30.0, (4, 8, 8, 3)).astype("float32"))
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+# Two replicas on two logical CPUs (set before TensorFlow starts: a process of its own), each with other examples,
+# one of them none: ours against Keras' own synchronized BatchNormalization, then pooled.
+_SYNCED = r"""
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras import layers
+from mammoflow.models.layers import BatchNormFromMoments, ChannelMoments
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.default_rng(5)
+for sizes in ((3, 5), (2, 0)):
+    taps = [tf.constant(rng.gamma(2.0, 30.0, (n, 8, 8, 3)).astype("float32") + 50.0) for n in sizes]
     with strategy.scope():
-        plain, ours = _pair(3, seed=1)
-        synced = BatchNormFromMoments(momentum=0.9, synchronized=True)
-        synced.build([(None, 2, 2, 3), (None, 2, 3)])
-        synced.set_weights(ours.get_weights())
-    pooled, moments = layers.AveragePooling2D(4)(tap), ChannelMoments()(tap)
+        plain = layers.BatchNormalization(momentum=0.5, synchronized=True)
+        ours = BatchNormFromMoments(momentum=0.5, synchronized=True)
+        plain.build((None, 8, 8, 3))
+        ours.build([(None, 2, 2, 3), (None, 2, 3)])
+    pool, moments = layers.AveragePooling2D(4), ChannelMoments()
+    values = strategy.experimental_distribute_values_from_function(lambda ctx: taps[ctx.replica_id_in_sync_group])
+    want, got = strategy.run(lambda t: (pool(plain(t, training=True)), ours([pool(t), moments(t)], training=True)),
+                             args=(values,))
+    for a, b in zip(strategy.experimental_local_results(want), strategy.experimental_local_results(got)):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
+    every = np.concatenate([t.numpy() for t in taps])  # the global batch's statistics, not a replica's
+    np.testing.assert_allclose(ours.moving_mean.numpy(), 0.5 * every.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), 0.5 + 0.5 * every.var(axis=(0, 1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-4)
+print("synchronized: same")
+"""
 
-    def step() -> tuple[tf.Tensor, tf.Tensor]:
-        return synced([pooled, moments], training=True), ours([pooled, moments], training=True)
 
-    got, want = strategy.run(step)
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(synced.moving_variance.numpy(), ours.moving_variance.numpy(), rtol=1e-4)
+def test_synchronized_statistics_are_the_global_batchs() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", _SYNCED], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "synchronized: same" in done.stdout, done.stderr[-3000:]
+
+
+def test_mixed_precision_keeps_the_statistics_in_float32() -> None:
+    """Under mixed_float16 the moments stay float32: a variance above float16's 65504 (a standard deviation above
+    256) must not become inf, as BatchNormalization computes it in float32 from float16 inputs."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        rng = np.random.default_rng(9)
+        tap = tf.constant(rng.gamma(2.0, 400.0, (4, 8, 8, 3)).astype("float16"))  # variance about 320,000
+        plain, ours = layers.BatchNormalization(momentum=0.5), BatchNormFromMoments(momentum=0.5)
+        pool = layers.AveragePooling2D(4)
+        want = pool(plain(tap, training=True))
+        got = ours([pool(tap), ChannelMoments()(tap)], training=True)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert got.dtype == want.dtype == tf.float16
+    assert np.isfinite(ours.moving_variance.numpy()).all() and ours.moving_variance.numpy().min() > 65504 / 2
+    np.testing.assert_allclose(ours.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-3)
+    np.testing.assert_allclose(got.numpy().astype("float32"), want.numpy().astype("float32"), rtol=2e-2, atol=2e-2)
 
 
 def test_the_head_cache_holds_pooled_maps_and_moments(tmp_path) -> None:
@@ -88,6 +129,20 @@ def test_the_head_cache_holds_pooled_maps_and_moments(tmp_path) -> None:
     x = np.random.default_rng(0).uniform(0, 255, (3, 72, 72, 3)).astype("float32")
     np.testing.assert_allclose(load_model(tmp_path / "model.keras").predict(x, verbose=0),
                                model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_weights_file_of_another_layout_says_what_to_do(tmp_path) -> None:
+    from mammoflow.errors import ConfigError
+    from mammoflow.models.weights import load_model_weights
+
+    other = create_model("vgg16_fusion1", input_shape=(32, 32, 3), fc_units=(8, 8), seed=0)
+    other.save_weights(tmp_path / "fusion1.weights.h5")
+    fusion2 = create_model("vgg16_fusion2", input_shape=(32, 32, 3), fc_units=(8, 8), seed=0)
+    with pytest.raises(ConfigError, match="saved before December 2026.*warm_start: false"):
+        load_model_weights(fusion2, tmp_path / "fusion1.weights.h5", "vgg16_fusion2")
+    with pytest.raises(ConfigError) as err:  # another model gets the general message only
+        load_model_weights(other, tmp_path / "nothing.weights.h5", "vgg16_fusion1")
+    assert "Fusion2" not in str(err.value)
 
 
 def test_only_the_plain_layer_is_supported() -> None:

@@ -28,7 +28,12 @@ from keras import layers, ops
 @keras.saving.register_keras_serializable(package="mammoflow")
 class ChannelMoments(layers.Layer):
     """Per example and channel, the mean and the (biased) variance of a feature map ``[B, H, W, C]`` over its
-    spatial axes: ``[B, 2, C]`` (row 0 the means, row 1 the variances). No weights."""
+    spatial axes: ``[B, 2, C]`` (row 0 the means, row 1 the variances). No weights. Always float32, under mixed
+    precision too (a variance of float16 values overflows float16 beyond 65504: a standard deviation above 256)."""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
 
     def call(self, x: Any) -> Any:
         x = ops.cast(x, "float32")
@@ -54,6 +59,9 @@ class BatchNormFromMoments(layers.BatchNormalization):
     mean square of the global batch, all-reduced."""
 
     def __init__(self, **kwargs: Any):
+        # The moments arrive in float32 and must stay so (Keras would cast every input to float16 under mixed
+        # precision before call): the pooled map is cast here, as BatchNormalization casts its input.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if self.axis != -1 or self.renorm:
             raise ValueError("BatchNormFromMoments: only axis=-1, without renorm")
@@ -86,10 +94,9 @@ class BatchNormFromMoments(layers.BatchNormalization):
             return mean, ops.mean(variances, axis=0) + ops.mean(ops.square(means - mean), axis=0)
         import tensorflow as tf
 
-        count = ops.cast(ops.shape(means)[0], "float32")
-        total = replicas.all_reduce(tf.distribute.ReduceOp.SUM, ops.stack([
+        total = replicas.all_reduce(tf.distribute.ReduceOp.SUM, ops.stack([  # a replica may have no example
             ops.sum(means, axis=0), ops.sum(variances + ops.square(means), axis=0),
-            ops.ones_like(means[0]) * count]))
+            ops.sum(ops.ones_like(means), axis=0)]))
         mean = tf.math.divide_no_nan(total[0], total[2])
         return mean, ops.maximum(tf.math.divide_no_nan(total[1], total[2]) - ops.square(mean), 0.0)
 

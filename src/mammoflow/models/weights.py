@@ -80,9 +80,15 @@ def load_model_weights(model: keras.Model, path: Path, name: str) -> None:
     try:
         model.load_weights(str(path))
     except (ValueError, OSError, KeyError) as exc:
+        # A .weights.h5 file addresses layers by class, not name: one saved before Fusion2's BN was built from
+        # moments (mammoflow.models.layers) names that BN differently, and cannot be matched to today's model.
+        fusion2 = any(type(layer).__name__ == "BatchNormFromMoments" for layer in model.layers)
+        hint = (" A Fusion2 file saved before December 2026 (when its per-branch BN became BatchNormFromMoments) "
+                "has another layout: train the model again, or for a retrain set warm_start: false." if fusion2
+                else "")
         raise ConfigError(f"{path}: cannot be loaded into model {name!r} ({exc}). Fix: use a file saved by "
                           "model.save_weights from the same model name, input channels, num_classes and params "
-                          "(for backbone-only files use backbone_weights)") from None
+                          f"(for backbone-only files use backbone_weights).{hint}") from None
     log.info("loaded whole-model weights from %s", path)
 
 

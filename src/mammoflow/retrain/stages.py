@@ -358,8 +358,8 @@ def train(run: RetrainRun, metrics_port: int | None = None) -> dict[str, Any]:
         from mammoflow.models import load_model
 
         with _tempdir() as tmp:
-            model = load_model(storage.get_file(storage.join(run_uri, "model.keras"),
-                                                             tmp / "model.keras"), compile=False)
+            model = load_model(storage.get_file(storage.join(run_uri, "model.keras"), tmp / "model.keras"),
+                               compile=False)
             model.save_weights(str(tmp / "model.weights.h5"))
             storage.put_file(tmp / "model.weights.h5", weights_uri, move=True)
     record = {"run_uri": run_uri, "champion": champion.version if champion else None,

@@ -42,15 +42,13 @@ def nonzero_box(image: np.ndarray) -> Box | None:
 
 def is_binary_mask(pixels: np.ndarray) -> bool:
     """True when the image holds at most two values, one of them 0, and is not all zero (an ROI mask)."""
-    if pixels.ndim != 2:
-        top = pixels.max(initial=0)
-        return bool(top > 0 and not np.any((pixels != 0) & (pixels != top)))
-    box = nonzero_box(pixels)
-    if box is None:
-        return False
-    inside = pixels[box[0]:box[2], box[1]:box[3]]  # outside the box every pixel is 0
-    top = inside.max()
-    return bool(top > 0 and not np.any((inside != 0) & (inside != top)))
+    if pixels.ndim == 2:  # look inside the box of the non-zero pixels only: outside it every pixel is 0
+        box = nonzero_box(pixels)
+        if box is None:
+            return False
+        pixels = pixels[box[0]:box[2], box[1]:box[3]]
+    top = pixels.max(initial=0)
+    return bool(top > 0 and not np.any((pixels != 0) & (pixels != top)))
 
 
 def mask_geometry(mask: np.ndarray) -> tuple[float, float, float]:
@@ -60,11 +58,12 @@ def mask_geometry(mask: np.ndarray) -> tuple[float, float, float]:
     From the per-row and per-column counts inside the box of the non-zero pixels, not the coordinates of every
     pixel: the sums of the coordinates are exact integers either way, so the centroid is the same float as
     ``np.nonzero(mask)[k].mean()``."""
-    box = nonzero_box(np.asarray(mask))
+    mask = np.asarray(mask)
+    box = nonzero_box(mask)
     if box is None:
         raise ValueError("the mask is empty")
     r0, c0, r1, c1 = box
-    inside = np.asarray(mask)[r0:r1, c0:c1] != 0
+    inside = mask[r0:r1, c0:c1] != 0
     per_row, per_col = np.count_nonzero(inside, axis=1), np.count_nonzero(inside, axis=0)
     area = int(per_row.sum())
     row_sum = int(np.arange(r0, r1, dtype=np.int64) @ per_row.astype(np.int64))

@@ -49,8 +49,9 @@ def split_frozen_backbone(model: keras.Model) -> tuple[keras.Model, keras.Model]
 
     ``backbone`` maps the model input to the outputs of the layers in ``meta.head_inputs`` (Fusion1: the
     1,472-wide ``fusion_concat``; Fusion2: each branch's average-pooled block output and its moments, since its
-    per-branch BN and 1x1 convs are trained, see :mod:`mammoflow.models.layers`); it has no trainable weights. ``head`` takes those features (one array, or a list in
-    ``head_inputs`` order) and shares its layers with ``model``.
+    per-branch BN and 1x1 convs are trained, see :mod:`mammoflow.models.layers`); it has no trainable weights.
+    ``head`` takes those features (one array, or a list in ``head_inputs`` order) and shares its layers with
+    ``model``.
     """
     import keras
 

@@ -118,11 +118,13 @@ def _fusion2_branch(tap_out: Any, tap_name: str, level: int, filters: int, deepe
     from mammoflow.models.layers import BatchNormFromMoments, ChannelMoments
 
     pool = fusion2_pool_size(spatial_size(tap_out), deepest_hw)
-    pooled = layers.AveragePooling2D(pool, name=f"avgpool_l{level}")(tap_out) if pool != (1, 1) else tap_out
+    pooled, pooled_name = tap_out, tap_name
+    if pool != (1, 1):
+        pooled_name = f"avgpool_l{level}"
+        pooled = layers.AveragePooling2D(pool, name=pooled_name)(tap_out)
     moments = ChannelMoments(name=f"moments_l{level}")(tap_out)
     x = BatchNormFromMoments(name=f"bn_l{level}")([pooled, moments])
     x = layers.Conv2D(filters, 1, activation="relu", name=f"conv1x1_l{level}")(x)
-    pooled_name = f"avgpool_l{level}" if pool != (1, 1) else tap_name
     return layers.GlobalAveragePooling2D(name=f"gap_l{level}")(x), (pooled_name, f"moments_l{level}")
 
 
